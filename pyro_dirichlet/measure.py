@@ -1,0 +1,210 @@
+"""The one place every reported number is measured: parameters, FLOPs, accuracy, seconds.
+
+The CLI, the report and the benchmarks all call these functions, so they cannot disagree
+about what a number means.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pyro_dirichlet.data import Split, minibatches
+
+__all__ = [
+    "Stopwatch",
+    "accuracy",
+    "count_flops",
+    "count_parameters",
+    "median_seconds",
+]
+
+
+def _check_module(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements in ``model``, trainable or frozen.
+
+    A parameter shared by two submodules counts once.
+
+    Example:
+        >>> count_parameters(nn.Linear(10, 5))
+        55
+    """
+    return sum(parameter.numel() for parameter in _check_module(model).parameters())
+
+
+def count_flops(model: nn.Module, example_input: Tensor) -> int:
+    """FLOPs of one forward pass on a single example, as ``FlopCounterMode`` counts them.
+
+    A multiply-accumulate counts as two FLOPs; convolutions and matrix products are counted,
+    while bias additions, activations and pooling are not (PyTorch's convention). The model
+    runs in eval mode under ``torch.no_grad()``; its training flag is restored afterwards.
+
+    Args:
+        model: the network.
+        example_input: a *batched* input, leading dimension the batch; only
+            ``example_input[:1]`` is run, so pass any batch (e.g. ``split.images``).
+
+    Example:
+        >>> count_flops(nn.Linear(10, 5), torch.zeros(3, 10))
+        100
+    """
+    _check_module(model)
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input must be a Tensor, got {type(example_input).__name__}")
+    if example_input.dim() < 1 or example_input.shape[0] < 1:
+        raise ValueError(
+            "example_input must be a batch with at least one example along dimension 0, "
+            f"got shape {tuple(example_input.shape)}"
+        )
+    example = example_input[:1].to(_model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def accuracy(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> float:
+    """Fraction of ``split`` that ``model`` classifies correctly (arg-max of its output).
+
+    Runs in eval mode under ``torch.no_grad()`` and restores the training flag. The model
+    is not moved: it must already live on ``device``.
+
+    Args:
+        model: maps a batch of images to a batch of class scores.
+        split: the examples to score; must not be empty.
+        batch_size: examples per forward pass.
+        device: where each batch is sent; ``None`` uses the device of the model's parameters.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+
+    Example:
+        >>> acc = accuracy(model, data.validation)  # doctest: +SKIP
+    """
+    _check_module(model)
+    if not isinstance(split, Split):
+        raise TypeError(f"split must be a Split, got {type(split).__name__}")
+    if len(split) == 0:
+        raise ValueError("split must contain at least one example to measure accuracy")
+    target = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=target)
+    try:
+        with torch.no_grad():
+            for _, images, labels in minibatches(split, batch_size, shuffle=False):
+                scores = model(images.to(target, non_blocking=True))
+                # Summing on the device and reading once avoids a sync per batch on a GPU.
+                correct += (scores.argmax(dim=1) == labels.to(target)).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / len(split)
+
+
+def _synchronize(device: torch.device | str | None) -> None:
+    # CUDA kernels run asynchronously: without a sync the clock stops before the work does.
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Context manager that records the wall time of its block in ``.seconds``.
+
+    Args:
+        device: if a CUDA device, synchronise it on entry and exit so queued GPU work is
+            counted; ``None`` (or a CPU device) just reads the clock.
+
+    Example:
+        >>> with Stopwatch() as watch:
+        ...     _ = sum(range(1000))
+        >>> watch.seconds >= 0.0
+        True
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = device
+        self.seconds: float = float("nan")
+        self._start: float | None = None
+
+    def __enter__(self) -> Stopwatch:
+        _synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _synchronize(self.device)
+        assert self._start is not None
+        self.seconds = time.perf_counter() - self._start
+
+
+def median_seconds(
+    fn: Callable[[], object],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls.
+
+    The median, not the mean, so one call slowed by the OS does not move the number.
+
+    Args:
+        fn: the work to time, called with no arguments.
+        repeats: timed calls, at least 1.
+        warmup: untimed calls first (caches, lazy initialisation), at least 0.
+        device: passed to :class:`Stopwatch` so GPU work is synchronised.
+
+    Example:
+        >>> median_seconds(lambda: sum(range(1000)), repeats=3) >= 0.0
+        True
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        with Stopwatch(device) as watch:
+            fn()
+        times.append(watch.seconds)
+    return statistics.median(times)
