@@ -1,0 +1,550 @@
+"""Physically remove output channels from a network, and fold per-channel scales into its weights.
+
+:func:`prune_channels` asks :mod:`pyro_dirichlet.structure` which modules each layer's channels
+reach, and applies the low-level slicing functions at the bottom of this file to a copy of the
+model. Which channels to keep is decided elsewhere (the policy); this module only cuts.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
+
+__all__ = [
+    "prune_channels",
+    "mask_channels",
+    "fold_scales",
+    "slice_conv2d_out",
+    "slice_conv2d_in",
+    "slice_linear_out",
+    "slice_linear_in",
+    "slice_batchnorm",
+    "scale_output_channels",
+    "scale_batchnorm",
+    "add_to_bias",
+]
+
+Indices = Sequence[int] | Tensor
+
+
+def prune_channels(
+    model: nn.Module,
+    keep: Mapping[str, Indices],
+    example_inputs: Tensor | tuple[Tensor, ...],
+) -> nn.Module:
+    """A physically smaller copy of ``model`` that keeps only the given output channels.
+
+    Each named layer's weight and bias lose the dropped output channels; a BatchNorm it feeds
+    loses the same features, and every consumer loses the matching input channels (or, after a
+    flatten, the matching blocks of input features). Layers not in ``keep`` are untouched.
+
+    In eval mode the result computes what ``model`` computes when the dropped channels are
+    zeroed at each layer's ``switch_at`` module (see :func:`mask_channels`). Where something
+    between the switch and a consumer maps 0 to a non-zero constant (a Sigmoid, a BatchNorm
+    after a ReLU), that constant's contribution is added to the consumer's bias so the
+    equivalence still holds.
+
+    Args:
+        model: the network; it is not modified, even when an argument is rejected.
+        keep: maps a prunable layer's qualified name to the output-channel indices to keep, as
+            a sequence of ints or an integer tensor. Indices are kept in sorted order; a layer
+            must keep at least one channel.
+        example_inputs: an input batch (or tuple of inputs) to trace the model with.
+
+    Returns:
+        A new module of the same classes, with the same training mode as ``model``.
+
+    Raises:
+        ValueError: a layer is unknown or not prunable, an index is out of range, duplicated
+            or not an integer, a layer would keep no channel, or the model does not run on
+            ``example_inputs``.
+        TypeError: ``keep`` is not a mapping from names to index collections.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> small = prune_channels(net, {"0": [1, 5, 6]}, torch.zeros(1, 4))
+        >>> small[0].out_features, small[2].in_features
+        (3, 3)
+    """
+    selection = _resolve(model, keep, example_inputs, "keep", _kept_indices)
+    if not selection:
+        return copy.deepcopy(model)
+    inputs = _as_inputs(example_inputs)
+    corrections = _bias_corrections(model, selection, inputs)
+
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    # Bias corrections are computed against the unsliced weights, so they go first.
+    for name, delta in corrections.items():
+        add_to_bias(modules[name], delta)
+    for layer, kept in selection:
+        _slice_layer(modules, layer, kept)
+
+    try:
+        _forward_in_eval_mode(pruned, inputs)
+    except Exception as err:  # a bug here, not a user error: say which cut broke the model
+        raise RuntimeError(
+            f"the pruned model no longer runs ({type(err).__name__}: {err}); pruned layers: "
+            f"{[layer.name for layer, _ in selection]}"
+        ) from err
+    return pruned
+
+
+def mask_channels(
+    model: nn.Module,
+    keep: Mapping[str, Indices],
+    example_inputs: Tensor | tuple[Tensor, ...],
+) -> nn.Module:
+    """A copy of ``model`` whose dropped channels are multiplied by zero at ``switch_at``.
+
+    This is the reference :func:`prune_channels` is equivalent to: forward hooks on each
+    layer's ``switch_at`` module zero the channels not in ``keep``; no weight changes shape.
+
+    Args:
+        model: the network; it is not modified.
+        keep: as in :func:`prune_channels`.
+        example_inputs: an input batch (or tuple of inputs) to trace the model with.
+
+    Returns:
+        A new module, with forward hooks, in the same training mode as ``model``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> masked = mask_channels(net, {"0": [1, 5, 6]}, torch.zeros(1, 4))
+        >>> int((masked[:2](torch.randn(3, 4))[:, 0] == 0).sum())
+        3
+    """
+    return _masked_copy(model, _resolve(model, keep, example_inputs, "keep", _kept_indices))
+
+
+def fold_scales(
+    model: nn.Module,
+    scales: Mapping[str, Tensor | Sequence[float]],
+    example_inputs: Tensor | tuple[Tensor, ...],
+) -> nn.Module:
+    """A copy of ``model`` with channel ``c`` of each layer's output multiplied by a scale.
+
+    The scale is folded into weights at ``switch_at``: the layer's weight rows and bias when
+    the switch sits on the layer, the BatchNorm's affine weight and bias when it sits on a
+    BatchNorm. The copy computes what ``model`` computes with a forward hook multiplying
+    channel ``c`` at ``switch_at`` by ``scales[name][c]``. Used to fold the posterior-mean
+    switch values (``s_c * C``) into the weights before pruning.
+
+    Args:
+        model: the network; it is not modified.
+        scales: maps a prunable layer's name to one finite scale per output channel.
+        example_inputs: an input batch (or tuple of inputs) to trace the model with.
+
+    Raises:
+        ValueError: unknown or unprunable layer, wrong number of scales, non-finite scale, or
+            a ``switch_at`` BatchNorm without affine parameters.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> folded = fold_scales(net, {"0": torch.tensor([1.0, 0.5, 2.0])}, torch.zeros(1, 2))
+        >>> torch.equal(folded[0].weight[1], net[0].weight[1] * 0.5)
+        True
+    """
+    selection = _resolve(model, scales, example_inputs, "scales", _checked_scales)
+    modules = dict(model.named_modules())
+    for layer, _ in selection:
+        at = modules[layer.switch_at]
+        if isinstance(at, nn.modules.batchnorm._BatchNorm) and not at.affine:
+            raise ValueError(
+                f"scales['{layer.name}']: its switch sits on BatchNorm '{layer.switch_at}', "
+                "which has no affine weight and bias to fold a scale into (affine=False)"
+            )
+    folded = copy.deepcopy(model)
+    modules = dict(folded.named_modules())
+    for layer, factors in selection:
+        at = modules[layer.switch_at]
+        if layer.switch_at == layer.name:
+            scale_output_channels(at, factors)
+        else:
+            scale_batchnorm(at, factors)
+    return folded
+
+
+# --- validating what the caller asked for ------------------------------------------------------
+
+
+def _resolve(
+    model: nn.Module,
+    selection: Any,
+    example_inputs: Any,
+    argument: str,
+    check: Callable[[PrunableLayer, Any, str], Tensor],
+) -> list[tuple[PrunableLayer, Tensor]]:
+    """Pair each named layer's structure with its checked per-channel value, in forward order."""
+    if not isinstance(selection, Mapping):
+        raise TypeError(
+            f"{argument} must be a mapping from layer names to per-channel values, "
+            f"got {type(selection).__name__}"
+        )
+    for name in selection:
+        if not isinstance(name, str):
+            raise TypeError(f"{argument} must be keyed by layer names (str), got key {name!r}")
+    if not selection:
+        return []
+    layers = find_prunable_layers(model, example_inputs, layers=list(selection))
+    return [(layer, check(layer, selection[layer.name], argument)) for layer in layers]
+
+
+def _kept_indices(layer: PrunableLayer, indices: Any, argument: str) -> Tensor:
+    where = f"{argument}['{layer.name}']"
+    if isinstance(indices, Tensor):
+        if indices.dtype == torch.bool:
+            raise ValueError(
+                f"{where} is a boolean tensor; pass channel indices, e.g. mask.nonzero().flatten()"
+            )
+        if indices.is_floating_point() or indices.is_complex():
+            raise ValueError(f"{where} must hold integer channel indices, got dtype {indices.dtype}")
+        if indices.dim() != 1:
+            raise ValueError(f"{where} must be a 1-D tensor of indices, got shape {tuple(indices.shape)}")
+        values = indices.detach().cpu().tolist()
+    elif isinstance(indices, (str, bytes, Mapping)) or not hasattr(indices, "__iter__"):
+        raise TypeError(f"{where} must be a sequence of channel indices, got {type(indices).__name__}")
+    else:
+        values = list(indices)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(
+                    f"{where} must hold integer channel indices, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+        values = [int(value) for value in values]
+    if not values:
+        raise ValueError(
+            f"{where} is empty: layer '{layer.name}' must keep at least one of its "
+            f"{layer.channels} channels"
+        )
+    for value in values:
+        if not 0 <= value < layer.channels:
+            raise ValueError(
+                f"{where} has index {value}, out of range for layer '{layer.name}' with "
+                f"{layer.channels} output channels (0 to {layer.channels - 1})"
+            )
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{where} lists channels {repeated} of layer '{layer.name}' more than once")
+    return torch.tensor(sorted(values), dtype=torch.long)
+
+
+def _checked_scales(layer: PrunableLayer, values: Any, argument: str) -> Tensor:
+    where = f"{argument}['{layer.name}']"
+    try:
+        factors = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where} must be a tensor or sequence of numbers: {err}") from err
+    if not (factors.is_floating_point() or factors.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{where} must hold real numbers, got dtype {factors.dtype}")
+    if factors.shape != (layer.channels,):
+        raise ValueError(
+            f"{where} must hold one scale per output channel of layer '{layer.name}', i.e. "
+            f"shape ({layer.channels},), got {tuple(factors.shape)}"
+        )
+    if not torch.isfinite(factors).all():
+        raise ValueError(f"{where} holds non-finite scales (inf or nan)")
+    return factors.detach()
+
+
+# --- the reference, and the constants dropped channels leave behind ---------------------------
+
+
+def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]) -> nn.Module:
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    for layer, kept in selection:
+        factors = torch.zeros(layer.channels)
+        factors[kept] = 1.0
+        modules[layer.switch_at].register_forward_hook(_multiply_channels_hook(layer, factors))
+    return masked
+
+
+def _multiply_channels_hook(layer: PrunableLayer, factors: Tensor) -> Callable:
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        shape = layer.broadcast_shape(output.dim())
+        return output * factors.to(device=output.device, dtype=output.dtype).view(shape)
+
+    return hook
+
+
+def _as_inputs(example_inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+
+
+def _forward_in_eval_mode(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
+    modes = {module: module.training for module in model.modules()}
+    try:
+        with torch.no_grad():
+            return model.eval()(*inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _bias_corrections(
+    model: nn.Module,
+    selection: list[tuple[PrunableLayer, Tensor]],
+    inputs: tuple[Tensor, ...],
+) -> dict[str, Tensor]:
+    """Bias changes that make up for dropped channels that reach a consumer as constants.
+
+    A channel zeroed at the switch reaches a consumer as the constant ``f(0)`` when a
+    Sigmoid or a later BatchNorm lies in between; removing the channel removes that constant's
+    contribution, which the consumer's bias then has to carry. The constant is read off a
+    forward pass of the masked model, so it is exactly what the network computes.
+    """
+    wanted = {
+        consumer.name: (layer, kept, consumer)
+        for layer, kept in selection
+        for consumer in layer.consumers
+        if not consumer.zero_preserved and consumer.kind != "batchnorm" and len(kept) < layer.channels
+    }
+    if not wanted:
+        return {}
+    masked = _masked_copy(model, selection)
+    modules = dict(masked.named_modules())
+    seen: dict[str, Tensor] = {}
+    for name in wanted:
+        modules[name].register_forward_pre_hook(
+            lambda module, args, name=name: seen.__setitem__(name, args[0].detach())
+        )
+    _forward_in_eval_mode(masked, inputs)
+
+    corrections = {}
+    for name, (layer, kept, consumer) in wanted.items():
+        dropped = _complement(kept, layer.channels)
+        module = modules[name]
+        if consumer.kind == "conv_in":
+            values = seen[name][:, dropped]
+            constant = values[:1, :, :1, :1]
+            weight_sums = module.weight.detach()[:, dropped].sum(dim=(2, 3))
+        else:
+            features = consumer.feature_indices(dropped)
+            values = seen[name][..., features].reshape(-1, len(features))
+            constant = values[:1]
+            weight_sums = module.weight.detach()[:, features]
+        if not torch.allclose(values, constant.expand_as(values), rtol=1e-5, atol=1e-6):
+            raise RuntimeError(
+                f"layer '{layer.name}': the dropped channels do not reach '{name}' as constants, "
+                "so their contribution cannot be moved into its bias"
+            )
+        delta = weight_sums @ constant.reshape(-1).to(weight_sums.dtype)
+        if bool(delta.ne(0).any()):
+            corrections[name] = delta
+    return corrections
+
+
+def _complement(kept: Tensor, channels: int) -> Tensor:
+    dropped = torch.ones(channels, dtype=torch.bool)
+    dropped[kept] = False
+    return dropped.nonzero().flatten()
+
+
+def _slice_layer(modules: Mapping[str, nn.Module], layer: PrunableLayer, kept: Tensor) -> None:
+    if len(kept) == layer.channels:
+        return
+    producer = modules[layer.name]
+    (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(producer, kept)
+    for consumer in layer.consumers:
+        _slice_consumer(modules[consumer.name], consumer, kept)
+
+
+def _slice_consumer(module: nn.Module, consumer: Consumer, kept: Tensor) -> None:
+    features = consumer.feature_indices(kept)
+    if consumer.kind == "batchnorm":
+        slice_batchnorm(module, features)
+    elif consumer.kind == "conv_in":
+        slice_conv2d_in(module, features)
+    else:
+        slice_linear_in(module, features)
+
+
+# --- low-level surgery: one module at a time, no knowledge of the graph ------------------------
+
+
+def slice_conv2d_out(conv: nn.Conv2d, keep: Tensor) -> None:
+    """Keep only output channels ``keep`` of ``conv`` (weight rows and bias), in place.
+
+    Args:
+        conv: a Conv2d with ``groups=1``.
+        keep: 1-D ``int64`` tensor of output-channel indices.
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> slice_conv2d_out(conv, torch.tensor([0, 2]))
+        >>> conv.weight.shape, conv.out_channels
+        (torch.Size([2, 3, 3, 3]), 2)
+    """
+    _check_module(conv, nn.Conv2d, "conv")
+    _check_ungrouped(conv)
+    conv.weight = _sliced(conv.weight, 0, keep)
+    if conv.bias is not None:
+        conv.bias = _sliced(conv.bias, 0, keep)
+    conv.out_channels = len(keep)
+
+
+def slice_conv2d_in(conv: nn.Conv2d, keep: Tensor) -> None:
+    """Keep only input channels ``keep`` of ``conv`` (weight columns), in place.
+
+    Args:
+        conv: a Conv2d with ``groups=1``.
+        keep: 1-D ``int64`` tensor of input-channel indices.
+
+    Example:
+        >>> conv = nn.Conv2d(3, 8, 3)
+        >>> slice_conv2d_in(conv, torch.tensor([1]))
+        >>> conv.weight.shape, conv.in_channels
+        (torch.Size([8, 1, 3, 3]), 1)
+    """
+    _check_module(conv, nn.Conv2d, "conv")
+    _check_ungrouped(conv)
+    conv.weight = _sliced(conv.weight, 1, keep)
+    conv.in_channels = len(keep)
+
+
+def slice_linear_out(linear: nn.Linear, keep: Tensor) -> None:
+    """Keep only output features ``keep`` of ``linear`` (weight rows and bias), in place.
+
+    Example:
+        >>> linear = nn.Linear(4, 6)
+        >>> slice_linear_out(linear, torch.tensor([0, 5]))
+        >>> linear.weight.shape, linear.bias.shape, linear.out_features
+        (torch.Size([2, 4]), torch.Size([2]), 2)
+    """
+    _check_module(linear, nn.Linear, "linear")
+    linear.weight = _sliced(linear.weight, 0, keep)
+    if linear.bias is not None:
+        linear.bias = _sliced(linear.bias, 0, keep)
+    linear.out_features = len(keep)
+
+
+def slice_linear_in(linear: nn.Linear, keep: Tensor) -> None:
+    """Keep only input features ``keep`` of ``linear`` (weight columns), in place.
+
+    Example:
+        >>> linear = nn.Linear(4, 6)
+        >>> slice_linear_in(linear, torch.tensor([0, 1, 3]))
+        >>> linear.weight.shape, linear.in_features
+        (torch.Size([6, 3]), 3)
+    """
+    _check_module(linear, nn.Linear, "linear")
+    linear.weight = _sliced(linear.weight, 1, keep)
+    linear.in_features = len(keep)
+
+
+def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: Tensor) -> None:
+    """Keep only features ``keep`` of a BatchNorm: affine weight/bias and running stats, in place.
+
+    Example:
+        >>> bn = nn.BatchNorm2d(4)
+        >>> slice_batchnorm(bn, torch.tensor([1, 2]))
+        >>> bn.num_features, bn.running_mean.shape
+        (2, torch.Size([2]))
+    """
+    _check_module(bn, nn.modules.batchnorm._BatchNorm, "bn")
+    # Newer torch allows an affine BatchNorm without bias, so each is checked on its own.
+    if bn.weight is not None:
+        bn.weight = _sliced(bn.weight, 0, keep)
+    if bn.bias is not None:
+        bn.bias = _sliced(bn.bias, 0, keep)
+    if bn.running_mean is not None:
+        # Assigning to a registered buffer's name replaces the buffer.
+        bn.running_mean = bn.running_mean.index_select(0, keep.to(bn.running_mean.device))
+        bn.running_var = bn.running_var.index_select(0, keep.to(bn.running_var.device))
+    bn.num_features = len(keep)
+
+
+def scale_output_channels(layer: nn.Conv2d | nn.Linear, scales: Tensor) -> None:
+    """Multiply output channel ``c`` of a Conv2d or Linear by ``scales[c]``, in place.
+
+    Scales the weight row and the bias of each channel, so the layer's output is scaled.
+
+    Example:
+        >>> linear = nn.Linear(2, 2)
+        >>> before = linear.weight.detach().clone()
+        >>> scale_output_channels(linear, torch.tensor([2.0, 1.0]))
+        >>> torch.equal(linear.weight[0], 2 * before[0])
+        True
+    """
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
+    _check_scales(scales, layer.weight.shape[0], "layer")
+    with torch.no_grad():
+        factors = scales.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        layer.weight.mul_(factors.view(-1, *[1] * (layer.weight.dim() - 1)))
+        if layer.bias is not None:
+            layer.bias.mul_(factors)
+
+
+def scale_batchnorm(bn: nn.modules.batchnorm._BatchNorm, scales: Tensor) -> None:
+    """Multiply feature ``c`` of an affine BatchNorm's output by ``scales[c]``, in place.
+
+    BatchNorm computes ``(x - mean) / std * weight + bias``: scaling weight and bias scales the
+    output, in training and eval mode alike.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2)
+        >>> scale_batchnorm(bn, torch.tensor([3.0, 1.0]))
+        >>> bn.weight.tolist()
+        [3.0, 1.0]
+    """
+    _check_module(bn, nn.modules.batchnorm._BatchNorm, "bn")
+    if not bn.affine:
+        raise ValueError("bn has no affine weight and bias (affine=False), so it cannot be scaled")
+    _check_scales(scales, bn.num_features, "bn")
+    with torch.no_grad():
+        factors = scales.to(device=bn.weight.device, dtype=bn.weight.dtype)
+        bn.weight.mul_(factors)
+        if bn.bias is not None:
+            bn.bias.mul_(factors)
+
+
+def add_to_bias(layer: nn.Conv2d | nn.Linear, delta: Tensor) -> None:
+    """Add ``delta`` (one value per output channel) to a layer's bias, creating it if absent.
+
+    Example:
+        >>> linear = nn.Linear(2, 3, bias=False)
+        >>> add_to_bias(linear, torch.ones(3))
+        >>> linear.bias.tolist()
+        [1.0, 1.0, 1.0]
+    """
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
+    _check_scales(delta, layer.weight.shape[0], "layer")
+    delta = delta.detach().to(device=layer.weight.device, dtype=layer.weight.dtype)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(delta.clone(), requires_grad=layer.weight.requires_grad)
+    else:
+        with torch.no_grad():
+            layer.bias.add_(delta)
+
+
+def _sliced(parameter: nn.Parameter, dim: int, keep: Tensor) -> nn.Parameter:
+    values = parameter.detach().index_select(dim, keep.to(parameter.device))
+    return nn.Parameter(values, requires_grad=parameter.requires_grad)
+
+
+def _check_module(module: nn.Module, expected: type, argument: str) -> None:
+    if not isinstance(module, expected):
+        raise TypeError(f"{argument} must be a {expected.__name__}, got {type(module).__name__}")
+
+
+def _check_ungrouped(conv: nn.Conv2d) -> None:
+    if conv.groups != 1:
+        raise ValueError(
+            f"conv has groups={conv.groups}; slicing a grouped convolution is not supported yet"
+        )
+
+
+def _check_scales(values: Tensor, length: int, argument: str) -> None:
+    if not isinstance(values, Tensor) or values.shape != (length,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"expected one value per output channel of {argument} ({length}), got {shape}")
