@@ -1,0 +1,527 @@
+"""Save and load pruned models as safetensors weights plus a JSON architecture spec, without pickle.
+
+A pruned model's layers no longer have their class's default widths, so the spec records every
+leaf module's type (from a whitelist) and constructor arguments; loading rebuilds the model from
+those, instantiating only ``nn.Sequential`` or classes registered with
+:func:`register_architecture`. This module imports only torch, safetensors and the standard
+library, so pruned models load without Pyro installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from pyro_dirichlet.atomic import atomic_write, atomic_write_json
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "load_pruned",
+    "register_architecture",
+    "save_pruned",
+]
+
+FORMAT = "pyro-dirichlet.pruned-model"
+FORMAT_VERSION = 1
+_SEQUENTIAL = "torch.nn.Sequential"
+
+ModuleClass = TypeVar("ModuleClass", bound=type)
+
+
+class ModelFileError(ValueError):
+    """A saved model's files are corrupt, inconsistent, or describe something not allowed."""
+
+
+# --- which classes may be instantiated at load time ---------------------------------------------
+
+# key "module:qualname" -> the class, or None when registered by name and not imported yet.
+_REGISTRY: dict[str, type[nn.Module] | None] = {}
+
+
+def register_architecture(cls: ModuleClass | str) -> ModuleClass | str:
+    """Allow :func:`load_pruned` to instantiate a model class. Usable as a class decorator.
+
+    Loading calls the class with no arguments (so it must have defaults for all of them), then
+    replaces each leaf module by one built from the saved spec.
+
+    Args:
+        cls: an ``nn.Module`` subclass, or its ``"package.module:QualName"`` key; a key lets
+            :func:`load_pruned` import that module when a spec names it, without the caller
+            importing it first.
+
+    Returns:
+        ``cls`` unchanged.
+
+    Example:
+        >>> @register_architecture
+        ... class TinyNet(nn.Module):
+        ...     def __init__(self, width=8):
+        ...         super().__init__()
+        ...         self.fc1, self.fc2 = nn.Linear(4, width), nn.Linear(width, 2)
+        ...     def forward(self, x):
+        ...         return self.fc2(torch.relu(self.fc1(x)))
+    """
+    if isinstance(cls, str):
+        module, _, qualname = cls.partition(":")
+        if not module or not qualname:
+            raise ValueError(f"cls must be a class or a 'package.module:QualName' key, got {cls!r}")
+        _REGISTRY.setdefault(cls, None)
+        return cls
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"cls must be an nn.Module subclass, got {cls!r}")
+    required = [
+        name
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if required:
+        raise TypeError(
+            f"cls {cls.__qualname__} cannot be registered: load_pruned instantiates it with no "
+            f"arguments, but {required} have no default"
+        )
+    _REGISTRY[_class_key(cls)] = cls
+    return cls
+
+
+def _class_key(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _registered_class(key: str) -> type[nn.Module]:
+    if key not in _REGISTRY:
+        raise ModelFileError(
+            f"the spec names model class {key!r}, which is not registered; import the module "
+            "that defines it (decorated with @register_architecture) before loading, or "
+            f"call register_architecture({key!r})"
+        )
+    cls = _REGISTRY[key]
+    if cls is None:
+        module_name, _, qualname = key.partition(":")
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as err:
+            raise ModelFileError(f"registered model class {key!r} cannot be imported: {err}") from err
+        if not (isinstance(found, type) and issubclass(found, nn.Module)) or _class_key(found) != key:
+            raise ModelFileError(f"{key!r} does not name an nn.Module subclass")
+        cls = _REGISTRY[key] = found
+    return cls
+
+
+# --- the whitelist of leaf modules and their constructor arguments ------------------------------
+
+
+def _attributes(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
+    return lambda module: {name: getattr(module, name) for name in names}
+
+
+def _with_bias_flag(*names: str) -> Callable[[nn.Module], dict[str, Any]]:
+    return lambda module: {
+        **{name: getattr(module, name) for name in names},
+        "bias": module.bias is not None,
+    }
+
+
+def _batchnorm_args(module: nn.Module) -> dict[str, Any]:
+    args = _attributes("num_features", "eps", "momentum", "affine", "track_running_stats")(module)
+    # Newer torch allows an affine BatchNorm without bias; record that only when it happens,
+    # so specs stay loadable by torch versions without the argument.
+    if module.affine and module.bias is None:
+        args["bias"] = False
+    return args
+
+
+_INPLACE = _attributes("inplace")
+_NO_ARGS = _attributes()
+
+# type name -> (class, constructor arguments read off an instance)
+_LEAVES: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict[str, Any]]]] = {
+    "Conv2d": (
+        nn.Conv2d,
+        _with_bias_flag(
+            "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+            "groups", "padding_mode",
+        ),
+    ),
+    "Linear": (nn.Linear, _with_bias_flag("in_features", "out_features")),
+    "BatchNorm1d": (nn.BatchNorm1d, _batchnorm_args),
+    "BatchNorm2d": (nn.BatchNorm2d, _batchnorm_args),
+    "ReLU": (nn.ReLU, _INPLACE),
+    "ReLU6": (nn.ReLU6, _INPLACE),
+    "LeakyReLU": (nn.LeakyReLU, _attributes("negative_slope", "inplace")),
+    "GELU": (nn.GELU, _attributes("approximate")),
+    "SiLU": (nn.SiLU, _INPLACE),
+    "ELU": (nn.ELU, _attributes("alpha", "inplace")),
+    "Hardtanh": (nn.Hardtanh, _attributes("min_val", "max_val", "inplace")),
+    "Hardswish": (nn.Hardswish, _INPLACE),
+    "Hardsigmoid": (nn.Hardsigmoid, _INPLACE),
+    "Mish": (nn.Mish, _INPLACE),
+    "Softplus": (nn.Softplus, _attributes("beta", "threshold")),
+    "Sigmoid": (nn.Sigmoid, _NO_ARGS),
+    "Tanh": (nn.Tanh, _NO_ARGS),
+    "Softmax": (nn.Softmax, _attributes("dim")),
+    "LogSoftmax": (nn.LogSoftmax, _attributes("dim")),
+    "MaxPool1d": (
+        nn.MaxPool1d,
+        _attributes("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
+    ),
+    "MaxPool2d": (
+        nn.MaxPool2d,
+        _attributes("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
+    ),
+    "AvgPool1d": (
+        nn.AvgPool1d,
+        _attributes("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    ),
+    "AvgPool2d": (
+        nn.AvgPool2d,
+        _attributes(
+            "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"
+        ),
+    ),
+    "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, _attributes("output_size")),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _attributes("output_size")),
+    "AdaptiveMaxPool1d": (nn.AdaptiveMaxPool1d, _attributes("output_size", "return_indices")),
+    "AdaptiveMaxPool2d": (nn.AdaptiveMaxPool2d, _attributes("output_size", "return_indices")),
+    "Flatten": (nn.Flatten, _attributes("start_dim", "end_dim")),
+    "Dropout": (nn.Dropout, _attributes("p", "inplace")),
+    "Dropout1d": (nn.Dropout1d, _attributes("p", "inplace")),
+    "Dropout2d": (nn.Dropout2d, _attributes("p", "inplace")),
+    "AlphaDropout": (nn.AlphaDropout, _attributes("p", "inplace")),
+    "Identity": (nn.Identity, _NO_ARGS),
+    # An empty Sequential is a leaf (an identity); a non-empty one is a container.
+    "Sequential": (nn.Sequential, _NO_ARGS),
+}
+_ALLOWED_ARGS = {
+    name: set(inspect.signature(cls).parameters) - {"device", "dtype", "args", "kwargs"}
+    for name, (cls, _) in _LEAVES.items()
+}
+
+
+def _type_name(module: nn.Module) -> str | None:
+    name = type(module).__name__
+    # Exact class match: a subclass may override forward, which the spec cannot capture.
+    if name in _LEAVES and _LEAVES[name][0] is type(module):
+        return name
+    return None
+
+
+# --- save ----------------------------------------------------------------------------------------
+
+
+def save_pruned(
+    model: nn.Module,
+    path_prefix: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Save a (pruned) model as ``<prefix>.safetensors`` and ``<prefix>.json``, without pickle.
+
+    The weights file holds the state dict; the JSON spec holds the architecture (every leaf
+    module's type and constructor arguments, and the model class), the tensors' shapes, the
+    weights file's SHA-256, and ``metadata``. Both are written atomically, weights first, so a
+    spec on disk always describes a complete weights file.
+
+    Args:
+        model: an ``nn.Sequential`` or an instance of a class registered with
+            :func:`register_architecture`, whose leaf modules are all whitelisted types.
+        path_prefix: path without extension; its directory must exist.
+        metadata: JSON-serialisable information stored with the spec, e.g.
+            ``{"kept_channels": {"conv1": 5, "conv2": 19, "fc1": 54}}``.
+
+    Returns:
+        The paths of the weights file and the spec file.
+
+    Raises:
+        ValueError: the model's class is not registered, or a module type is not whitelisted.
+        TypeError: ``metadata`` is not a JSON-serialisable mapping.
+
+    Example:
+        >>> weights, spec = save_pruned(pruned, tmp / "lenet5-pruned",
+        ...                             metadata={"kept_channels": {"conv1": 5}})  # doctest: +SKIP
+        >>> model = load_pruned(tmp / "lenet5-pruned")  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    metadata = _checked_metadata(metadata)
+    architecture = _describe_architecture(model)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    architecture["tensors"] = {
+        name: {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape)}
+        for name, tensor in state.items()
+    }
+    payload = safetensors.torch.save(state, metadata={"format": "pt"})
+
+    weights_path, spec_path = _paths(path_prefix)
+    with atomic_write(weights_path, "wb") as handle:
+        handle.write(payload)
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "weights_sha256": hashlib.sha256(payload).hexdigest(),
+        "metadata": metadata,
+        "created_with": {"torch": torch.__version__, "safetensors": safetensors.__version__},
+    }
+    atomic_write_json(spec_path, spec)
+    return weights_path, spec_path
+
+
+def _paths(path_prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
+    if not isinstance(path_prefix, (str, os.PathLike)):
+        raise TypeError(f"path_prefix must be a str or path, got {type(path_prefix).__name__}")
+    prefix = os.fspath(path_prefix)
+    return Path(f"{prefix}.safetensors"), Path(f"{prefix}.json")
+
+
+def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    try:
+        # A round trip both checks serialisability and detaches the spec from caller objects.
+        return json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"metadata must be JSON-serialisable: {err}") from err
+
+
+def _describe_architecture(model: nn.Module) -> dict[str, Any]:
+    if type(model) is nn.Sequential:
+        class_key = _SEQUENTIAL
+    else:
+        class_key = _class_key(type(model))
+        # None: registered by name, so load_pruned imports the class this key names.
+        if class_key not in _REGISTRY or _REGISTRY[class_key] not in (None, type(model)):
+            raise ValueError(
+                f"model is a {type(model).__qualname__}, which load_pruned could not rebuild: "
+                "decorate the class with @register_architecture (or save an nn.Sequential)"
+            )
+    modules = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if next(module.children(), None) is not None:
+            if class_key == _SEQUENTIAL:
+                if type(module) is not nn.Sequential:
+                    raise ValueError(
+                        f"module '{name}' is a {type(module).__name__} inside an nn.Sequential; "
+                        "load_pruned can only rebuild nested nn.Sequential containers there "
+                        "(register a model class instead)"
+                    )
+                modules.append({"name": name, "type": "Sequential", "args": {}})
+            continue  # containers of a registered class are built by its constructor
+        type_name = _type_name(module)
+        if type_name is None:
+            raise ValueError(
+                f"module '{name}' is a {type(module).__qualname__}, which is not among the types "
+                f"load_pruned can rebuild: {', '.join(sorted(_LEAVES))}"
+            )
+        args = _LEAVES[type_name][1](module)
+        modules.append({"name": name, "type": type_name, "args": _jsonable(args)})
+    return {"class": class_key, "modules": modules}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def load_pruned(
+    path_prefix: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned`, in eval mode.
+
+    Nothing is unpickled and no code is imported except a registered class's module. Before
+    any weight is loaded, the weights file's SHA-256 must match the spec, the format and
+    version must be known, every module type must be whitelisted, and the tensor shapes of
+    the spec, the rebuilt architecture and the weights file must agree.
+
+    Args:
+        path_prefix: the prefix given to :func:`save_pruned`.
+        map_location: device to put the parameters and buffers on.
+
+    Raises:
+        ModelFileError: the files are inconsistent, modified, or describe something not allowed.
+        FileNotFoundError: a file is missing.
+
+    Example:
+        >>> model = load_pruned("runs/demo/lenet5-pruned")  # doctest: +SKIP
+    """
+    weights_path, spec_path = _paths(path_prefix)
+    spec = _read_spec(spec_path)
+    digest = _sha256(weights_path)
+    if digest != spec["weights_sha256"]:
+        raise ModelFileError(
+            f"weights file {weights_path} was modified or does not belong to this spec "
+            f"({spec_path}): its SHA-256 is {digest}, the spec records {spec['weights_sha256']}"
+        )
+    architecture = spec["architecture"]
+    model = _rebuild(architecture)
+    state = safetensors.torch.load_file(weights_path, device="cpu")
+    _check_tensors(architecture["tensors"], model, state)
+    # assign=True keeps the saved dtypes instead of casting into freshly allocated float32.
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(map_location).eval()
+
+
+def _read_spec(spec_path: Path) -> dict[str, Any]:
+    text = spec_path.read_text(encoding="utf-8")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"spec file {spec_path} is not valid JSON: {err}") from err
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+        raise ModelFileError(f"{spec_path} is not a {FORMAT} spec (format: {found!r})")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{spec_path} has format_version {spec.get('format_version')!r}; this version of "
+            f"pyro-dirichlet reads version {FORMAT_VERSION}"
+        )
+    architecture = spec.get("architecture")
+    if (
+        not isinstance(spec.get("weights_sha256"), str)
+        or not isinstance(architecture, dict)
+        or not isinstance(architecture.get("class"), str)
+        or not isinstance(architecture.get("modules"), list)
+        or not isinstance(architecture.get("tensors"), dict)
+    ):
+        raise ModelFileError(
+            f"{spec_path} lacks weights_sha256 or an architecture with class, modules and tensors"
+        )
+    return spec
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rebuild(architecture: dict[str, Any]) -> nn.Module:
+    entries = architecture["modules"]
+    for entry in entries:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not entry["name"]
+            or not isinstance(entry.get("args"), dict)
+        ):
+            raise ModelFileError(f"malformed module entry in the spec: {entry!r}")
+        if entry.get("type") not in _LEAVES:
+            raise ModelFileError(
+                f"module '{entry['name']}' has type {entry.get('type')!r}, which is not among "
+                f"the types load_pruned rebuilds: {', '.join(sorted(_LEAVES))}"
+            )
+    if architecture["class"] == _SEQUENTIAL:
+        return _rebuild_sequential(entries)
+    return _rebuild_registered(_registered_class(architecture["class"]), entries)
+
+
+def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
+    root = nn.Sequential()
+    built: dict[str, nn.Module] = {"": root}
+    for entry in entries:
+        parent_name, _, child = entry["name"].rpartition(".")
+        parent = built.get(parent_name)
+        if type(parent) is not nn.Sequential or entry["name"] in built:
+            raise ModelFileError(
+                f"module '{entry['name']}' does not fit the nesting of the spec's nn.Sequential"
+            )
+        built[entry["name"]] = module = _build(entry)
+        parent.add_module(child, module)
+    return root
+
+
+def _rebuild_registered(cls: type[nn.Module], entries: list[dict[str, Any]]) -> nn.Module:
+    model = cls()
+    leaves = {
+        name for name, module in model.named_modules() if name and next(module.children(), None) is None
+    }
+    listed = {entry["name"] for entry in entries}
+    if listed != leaves:
+        raise ModelFileError(
+            f"the spec's modules do not match {cls.__qualname__}(): missing from the spec "
+            f"{sorted(leaves - listed)}, unknown to the class {sorted(listed - leaves)}"
+        )
+    for entry in entries:
+        parent_name, _, child = entry["name"].rpartition(".")
+        setattr(model.get_submodule(parent_name), child, _build(entry))
+    return model
+
+
+def _build(entry: dict[str, Any]) -> nn.Module:
+    cls = _LEAVES[entry["type"]][0]
+    unknown = set(entry["args"]) - _ALLOWED_ARGS[entry["type"]]
+    if unknown:
+        raise ModelFileError(
+            f"module '{entry['name']}' ({entry['type']}) has unknown constructor arguments "
+            f"{sorted(unknown)}"
+        )
+    args = {key: _from_json(value) for key, value in entry["args"].items()}
+    try:
+        return cls(**args)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(
+            f"module '{entry['name']}' cannot be built as {entry['type']}({args}): {err}"
+        ) from err
+
+
+def _from_json(value: Any) -> Any:
+    # Modules store sizes as tuples; JSON turns them into lists.
+    if isinstance(value, list):
+        return tuple(_from_json(item) for item in value)
+    if isinstance(value, (dict, type(None), bool, int, float, str)):
+        return value
+    raise ModelFileError(f"unexpected value in the spec: {value!r}")
+
+
+def _check_tensors(
+    spec_tensors: dict[str, Any], model: nn.Module, state: dict[str, Tensor]
+) -> None:
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    stored = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    listed = {}
+    for name, info in spec_tensors.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list):
+            raise ModelFileError(f"the spec's entry for tensor '{name}' has no shape")
+        listed[name] = tuple(shape)
+    for source, shapes in (("the spec's tensor list", listed), ("the rebuilt architecture", expected)):
+        for name in sorted(shapes.keys() | stored.keys()):
+            if name not in stored:
+                raise ModelFileError(f"tensor '{name}' is in {source} but not in the weights file")
+            if name not in shapes:
+                raise ModelFileError(f"tensor '{name}' is in the weights file but not in {source}")
+            if shapes[name] != stored[name]:
+                raise ModelFileError(
+                    f"tensor '{name}': {source} gives shape {shapes[name]}, the weights file "
+                    f"holds {stored[name]}"
+                )
