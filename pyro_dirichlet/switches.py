@@ -1,0 +1,158 @@
+"""The Pyro model: a frozen network whose prunable layers are scaled by Dirichlet switch sample sites."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_dirichlet.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
+from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
+
+__all__ = ["DirichletSwitches", "switch_site", "freeze"]
+
+
+def switch_site(layer_name: str) -> str:
+    """The sample-site name of a layer's switch, e.g. ``"conv1"`` -> ``"conv1.switch"``.
+
+    The same name is used in Pyro traces, the param store (``conv1.switch.concentration``)
+    and the ArviZ posterior, so a user follows one name through the whole workflow.
+    """
+    return f"{layer_name}.switch"
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """Freeze ``network`` in place: eval mode and ``requires_grad=False`` on every parameter.
+
+    Eval mode matters as much as the gradients: in train mode BatchNorm would update its
+    running statistics and Dropout would add noise the switches would learn to absorb.
+    Returns the same module.
+    """
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+class DirichletSwitches:
+    """A frozen classifier with one Dirichlet "importance switch" per prunable layer.
+
+    For each prunable layer ``l`` with ``C`` output channels (conv) or features (linear), the
+    model draws ``s_l ~ prior_l``, a point on the ``C``-simplex, at the site
+    ``"<layer>.switch"``, and multiplies the layer's output channel-wise by ``s_l * C``.
+    Because the symmetric prior mean is ``1/C`` per channel, **the network is unchanged at
+    the prior mean**: ``s_l * C`` is then all ones. Where a convolution is followed directly
+    by BatchNorm, the switch multiplies the BatchNorm's output (before the non-linearity), so
+    it scales exactly what the next layer sees.
+
+    The network's own weights are frozen (see :func:`freeze`): only the switch posteriors
+    are learned. The observations are class labels, ``Categorical(logits=network(x))``, in
+    a ``pyro.plate("data", size, subsample=indices)`` so a minibatch's log-likelihood is
+    scaled to ``size`` examples.
+
+    Args:
+        network: a trained classifier; frozen in place.
+        example_inputs: a batch of inputs used to trace the network's structure.
+        layers: names of the layers to switch; ``None`` finds every conv and every hidden
+            linear layer automatically (never the classifier output).
+        prior: see :func:`pyro_dirichlet.priors.resolve_prior`: a concentration, a mapping of
+            per-layer concentrations, or a callable returning a distribution on the simplex.
+
+    Example:
+        >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
+        >>> trace = pyro.poutine.trace(switches.model).get_trace(images, labels)  # doctest: +SKIP
+        >>> trace.nodes["conv1.switch"]["value"].shape  # doctest: +SKIP
+        torch.Size([20])
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        example_inputs: torch.Tensor,
+        *,
+        layers: Sequence[str] | None = None,
+        prior: PriorSpec = DEFAULT_CONCENTRATION,
+    ) -> None:
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
+        self.network = freeze(network)
+        self.layers: list[PrunableLayer] = find_prunable_layers(network, example_inputs, layers)
+        self.priors = resolve_prior(prior, self.layers)
+        self._modules = dict(network.named_modules())
+
+    @property
+    def device(self) -> torch.device:
+        parameter = next(self.network.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "DirichletSwitches":
+        """Move the frozen network to ``device``; the priors follow the data's device."""
+        self.network.to(device)
+        return self
+
+    @contextlib.contextmanager
+    def switched(self, values: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
+        """Run the network with layer outputs multiplied by ``values[layer] * channels``.
+
+        Hooks are attached only for the duration of the block, so the network itself stays
+        a plain module (and a deep copy of it never inherits a switch).
+        """
+        handles = []
+        try:
+            for layer in self.layers:
+                if layer.name in values:
+                    handles.append(
+                        self._modules[layer.switch_at].register_forward_hook(
+                            _scale_hook(values[layer.name] * layer.channels, layer)
+                        )
+                    )
+            yield self.network
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def model(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        subsample: torch.Tensor | None = None,
+        size: int | None = None,
+    ) -> torch.Tensor:
+        """The Pyro model: switch sites, then the labels given the switched network.
+
+        Args:
+            images: a minibatch of inputs.
+            labels: its class labels (``None`` to sample them).
+            subsample: the minibatch's indices into the training set.
+            size: the number of examples the likelihood is scaled to (the data-set size, or
+                a smaller effective data size to temper the likelihood).
+
+        Returns:
+            the switched network's logits.
+        """
+        # The prior network is frozen, but a user's .train() call must not reach BatchNorm.
+        if self.network.training:
+            self.network.eval()
+        values = {
+            layer.name: pyro.sample(switch_site(layer.name), self.priors[layer.name](images.device))
+            for layer in self.layers
+        }
+        batch = images.shape[0]
+        with pyro.plate("data", size=size or batch, subsample=subsample, device=images.device):
+            with self.switched(values) as network:
+                logits = network(images)
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)
+        return logits
+
+
+def _scale_hook(scale: torch.Tensor, layer: PrunableLayer):
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        # conv channels are dim 1, linear features the last dim (also for 3-D inputs).
+        return output * scale.reshape(layer.broadcast_shape(output.dim()))
+
+    return hook

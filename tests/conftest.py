@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny networks built in the test, and real MNIST where the data is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    # The param store is global: every test starts without another test's switches.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+class TinyCNN(nn.Module):
+    """conv(1->6) -> relu -> pool -> conv(6->8) -> relu -> pool -> flatten -> fc(32->12) -> relu -> fc(12->3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3)
+        self.conv2 = nn.Conv2d(6, 8, 3)
+        self.fc1 = nn.Linear(8 * 2 * 2, 12)
+        self.fc2 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+@pytest.fixture
+def tiny_cnn() -> TinyCNN:
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+@pytest.fixture
+def tiny_images() -> torch.Tensor:
+    return torch.randn(16, 1, 14, 14, generator=torch.Generator().manual_seed(1))
+
+
+def mnist_root() -> Path | None:
+    root = os.environ.get("PYRO_DIRICHLET_DATA")
+    candidates = [Path(root)] if root else []
+    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    for candidate in candidates:
+        if (candidate / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST (55k/5k/10k); the tests that need it fail loudly in CI if it is missing."""
+    root = mnist_root()
+    if root is None:
+        if os.environ.get("CI"):
+            pytest.fail("MNIST not found: CI must set PYRO_DIRICHLET_DATA to ../shared/data")
+        pytest.skip("MNIST not found: set PYRO_DIRICHLET_DATA to a folder holding MNIST/raw")
+    from pyro_dirichlet.data import load_mnist
+
+    return load_mnist(root)
