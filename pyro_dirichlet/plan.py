@@ -1,0 +1,71 @@
+"""Pruning plans: which channels each layer keeps, given importance scores and a target width."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+__all__ = ["Target", "plan_keep", "keep_counts"]
+
+#: Per-layer target: an ``int`` is a number of channels to keep, a ``float`` in (0, 1] a
+#: fraction of the layer's width. Layers left out are kept whole.
+Target = Mapping[str, int | float]
+
+
+def keep_counts(widths: Mapping[str, int], target: Target) -> dict[str, int]:
+    """Resolve ``target`` into a channel count per layer named in it.
+
+    A fraction rounds to the nearest count but never below one channel: a layer is never
+    emptied.
+
+    Raises:
+        ValueError: an unknown layer, a count outside ``[1, width]``, or a fraction outside (0, 1].
+    """
+    unknown = sorted(set(target) - set(widths))
+    if unknown:
+        raise ValueError(f"target names unknown layer(s) {unknown}; the prunable layers are {sorted(widths)}.")
+    counts = {}
+    for layer, value in target.items():
+        width = widths[layer]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"target for layer {layer!r} must be an int count or a float fraction, got {value!r}.")
+        if isinstance(value, int):
+            if not 1 <= value <= width:
+                raise ValueError(
+                    f"target for layer {layer!r} keeps {value} channels, but it must keep between 1 and its width {width}."
+                )
+            counts[layer] = value
+        else:
+            if not (math.isfinite(value) and 0 < value <= 1):
+                raise ValueError(f"target fraction for layer {layer!r} must be in (0, 1], got {value}.")
+            counts[layer] = max(1, round(value * width))
+    return counts
+
+
+def plan_keep(scores: Mapping[str, torch.Tensor], target: Target) -> dict[str, list[int]]:
+    """Keep each named layer's highest-scoring channels.
+
+    Args:
+        scores: ``{layer: one score per channel}`` from an importance criterion.
+        target: counts or fractions per layer (see :data:`Target`).
+
+    Returns:
+        ``{layer: sorted indices of the channels to keep}`` for the layers in ``target``;
+        ties go to the lower channel index.
+
+    Example:
+        >>> plan_keep({"fc1": torch.tensor([0.1, 0.5, 0.4])}, {"fc1": 2})
+        {'fc1': [1, 2]}
+    """
+    widths = {layer: int(torch.as_tensor(score).numel()) for layer, score in scores.items()}
+    counts = keep_counts(widths, target)
+    keep = {}
+    for layer, count in counts.items():
+        score = torch.as_tensor(scores[layer], dtype=torch.float64).flatten()
+        if not bool(torch.isfinite(score).all()):
+            raise ValueError(f"scores for layer {layer!r} contain NaN or infinite values.")
+        order = torch.sort(-score, stable=True).indices
+        keep[layer] = sorted(order[:count].tolist())
+    return keep

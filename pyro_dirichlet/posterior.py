@@ -1,0 +1,177 @@
+"""The switch posterior as ArviZ data: draws, summaries with HDI credible intervals, forest plots, NetCDF files.
+
+Every ArviZ call in the project lives in this module. The posterior is an
+``xarray.DataTree`` with a ``posterior`` group holding one variable per switched layer,
+named like its Pyro site (``conv1.switch``), with dimensions ``(chain, draw,
+conv1_channel)`` whose channel coordinates are the original channel indices -- so a summary
+row reads ``conv1.switch[17]`` whatever was pruned before or after.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pyro.distributions as dist
+import torch
+import xarray as xr
+
+from pyro_dirichlet.atomic import atomic_path
+from pyro_dirichlet.switches import switch_site
+
+__all__ = [
+    "LayerSummary",
+    "channel_dim",
+    "sample_posterior",
+    "summary_table",
+    "layer_summaries",
+    "plot_forest",
+    "save_posterior",
+    "load_posterior",
+]
+
+
+def channel_dim(layer_name: str) -> str:
+    """The channel dimension of a layer's switch variable, e.g. ``"features.0"`` -> ``"features_0_channel"``."""
+    return f"{layer_name.replace('.', '_')}_channel"
+
+
+def sample_posterior(
+    concentrations: Mapping[str, torch.Tensor],
+    *,
+    num_samples: int = 1000,
+    seed: int = 0,
+    channels: Mapping[str, np.ndarray] | None = None,
+) -> xr.DataTree:
+    """Draw switch samples from fitted Dirichlet guides into an ArviZ DataTree.
+
+    Args:
+        concentrations: ``{layer name: concentration vector}`` of the fitted guide.
+        num_samples: draws per layer (one chain).
+        seed: seed of the draws (they do not touch the global RNG).
+        channels: optional original channel indices per layer for the coordinates
+            (default ``0..C-1``).
+
+    Returns:
+        an ``xarray.DataTree`` with group ``posterior``: variables ``<layer>.switch`` with
+        dims ``(chain, draw, <layer>_channel)``.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer of at least 2, got {num_samples!r}.")
+    if not concentrations:
+        raise ValueError("concentrations is empty: there is no switch to sample.")
+    draws, dims, coords = {}, {}, {}
+    # A forked RNG: summarising a posterior must not shift the user's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        samples = {
+            name: dist.Dirichlet(c.detach().to("cpu", torch.float64)).sample((num_samples,))
+            for name, c in concentrations.items()
+        }
+    for name, sample in samples.items():
+        variable, dim = switch_site(name), channel_dim(name)
+        draws[variable] = sample.numpy()[None]  # one chain
+        dims[variable] = [dim]
+        coords[dim] = np.asarray(channels[name]) if channels and name in channels else np.arange(sample.shape[-1])
+    return az.from_dict({"posterior": draws}, dims=dims, coords=coords)
+
+
+def summary_table(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> pd.DataFrame:
+    """ArviZ's summary of every switch: ``mean``, ``sd`` and the HDI bounds.
+
+    Rows are ``<layer>.switch[<channel>]``; the HDI columns are named by ArviZ, e.g.
+    ``hdi95_lb`` and ``hdi95_ub`` for ``ci_prob=0.95``.
+    """
+    if not 0 < ci_prob < 1:
+        raise ValueError(f"ci_prob must be strictly between 0 and 1, got {ci_prob}.")
+    return pd.DataFrame(az.summary(posterior, kind="stats", ci_prob=ci_prob, ci_kind="hdi", round_to="none"))
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Posterior summary of one layer's switch: arrays indexed like ``channels``."""
+
+    layer: str
+    channels: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+    hdi_lower: np.ndarray
+    hdi_upper: np.ndarray
+    ci_prob: float
+
+    def ranked(self) -> np.ndarray:
+        """Positions of the channels from most to least important by posterior mean."""
+        return np.argsort(-self.mean, kind="stable")
+
+
+def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> dict[str, LayerSummary]:
+    """Split :func:`summary_table` into one :class:`LayerSummary` per switched layer."""
+    table = summary_table(posterior, ci_prob=ci_prob)
+    lower, upper = (c for c in table.columns if c.startswith("hdi"))
+    summaries = {}
+    for variable, data in posterior["posterior"].data_vars.items():
+        layer = str(variable).removesuffix(".switch")
+        channels = np.asarray(data[channel_dim(layer)].values)
+        rows = table.loc[[f"{variable}[{c}]" for c in channels]]
+        summaries[layer] = LayerSummary(
+            layer=layer,
+            channels=channels,
+            mean=rows["mean"].to_numpy(float),
+            sd=rows["sd"].to_numpy(float),
+            hdi_lower=rows[lower].to_numpy(float),
+            hdi_upper=rows[upper].to_numpy(float),
+            ci_prob=ci_prob,
+        )
+    return summaries
+
+
+def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: float = 0.95, max_channels: int = 40) -> Path:
+    """Save ArviZ's forest plot of the switch posteriors (HDI intervals) to ``path``.
+
+    Wide layers are cut to their ``max_channels`` channels of highest posterior mean so the
+    figure stays legible; the report says which.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    selection = {}
+    for variable, data in posterior["posterior"].data_vars.items():
+        dim = data.dims[-1]
+        means = data.mean(("chain", "draw"))
+        top = means.sortby(means, ascending=False)[dim].values[:max_channels]
+        selection[dim] = np.sort(top)
+    subset = posterior["posterior"].to_dataset().sel(selection)
+    plot = az.plot_forest(
+        xr.DataTree.from_dict({"posterior": subset}),
+        combined=True,
+        ci_probs=[0.5, ci_prob],
+        backend="matplotlib",
+    )
+    with atomic_path(path) as temporary:
+        plot.savefig(temporary, format=path.suffix.lstrip(".") or "png")
+    plt.close("all")
+    return path
+
+
+def save_posterior(posterior: xr.DataTree, path: str | os.PathLike) -> Path:
+    """Write the posterior DataTree to NetCDF (``h5netcdf``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        posterior.to_netcdf(temporary, engine="h5netcdf")
+    return path
+
+
+def load_posterior(path: str | os.PathLike) -> xr.DataTree:
+    """Read a posterior written by :func:`save_posterior`."""
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        return tree.load()
