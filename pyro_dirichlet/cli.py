@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyro_dirichlet.fit import FitConfig
+from pyro_dirichlet.fitting import FitConfig
 from pyro_dirichlet.pipeline import RunConfig, run
 
 __all__ = ["main", "build_parser", "parse_target"]
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--epochs", type=int, default=1, help="SVI epochs (default 1)")
     run_parser.add_argument("--lr", type=float, default=FitConfig.lr, help=f"SVI Adam learning rate (default {FitConfig.lr})")
     run_parser.add_argument("--finetune-epochs", type=int, default=3, help="fine-tune epochs after pruning (default 3)")
+    run_parser.add_argument(
+        "--finetune-lr", type=float, default=RunConfig.finetune_lr,
+        help=f"peak Adam learning rate of fine-tuning (default {RunConfig.finetune_lr})",
+    )
     run_parser.add_argument("--cache-dir", type=Path, default=None, help="where trained baselines are cached")
     run_parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
     return parser
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             prior=args.prior,
             fit=FitConfig(epochs=args.epochs, lr=args.lr),
             finetune_epochs=args.finetune_epochs,
+            finetune_lr=args.finetune_lr,
             seed=args.seed,
             device=args.device,
             cache_dir=args.cache_dir,

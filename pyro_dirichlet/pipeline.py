@@ -16,8 +16,8 @@ import torch
 
 from pyro_dirichlet.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
-from pyro_dirichlet.finetune import finetune
-from pyro_dirichlet.fit import FitConfig, fit, resolve_device
+from pyro_dirichlet.finetuning import finetune
+from pyro_dirichlet.fitting import FitConfig, fit, resolve_device
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import Target
 from pyro_dirichlet.posterior import LayerSummary, layer_summaries, plot_forest, save_posterior
@@ -43,6 +43,8 @@ class RunConfig:
         prior: symmetric Dirichlet prior concentration of every switch.
         fit: the SVI settings (its ``seed`` and ``device`` are overridden by this config's).
         finetune_epochs: epochs of fine-tuning after pruning (best epoch by validation accuracy).
+        finetune_lr: peak Adam learning rate of fine-tuning. 1e-2 was chosen over 3e-3 and
+            1e-3 by validation accuracy after pruning LeNet-5 (``analysis/select_finetune_lr.py``).
         ci_prob: probability mass of the reported HDI credible intervals.
         seed: seeds training, the fit and fine-tuning.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -58,6 +60,7 @@ class RunConfig:
     prior: float = 1.0
     fit: FitConfig = field(default_factory=FitConfig)
     finetune_epochs: int = 3
+    finetune_lr: float = 1e-2
     ci_prob: float = 0.95
     seed: int = 0
     device: str = "auto"
@@ -131,7 +134,7 @@ def run(config: RunConfig) -> dict:
     target = dict(config.target) if config.target is not None else dict(entry.default_keep)
     pruned, keep = prune_by_posterior_mean(network, posterior, target, example)
     before_finetune = accuracy(pruned, data.test, device=device)
-    tuning = finetune(pruned, data, epochs=config.finetune_epochs, seed=config.seed, device=str(device), progress=config.progress)
+    tuning = finetune(pruned, data, epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed, device=str(device), progress=config.progress)
     pruned.eval()
     architecture = {layer.name: len(keep.get(layer.name, range(layer.channels))) for layer in switches.layers}
     pruned_report = {
@@ -143,6 +146,7 @@ def run(config: RunConfig) -> dict:
         "test_accuracy": accuracy(pruned, data.test, device=device),
         "validation_accuracy": accuracy(pruned, data.validation, device=device),
         "finetune_epochs": config.finetune_epochs,
+        "finetune_lr": config.finetune_lr,
         "finetune": tuning.to_dict(),
     }
     pruned_report["params_fraction"] = pruned_report["params"] / baseline_report["params"]

@@ -72,3 +72,29 @@ def mnist():
     from pyro_dirichlet.data import load_mnist
 
     return load_mnist(root)
+
+
+@pytest.fixture(scope="session")
+def mnist_small(mnist):
+    """Seeded subsets of real MNIST (4k train, 1k validation, 2k test) for end-to-end tests."""
+    from pyro_dirichlet.data import DataSplits
+
+    return DataSplits(
+        train=mnist.train.subset(4000, seed=0),
+        validation=mnist.validation.subset(1000, seed=0),
+        test=mnist.test.subset(2000, seed=0),
+        name="mnist",
+        num_classes=10,
+        input_shape=(1, 28, 28),
+        split_seed=mnist.split_seed,
+    )
+
+
+@pytest.fixture
+def small_mnist_everywhere(monkeypatch, mnist_small, tmp_path):
+    """Make load_dataset("mnist") return the small subsets and cache baselines under tmp_path."""
+    from pyro_dirichlet import data
+
+    monkeypatch.setitem(data._LOADERS, "mnist", lambda data_dir=None, **kwargs: mnist_small)
+    monkeypatch.setenv("PYRO_DIRICHLET_CACHE", str(tmp_path / "cache"))
+    return mnist_small

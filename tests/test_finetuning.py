@@ -5,7 +5,7 @@ import torch
 
 from models.lenet import LeNet300100
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.finetune import finetune
+from pyro_dirichlet.finetuning import finetune
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.training import TrainResult
 

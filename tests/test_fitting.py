@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.fit import FitConfig, FitDivergedError, fit, resolve_device
+from pyro_dirichlet.fitting import FitConfig, FitDivergedError, fit, resolve_device
 from pyro_dirichlet.switches import DirichletSwitches
 
 

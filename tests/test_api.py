@@ -1,0 +1,29 @@
+"""The public API: every exported name resolves to the object it names, whatever was imported first."""
+
+import importlib
+import subprocess
+import sys
+import types
+
+import pyro_dirichlet
+
+
+def test_every_public_name_is_the_object_not_a_same_named_submodule():
+    # Import every submodule first: a submodule named like a function would shadow it.
+    for module in ("fitting", "finetuning", "posterior", "plan", "surgery", "pipeline"):
+        importlib.import_module(f"pyro_dirichlet.{module}")
+    for name in pyro_dirichlet.__all__:
+        value = getattr(pyro_dirichlet, name)
+        assert not isinstance(value, types.ModuleType), name
+    assert callable(pyro_dirichlet.fit) and callable(pyro_dirichlet.finetune)
+
+
+def test_star_import_gives_exactly_all():
+    namespace: dict = {}
+    exec("from pyro_dirichlet import *", namespace)
+    assert set(pyro_dirichlet.__all__) <= set(namespace)
+
+
+def test_fit_import_in_a_fresh_interpreter():
+    code = "import pyro_dirichlet.fitting; from pyro_dirichlet import fit, finetune; assert callable(fit) and callable(finetune)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,117 @@
+"""The main job end to end on real MNIST (a subset): train -> fit -> prune -> fine-tune -> report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_dirichlet.cli import main, parse_target
+from pyro_dirichlet.measure import accuracy
+from pyro_dirichlet.pipeline import RunConfig, run
+from pyro_dirichlet.posterior import load_posterior
+from pyro_dirichlet.serialization import load_pruned
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, mnist_small):
+    from pyro_dirichlet import data
+
+    out = tmp_path_factory.mktemp("run") / "demo"
+    original = data._LOADERS["mnist"]
+    data._LOADERS["mnist"] = lambda data_dir=None, **kwargs: mnist_small
+    try:
+        report = run(RunConfig(out=out, cache_dir=out.parent / "cache", progress=False))
+    finally:
+        data._LOADERS["mnist"] = original
+    return out, report
+
+
+def test_run_writes_every_output(demo_run):
+    out, report = demo_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "forest.png", "posterior.nc", "pruned.json", "pruned.safetensors", "report.json"
+    ]
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert (out / "forest.png").stat().st_size > 10_000
+
+
+def test_report_has_the_promised_fields(demo_run):
+    _, report = demo_run
+    assert {"model", "dataset", "device", "seed", "baseline", "svi", "pruned", "total_seconds"} <= set(report)
+    assert {"test_accuracy", "params", "flops", "seconds_per_epoch"} <= set(report["baseline"])
+    assert {"epochs", "steps", "seconds", "elbo"} <= set(report["svi"])
+    assert report["svi"]["steps"] == len(report["svi"]["elbo"]) == 4000 // 128 + 1
+    pruned = report["pruned"]
+    assert pruned["architecture"] == {"conv1": 5, "conv2": 12, "fc1": 40}
+    for key in ("test_accuracy", "test_accuracy_before_finetune"):
+        assert 0.0 <= pruned[key] <= 1.0
+    assert pruned["finetune_epochs"] == 3
+
+
+def test_pruned_network_is_smaller_and_still_accurate(demo_run, mnist_small):
+    out, report = demo_run
+    assert report["pruned"]["params"] < 0.03 * report["baseline"]["params"]
+    assert report["pruned"]["flops"] < 0.1 * report["baseline"]["flops"]
+    assert report["baseline"]["test_accuracy"] > 0.9
+    # 4k training images only: a pruned LeNet-5 still classifies far above chance
+    assert report["pruned"]["test_accuracy"] > 0.85
+    model = load_pruned(out / "pruned")
+    assert accuracy(model, mnist_small.test) == pytest.approx(report["pruned"]["test_accuracy"])
+
+
+def test_posterior_file_has_named_channel_dims(demo_run):
+    out, _ = demo_run
+    posterior = load_posterior(out / "posterior.nc")["posterior"]
+    assert posterior["conv2.switch"].dims == ("chain", "draw", "conv2_channel")
+    assert posterior["fc1.switch"].shape == (1, 1000, 500)
+    assert np.allclose(posterior["conv1.switch"].sum("conv1_channel"), 1.0)
+
+
+def test_failed_run_leaves_out_untouched(tmp_path, small_mnist_everywhere, monkeypatch):
+    import pyro_dirichlet.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "save_pruned", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(RunConfig(out=out, progress=False, finetune_epochs=0))
+    assert sorted(os.listdir(out)) == ["report.json"] and (out / "report.json").read_text() == "{}"
+
+
+def test_cli_reports_a_missing_data_set(tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "nowhere"), "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "train-images-idx3-ubyte" in error and "PYRO_DIRICHLET_DATA" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_unknown_model_listing_choices(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--model", "resnet9000", "--out", "x"])
+    assert caught.value.code == 2
+    assert "lenet5" in capsys.readouterr().err
+
+
+def test_cli_rejects_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--out", str(blocker / "out"), "--quiet"]) == 2
+    assert "out" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_keep_counts(tmp_path, small_mnist_everywhere, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--keep", "conv1=0", "--quiet", "--finetune-epochs", "0"]) == 2
+    assert "conv1" in capsys.readouterr().err
+
+
+def test_parse_target():
+    assert parse_target("conv1=5, fc1=0.1") == {"conv1": 5, "fc1": 0.1}
+    with pytest.raises(Exception, match="LAYER=COUNT"):
+        parse_target("conv1")
