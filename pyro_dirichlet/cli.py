@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="channels to keep per layer, e.g. conv1=5,conv2=12,fc1=40 (counts) or conv1=0.25 (fractions); "
         "default: the model's documented target",
     )
+    run_parser.add_argument(
+        "--layers", type=lambda text: tuple(filter(None, (n.strip() for n in text.split(",")))), default=None,
+        help="comma-separated layers to switch and prune, e.g. conv1,fc1 (default: every conv and hidden linear layer)",
+    )
     run_parser.add_argument("--prior", type=float, default=1.0, help="symmetric Dirichlet prior concentration (default 1)")
     run_parser.add_argument("--epochs", type=int, default=1, help="SVI epochs (default 1)")
     run_parser.add_argument("--lr", type=float, default=FitConfig.lr, help=f"SVI Adam learning rate (default {FitConfig.lr})")
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset,
             out=args.out,
             data_dir=args.data_dir,
+            layers=args.layers,
             target=args.keep,
             prior=args.prior,
             fit=FitConfig(epochs=args.epochs, lr=args.lr),

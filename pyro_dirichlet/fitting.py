@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -15,6 +14,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from pyro_dirichlet.data import Split, minibatches
+from pyro_dirichlet.measure import Stopwatch
 from pyro_dirichlet.guide import DEFAULT_INIT_CONCENTRATION, DirichletGuide
 from pyro_dirichlet.posterior import sample_posterior
 from pyro_dirichlet.structure import PrunableLayer
@@ -104,10 +104,6 @@ class FitResult:
         """Draw the fitted switch posterior into an ArviZ DataTree (see :func:`sample_posterior`)."""
         return sample_posterior(self.concentrations, num_samples=num_samples, seed=seed)
 
-    def posterior_mean(self) -> dict[str, torch.Tensor]:
-        """The exact posterior mean of each switch, ``phi / phi.sum()``."""
-        return {name: c / c.sum() for name, c in self.concentrations.items()}
-
     def to_dict(self) -> dict:
         """JSON-ready record for reports (the concentrations are in the posterior file)."""
         config = asdict(self.config)
@@ -180,12 +176,12 @@ def fit(switches: DirichletSwitches, train: Split, config: FitConfig = FitConfig
     data = train.to(device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     history: list[float] = []
-    start = time.perf_counter()
     _check_labels(switches, data)
     # Distribution validation is off inside the loop: it costs time at every step, and a
     # NaN must reach the finiteness check below (which keeps the last good guide) instead
     # of surfacing as a constraint error from the likelihood.
     with (
+        Stopwatch(device) as watch,
         pyro.validation_enabled(False),
         warnings.catch_warnings(),  # Pyro's "Encountered NaN" warning: FitDivergedError says it better
 
@@ -204,16 +200,13 @@ def fit(switches: DirichletSwitches, train: Split, config: FitConfig = FitConfig
                 bar.update()
                 if len(history) % 20 == 0:
                     bar.set_postfix(elbo=f"{elbo:.4g}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
     return FitResult(
         layers=switches.layers,
         concentrations=guide.concentrations(),
         elbo=history,
         epochs=config.epochs,
         steps=len(history),
-        seconds=seconds,
+        seconds=watch.seconds,
         device=str(device),
         config=config,
     )

@@ -169,8 +169,14 @@ class Stopwatch:
         traceback: TracebackType | None,
     ) -> None:
         _synchronize(self.device)
-        assert self._start is not None
-        self.seconds = time.perf_counter() - self._start
+        self.seconds = self.elapsed
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the block was entered, read while it is still running."""
+        if self._start is None:
+            raise RuntimeError("the Stopwatch has not been started: use it in a with block")
+        return time.perf_counter() - self._start
 
 
 def median_seconds(

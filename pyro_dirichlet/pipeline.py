@@ -6,8 +6,8 @@ import contextlib
 import os
 import platform
 import shutil
+import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from pyro_dirichlet.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
 from pyro_dirichlet.finetuning import finetune
 from pyro_dirichlet.fitting import FitConfig, fit, resolve_device
-from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
+from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import Target
 from pyro_dirichlet.posterior import LayerSummary, layer_summaries, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
@@ -39,7 +39,10 @@ class RunConfig:
         dataset: a data set name (e.g. ``"mnist"``); must match the model's.
         out: the run directory written with the report, posterior, plot and pruned model.
         data_dir: where the data sets are (see :func:`pyro_dirichlet.data.resolve_data_root`).
-        target: channels to keep per layer; ``None`` uses the model's documented default.
+        layers: names of the layers to switch and prune; ``None`` finds every conv and
+            hidden linear layer.
+        target: channels to keep per layer; ``None`` uses the model's documented default
+            (restricted to ``layers`` when they are given).
         prior: symmetric Dirichlet prior concentration of every switch.
         fit: the SVI settings (its ``seed`` and ``device`` are overridden by this config's).
         finetune_epochs: epochs of fine-tuning after pruning (best epoch by validation accuracy).
@@ -56,6 +59,7 @@ class RunConfig:
     dataset: str = "mnist"
     out: Path = Path("runs/demo")
     data_dir: Path | None = None
+    layers: tuple[str, ...] | None = None
     target: Target | None = None
     prior: float = 1.0
     fit: FitConfig = field(default_factory=FitConfig)
@@ -92,9 +96,13 @@ def run(config: RunConfig) -> dict:
     Returns:
         the report (also written to ``<out>/report.json``).
     """
+    with Stopwatch() as watch:
+        return _run(config, watch)
+
+
+def _run(config: RunConfig, watch: Stopwatch) -> dict:
     from models import get_model_entry, load_or_train_baseline  # the application layer: library stays model-agnostic
 
-    start = time.perf_counter()
     entry = get_model_entry(config.model)
     if config.dataset != entry.dataset:
         raise ValueError(f"model {config.model!r} is trained on {entry.dataset!r}, not dataset {config.dataset!r}.")
@@ -117,12 +125,12 @@ def run(config: RunConfig) -> dict:
     }
     if baseline.train_result is not None:
         seconds = baseline.train_result.seconds_per_epoch
-        baseline_report["seconds_per_epoch"] = sorted(seconds)[len(seconds) // 2]
+        baseline_report["seconds_per_epoch"] = statistics.median(seconds)
         baseline_report["epochs"] = baseline.train_result.epochs
     _say(config, f"baseline {config.model}: test accuracy {baseline_report['test_accuracy']:.4f}, "
                  f"{baseline_report['params']:,} parameters, {baseline_report['flops']:,} FLOPs")
 
-    switches = DirichletSwitches(network, example, prior=config.prior)
+    switches = DirichletSwitches(network, example, layers=config.layers, prior=config.prior)
     fit_config = FitConfig(**{**asdict(config.fit), "seed": config.seed, "device": str(device), "progress": config.progress})
     result = fit(switches, data.train, fit_config)
     posterior = result.posterior(seed=config.seed)
@@ -131,7 +139,10 @@ def run(config: RunConfig) -> dict:
     for summary in summaries.values():
         _say(config, format_layer_summary(summary))
 
-    target = dict(config.target) if config.target is not None else dict(entry.default_keep)
+    switched = {layer.name for layer in switches.layers}
+    target = dict(config.target) if config.target is not None else {
+        layer: count for layer, count in entry.default_keep.items() if layer in switched
+    }
     pruned, keep = prune_by_posterior_mean(network, posterior, target, example)
     before_finetune = accuracy(pruned, data.test, device=device)
     tuning = finetune(pruned, data, epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed, device=str(device), progress=config.progress)
@@ -170,7 +181,7 @@ def run(config: RunConfig) -> dict:
         save_posterior(posterior, staging / "posterior.nc")
         plot_forest(posterior, staging / "forest.png", ci_prob=config.ci_prob)
         save_pruned(pruned.cpu(), staging / "pruned", metadata={"model": config.model, "dataset": config.dataset, "architecture": architecture})
-        report["total_seconds"] = time.perf_counter() - start
+        report["total_seconds"] = watch.elapsed
         atomic_write_json(staging / "report.json", report)
     _say(config, f"pruned {architecture}: {pruned_report['params']:,} parameters "
                  f"({pruned_report['params_fraction']:.2%}), {pruned_report['flops']:,} FLOPs ({pruned_report['flops_fraction']:.2%}); "

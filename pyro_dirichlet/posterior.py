@@ -131,10 +131,13 @@ def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> dict[st
 
 
 def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: float = 0.95, max_channels: int = 40) -> Path:
-    """Save ArviZ's forest plot of the switch posteriors (HDI intervals) to ``path``.
+    """Save ArviZ's forest plot of the switch posteriors (50% and ``ci_prob`` HDIs) to ``path``.
 
-    Wide layers are cut to their ``max_channels`` channels of highest posterior mean so the
-    figure stays legible; the report says which.
+    Each switch is drawn as ``s_c * C`` (its value times the layer's width), so every layer
+    shares one scale on which 1 is the prior mean -- the unswitched network -- and a channel
+    above 1 matters more than its layer's average. Layers wider than ``max_channels`` show
+    only their ``max_channels`` channels of highest posterior mean, labelled by their
+    original indices.
     """
     import matplotlib
 
@@ -143,15 +146,14 @@ def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: flo
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    selection = {}
+    shown = {}
     for variable, data in posterior["posterior"].data_vars.items():
         dim = data.dims[-1]
         means = data.mean(("chain", "draw"))
-        top = means.sortby(means, ascending=False)[dim].values[:max_channels]
-        selection[dim] = np.sort(top)
-    subset = posterior["posterior"].to_dataset().sel(selection)
+        top = np.sort(means.sortby(means, ascending=False)[dim].values[:max_channels])
+        shown[variable] = data.sel({dim: top}) * data.sizes[dim]
     plot = az.plot_forest(
-        xr.DataTree.from_dict({"posterior": subset}),
+        xr.DataTree.from_dict({"posterior": xr.Dataset(shown)}),
         combined=True,
         ci_probs=[0.5, ci_prob],
         backend="matplotlib",

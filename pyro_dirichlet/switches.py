@@ -84,11 +84,6 @@ class DirichletSwitches:
         self.priors = resolve_prior(prior, self.layers)
         self._modules = dict(network.named_modules())
 
-    @property
-    def device(self) -> torch.device:
-        parameter = next(self.network.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
-
     def to(self, device: torch.device | str) -> "DirichletSwitches":
         """Move the frozen network to ``device``; the priors follow the data's device."""
         self.network.to(device)

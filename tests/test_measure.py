@@ -154,6 +154,16 @@ def test_stopwatch_measures_a_sleep():
     assert 0.02 <= watch.seconds < 1.0
 
 
+def test_stopwatch_elapsed_reads_a_running_block():
+    with pytest.raises(RuntimeError, match="not been started"):
+        Stopwatch().elapsed
+    with Stopwatch() as watch:
+        time.sleep(0.01)
+        running = watch.elapsed
+        time.sleep(0.01)
+    assert 0.01 <= running < watch.seconds
+
+
 def test_median_seconds_calls_warmup_then_repeats():
     calls = []
     durations = iter([0.0, 0.03, 0.0, 0.01])  # the warm-up call first, then three timed ones

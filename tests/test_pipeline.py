@@ -115,3 +115,12 @@ def test_parse_target():
     assert parse_target("conv1=5, fc1=0.1") == {"conv1": 5, "fc1": 0.1}
     with pytest.raises(Exception, match="LAYER=COUNT"):
         parse_target("conv1")
+
+
+def test_cli_prunes_only_the_named_layers(tmp_path, small_mnist_everywhere):
+    out = tmp_path / "fc-only"
+    assert main(["run", "--out", str(out), "--layers", "fc1", "--quiet", "--finetune-epochs", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["architecture"] == {"fc1": 40}
+    assert report["pruned"]["finetune_epochs"] == 0
+    assert list(load_posterior(out / "posterior.nc")["posterior"].data_vars) == ["fc1.switch"]
