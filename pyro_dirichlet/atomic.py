@@ -43,22 +43,11 @@ def atomic_write(
     binary = "b" in mode
     if binary and encoding is not None:
         raise ValueError(f"encoding must be None for binary mode {mode!r}, got {encoding!r}")
-    target = Path(path)
-    temporary, descriptor = _create_temporary(target)
-    try:
-        with os.fdopen(
-            descriptor, mode, encoding=None if binary else (encoding or "utf-8")
-        ) as handle:
+    with atomic_path(path) as temporary:
+        with open(temporary, mode, encoding=None if binary else (encoding or "utf-8")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        # BaseException too: a KeyboardInterrupt must not leave the temporary file behind.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(target.parent)
 
 
 @contextlib.contextmanager
@@ -79,6 +68,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, target)
     except BaseException:
+        # BaseException too: a KeyboardInterrupt must not leave the temporary file behind.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
@@ -110,7 +100,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, text)
 
 
-def _create_temporary(target: Path, suffix: str = ".tmp") -> tuple[Path, int]:
+def _create_temporary(target: Path, suffix: str) -> tuple[Path, int]:
     # Same directory as the target, or os.replace could cross file systems and stop being
     # atomic. os.open with mode 0o666 gives the file the permissions open() would (after the
     # umask), unlike tempfile.mkstemp's 0o600.

@@ -74,20 +74,22 @@ def mnist():
     return load_mnist(root)
 
 
+def shrink(data, train: int, validation: int, test: int):
+    """Seeded subsets of every split of ``data`` (real MNIST, cut down so tests stay fast)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        data,
+        train=data.train.subset(train, seed=0),
+        validation=data.validation.subset(validation, seed=0),
+        test=data.test.subset(test, seed=0),
+    )
+
+
 @pytest.fixture(scope="session")
 def mnist_small(mnist):
-    """Seeded subsets of real MNIST (4k train, 1k validation, 2k test) for end-to-end tests."""
-    from pyro_dirichlet.data import DataSplits
-
-    return DataSplits(
-        train=mnist.train.subset(4000, seed=0),
-        validation=mnist.validation.subset(1000, seed=0),
-        test=mnist.test.subset(2000, seed=0),
-        name="mnist",
-        num_classes=10,
-        input_shape=(1, 28, 28),
-        split_seed=mnist.split_seed,
-    )
+    """Real MNIST cut to 4k train, 1k validation, 2k test, for end-to-end tests."""
+    return shrink(mnist, 4000, 1000, 2000)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import dataclasses
 import json
 
 import pytest
+from conftest import shrink
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -23,12 +24,7 @@ TINY = TrainConfig(epochs=1, batch_size=64)
 
 @pytest.fixture(scope="module")
 def tiny_mnist(mnist) -> DataSplits:
-    return dataclasses.replace(
-        mnist,
-        train=mnist.train.subset(1000, seed=0),
-        validation=mnist.validation.subset(500, seed=0),
-        test=mnist.test.subset(500, seed=0),
-    )
+    return shrink(mnist, 1000, 500, 500)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+from conftest import shrink
 import torch
 
 import pyro_dirichlet.training as training
@@ -13,12 +14,7 @@ from pyro_dirichlet.training import TrainConfig, TrainResult, train_classifier
 @pytest.fixture(scope="module")
 def small_mnist(mnist) -> DataSplits:
     """Real MNIST cut to 2k train / 1k validation / 500 test examples."""
-    return dataclasses.replace(
-        mnist,
-        train=mnist.train.subset(2000, seed=0),
-        validation=mnist.validation.subset(1000, seed=0),
-        test=mnist.test.subset(500, seed=0),
-    )
+    return shrink(mnist, 2000, 1000, 500)
 
 
 def seeded_lenet5(seed: int = 0) -> LeNet5Caffe:
