@@ -30,6 +30,7 @@ def parse_target(text: str) -> dict[str, int | float]:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import MODELS
+    from pyro_dirichlet.data import _LOADERS as DATASETS
 
     parser = argparse.ArgumentParser(prog="pyro-dirichlet", description="Dirichlet pruning of trained networks with Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tune, and write report.json, posterior.nc, forest.png and the pruned model into --out.",
     )
     run_parser.add_argument("--model", default="lenet5", choices=sorted(MODELS), help="network architecture (default: lenet5)")
-    run_parser.add_argument("--dataset", default="mnist", choices=["mnist"], help="data set (default: mnist)")
+    run_parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS), help="data set (default: mnist)")
     run_parser.add_argument("--out", type=Path, required=True, help="run directory to write")
     run_parser.add_argument(
         "--data-dir", type=Path, default=None,
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"peak Adam learning rate of fine-tuning (default {RunConfig.finetune_lr})",
     )
     run_parser.add_argument("--cache-dir", type=Path, default=None, help="where trained baselines are cached")
+    run_parser.add_argument(
+        "--subset", type=int, default=None,
+        help="smoke run: train on this many examples (validation and test a quarter each); not comparable with full runs",
+    )
+    run_parser.add_argument("--train-epochs", type=int, default=None, help="baseline training epochs (default: the model's recipe)")
     run_parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
     return parser
 
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             device=args.device,
             cache_dir=args.cache_dir,
+            subset=args.subset,
+            train_epochs=args.train_epochs,
             progress=not args.quiet,
         )
         run(config)

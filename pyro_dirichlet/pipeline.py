@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.data import load_dataset
+from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.finetuning import finetune
 from pyro_dirichlet.fitting import FitConfig, fit, resolve_device
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
@@ -52,6 +53,10 @@ class RunConfig:
         seed: seeds training, the fit and fine-tuning.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         cache_dir: where trained baselines are cached (default: see ``models.baseline``).
+        subset: for smoke runs on a CPU, cut the training split to this many examples and
+            the validation and test splits to a quarter of it each (seeded). Accuracies of
+            such runs are not comparable with full runs; the report records the sizes.
+        train_epochs: train the baseline for this many epochs instead of its recipe's.
         progress: show progress bars.
     """
 
@@ -69,6 +74,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     cache_dir: Path | None = None
+    subset: int | None = None
+    train_epochs: int | None = None
     progress: bool = True
 
 
@@ -110,10 +117,14 @@ def _run(config: RunConfig, watch: Stopwatch) -> dict:
     _check_writable(out)
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, config.data_dir)
+    if config.subset is not None:
+        data = _cut(data, config.subset, seed=config.seed)
     example = data.train.images[:2].to(device)
 
+    recipe = entry.train if config.train_epochs is None else dataclasses.replace(entry.train, epochs=config.train_epochs)
     baseline = load_or_train_baseline(
-        config.model, data, device=str(device), cache_dir=config.cache_dir, seed=config.seed, progress=config.progress
+        config.model, data, device=str(device), cache_dir=config.cache_dir, seed=config.seed,
+        progress=config.progress, train_config=recipe,
     )
     network = baseline.model.to(device)
     baseline_report = {
@@ -169,6 +180,8 @@ def _run(config: RunConfig, watch: Stopwatch) -> dict:
         "dataset": config.dataset,
         "device": str(device),
         "seed": config.seed,
+        "data": {"source": getattr(data, "source", config.dataset), "train": len(data.train),
+                 "validation": len(data.validation), "test": len(data.test)},
         "prior_concentration": config.prior,
         "target": target,
         "ci_prob": config.ci_prob,
@@ -208,6 +221,19 @@ def _staged(out: Path) -> Iterator[Path]:
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cut(data: DataSplits, size: int, *, seed: int) -> DataSplits:
+    """Seeded subsets for smoke runs: ``size`` training examples, ``size // 4`` validation and test."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"subset must be an integer of at least 8 training examples, got {size!r}.")
+    small = max(2, size // 4)
+    return dataclasses.replace(
+        data,
+        train=data.train.subset(min(size, len(data.train)), seed=seed),
+        validation=data.validation.subset(min(small, len(data.validation)), seed=seed),
+        test=data.test.subset(min(small, len(data.test)), seed=seed),
+    )
 
 
 def _check_writable(out: Path) -> None:

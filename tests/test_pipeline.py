@@ -124,3 +124,17 @@ def test_cli_prunes_only_the_named_layers(tmp_path, small_mnist_everywhere):
     assert report["pruned"]["architecture"] == {"fc1": 40}
     assert report["pruned"]["finetune_epochs"] == 0
     assert list(load_posterior(out / "posterior.nc")["posterior"].data_vars) == ["fc1.switch"]
+
+
+def test_cli_smoke_subset_cuts_every_split(tmp_path, small_mnist_everywhere):
+    out = tmp_path / "smoke"
+    assert main(["run", "--out", str(out), "--subset", "400", "--train-epochs", "1", "--finetune-epochs", "1", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train"] == 400 and report["data"]["validation"] == report["data"]["test"] == 100
+    assert report["baseline"]["epochs"] == 1
+    assert report["svi"]["steps"] == 4  # ceil(400 / 128)
+
+
+def test_bad_subset_is_rejected(tmp_path, small_mnist_everywhere, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--subset", "3", "--quiet"]) == 2
+    assert "subset" in capsys.readouterr().err
