@@ -10,17 +10,29 @@ from models.baseline import (
 )
 from models.lenet import LeNet300100, LeNet5Caffe
 from models.registry import MODELS, ModelEntry, get_model_entry
+from models.resnet_cifar import CifarResNet, ResNet20, ResNet56, resnet20, resnet56
+from models.vgg import VGG16
+from models.wrn import WideResNet, WideResNet10x1, wrn_28_10
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "CifarResNet",
     "MODELS",
     "Baseline",
     "LeNet300100",
     "LeNet5Caffe",
     "ModelEntry",
+    "ResNet20",
+    "ResNet56",
+    "VGG16",
+    "WideResNet",
+    "WideResNet10x1",
     "get_model_entry",
     "load_checkpoint",
     "load_or_train_baseline",
     "resolve_cache_dir",
+    "resnet20",
+    "resnet56",
     "save_checkpoint",
+    "wrn_28_10",
 ]

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from models.registry import get_model_entry
 from pyro_dirichlet.atomic import atomic_write
+from pyro_dirichlet.cache import CACHE_ENV_VAR
+from pyro_dirichlet.cache import resolve_cache_dir as resolve_cache_dir_of_kind
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
 from pyro_dirichlet.training import TrainConfig, TrainResult, train_classifier
@@ -37,11 +39,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CACHE_ENV_VAR = "PYRO_DIRICHLET_CACHE"
-"""Environment variable naming the folder that holds trained baselines."""
-
-DEFAULT_CACHE_DIR = Path("~/.cache/pyro-dirichlet/baselines")
-
 METADATA_KEY = "pyro_dirichlet"
 """The safetensors metadata key under which a checkpoint's JSON metadata is stored."""
 
@@ -51,16 +48,13 @@ _CACHE_FORMAT = 1
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The baseline cache folder: ``cache_dir``, else ``$PYRO_DIRICHLET_CACHE``, else
-    ``~/.cache/pyro-dirichlet/baselines``.
+    ``~/.cache/pyro-dirichlet/baselines`` (see :func:`pyro_dirichlet.cache.resolve_cache_dir`).
 
     Example:
         >>> resolve_cache_dir("/tmp/baselines")
         PosixPath('/tmp/baselines')
     """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    from_env = os.environ.get(CACHE_ENV_VAR)
-    return Path(from_env or DEFAULT_CACHE_DIR).expanduser()
+    return resolve_cache_dir_of_kind("baselines", cache_dir)
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any]) -> None:
@@ -164,6 +158,12 @@ def _cache_key(name: str, data: DataSplits, config: TrainConfig) -> str:
         "labels_sha256": labels.hexdigest(),
         "train": config.to_dict(),
     }
+    # Added only when they say something the name does not, so the keys of baselines cached
+    # before these fields existed (MNIST, no augmentation) stay valid.
+    if data.source and data.source != data.name:
+        description["source"] = data.source
+    if data.augment is not None:
+        description["augment"] = repr(data.augment)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
@@ -244,6 +244,8 @@ def load_or_train_baseline(
         "cache_key": key,
         "model": name,
         "dataset": data.name,
+        "data_source": data.source or data.name,
+        "augment": None if data.augment is None else repr(data.augment),
         "train": config.to_dict(),
         "seed": seed,
         "split_seed": data.split_seed,

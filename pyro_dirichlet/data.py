@@ -1,27 +1,37 @@
 """Data sets held as preloaded, normalised tensors, and minibatches sliced from them.
 
-A per-sample ``DataLoader`` is the bottleneck on a small CPU; MNIST fits in memory many
-times over, so every split here is two tensors and a minibatch is one indexing operation.
+A per-sample ``DataLoader`` is the bottleneck on a small CPU; MNIST and CIFAR-10 fit in
+memory, so every split here is two tensors and a minibatch is one indexing operation.
+Augmentation, where a data set has one, is a vectorised function applied per minibatch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "DATA_ENV_VAR",
     "DataSplits",
     "DatasetMissingError",
+    "RandomCropFlip",
     "Split",
+    "load_cifar10",
     "load_dataset",
     "load_mnist",
+    "read_image_zip",
     "minibatches",
     "resolve_data_root",
     "split_indices",
@@ -187,6 +197,12 @@ class DataSplits:
         input_shape: shape of one example, e.g. ``(1, 28, 28)``.
         split_seed: seed of the permutation that carved ``validation`` out of the
             training set; recorded so a trained baseline can say which split it saw.
+        source: which copy of the data set the pixels came from, e.g. ``"cifar10-jpeg"``
+            (the JPEG re-encoding, whose accuracies differ slightly from published ones) or
+            ``"cifar10"`` (the official batches); ``""`` when not recorded.
+        augment: ``(images, generator) -> images``, applied by the training loop to each
+            training minibatch only (never to validation or test, nor while fitting
+            switches); ``None`` for no augmentation.
 
     Example:
         >>> data = load_mnist()  # doctest: +SKIP
@@ -201,6 +217,8 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     split_seed: int = 0
+    source: str = ""
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
 
 def split_indices(num_examples: int, validation_size: int, *, seed: int) -> tuple[Tensor, Tensor]:
@@ -295,19 +313,317 @@ def load_mnist(
         num_classes=10,
         input_shape=(1, 28, 28),
         split_seed=split_seed,
+        source="mnist",
     )
 
 
-_LOADERS = {"mnist": load_mnist}
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+"""Class names in label order (alphabetical, which is also the official label order)."""
+
+_CIFAR10_JPEG_DIR = "cifar10-jpeg"
+_CIFAR10_JPEG_ZIPS = ("train.zip", "test.zip")
+_CIFAR10_BATCHES_DIR = "cifar-10-batches-py"
+_CIFAR10_BATCHES = (
+    "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+    "test_batch", "batches.meta",
+)
+# Bumped whenever the decoded cache's content changes meaning, so old files are not reused.
+_JPEG_CACHE_FORMAT = 2  # 2: decoded with Pillow
+
+
+@dataclass(frozen=True)
+class RandomCropFlip:
+    """The standard CIFAR augmentation, vectorised: pad, random crop back, random flip.
+
+    Each image of the batch is padded by ``padding`` pixels on every side with ``fill``,
+    cropped at a uniformly random offset back to its own size, and mirrored left-right with
+    probability 1/2. All random numbers come from ``generator`` (a CPU generator), so the
+    same generator state gives the same batch on any device.
+
+    Args:
+        padding: pixels added on each side before cropping.
+        fill: value of the padding, one per channel (or one for all) in the images' own
+            scale; for normalised images, ``-mean / std`` pads with black as torchvision's
+            ``RandomCrop(32, padding=4)`` before ``Normalize`` does.
+
+    Example:
+        >>> augment = RandomCropFlip(padding=4)
+        >>> augment(torch.zeros(8, 3, 32, 32), torch.Generator().manual_seed(0)).shape
+        torch.Size([8, 3, 32, 32])
+    """
+
+    padding: int = 4
+    fill: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.padding, bool) or not isinstance(self.padding, int) or self.padding < 0:
+            raise ValueError(f"padding must be a non-negative int, got {self.padding!r}")
+        if not isinstance(self.fill, tuple) or not self.fill:
+            raise TypeError(f"fill must be a non-empty tuple of floats, got {self.fill!r}")
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            raise ValueError("images must be a tensor of shape (N, C, H, W)")
+        if len(self.fill) not in (1, images.shape[1]):
+            raise ValueError(
+                f"fill has {len(self.fill)} values but the images have {images.shape[1]} channels"
+            )
+        n, channels, height, width = images.shape
+        p = self.padding
+        # Random numbers on the CPU generator first, then moved: reproducible on any device.
+        rows = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        cols = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5
+        device = images.device
+        fill = torch.tensor(self.fill, dtype=images.dtype, device=device).view(-1, 1, 1)
+        padded = fill.expand(channels, height + 2 * p, width + 2 * p).repeat(n, 1, 1, 1)
+        padded[:, :, p : p + height, p : p + width] = images
+        row_index = (rows.to(device)[:, None] + torch.arange(height, device=device))  # (N, H)
+        col_index = cols.to(device)[:, None] + torch.arange(width, device=device)  # (N, W)
+        # A flipped image reads its columns right to left.
+        col_index = torch.where(flip.to(device)[:, None], col_index.flip(1), col_index)
+        batch_index = torch.arange(n, device=device)[:, None, None]
+        crops = padded.permute(0, 2, 3, 1)[batch_index, row_index[:, :, None], col_index[:, None, :]]
+        return crops.permute(0, 3, 1, 2).contiguous()
+
+
+def read_image_zip(
+    path: str | os.PathLike[str],
+    classes: Sequence[str] = CIFAR10_CLASSES,
+    *,
+    max_per_class: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Decode a zip of ``<split>/<class name>/<file>.jpg`` members into uint8 tensors.
+
+    Members are read in the order (class, file name), so the result does not depend on the
+    order inside the archive; the label of an image is its class's index in ``classes``.
+    Folders and non-JPEG members are skipped. Decoding uses Pillow (torchvision's own JPEG
+    decoder is deprecated from torchvision 0.29 on).
+
+    Args:
+        path: the zip archive.
+        classes: class names in label order.
+        max_per_class: decode only the first this many files of each class (tests use it).
+
+    Returns:
+        ``(images, labels)``: uint8 ``(N, 3, H, W)`` and int64 ``(N,)``.
+
+    Raises:
+        ValueError: a member lies in a folder not named in ``classes``, or the images do not
+            all have one shape; the message names the member.
+
+    Example:
+        >>> images, labels = read_image_zip("cifar10-jpeg/test.zip")  # doctest: +SKIP
+        >>> images.shape, labels[:3].tolist()  # doctest: +SKIP
+        (torch.Size([10000, 3, 32, 32]), [0, 0, 0])
+    """
+    import numpy as np
+    from PIL import Image
+
+    label_of = {name: index for index, name in enumerate(classes)}
+    with zipfile.ZipFile(path) as archive:
+        members: list[tuple[int, str]] = []
+        for name in archive.namelist():
+            if name.endswith("/") or not name.lower().endswith((".jpg", ".jpeg")):
+                continue
+            parts = name.split("/")
+            if len(parts) < 2 or parts[-2] not in label_of:
+                raise ValueError(
+                    f"{path}: member {name!r} is not in a folder named after one of the classes "
+                    f"{', '.join(classes)}"
+                )
+            members.append((label_of[parts[-2]], name))
+        members.sort()
+        if max_per_class is not None:
+            taken: dict[int, int] = {}
+            kept = []
+            for label, name in members:
+                taken[label] = taken.get(label, 0) + 1
+                if taken[label] <= max_per_class:
+                    kept.append((label, name))
+            members = kept
+        if not members:
+            raise ValueError(f"{path} holds no JPEG images")
+        images = []
+        for _, name in members:
+            with Image.open(io.BytesIO(archive.read(name))) as decoded:
+                pixels = np.asarray(decoded.convert("RGB"))
+            image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+            if images and image.shape != images[0].shape:
+                raise ValueError(
+                    f"{path}: member {name!r} has shape {tuple(image.shape)}, the first image "
+                    f"{tuple(images[0].shape)}"
+                )
+            images.append(image)
+    labels = torch.tensor([label for label, _ in members], dtype=torch.int64)
+    return torch.stack(images), labels
+
+
+def _jpeg_cache_path(zips: Sequence[Path], cache_dir: str | os.PathLike[str] | None) -> Path:
+    from pyro_dirichlet.cache import resolve_cache_dir
+
+    # Size and modification time identify a changed archive without hashing 60 MB each load.
+    described = []
+    for path in zips:
+        stat = path.stat()
+        described.append([path.name, stat.st_size, stat.st_mtime_ns])
+    description = {"format": _JPEG_CACHE_FORMAT, "classes": CIFAR10_CLASSES, "zips": described}
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    return resolve_cache_dir("datasets", cache_dir) / f"cifar10-jpeg-{key[:16]}.safetensors"
+
+
+def _load_cifar10_jpeg(
+    folder: Path, cache_dir: str | os.PathLike[str] | None
+) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+    from safetensors.torch import save as serialize
+
+    from pyro_dirichlet.atomic import atomic_write
+
+    zips = [folder / name for name in _CIFAR10_JPEG_ZIPS]
+    cache_path = _jpeg_cache_path(zips, cache_dir)
+    if cache_path.is_file():
+        try:
+            return load_file(str(cache_path))
+        except Exception:  # an unreadable cache is decoded again, not a failure
+            pass
+    train_images, train_labels = read_image_zip(zips[0])
+    test_images, test_labels = read_image_zip(zips[1])
+    tensors = {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache_path, "wb") as handle:
+            handle.write(serialize(tensors))
+    except OSError:
+        pass  # a read-only cache folder costs a decode per load, not the load itself
+    return tensors
+
+
+def _load_cifar10_batches(root: Path, may_download: bool) -> dict[str, Tensor]:
+    import torchvision
+
+    tensors = {}
+    for split, train in (("train", True), ("test", False)):
+        official = torchvision.datasets.CIFAR10(root=root, train=train, download=may_download)
+        # (N, H, W, C) uint8 -> (N, C, H, W), the layout of the JPEG copy's cache.
+        tensors[f"{split}_images"] = torch.from_numpy(official.data).permute(0, 3, 1, 2).contiguous()
+        tensors[f"{split}_labels"] = torch.tensor(official.targets, dtype=torch.int64)
+    return tensors
+
+
+def _normalise_cifar(images: Tensor) -> Tensor:
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return images.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    validation_size: int = 5000,
+    split_seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> DataSplits:
+    """Load CIFAR-10 as normalised tensors: 45k train, 5k validation, 10k test by default.
+
+    Two copies are recognised, in this order:
+
+    1. ``<root>/cifar10-jpeg/train.zip`` and ``test.zip``: the JPEG re-encoding (zip
+       members ``<split>/<class name>/<NNNN>.jpg``). Decoded once into uint8 tensors and
+       cached as a safetensors file in the ``datasets`` cache (see
+       :func:`pyro_dirichlet.cache.resolve_cache_dir`); the cache key covers each zip's size
+       and modification time, so a changed archive is decoded again. ``source`` is
+       ``"cifar10-jpeg"``: accuracies on it are close to, not equal to, published ones.
+    2. ``<root>/cifar-10-batches-py/``: the official python batches, through
+       ``torchvision.datasets.CIFAR10`` (downloaded there when the root is ``./data``).
+       ``source`` is ``"cifar10"``.
+
+    The validation split is drawn from the 50k training images by a permutation seeded with
+    ``split_seed``. Images are scaled to [0, 1] and normalised per channel with mean
+    (0.4914, 0.4822, 0.4465) and std (0.2470, 0.2435, 0.2616), shape ``(N, 3, 32, 32)``.
+    ``augment`` is :class:`RandomCropFlip` (4 pixels of black padding, random crop 32,
+    horizontal flip), which the training loop applies to training minibatches only.
+
+    Args:
+        data_dir: folder holding ``cifar10-jpeg/`` or ``cifar-10-batches-py/``; see
+            :func:`resolve_data_root` for the fallbacks when it is ``None``.
+        validation_size: number of training images held out for validation.
+        split_seed: seed of the train/validation permutation.
+        cache_dir: folder for the decoded JPEG copy, or ``None`` for the fallbacks.
+
+    Raises:
+        DatasetMissingError: neither copy is present (and none could be downloaded).
+
+    Example:
+        >>> data = load_cifar10("/work/shared/data")  # doctest: +SKIP
+        >>> data.train.images.shape, data.source  # doctest: +SKIP
+        (torch.Size([45000, 3, 32, 32]), 'cifar10-jpeg')
+    """
+    root, may_download = resolve_data_root(data_dir)
+    jpeg_folder = root / _CIFAR10_JPEG_DIR
+    jpeg_files = [jpeg_folder / name for name in _CIFAR10_JPEG_ZIPS]
+    batch_files = [root / _CIFAR10_BATCHES_DIR / name for name in _CIFAR10_BATCHES]
+    if all(path.is_file() for path in jpeg_files):
+        tensors = _load_cifar10_jpeg(jpeg_folder, cache_dir)
+        source = "cifar10-jpeg"
+    else:
+        missing = [path for path in batch_files if not path.is_file()]
+        reason = (
+            "neither the JPEG copy (cifar10-jpeg/train.zip and test.zip) nor the official "
+            "python batches (cifar-10-batches-py/) are there; either layout will do"
+        )
+        if missing and not may_download:
+            raise DatasetMissingError("CIFAR-10", root, jpeg_files + batch_files, reason=reason)
+        try:
+            tensors = _load_cifar10_batches(root, may_download)
+        except (RuntimeError, URLError, OSError) as error:
+            if not missing:
+                raise
+            raise DatasetMissingError(
+                "CIFAR-10", root, jpeg_files + batch_files, reason=f"{reason}; download failed ({error})"
+            ) from error
+        source = "cifar10"
+
+    labels = tensors["train_labels"].to(torch.int64)
+    train_index, validation_index = split_indices(len(labels), validation_size, seed=split_seed)
+    train_images = tensors["train_images"]
+    # Normalised split by split, so the full float32 training set never exists twice.
+    return DataSplits(
+        train=Split(_normalise_cifar(train_images[train_index]), labels[train_index]),
+        validation=Split(
+            _normalise_cifar(train_images[validation_index]), labels[validation_index]
+        ),
+        test=Split(_normalise_cifar(tensors["test_images"]), tensors["test_labels"].to(torch.int64)),
+        name="cifar10",
+        num_classes=10,
+        input_shape=(3, 32, 32),
+        split_seed=split_seed,
+        source=source,
+        augment=RandomCropFlip(
+            padding=4, fill=tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD))
+        ),
+    )
+
+
+_LOADERS = {"mnist": load_mnist, "cifar10": load_cifar10}
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, **kwargs: int
+    name: str, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any
 ) -> DataSplits:
     """Load a data set by name.
 
     Args:
-        name: one of ``"mnist"``.
+        name: one of ``"mnist"``, ``"cifar10"``.
         data_dir: folder holding the data sets, or ``None`` for the fallbacks.
         **kwargs: passed to the data set's loader (e.g. ``validation_size``, ``split_seed``).
 
