@@ -94,8 +94,10 @@ class TrainResult:
         validation_accuracy: validation accuracy after each epoch.
         best_epoch: 0-based index of the epoch whose weights the model holds now, so
             ``validation_accuracy[best_epoch]`` is its validation accuracy; -1 when no
-            epoch ran.
+            epoch ran, or when the starting weights were kept (see ``initial_validation_accuracy``).
         seconds_per_epoch: wall time of each training pass, validation excluded.
+        initial_validation_accuracy: validation accuracy of the starting weights when they
+            competed with the trained epochs (``keep_initial=True``), else ``None``.
 
     Example:
         >>> result = TrainResult(1, [0.3], [0.95], 0, [12.0])
@@ -108,11 +110,14 @@ class TrainResult:
     validation_accuracy: list[float] = field(default_factory=list)
     best_epoch: int = -1
     seconds_per_epoch: list[float] = field(default_factory=list)
+    initial_validation_accuracy: float | None = None
 
     @property
     def best_validation_accuracy(self) -> float | None:
         """Validation accuracy of the returned weights, or ``None`` when no epoch ran."""
-        return self.validation_accuracy[self.best_epoch] if self.best_epoch >= 0 else None
+        if self.best_epoch >= 0:
+            return self.validation_accuracy[self.best_epoch]
+        return self.initial_validation_accuracy
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -134,13 +139,16 @@ def train_classifier(
     *,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy; keep the best validation epoch.
 
     After each epoch the validation accuracy is measured; when training ends the model is
     loaded with the weights of the best epoch (the earliest, on ties) and returned to the
     train/eval mode it had on entry. Only parameters with ``requires_grad=True`` are
-    trained. The test split is never read.
+    trained. The test split is never read. When ``data.augment`` is set it is applied to
+    every training minibatch (never to the validation split), with its own generator seeded
+    from ``config.seed``, so the shuffling order does not depend on whether data is augmented.
 
     Args:
         model: classifier mapping images to class scores; moved to ``device``.
@@ -148,6 +156,9 @@ def train_classifier(
         config: optimiser, schedule, epochs and seed.
         device: where to train.
         progress: show a tqdm bar per epoch with the running loss.
+        keep_initial: let the starting weights compete with the trained epochs on
+            validation accuracy (for fine-tuning, which must never make a network worse
+            than it was handed over).
 
     Returns:
         The per-epoch losses, validation accuracies and timings.
@@ -173,6 +184,8 @@ def train_classifier(
 
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
+    # A separate stream: adding augmentation must not change which examples a batch holds.
+    augment_generator = torch.Generator().manual_seed(config.seed + 1)
     was_training = model.training
     model.to(device)
     train = data.train.to(device)
@@ -188,6 +201,9 @@ def train_classifier(
 
     best_accuracy = -math.inf
     best_state: dict[str, torch.Tensor] = {}
+    if keep_initial:
+        best_accuracy = result.initial_validation_accuracy = accuracy(model, validation, device=device)
+        best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     for epoch in range(config.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -202,6 +218,8 @@ def train_classifier(
             for step, (_, images, labels) in enumerate(
                 minibatches(train, config.batch_size, shuffle=True, generator=shuffle_generator)
             ):
+                if data.augment is not None:
+                    images = data.augment(images, augment_generator)
                 loss = F.cross_entropy(model(images), labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -47,3 +47,14 @@ def test_finetune_zero_epochs_is_a_no_op(small_mnist):
 def test_finetune_rejects_bad_arguments(small_mnist, argument, value):
     with pytest.raises(ValueError, match=argument):
         finetune(pruned_lenet300(), small_mnist, progress=False, **{argument: value})
+
+
+def test_finetune_keeps_the_handed_over_weights_when_training_only_hurts(small_mnist):
+    model = pruned_lenet300()
+    finetune(model, small_mnist, epochs=2, lr=3e-3, batch_size=32, progress=False)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    good = accuracy(model, small_mnist.validation)
+    result = finetune(model, small_mnist, epochs=1, lr=5.0, batch_size=32, progress=False)  # a destructive step size
+    assert result.validation_accuracy[0] < good
+    assert result.best_epoch == -1 and result.best_validation_accuracy == result.initial_validation_accuracy == good
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
