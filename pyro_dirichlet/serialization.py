@@ -2,8 +2,9 @@
 
 A pruned model's layers no longer have their class's default widths, so the spec records every
 leaf module's type (from a whitelist) and constructor arguments; loading rebuilds the model from
-those, instantiating only ``nn.Sequential`` or classes registered with
-:func:`register_architecture`. This module imports only torch, safetensors and the standard
+those, instantiating only ``nn.Sequential``, classes registered with
+:func:`register_architecture`, or registered factories (for classes whose constructor needs
+arguments, such as torchvision's ``ResNet``). This module imports only torch, safetensors and the standard
 library, so pruned models load without Pyro installed.
 """
 
@@ -48,21 +49,41 @@ class ModelFileError(ValueError):
 
 # key "module:qualname" -> the class, or None when registered by name and not imported yet.
 _REGISTRY: dict[str, type[nn.Module] | None] = {}
+# key -> a callable building the unpruned model (for classes whose constructor needs arguments).
+_FACTORIES: dict[str, Callable[[], nn.Module]] = {}
+# key -> (class, leaf module names) of what the factory builds, found once at save time.
+_FACTORY_SHAPES: dict[str, tuple[type, frozenset[str]]] = {}
 
 
-def register_architecture(cls: ModuleClass | str) -> ModuleClass | str:
+def register_architecture(
+    cls: ModuleClass | str, *, factory: Callable[[], nn.Module] | None = None
+) -> ModuleClass | str:
     """Allow :func:`load_pruned` to instantiate a model class. Usable as a class decorator.
 
-    Loading calls the class with no arguments (so it must have defaults for all of them), then
-    replaces each leaf module by one built from the saved spec.
+    Loading calls the class with no arguments (so it must have defaults for all of them), or
+    the registered ``factory``, then replaces each leaf module by one built from the saved
+    spec. Containers (blocks, ``nn.Sequential`` subclasses) are built by the constructor, so
+    their flags (e.g. whether a block has a residual connection) are those of the unpruned
+    model.
 
     Args:
         cls: an ``nn.Module`` subclass, or its ``"package.module:QualName"`` key; a key lets
             :func:`load_pruned` import that module when a spec names it, without the caller
-            importing it first.
+            importing it first. With ``factory``, a key naming the architecture, recorded
+            in the spec (e.g. ``"torchvision.models:resnet18"``).
+        factory: a callable with no arguments that builds the unpruned model, for classes
+            whose constructor needs arguments. :func:`save_pruned` picks the factory whose
+            model has the same class and module names as the one saved (or the one named
+            by its ``architecture`` argument); :func:`load_pruned` calls it.
 
     Returns:
         ``cls`` unchanged.
+
+    Example:
+        >>> import torchvision  # doctest: +SKIP
+        >>> register_architecture(
+        ...     "torchvision.models:resnet18",
+        ...     factory=lambda: torchvision.models.resnet18(num_classes=10))  # doctest: +SKIP
 
     Example:
         >>> @register_architecture
@@ -73,6 +94,17 @@ def register_architecture(cls: ModuleClass | str) -> ModuleClass | str:
         ...     def forward(self, x):
         ...         return self.fc2(torch.relu(self.fc1(x)))
     """
+    if factory is not None:
+        if not isinstance(cls, str) or not cls:
+            raise TypeError(
+                "with factory=..., cls must be a key naming the architecture, such as "
+                f"'torchvision.models:resnet18', got {cls!r}"
+            )
+        if not callable(factory):
+            raise TypeError(f"factory must be a callable with no arguments, got {factory!r}")
+        _FACTORIES[cls] = factory
+        _FACTORY_SHAPES.pop(cls, None)
+        return cls
     if isinstance(cls, str):
         module, _, qualname = cls.partition(":")
         if not module or not qualname:
@@ -100,12 +132,32 @@ def _class_key(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _factory_shape(key: str) -> tuple[type, frozenset[str]]:
+    if key not in _FACTORY_SHAPES:
+        built = _FACTORIES[key]()
+        _FACTORY_SHAPES[key] = (type(built), frozenset(_leaf_names(built)))
+    return _FACTORY_SHAPES[key]
+
+
+def _leaf_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if name and next(module.children(), None) is None]
+
+
+def _constructor(key: str) -> tuple[Callable[[], nn.Module], str]:
+    """The zero-argument callable that builds the unpruned model a spec names, and its name."""
+    if key in _FACTORIES:
+        return _FACTORIES[key], f"the factory registered as {key!r}"
+    cls = _registered_class(key)
+    return cls, f"{cls.__qualname__}()"
+
+
 def _registered_class(key: str) -> type[nn.Module]:
     if key not in _REGISTRY:
         raise ModelFileError(
             f"the spec names model class {key!r}, which is not registered; import the module "
             "that defines it (decorated with @register_architecture) before loading, or "
-            f"call register_architecture({key!r})"
+            f"call register_architecture({key!r}) (or register_architecture({key!r}, "
+            "factory=...) for a model built by a factory)"
         )
     cls = _REGISTRY[key]
     if cls is None:
@@ -228,6 +280,7 @@ def save_pruned(
     path_prefix: str | os.PathLike[str],
     *,
     metadata: Mapping[str, Any] | None = None,
+    architecture: str | None = None,
 ) -> tuple[Path, Path]:
     """Save a (pruned) model as ``<prefix>.safetensors`` and ``<prefix>.json``, without pickle.
 
@@ -242,6 +295,9 @@ def save_pruned(
         path_prefix: path without extension; its directory must exist.
         metadata: JSON-serialisable information stored with the spec, e.g.
             ``{"kept_channels": {"conv1": 5, "conv2": 19, "fc1": 54}}``.
+        architecture: the key of a factory registered with :func:`register_architecture`
+            that builds this model's architecture; None picks the registered class, or the
+            factory whose model has the same class and module names.
 
     Returns:
         The paths of the weights file and the spec file.
@@ -258,7 +314,7 @@ def save_pruned(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     metadata = _checked_metadata(metadata)
-    architecture = _describe_architecture(model)
+    architecture = _describe_architecture(model, architecture)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     architecture["tensors"] = {
         name: {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape)}
@@ -300,17 +356,41 @@ def _checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         raise TypeError(f"metadata must be JSON-serialisable: {err}") from err
 
 
-def _describe_architecture(model: nn.Module) -> dict[str, Any]:
-    if type(model) is nn.Sequential:
-        class_key = _SEQUENTIAL
-    else:
-        class_key = _class_key(type(model))
-        # None: registered by name, so load_pruned imports the class this key names.
-        if class_key not in _REGISTRY or _REGISTRY[class_key] not in (None, type(model)):
+def _architecture_key(model: nn.Module, requested: str | None) -> str:
+    """The spec's ``class``: nn.Sequential, a registered class, or a registered factory."""
+    leaves = frozenset(_leaf_names(model))
+    if requested is not None:
+        if not isinstance(requested, str) or requested not in _FACTORIES:
             raise ValueError(
-                f"model is a {type(model).__qualname__}, which load_pruned could not rebuild: "
-                "decorate the class with @register_architecture (or save an nn.Sequential)"
+                f"architecture={requested!r} is not a factory registered with "
+                f"register_architecture(key, factory=...); registered: {sorted(_FACTORIES)}"
             )
+        built_type, built_leaves = _factory_shape(requested)
+        if built_type is not type(model) or built_leaves != leaves:
+            raise ValueError(
+                f"architecture={requested!r} builds a {built_type.__qualname__} whose modules "
+                f"differ from model's ({type(model).__qualname__}): missing "
+                f"{sorted(leaves - built_leaves)[:5]}, extra {sorted(built_leaves - leaves)[:5]}"
+            )
+        return requested
+    if type(model) is nn.Sequential:
+        return _SEQUENTIAL
+    class_key = _class_key(type(model))
+    # None: registered by name, so load_pruned imports the class this key names.
+    if class_key in _REGISTRY and _REGISTRY[class_key] in (None, type(model)):
+        return class_key
+    for key in _FACTORIES:
+        if _factory_shape(key) == (type(model), leaves):
+            return key
+    raise ValueError(
+        f"model is a {type(model).__qualname__}, which load_pruned could not rebuild: "
+        "decorate the class with @register_architecture, register a factory with "
+        "register_architecture('package:name', factory=...) (or save an nn.Sequential)"
+    )
+
+
+def _describe_architecture(model: nn.Module, requested: str | None = None) -> dict[str, Any]:
+    class_key = _architecture_key(model, requested)
     modules = []
     for name, module in model.named_modules():
         if not name:
@@ -442,7 +522,7 @@ def _rebuild(architecture: dict[str, Any]) -> nn.Module:
             )
     if architecture["class"] == _SEQUENTIAL:
         return _rebuild_sequential(entries)
-    return _rebuild_registered(_registered_class(architecture["class"]), entries)
+    return _rebuild_registered(*_constructor(architecture["class"]), entries)
 
 
 def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
@@ -460,15 +540,15 @@ def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
     return root
 
 
-def _rebuild_registered(cls: type[nn.Module], entries: list[dict[str, Any]]) -> nn.Module:
-    model = cls()
-    leaves = {
-        name for name, module in model.named_modules() if name and next(module.children(), None) is None
-    }
+def _rebuild_registered(
+    build: Callable[[], nn.Module], description: str, entries: list[dict[str, Any]]
+) -> nn.Module:
+    model = build()
+    leaves = set(_leaf_names(model))
     listed = {entry["name"] for entry in entries}
     if listed != leaves:
         raise ModelFileError(
-            f"the spec's modules do not match {cls.__qualname__}(): missing from the spec "
+            f"the spec's modules do not match {description}: missing from the spec "
             f"{sorted(leaves - listed)}, unknown to the class {sorted(listed - leaves)}"
         )
     for entry in entries:

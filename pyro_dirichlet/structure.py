@@ -5,6 +5,26 @@ record shapes; each Conv2d/Linear output is then followed
 through channel-wise operations to the modules that read it. This is the dependency-graph part
 of pruning: it decides nothing about *which* channels to drop (the policy) and slices nothing
 (that is :mod:`pyro_dirichlet.surgery`).
+
+Coupling. Channels that meet in a residual add (``a + b``, ``torch.add``, ``+=``) are the
+same channels: the layers writing into one residual stream form a *coupling group*, which is
+pruned as a whole or not at all. A concatenation along the channel dimension does not couple
+its inputs; it only shifts where each input's channels sit in the consumer (``Consumer.offset``).
+A depthwise convolution passes channels through (its filter ``c`` goes with channel ``c``). A
+zero-padding of the channel dimension (``F.pad``, option-A ResNet shortcuts) shifts channels;
+an add that mixes shifted and unshifted channels ties them in a way a single switch cannot
+describe, so such channels are never pruned.
+
+Policy, for automatic discovery (``find_prunable_layers(..., coupled=...)``):
+
+* ``"skip"`` (default): layers whose channels are coupled through an add are left out, so in
+  a ResNet only the inner convolutions of each block are found;
+* ``"group"``: each coupling group is one :class:`PrunableLayer` named after its first member
+  in forward order, whose switch multiplies the output of every member.
+
+A name passed explicitly (``layers=[...]``, or a key of ``keep`` in
+:func:`pyro_dirichlet.prune_channels`) that is a group's first member always means the group;
+naming another member is an error that names the group.
 """
 
 from __future__ import annotations
@@ -25,14 +45,18 @@ __all__ = [
     "PrunableLayer",
     "UnsupportedStructureError",
     "find_prunable_layers",
+    "CouplingPolicy",
 ]
+
+CouplingPolicy = Literal["skip", "group"]
 
 
 class UnsupportedStructureError(ValueError):
     """The model couples channels in a way this library cannot prune (yet).
 
-    Raised for residual adds, concatenations, grouped convolutions, shared modules, operations
-    whose effect on channels is unknown, and models that :mod:`torch.fx` cannot trace.
+    Raised for grouped (not depthwise) convolutions, shared modules, operations whose effect
+    on channels is unknown, concatenations or adds along a non-channel dimension, and models
+    that :mod:`torch.fx` cannot trace.
     """
 
 
@@ -43,7 +67,9 @@ class Consumer:
     Args:
         name: qualified module name, as in ``model.named_modules()``.
         kind: ``"conv_in"`` (a Conv2d's input channels), ``"linear_in"`` (a Linear's input
-            features) or ``"batchnorm"`` (a BatchNorm's features, sliced like an output).
+            features), ``"batchnorm"`` (a BatchNorm's features, sliced like an output) or
+            ``"depthwise"`` (a depthwise Conv2d: filter ``c`` reads and writes channel ``c``,
+            so its input channels, filters and bias are all sliced).
         features_per_channel: how many of the consumer's input features one channel of the
             layer owns: 1 normally; ``H*W`` when a conv's ``C×H×W`` output is flattened into a
             Linear, so that channel ``c`` owns features ``[c*H*W, (c+1)*H*W)``.
@@ -51,16 +77,23 @@ class Consumer:
             zero. It is False when something between the switch and the consumer maps 0 to a
             non-zero value (a Sigmoid, a BatchNorm after the switch); surgery then folds the
             constant the dropped channel leaves behind into the consumer's bias.
+        offset: index of the consumer input feature that the layer's channel 0 starts at: 0
+            normally; after ``torch.cat([a, b], dim=1)``, ``b``'s channels start at
+            ``a``'s width (times the features per channel once flattened); after a channel
+            zero-padding, at the number of channels padded in front.
 
     Example:
         >>> Consumer("fc1", "linear_in", features_per_channel=16).feature_indices([0, 2]).tolist()[:3]
         [0, 1, 2]
+        >>> Consumer("conv3", "conv_in", offset=8).feature_indices([0, 2]).tolist()
+        [8, 10]
     """
 
     name: str
-    kind: Literal["conv_in", "linear_in", "batchnorm"]
+    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise"]
     features_per_channel: int = 1
     zero_preserved: bool = True
+    offset: int = 0
 
     def feature_indices(self, channels: Sequence[int] | Tensor) -> Tensor:
         """The consumer's input-feature indices that belong to the given layer channels.
@@ -73,25 +106,35 @@ class Consumer:
         """
         channels = torch.as_tensor(channels, dtype=torch.long).reshape(-1, 1)
         offsets = torch.arange(self.features_per_channel, dtype=torch.long, device=channels.device)
-        return (channels * self.features_per_channel + offsets).reshape(-1)
+        return (channels * self.features_per_channel + offsets).reshape(-1) + self.offset
 
 
 @dataclass(frozen=True)
 class PrunableLayer:
-    """A Conv2d or Linear whose output channels can be removed, with everything coupled to them.
+    """One switch site: the output channels of a layer, or of a coupling group of layers.
+
+    A coupling group is a set of Conv2d (or Linear) layers whose outputs are added together
+    (the convolutions writing into one residual stream): channel ``c`` of every member is the
+    same channel, so the group has one switch and is pruned as a whole. A single layer is the
+    group of one member.
 
     Args:
-        name: qualified module name of the layer.
-        kind: ``"conv"`` or ``"linear"``.
+        name: the site's name: the layer's qualified module name, or for a group the name of
+            its first member in forward order.
+        kind: ``"conv"`` or ``"linear"`` (all members are of this kind).
         channels: number of output channels (conv) or output features (linear).
-        switch_at: name of the module whose output the Dirichlet switch multiplies: the layer
-            itself, or the BatchNorm that directly and solely follows it (the switch sits after
-            the BatchNorm, before the non-linearity).
-        consumers: the modules whose inputs (or, for a BatchNorm, features) shrink with the
-            layer, in forward order. A BatchNorm at ``switch_at`` is listed here too.
-
-    A later version will group several producers whose channels are coupled (residual adds,
-    concatenations); one ``PrunableLayer`` is the single-producer case of such a group.
+        switch_at: ``switch_points[0]``.
+        consumers: the modules whose inputs (or, for a BatchNorm or depthwise conv, features)
+            shrink with the channels, in forward order. BatchNorms at switch points are
+            listed too. The same module appears more than once when it reads the channels at
+            several offsets.
+        members: the qualified names of the layers whose output channels are removed, in
+            forward order; ``(name,)`` for a single layer (the default).
+        switch_points: for each member, the module whose output the switch multiplies: the
+            member itself, or the BatchNorm that directly and solely follows it (the switch
+            sits after the BatchNorm, before the non-linearity); ``(switch_at,)`` by default.
+        coupled_through: for a group, descriptions of the operations that couple its members
+            (e.g. ``"'add' (operator.add in module 'layer1.0')"``); empty for a single layer.
 
     Example:
         >>> layers = find_prunable_layers(model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
@@ -104,6 +147,25 @@ class PrunableLayer:
     channels: int
     switch_at: str
     consumers: tuple[Consumer, ...]
+    members: tuple[str, ...] = ()
+    switch_points: tuple[str, ...] = ()
+    coupled_through: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            object.__setattr__(self, "members", (self.name,))
+        if not self.switch_points:
+            object.__setattr__(self, "switch_points", (self.switch_at,))
+        if len(self.members) != len(self.switch_points) or self.switch_points[0] != self.switch_at:
+            raise ValueError(
+                f"layer '{self.name}': members {self.members} and switch_points "
+                f"{self.switch_points} must pair up, starting with switch_at '{self.switch_at}'"
+            )
+
+    @property
+    def is_group(self) -> bool:
+        """Whether the site couples several layers (a residual stream)."""
+        return len(self.members) > 1
 
     @property
     def channel_dim(self) -> int:
@@ -136,14 +198,20 @@ def find_prunable_layers(
     model: nn.Module,
     example_inputs: Tensor | tuple[Tensor, ...],
     layers: Sequence[str] | None = None,
+    *,
+    coupled: CouplingPolicy = "skip",
 ) -> list[PrunableLayer]:
     """Find the layers whose output channels can be pruned, and what each one couples to.
 
     Automatic mode (``layers=None``) returns every Conv2d with ``groups=1`` and every Linear
     whose output does not reach the network's output (so never the classifier). Between a layer
     and its consumers only channel-wise operations may appear: element-wise activations
-    (modules, ``F.*`` and ``torch.*`` functions, tensor methods), Dropout, max/average/adaptive
-    pooling, BatchNorm (also sliced), Identity, and flatten/view/reshape to ``(N, -1)``.
+    (modules, ``F.*`` and ``torch.*`` functions, tensor methods, products with a number),
+    Dropout, max/average/adaptive pooling, ``mean`` over spatial dimensions, BatchNorm (also
+    sliced), Identity, depthwise convolutions (also sliced), spatial slicing
+    (``x[:, :, ::2, ::2]``), padding (``F.pad``, also of the channel dimension),
+    concatenation along the channel dimension, residual adds (which couple layers, see the
+    module docstring) and flatten/view/reshape to ``(N, -1)``.
 
     The model is not modified: a copy is traced in eval mode, without gradients.
 
@@ -151,16 +219,21 @@ def find_prunable_layers(
         model: the network.
         example_inputs: an input batch (or a tuple of positional inputs) to run shape
             propagation with; its values do not matter, its shape does.
-        layers: qualified names of the layers to analyse; None for all prunable layers.
+        layers: qualified names of the layers to analyse; None for all prunable layers. The
+            first member of a coupling group names the whole group (whatever ``coupled``
+            says); another member of a group is rejected with the group's name.
+        coupled: what automatic mode does with layers coupled through a residual add:
+            ``"skip"`` leaves them out, ``"group"`` returns each group as one site.
 
     Returns:
-        The prunable layers, in forward order.
+        The prunable layers (and groups), in forward order.
 
     Raises:
-        ValueError: a name in ``layers`` is unknown or not prunable, no layer is prunable, or
-            the model does not run on ``example_inputs``.
+        ValueError: a name in ``layers`` is unknown or not prunable (or a non-first member of
+            a group), no layer is prunable, ``coupled`` is unknown, or the model does not run
+            on ``example_inputs``.
         UnsupportedStructureError: an operation on a layer's path couples channels in a way
-            not supported (residual add, concat, grouped conv...) or the model is untraceable.
+            not supported (grouped conv, unknown operation...) or the model is untraceable.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -176,7 +249,10 @@ def find_prunable_layers(
             f"layers must be a sequence of layer names, got the string {layers!r}; "
             f"write layers=[{layers!r}]"
         )
+    if coupled not in ("skip", "group"):
+        raise ValueError(f"coupled must be 'skip' or 'group', got {coupled!r}")
     graph = _TracedModel.trace(model, _as_input_tuple(example_inputs))
+    graph.coupled = coupled
 
     if layers is None:
         found = []
@@ -202,7 +278,7 @@ def find_prunable_layers(
     for name in names:
         if name not in graph.candidates:
             raise ValueError(_not_a_candidate_message(model, graph, name))
-        outcome = graph.analyse(name)
+        outcome = graph.analyse(name, named=True)
         if not isinstance(outcome, PrunableLayer):
             raise ValueError(f"layer '{name}' cannot be pruned: {outcome.reason}")
         found.append(outcome)
@@ -266,6 +342,67 @@ class _Flow:
     may_be_nonzero: bool = False
     # ... and that constant may differ between positions (average pooling over zero padding).
     uniform: bool = True
+    # Where the layer's channel 0 sits along channel_dim (shifted by a concat or a channel pad).
+    offset: int = 0
+
+
+class _NotFoldable(UnsupportedStructureError):
+    """A dropped channel's constant cannot be folded: only an error if the layer is pruned."""
+
+
+@dataclass
+class _Walk:
+    """Everything one layer's output reaches, before coupling groups are formed."""
+
+    name: str
+    kind: Literal["conv", "linear"]
+    channels: int
+    switch_at: str
+    consumers: list[Consumer]
+    reaches_output: bool = False
+    problem: UnsupportedStructureError | None = None
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """A layer's channels reaching one tensor input of a residual add."""
+
+    producer: str
+    input_node: fx.Node
+    offset: int
+    width: int  # the producer's channels
+    tensor_width: int  # the add's size along the channel dimension
+
+
+class _Groups:
+    """Union-find over layers, with one extra element for channels that cannot be pruned."""
+
+    FIXED = ""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {self.FIXED: self.FIXED}
+        self.why_fixed: dict[str, str] = {}
+
+    def find(self, name: str) -> str:
+        self.parent.setdefault(name, name)
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if rb == self.FIXED:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+    def fix(self, name: str, why: str) -> None:
+        self.why_fixed.setdefault(name, why)
+        self.union(self.FIXED, name)
+
+    def is_fixed(self, name: str) -> bool:
+        return self.find(name) == self.find(self.FIXED)
 
 
 class _TracedModel:
@@ -274,6 +411,7 @@ class _TracedModel:
     def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
         self.model = model
         self.gm = gm
+        self.coupled: CouplingPolicy = "skip"
         self.modules = dict(gm.named_modules())
         self.calls: dict[str, list[fx.Node]] = {}
         for node in gm.graph.nodes:
@@ -290,6 +428,10 @@ class _TracedModel:
             if name and type(module) in (nn.Conv2d, nn.Linear)
         ]
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
+        self._walks: dict[str, _Walk | _NotPrunable | UnsupportedStructureError] = {}
+        self._arrivals: dict[fx.Node, list[_Arrival]] = {}
+        self._groups: _Groups | None = None
+        self._walking: str | None = None
 
     @classmethod
     def trace(cls, model: nn.Module, inputs: tuple[Tensor, ...]) -> _TracedModel:
@@ -318,7 +460,72 @@ class _TracedModel:
             ) from err
         return cls(model, gm)
 
-    def analyse(self, name: str) -> PrunableLayer | _NotPrunable:
+    def analyse(self, name: str, named: bool = False) -> PrunableLayer | _NotPrunable:
+        """Layer ``name`` as a switch site, or why it is not one; raise if unsupported.
+
+        ``named``: the caller asked for this layer by name, so the first member of a coupling
+        group stands for the group whatever the policy.
+        """
+        walk = self._walk(name)
+        if isinstance(walk, UnsupportedStructureError):
+            raise walk
+        if isinstance(walk, _NotPrunable):
+            return walk
+        groups = self._coupling()
+        root = groups.find(name)
+        members = sorted(
+            (m for m in self._walks if m != _Groups.FIXED and groups.find(m) == root),
+            key=lambda m: self.order[m],
+        )
+        merges = self._merges_of(members)
+        if not merges:
+            return self._single(walk)
+        others = [m for m in members if m != name]
+        with_others = f" with {_quoted(others)}" if others else ""
+        through = f"through {'; '.join(merges)}"
+        if groups.is_fixed(name):
+            why = next(
+                (groups.why_fixed[m] for m in [*members, _Groups.FIXED] if m in groups.why_fixed),
+                "they meet channels that cannot be pruned",
+            )
+            return _NotPrunable(
+                f"its output channels are coupled{with_others} {through}, and {why}; a "
+                "residual stream like this is left unpruned"
+            )
+        if members[0] != name:
+            return _NotPrunable(
+                f"it is coupled{with_others} {through}; its channels are pruned "
+                f"together as the group '{members[0]}' (named after its first layer): prune "
+                f"the group '{members[0]}'"
+            )
+        if not named and self.coupled == "skip":
+            return _NotPrunable(
+                f"its output channels are coupled{with_others} {through}; coupled channels "
+                f"are left unpruned by default: pass coupled='group' to prune them as the "
+                f"group '{name}'"
+            )
+        try:
+            return self._group(members, merges)
+        except _NotFoldable as err:
+            # Automatic discovery skips a group it could analyse but not prune exactly
+            # (a pre-activation stream: BN(0) reaches a zero-padded conv); naming it raises.
+            if named:
+                raise
+            return _NotPrunable(str(err))
+
+    # --- one layer's walk ---------------------------------------------------------------------
+
+    def _walk(self, name: str) -> _Walk | _NotPrunable | UnsupportedStructureError:
+        if name not in self._walks:
+            try:
+                self._walks[name] = self._walk_uncached(name)
+            except UnsupportedStructureError as err:
+                # Arrivals recorded before the error stay: a group holding this layer then
+                # reports the error instead of guessing.
+                self._walks[name] = err
+        return self._walks[name]
+
+    def _walk_uncached(self, name: str) -> _Walk | _NotPrunable:
         """Follow layer ``name``'s output to its consumers; raise if the path is unsupported."""
         # The graph holds only the modules forward calls; an unused layer is in the model.
         module = self.modules.get(name)
@@ -327,6 +534,9 @@ class _TracedModel:
         nodes = self.calls.get(name, [])
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             return _NotPrunable(
+                f"it is a grouped convolution (groups={module.groups}), whose output channels "
+                "are tied to its input channels; its channels go with the layer that feeds it"
+                if _is_depthwise(module) else
                 f"it is a grouped convolution (groups={module.groups}), whose output channels "
                 "are tied to its input channels; not supported yet"
             )
@@ -344,23 +554,35 @@ class _TracedModel:
         else:
             kind, channels, start = "linear", module.out_features, _Flow(node, len(shape) - 1, 1)
 
-        switch_at, consumers = name, []
+        walk = _Walk(name, kind, channels, name, [])
         bn = self._batchnorm_directly_after(node, len(shape))
         if bn is not None:
-            switch_at = bn.target
-            consumers.append(Consumer(bn.target, "batchnorm"))
+            walk.switch_at = bn.target
+            walk.consumers.append(Consumer(bn.target, "batchnorm"))
             start = replace(start, node=bn)
 
-        reaches_output = False
+        self._walking = name
+        seen = set()
         stack = [start]
         while stack:
             flow = stack.pop()
+            if flow in seen:
+                continue
+            seen.add(flow)
             for user in list(flow.node.users):
-                outcome = self._follow(name, flow, user)
+                try:
+                    outcome = self._follow(name, flow, user)
+                except _NotFoldable as err:
+                    walk.problem = walk.problem or err
+                    continue
                 if outcome == "output":
-                    reaches_output = True
-                elif isinstance(outcome, Consumer):
-                    consumers.append(outcome)
+                    walk.reaches_output = True
+                    continue
+                if isinstance(outcome, tuple):  # a depthwise conv: consumed and passed on
+                    consumer, outcome = outcome
+                    walk.consumers.append(consumer)
+                if isinstance(outcome, Consumer):
+                    walk.consumers.append(outcome)
                     if outcome.kind == "batchnorm":
                         # BatchNorm is sliced and passes channels on; past a BatchNorm that
                         # is not the switch, a dropped channel is BN(0), generally non-zero.
@@ -368,23 +590,105 @@ class _TracedModel:
                 elif isinstance(outcome, _Flow):
                     stack.append(outcome)
 
-        if reaches_output:
-            return _NotPrunable(
-                "its output channels reach the network's output (it is the classifier, or feeds "
-                "the output through channel-wise operations), so removing them would change "
-                "the output's shape"
-            )
-        if len(consumers) == (1 if bn is not None else 0):
+        if walk.reaches_output:
+            return walk
+        if len(walk.consumers) == (1 if bn is not None else 0):
             return _NotPrunable("no layer reads its output")
-        for consumer in consumers:
+        for consumer in walk.consumers:
             if len(self.calls[consumer.name]) > 1:
                 raise UnsupportedStructureError(
                     f"layer '{name}': its consumer '{consumer.name}' is called "
                     f"{len(self.calls[consumer.name])} times in forward; a shared module "
                     "couples channels of several layers, which is not supported"
                 )
-        consumers.sort(key=lambda consumer: self.order[consumer.name])
-        return PrunableLayer(name, kind, channels, switch_at, tuple(consumers))
+        walk.consumers = _merged_consumers(walk.consumers)
+        walk.consumers.sort(key=lambda consumer: (self.order[consumer.name], consumer.offset))
+        return walk
+
+    _REACHES_OUTPUT = (
+        "its output channels reach the network's output (it is the classifier, or feeds "
+        "the output through channel-wise operations), so removing them would change "
+        "the output's shape"
+    )
+
+    def _single(self, walk: _Walk) -> PrunableLayer | _NotPrunable:
+        if walk.reaches_output:
+            return _NotPrunable(self._REACHES_OUTPUT)
+        if walk.problem is not None:
+            raise walk.problem
+        return PrunableLayer(walk.name, walk.kind, walk.channels, walk.switch_at, tuple(walk.consumers))
+
+    def _group(self, members: list[str], merges: list[str]) -> PrunableLayer:
+        walks = []
+        for member in members:
+            walk = self._walk(member)
+            if isinstance(walk, UnsupportedStructureError):
+                raise walk
+            assert isinstance(walk, _Walk)
+            if walk.problem is not None:
+                raise walk.problem
+            walks.append(walk)
+        kinds = {walk.kind for walk in walks}
+        widths = {walk.channels for walk in walks}
+        if len(kinds) > 1 or len(widths) > 1:
+            raise UnsupportedStructureError(
+                f"layers {_quoted(members)} are coupled through {'; '.join(merges)} but differ "
+                f"in kind or width ({sorted(kinds)}, {sorted(widths)})"
+            )
+        consumers = _merged_consumers([c for walk in walks for c in walk.consumers])
+        consumers.sort(key=lambda consumer: (self.order[consumer.name], consumer.offset))
+        first = walks[0]
+        return PrunableLayer(
+            first.name,
+            first.kind,
+            first.channels,
+            first.switch_at,
+            tuple(consumers),
+            members=tuple(members),
+            switch_points=tuple(walk.switch_at for walk in walks),
+            coupled_through=tuple(merges),
+        )
+
+    # --- coupling groups --------------------------------------------------------------------
+
+    def _coupling(self) -> _Groups:
+        """Union the layers whose channels meet in a residual add (walks every candidate)."""
+        if self._groups is not None:
+            return self._groups
+        groups = _Groups()
+        for name in self.candidates:
+            walk = self._walk(name)
+            groups.find(name)
+            if isinstance(walk, _Walk) and walk.reaches_output:
+                groups.fix(name, f"'{name}' reaches the network's output")
+        for node, arrivals in self._arrivals.items():
+            inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
+            covered = {arrival.input_node for arrival in arrivals}
+            for arrival in arrivals[1:]:
+                groups.union(arrivals[0].producer, arrival.producer)
+            where = _describe(node, self.modules)
+            if any(arrival.offset != 0 or arrival.width != arrival.tensor_width for arrival in arrivals):
+                groups.fix(
+                    arrivals[0].producer,
+                    f"at {where} channels shifted by a channel padding or concatenation are "
+                    "added to unshifted ones",
+                )
+            elif covered != set(inputs):
+                groups.fix(
+                    arrivals[0].producer,
+                    f"at {where} they are added to a tensor that no prunable layer produces "
+                    "(the network's input, a grouped convolution...)",
+                )
+        self._groups = groups
+        return groups
+
+    def _merges_of(self, members: list[str]) -> list[str]:
+        names = set(members)
+        return [
+            _describe(node, self.modules)
+            for node, arrivals in self._arrivals.items()
+            if any(arrival.producer in names for arrival in arrivals)
+        ]
 
     def _batchnorm_directly_after(self, node: fx.Node, ndim: int) -> fx.Node | None:
         users = list(node.users)
@@ -398,12 +702,16 @@ class _TracedModel:
             return None
         return bn
 
-    def _follow(self, layer: str, flow: _Flow, user: fx.Node) -> _Flow | Consumer | str | None:
+    def _follow(self, layer: str, flow: _Flow, user: fx.Node) -> Any:
         """What ``user`` does with the channels of ``flow``: pass them on, consume them, ..."""
         if user.op == "output":
             return "output"
         if _is_shape_query(user):
             return None
+        if _is_sum(user):
+            return self._sum(layer, flow, user)
+        if user.op == "call_function" and user.target in _CONCATENATING:
+            return self._concat(layer, flow, user)
         others = [
             n for n in user.all_input_nodes if n is not flow.node and "shape" in n.meta
         ]
@@ -411,8 +719,7 @@ class _TracedModel:
             raise UnsupportedStructureError(
                 f"cannot follow the output channels of layer '{layer}' through "
                 f"{_describe(user, self.modules)}: it combines them with another tensor "
-                f"({_combination_kind(user)}). Channel coupling through residual adds and "
-                "concatenations is not supported yet; pass layers=[...] without "
+                f"({_combination_kind(user)}), which is not supported; pass layers=[...] without "
                 f"'{layer}' to prune the other layers"
             )
         if not _is_first_argument(user, flow.node):
@@ -436,13 +743,91 @@ class _TracedModel:
             raise self._unknown(layer, user, "its effect on channels is not known")
         return rule(self, layer, flow, user, None)
 
+    def _sum(self, layer: str, flow: _Flow, user: fx.Node) -> _Flow:
+        """A residual add (or subtraction): couples the channels of all its tensor inputs."""
+        inputs = [n for n in user.all_input_nodes if "shape" in n.meta]
+        if len(inputs) == 1:  # x + 1: an element-wise shift of every value
+            if sum(1 for _ in _uses(user.args, flow.node)) + sum(1 for _ in _uses(user.kwargs, flow.node)) > 1:
+                raise self._unknown(layer, user, "it combines the tensor with itself")
+            return replace(flow, node=user, may_be_nonzero=True)
+        shape = _shape(user)
+        if any(_shape(n) != shape for n in inputs):
+            raise self._unknown(
+                layer, user,
+                f"it adds tensors of shapes {[_shape(n) for n in inputs]}; only adds of equal "
+                "shapes (residual connections) are supported",
+            )
+        if flow.features_per_channel != 1:
+            raise self._unknown(layer, user, "it adds flattened channels")
+        self._arrivals.setdefault(user, []).append(
+            _Arrival(layer, flow.node, flow.offset, self._walk_width(layer), shape[flow.channel_dim])
+        )
+        return replace(flow, node=user)
+
+    def _walk_width(self, layer: str) -> int:
+        module = self.modules[layer]
+        return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+    def _concat(self, layer: str, flow: _Flow, user: fx.Node) -> _Flow:
+        tensors = _argument(user, 0, "tensors", None)
+        dim = _argument(user, 1, "dim", 0)
+        if user.target not in (torch.cat, torch.concat) or not isinstance(tensors, (list, tuple)):
+            raise self._unknown(layer, user, "only torch.cat along the channel dimension is supported")
+        ndim = len(_shape(flow.node))
+        if not isinstance(dim, int) or dim % ndim != flow.channel_dim:
+            raise self._unknown(
+                layer, user,
+                f"it concatenates along dimension {dim}, not the channel dimension "
+                f"{flow.channel_dim}, which ties channels of different tensors together",
+            )
+        positions = [i for i, t in enumerate(tensors) if t is flow.node]
+        if len(positions) != 1:
+            raise self._unknown(layer, user, "it concatenates the tensor with itself")
+        before = sum(_shape(t)[flow.channel_dim] for t in tensors[: positions[0]])
+        return replace(flow, node=user, offset=flow.offset + before)
+
     def _unknown(self, layer: str, user: fx.Node, why: str) -> UnsupportedStructureError:
         return UnsupportedStructureError(
             f"cannot follow the output channels of layer '{layer}' through "
             f"{_describe(user, self.modules)}: {why}. Supported between a layer and its "
-            "consumers: element-wise activations, Dropout, pooling, BatchNorm, Identity and "
-            f"flatten/view to (N, -1); pass layers=[...] without '{layer}' to skip it"
+            "consumers: element-wise activations, Dropout, pooling, BatchNorm, Identity, "
+            "depthwise convolutions, residual adds, channel concatenation, padding, spatial "
+            f"slicing and flatten/view to (N, -1); pass layers=[...] without '{layer}' to skip it"
         )
+
+
+def _merged_consumers(consumers: list[Consumer]) -> list[Consumer]:
+    """One entry per (module, offset); zero is preserved only if every path preserves it."""
+    merged: dict[tuple, Consumer] = {}
+    for consumer in consumers:
+        key = (consumer.name, consumer.kind, consumer.features_per_channel, consumer.offset)
+        if key in merged:
+            preserved = merged[key].zero_preserved and consumer.zero_preserved
+            merged[key] = replace(merged[key], zero_preserved=preserved)
+        else:
+            merged[key] = consumer
+    return list(merged.values())
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+_SUMS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
+
+
+def _is_sum(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _SUMS
+    return node.op == "call_method" and node.target in {"add", "add_", "sub", "sub_"}
 
 
 # --- what each operation does to a channel flow -------------------------------------------
@@ -514,6 +899,7 @@ def _reshape(graph, layer, flow, user, module):
             flow,
             node=user,
             features_per_channel=flow.features_per_channel * math.prod(before[2:]),
+            offset=flow.offset * math.prod(before[2:]),
         )
     raise graph._unknown(
         layer,
@@ -523,15 +909,78 @@ def _reshape(graph, layer, flow, user, module):
     )
 
 
+def _getitem(graph, layer, flow, user, module):
+    """``x[:, :, ::2, ::2]``: slicing other dimensions leaves every channel whole."""
+    index = user.args[1]
+    index = index if isinstance(index, tuple) else (index,)
+    ndim = len(_shape(flow.node))
+    if len(index) > ndim or not all(isinstance(i, slice) for i in index):
+        raise graph._unknown(layer, user, f"it indexes with {index!r}; only slices are supported")
+    if flow.channel_dim < len(index) and index[flow.channel_dim] != slice(None):
+        raise graph._unknown(layer, user, "it slices the channel dimension")
+    if flow.features_per_channel != 1:
+        raise graph._unknown(layer, user, "it slices flattened channels")
+    return replace(flow, node=user)
+
+
+def _pad(graph, layer, flow, user, module):
+    """``F.pad``: spatial padding keeps channels, padding the channel dimension shifts them."""
+    pad = _argument(user, 1, "pad", None)
+    mode = _argument(user, 2, "mode", "constant")
+    value = _argument(user, 3, "value", None)
+    ndim = len(_shape(flow.node))
+    if not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+        raise graph._unknown(layer, user, f"its padding {pad!r} is not a sequence of ints")
+    widths = [0] * (2 * ndim)
+    for i, amount in enumerate(pad):  # pairs from the last dimension backwards
+        widths[2 * (ndim - 1 - i // 2) + i % 2] = amount
+    front, back = widths[2 * flow.channel_dim], widths[2 * flow.channel_dim + 1]
+    if flow.features_per_channel != 1 and (front or back):
+        raise graph._unknown(layer, user, "it pads flattened channels")
+    if (front or back) and (mode != "constant" or front < 0):
+        raise graph._unknown(layer, user, f"it pads the channel dimension in mode {mode!r}")
+    if widths[0] or widths[1]:
+        raise graph._unknown(layer, user, "it pads the batch dimension")
+    spatial = any(w for d in range(ndim) if d not in (0, flow.channel_dim) for w in widths[2 * d: 2 * d + 2])
+    fills_nonzero = mode == "constant" and value not in (None, 0, 0.0)
+    uniform = flow.uniform and not (spatial and (flow.may_be_nonzero or fills_nonzero) and mode == "constant")
+    return replace(flow, node=user, offset=flow.offset + front, uniform=uniform)
+
+
+def _mean(graph, layer, flow, user, module):
+    """``x.mean(dim=(2, 3))``: averaging other dimensions keeps channels (like pooling)."""
+    ndim = len(_shape(flow.node))
+    dims = _argument(user, 1, "dim", None)
+    if dims is None or flow.features_per_channel != 1:
+        raise graph._unknown(layer, user, "it averages over the channels")
+    dims = {d % ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+    if 0 in dims or flow.channel_dim in dims:
+        raise graph._unknown(layer, user, "it averages over the batch or the channels")
+    keepdim = bool(_argument(user, 2, "keepdim", False))
+    channel_dim = flow.channel_dim - (0 if keepdim else sum(d < flow.channel_dim for d in dims))
+    return replace(flow, node=user, channel_dim=channel_dim)
+
+
+def _scalar_product(graph, layer, flow, user, module):
+    """``x * 0.5``, ``x / 2``: a number scales every channel, keeping zeros zero."""
+    if user.target in (operator.truediv, torch.div) and user.args[0] is not flow.node:
+        raise graph._unknown(layer, user, "it divides by the tensor")
+    return replace(flow, node=user)
+
+
 def _batchnorm(graph, layer, flow, user, module):
     ndim = len(_shape(flow.node))
     allowed = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,)}[type(module)]
     if ndim not in allowed or flow.channel_dim != 1 or (ndim > 2 and flow.features_per_channel != 1):
         raise graph._unknown(layer, user, f"it normalises a {ndim}-D tensor over other features")
-    return Consumer(user.target, "batchnorm", flow.features_per_channel, not flow.may_be_nonzero)
+    return Consumer(
+        user.target, "batchnorm", flow.features_per_channel, not flow.may_be_nonzero, flow.offset
+    )
 
 
 def _conv_consumer(graph, layer, flow, user, module):
+    if _is_depthwise(module):
+        return _depthwise(graph, layer, flow, user, module)
     if module.groups != 1:
         raise UnsupportedStructureError(
             f"cannot follow the output channels of layer '{layer}' into "
@@ -547,7 +996,28 @@ def _conv_consumer(graph, layer, flow, user, module):
     )
     if flow.may_be_nonzero and (zero_padded or not flow.uniform):
         raise _constant_not_foldable(graph, layer, user, "zero-pads its input")
-    return Consumer(user.target, "conv_in", 1, not flow.may_be_nonzero)
+    return Consumer(user.target, "conv_in", 1, not flow.may_be_nonzero, flow.offset)
+
+
+def _conv_zero_pads(module: nn.Conv2d) -> bool:
+    return module.padding_mode == "zeros" and (
+        module.padding == "same" and any(k > 1 for k in module.kernel_size)
+        or module.padding != "same" and _any_nonzero(module.padding)
+    )
+
+
+def _depthwise(graph, layer, flow, user, module):
+    """A depthwise conv: filter ``c`` goes with channel ``c``, which it passes on."""
+    ndim = len(_shape(flow.node))
+    if ndim != 4 or flow.channel_dim != 1 or flow.features_per_channel != 1:
+        raise graph._unknown(layer, user, "its input channels are not the layer's channels")
+    consumer = Consumer(user.target, "depthwise", 1, not flow.may_be_nonzero, flow.offset)
+    # The dropped channel's filter is removed with it; what it leaves downstream is the
+    # constant its bias (or a constant input) makes, non-uniform where zero padding meets a
+    # non-zero input.
+    uniform = flow.uniform and not (flow.may_be_nonzero and _conv_zero_pads(module))
+    may_be_nonzero = flow.may_be_nonzero or module.bias is not None
+    return consumer, replace(flow, node=user, may_be_nonzero=may_be_nonzero, uniform=uniform)
 
 
 def _linear_consumer(graph, layer, flow, user, module):
@@ -558,11 +1028,13 @@ def _linear_consumer(graph, layer, flow, user, module):
         )
     if flow.may_be_nonzero and not flow.uniform:
         raise _constant_not_foldable(graph, layer, user, "reads average-pooled zero padding")
-    return Consumer(user.target, "linear_in", flow.features_per_channel, not flow.may_be_nonzero)
+    return Consumer(
+        user.target, "linear_in", flow.features_per_channel, not flow.may_be_nonzero, flow.offset
+    )
 
 
 def _constant_not_foldable(graph, layer, user, why) -> UnsupportedStructureError:
-    return UnsupportedStructureError(
+    return _NotFoldable(
         f"layer '{layer}': a channel zeroed at its switch reaches "
         f"{_describe(user, graph.modules)} as a non-zero constant (it passes a Sigmoid or a "
         f"BatchNorm after the switch), and that consumer {why}, so the constant's effect "
@@ -617,6 +1089,10 @@ _FUNCTION_RULES: dict[Any, Rule] = {
         _pool(2, _function_pool_padding),
     ),
     **dict.fromkeys((torch.flatten, torch.reshape, torch.squeeze), _reshape),
+    operator.getitem: _getitem,
+    F.pad: _pad,
+    torch.mean: _mean,
+    **dict.fromkeys((operator.mul, torch.mul, operator.truediv, torch.div), _scalar_product),
 }
 
 _METHOD_RULES: dict[str, Rule] = {
@@ -625,6 +1101,8 @@ _METHOD_RULES: dict[str, Rule] = {
     ),
     **dict.fromkeys(("sigmoid", "sigmoid_"), _elementwise(maps_zero_to_zero=False)),
     **dict.fromkeys(("flatten", "view", "reshape", "squeeze"), _reshape),
+    "mean": _mean,
+    **dict.fromkeys(("mul", "div"), _scalar_product),
 }
 
 # Parametrized weights (weight norm, spectral norm...) are computed from other tensors, which

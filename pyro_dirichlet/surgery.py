@@ -25,6 +25,7 @@ __all__ = [
     "slice_linear_out",
     "slice_linear_in",
     "slice_batchnorm",
+    "slice_depthwise_conv2d",
     "scale_output_channels",
     "scale_batchnorm",
     "add_to_bias",
@@ -42,7 +43,13 @@ def prune_channels(
 
     Each named layer's weight and bias lose the dropped output channels; a BatchNorm it feeds
     loses the same features, and every consumer loses the matching input channels (or, after a
-    flatten, the matching blocks of input features). Layers not in ``keep`` are untouched.
+    flatten, the matching blocks of input features; after a concatenation, the channels at the
+    layer's offset). A depthwise convolution reading the channels loses the matching filters.
+    Layers not in ``keep`` are untouched.
+
+    Coupled layers are handled automatically: the name of a coupling group (its first member,
+    see :mod:`pyro_dirichlet.structure`) prunes every member of the residual stream, their
+    BatchNorms and every module that reads the stream, with the same indices.
 
     In eval mode the result computes what ``model`` computes when the dropped channels are
     zeroed at each layer's ``switch_at`` module (see :func:`mask_channels`). Where something
@@ -52,17 +59,18 @@ def prune_channels(
 
     Args:
         model: the network; it is not modified, even when an argument is rejected.
-        keep: maps a prunable layer's qualified name to the output-channel indices to keep, as
-            a sequence of ints or an integer tensor. Indices are kept in sorted order; a layer
-            must keep at least one channel.
+        keep: maps a prunable layer's (or coupling group's) qualified name to the
+            output-channel indices to keep, as a sequence of ints or an integer tensor. Indices
+            are kept in sorted order; a layer must keep at least one channel.
         example_inputs: an input batch (or tuple of inputs) to trace the model with.
 
     Returns:
         A new module of the same classes, with the same training mode as ``model``.
 
     Raises:
-        ValueError: a layer is unknown or not prunable, an index is out of range, duplicated
-            or not an integer, a layer would keep no channel, or the model does not run on
+        ValueError: a layer is unknown or not prunable (or a member of a coupling group other
+            than the one that names it), an index is out of range, duplicated or not an
+            integer, a layer would keep no channel, or the model does not run on
             ``example_inputs``.
         TypeError: ``keep`` is not a mapping from names to index collections.
 
@@ -83,8 +91,7 @@ def prune_channels(
     # Bias corrections are computed against the unsliced weights, so they go first.
     for name, delta in corrections.items():
         add_to_bias(modules[name], delta)
-    for layer, kept in selection:
-        _slice_layer(modules, layer, kept)
+    _slice_selection(modules, selection)
 
     try:
         _forward_in_eval_mode(pruned, inputs)
@@ -101,10 +108,11 @@ def mask_channels(
     keep: Mapping[str, Indices],
     example_inputs: Tensor | tuple[Tensor, ...],
 ) -> nn.Module:
-    """A copy of ``model`` whose dropped channels are multiplied by zero at ``switch_at``.
+    """A copy of ``model`` whose dropped channels are multiplied by zero at the switch points.
 
     This is the reference :func:`prune_channels` is equivalent to: forward hooks on each
-    layer's ``switch_at`` module zero the channels not in ``keep``; no weight changes shape.
+    layer's switch points (every member's, for a coupling group) zero the channels not in
+    ``keep``; no weight changes shape.
 
     Args:
         model: the network; it is not modified.
@@ -130,10 +138,11 @@ def fold_scales(
 ) -> nn.Module:
     """A copy of ``model`` with channel ``c`` of each layer's output multiplied by a scale.
 
-    The scale is folded into weights at ``switch_at``: the layer's weight rows and bias when
-    the switch sits on the layer, the BatchNorm's affine weight and bias when it sits on a
-    BatchNorm. The copy computes what ``model`` computes with a forward hook multiplying
-    channel ``c`` at ``switch_at`` by ``scales[name][c]``. Used to fold the posterior-mean
+    The scale is folded into weights at each switch point (every member's, for a coupling
+    group): the layer's weight rows and bias when the switch sits on the layer, the
+    BatchNorm's affine weight and bias when it sits on a BatchNorm. The copy computes what
+    ``model`` computes with forward hooks multiplying channel ``c`` at the switch points by
+    ``scales[name][c]``. Used to fold the posterior-mean
     switch values (``s_c * C``) into the weights before pruning.
 
     Args:
@@ -154,20 +163,21 @@ def fold_scales(
     selection = _resolve(model, scales, example_inputs, "scales", _checked_scales)
     modules = dict(model.named_modules())
     for layer, _ in selection:
-        at = modules[layer.switch_at]
-        if isinstance(at, nn.modules.batchnorm._BatchNorm) and not at.affine:
-            raise ValueError(
-                f"scales['{layer.name}']: its switch sits on BatchNorm '{layer.switch_at}', "
-                "which has no affine weight and bias to fold a scale into (affine=False)"
-            )
+        for point in layer.switch_points:
+            at = modules[point]
+            if isinstance(at, nn.modules.batchnorm._BatchNorm) and not at.affine:
+                raise ValueError(
+                    f"scales['{layer.name}']: its switch sits on BatchNorm '{point}', "
+                    "which has no affine weight and bias to fold a scale into (affine=False)"
+                )
     folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     for layer, factors in selection:
-        at = modules[layer.switch_at]
-        if layer.switch_at == layer.name:
-            scale_output_channels(at, factors)
-        else:
-            scale_batchnorm(at, factors)
+        for member, point in zip(layer.members, layer.switch_points):
+            if point == member:
+                scale_output_channels(modules[point], factors)
+            else:
+                scale_batchnorm(modules[point], factors)
     return folded
 
 
@@ -263,7 +273,8 @@ def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]
     for layer, kept in selection:
         factors = torch.zeros(layer.channels)
         factors[kept] = 1.0
-        modules[layer.switch_at].register_forward_hook(_multiply_channels_hook(layer, factors))
+        for point in layer.switch_points:
+            modules[point].register_forward_hook(_multiply_channels_hook(layer, factors))
     return masked
 
 
@@ -301,12 +312,15 @@ def _bias_corrections(
     contribution, which the consumer's bias then has to carry. The constant is read off a
     forward pass of the masked model, so it is exactly what the network computes.
     """
-    wanted = {
-        consumer.name: (layer, kept, consumer)
-        for layer, kept in selection
-        for consumer in layer.consumers
-        if not consumer.zero_preserved and consumer.kind != "batchnorm" and len(kept) < layer.channels
-    }
+    wanted: dict[str, list[tuple[PrunableLayer, Tensor, Consumer]]] = {}
+    for layer, kept in selection:
+        for consumer in layer.consumers:
+            if (
+                not consumer.zero_preserved
+                and consumer.kind in ("conv_in", "linear_in")
+                and len(kept) < layer.channels
+            ):
+                wanted.setdefault(consumer.name, []).append((layer, kept, consumer))
     if not wanted:
         return {}
     masked = _masked_copy(model, selection)
@@ -319,26 +333,28 @@ def _bias_corrections(
     _forward_in_eval_mode(masked, inputs)
 
     corrections = {}
-    for name, (layer, kept, consumer) in wanted.items():
-        dropped = _complement(kept, layer.channels)
+    for name, entries in wanted.items():
         module = modules[name]
-        if consumer.kind == "conv_in":
-            values = seen[name][:, dropped]
-            constant = values[:1, :, :1, :1]
-            weight_sums = module.weight.detach()[:, dropped].sum(dim=(2, 3))
-        else:
-            features = consumer.feature_indices(dropped)
-            values = seen[name][..., features].reshape(-1, len(features))
-            constant = values[:1]
-            weight_sums = module.weight.detach()[:, features]
-        if not torch.allclose(values, constant.expand_as(values), rtol=1e-5, atol=1e-6):
-            raise RuntimeError(
-                f"layer '{layer.name}': the dropped channels do not reach '{name}' as constants, "
-                "so their contribution cannot be moved into its bias"
-            )
-        delta = weight_sums @ constant.reshape(-1).to(weight_sums.dtype)
-        if bool(delta.ne(0).any()):
-            corrections[name] = delta
+        total = None
+        for layer, kept, consumer in entries:
+            features = consumer.feature_indices(_complement(kept, layer.channels))
+            if consumer.kind == "conv_in":
+                values = seen[name][:, features]
+                constant = values[:1, :, :1, :1]
+                weight_sums = module.weight.detach()[:, features].sum(dim=(2, 3))
+            else:
+                values = seen[name][..., features].reshape(-1, len(features))
+                constant = values[:1]
+                weight_sums = module.weight.detach()[:, features]
+            if not torch.allclose(values, constant.expand_as(values), rtol=1e-5, atol=1e-6):
+                raise RuntimeError(
+                    f"layer '{layer.name}': the dropped channels do not reach '{name}' as "
+                    "constants, so their contribution cannot be moved into its bias"
+                )
+            delta = weight_sums @ constant.reshape(-1).to(weight_sums.dtype)
+            total = delta if total is None else total + delta
+        if total is not None and bool(total.ne(0).any()):
+            corrections[name] = total
     return corrections
 
 
@@ -348,23 +364,39 @@ def _complement(kept: Tensor, channels: int) -> Tensor:
     return dropped.nonzero().flatten()
 
 
-def _slice_layer(modules: Mapping[str, nn.Module], layer: PrunableLayer, kept: Tensor) -> None:
-    if len(kept) == layer.channels:
-        return
-    producer = modules[layer.name]
-    (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(producer, kept)
-    for consumer in layer.consumers:
-        _slice_consumer(modules[consumer.name], consumer, kept)
+def _slice_selection(
+    modules: Mapping[str, nn.Module], selection: list[tuple[PrunableLayer, Tensor]]
+) -> None:
+    """Slice every member's outputs, then each consumer once, whatever reaches it.
 
-
-def _slice_consumer(module: nn.Module, consumer: Consumer, kept: Tensor) -> None:
-    features = consumer.feature_indices(kept)
-    if consumer.kind == "batchnorm":
-        slice_batchnorm(module, features)
-    elif consumer.kind == "conv_in":
-        slice_conv2d_in(module, features)
-    else:
-        slice_linear_in(module, features)
+    A consumer after a concatenation reads several layers at different offsets; its dropped
+    inputs are collected first, so that slicing for one layer cannot shift the next one's.
+    """
+    dropped: dict[str, tuple[str, list[Tensor]]] = {}
+    for layer, kept in selection:
+        if len(kept) == layer.channels:
+            continue
+        for member in layer.members:
+            (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(modules[member], kept)
+        removed = _complement(kept, layer.channels)
+        for consumer in layer.consumers:
+            entry = dropped.setdefault(consumer.name, (consumer.kind, []))
+            entry[1].append(consumer.feature_indices(removed))
+    for name, (kind, parts) in dropped.items():
+        module = modules[name]
+        size = {
+            "batchnorm": lambda m: m.num_features,
+            "conv_in": lambda m: m.in_channels,
+            "depthwise": lambda m: m.in_channels,
+            "linear_in": lambda m: m.in_features,
+        }[kind](module)
+        keep = _complement(torch.cat(parts), size)
+        {
+            "batchnorm": slice_batchnorm,
+            "conv_in": slice_conv2d_in,
+            "depthwise": slice_depthwise_conv2d,
+            "linear_in": slice_linear_in,
+        }[kind](module, keep)
 
 
 # --- low-level surgery: one module at a time, no knowledge of the graph ------------------------
@@ -408,6 +440,31 @@ def slice_conv2d_in(conv: nn.Conv2d, keep: Tensor) -> None:
     _check_ungrouped(conv)
     conv.weight = _sliced(conv.weight, 1, keep)
     conv.in_channels = len(keep)
+
+
+def slice_depthwise_conv2d(conv: nn.Conv2d, keep: Tensor) -> None:
+    """Keep only channels ``keep`` of a depthwise ``conv`` (filter ``c`` reads channel ``c``), in place.
+
+    Args:
+        conv: a Conv2d with ``groups == in_channels == out_channels``.
+        keep: 1-D ``int64`` tensor of channel indices.
+
+    Example:
+        >>> conv = nn.Conv2d(4, 4, 3, groups=4)
+        >>> slice_depthwise_conv2d(conv, torch.tensor([0, 3]))
+        >>> conv.weight.shape, conv.in_channels, conv.out_channels, conv.groups
+        (torch.Size([2, 1, 3, 3]), 2, 2, 2)
+    """
+    _check_module(conv, nn.Conv2d, "conv")
+    if not conv.groups == conv.in_channels == conv.out_channels:
+        raise ValueError(
+            f"conv is not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
+            f"out_channels={conv.out_channels}"
+        )
+    conv.weight = _sliced(conv.weight, 0, keep)
+    if conv.bias is not None:
+        conv.bias = _sliced(conv.bias, 0, keep)
+    conv.in_channels = conv.out_channels = conv.groups = len(keep)
 
 
 def slice_linear_out(linear: nn.Linear, keep: Tensor) -> None:

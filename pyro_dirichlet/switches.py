@@ -61,6 +61,9 @@ class DirichletSwitches:
             linear layer automatically (never the classifier output).
         prior: see :func:`pyro_dirichlet.priors.resolve_prior`: a concentration, a mapping of
             per-layer concentrations, or a callable returning a distribution on the simplex.
+        coupled: ``"skip"`` (default) leaves channels coupled through residual adds
+            unswitched; ``"group"`` gives each coupling group one shared switch site, named
+            after its first member (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -76,11 +79,12 @@ class DirichletSwitches:
         *,
         layers: Sequence[str] | None = None,
         prior: PriorSpec = DEFAULT_CONCENTRATION,
+        coupled: str = "skip",
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
         self.network = freeze(network)
-        self.layers: list[PrunableLayer] = find_prunable_layers(network, example_inputs, layers)
+        self.layers: list[PrunableLayer] = find_prunable_layers(network, example_inputs, layers, coupled=coupled)
         self.priors = resolve_prior(prior, self.layers)
         self._modules = dict(network.named_modules())
 
@@ -93,6 +97,8 @@ class DirichletSwitches:
     def switched(self, values: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
         """Run the network with layer outputs multiplied by ``values[layer] * channels``.
 
+        A coupling group's switch multiplies the output of every switch point of the group
+        (each member's, so the residual stream they write is scaled channel by channel).
         Hooks are attached only for the duration of the block, so the network itself stays
         a plain module (and a deep copy of it never inherits a switch).
         """
@@ -100,11 +106,9 @@ class DirichletSwitches:
         try:
             for layer in self.layers:
                 if layer.name in values:
-                    handles.append(
-                        self._modules[layer.switch_at].register_forward_hook(
-                            _scale_hook(values[layer.name] * layer.channels, layer)
-                        )
-                    )
+                    hook = _scale_hook(values[layer.name] * layer.channels, layer)
+                    for point in layer.switch_points:
+                        handles.append(self._modules[point].register_forward_hook(hook))
             yield self.network
         finally:
             for handle in handles:

@@ -141,18 +141,25 @@ class Residual(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_residual_add_is_unsupported_and_named():
-    with pytest.raises(UnsupportedStructureError, match=r"layer 'stem'.*'add' \(operator\.add.*residual add"):
+def test_residual_add_couples_layers_left_out_by_default():
+    with pytest.raises(ValueError, match=r"'stem': its output channels are coupled with 'block\.0' through 'add' \(operator\.add.*coupled='group'"):
         find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8))
+    [group] = find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="group")
+    assert (group.name, group.members, group.switch_points) == ("stem", ("stem", "block.0"), ("stem", "block.0"))
+    # block.0 reads the stream and writes into it: it is a consumer and a member.
+    assert group.is_group and group.consumers == (Consumer("block.0", "conv_in"), Consumer("head", "linear_in"))
 
 
-def test_every_layer_feeding_the_add_is_unsupported_when_named():
+def test_a_non_first_member_of_a_group_names_the_group():
     assert issubclass(UnsupportedStructureError, ValueError)
-    with pytest.raises(UnsupportedStructureError, match=r"layer 'block\.0'"):
+    with pytest.raises(ValueError, match=r"layer 'block\.0' cannot be pruned: it is coupled with 'stem'.*prune the group 'stem'"):
         find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), layers=["block.0"])
+    # Naming the first member means the group, whatever the policy.
+    [group] = find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), layers=["stem"])
+    assert group.members == ("stem", "block.0")
 
 
-def test_concatenation_is_unsupported():
+def test_concatenation_shifts_the_consumer_offsets():
     class Concat(nn.Module):
         def __init__(self):
             super().__init__()
@@ -162,8 +169,23 @@ def test_concatenation_is_unsupported():
         def forward(self, x):
             return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], dim=1), 1))
 
-    with pytest.raises(UnsupportedStructureError, match=r"'cat' \(torch\.cat in the top-level forward\).*concatenation"):
-        find_prunable_layers(Concat(), torch.zeros(1, 1, 8, 8))
+    a, b = find_prunable_layers(Concat(), torch.zeros(1, 1, 8, 8))
+    assert a.consumers == (Consumer("fc", "linear_in", 36, offset=0),)
+    assert b.consumers == (Consumer("fc", "linear_in", 36, offset=72),)
+
+
+def test_concatenation_along_another_dimension_is_unsupported():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(2 * 12 * 6, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], dim=2), 1))
+
+    with pytest.raises(UnsupportedStructureError, match=r"'cat' \(torch\.cat in the top-level forward\).*along dimension 2"):
+        find_prunable_layers(Stack(), torch.zeros(1, 1, 8, 8))
 
 
 def test_grouped_convolution_consumer_is_unsupported_and_grouped_layers_are_skipped():
@@ -283,3 +305,20 @@ def test_broadcast_shape_and_feature_indices():
     with pytest.raises(ValueError, match="ndim must be at least 2.*layer 'c'"):
         conv.broadcast_shape(1)
     assert Consumer("fc", "linear_in", 4).feature_indices([2, 0]).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]
+
+
+def test_coupled_policy_is_checked():
+    with pytest.raises(ValueError, match=r"coupled must be 'skip' or 'group', got 'all'"):
+        find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="all")
+
+
+@pytest.mark.parametrize("combine", [torch.add, lambda a, b: a.add(b), lambda a, b: a - b])
+def test_every_spelling_of_a_residual_add_couples(combine):
+    class Spelled(Residual):
+        def forward(self, x):
+            x = F.relu(self.stem(x))
+            x = combine(self.block(x), x)
+            return self.head(x.mean(dim=(2, 3)))
+
+    [group] = find_prunable_layers(Spelled(), torch.zeros(1, 3, 8, 8), coupled="group")
+    assert group.members == ("stem", "block.0")
