@@ -30,7 +30,7 @@ def parse_target(text: str) -> dict[str, int | float]:
 
 def build_parser() -> argparse.ArgumentParser:
     from models import MODELS
-    from pyro_dirichlet.data import _LOADERS as DATASETS
+    from pyro_dirichlet.data import DATASETS
 
     parser = argparse.ArgumentParser(prog="pyro-dirichlet", description="Dirichlet pruning of trained networks with Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--layers", type=lambda text: tuple(filter(None, (n.strip() for n in text.split(",")))), default=None,
         help="comma-separated layers to switch and prune, e.g. conv1,fc1 (default: every conv and hidden linear layer)",
+    )
+    run_parser.add_argument(
+        "--coupled", choices=["skip", "group"], default="skip",
+        help="channels coupled through residual adds: skip (leave unpruned, default) or group (one shared switch)",
     )
     run_parser.add_argument("--prior", type=float, default=1.0, help="symmetric Dirichlet prior concentration (default 1)")
     run_parser.add_argument("--epochs", type=int, default=1, help="SVI epochs (default 1)")
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             data_dir=args.data_dir,
             layers=args.layers,
+            coupled=args.coupled,
             target=args.keep,
             prior=args.prior,
             fit=FitConfig(epochs=args.epochs, lr=args.lr),

@@ -24,6 +24,7 @@ from torch import Tensor
 __all__ = [
     "CIFAR10_CLASSES",
     "DATA_ENV_VAR",
+    "DATASETS",
     "DataSplits",
     "DatasetMissingError",
     "RandomCropFlip",
@@ -615,6 +616,8 @@ def load_cifar10(
 
 
 _LOADERS = {"mnist": load_mnist, "cifar10": load_cifar10}
+#: The data set names :func:`load_dataset` knows.
+DATASETS = tuple(sorted(_LOADERS))
 
 
 def load_dataset(

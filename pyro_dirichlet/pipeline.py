@@ -44,6 +44,8 @@ class RunConfig:
             hidden linear layer.
         target: channels to keep per layer; ``None`` uses the model's documented default
             (restricted to ``layers`` when they are given).
+        coupled: ``"skip"`` leaves channels coupled through residual adds unpruned;
+            ``"group"`` prunes each coupling group through one shared switch.
         prior: symmetric Dirichlet prior concentration of every switch.
         fit: the SVI settings (its ``seed`` and ``device`` are overridden by this config's).
         finetune_epochs: epochs of fine-tuning after pruning (best epoch by validation accuracy).
@@ -65,6 +67,7 @@ class RunConfig:
     out: Path = Path("runs/demo")
     data_dir: Path | None = None
     layers: tuple[str, ...] | None = None
+    coupled: str = "skip"
     target: Target | None = None
     prior: float = 1.0
     fit: FitConfig = field(default_factory=FitConfig)
@@ -141,7 +144,7 @@ def _run(config: RunConfig, watch: Stopwatch) -> dict:
     _say(config, f"baseline {config.model}: test accuracy {baseline_report['test_accuracy']:.4f}, "
                  f"{baseline_report['params']:,} parameters, {baseline_report['flops']:,} FLOPs")
 
-    switches = DirichletSwitches(network, example, layers=config.layers, prior=config.prior)
+    switches = DirichletSwitches(network, example, layers=config.layers, prior=config.prior, coupled=config.coupled)
     fit_config = FitConfig(**{**asdict(config.fit), "seed": config.seed, "device": str(device), "progress": config.progress})
     result = fit(switches, data.train, fit_config)
     posterior = result.posterior(seed=config.seed)
@@ -183,6 +186,7 @@ def _run(config: RunConfig, watch: Stopwatch) -> dict:
         "data": {"source": getattr(data, "source", config.dataset), "train": len(data.train),
                  "validation": len(data.validation), "test": len(data.test)},
         "prior_concentration": config.prior,
+        "coupled": config.coupled,
         "target": target,
         "ci_prob": config.ci_prob,
         "baseline": baseline_report,

@@ -94,3 +94,31 @@ def test_closed_form_dirichlet_kl_matches_monte_carlo():
     log_ratio = q.log_prob(s) - p.log_prob(s)
     mc, stderr = log_ratio.mean(), log_ratio.std() / len(s) ** 0.5
     assert abs(kl_divergence(q, p) - mc) < 4 * stderr
+
+
+def test_coupled_group_gets_one_switch_shared_by_all_its_members():
+    from models.wrn import WideResNet10x1
+
+    torch.manual_seed(0)
+    net = WideResNet10x1().eval()
+    images = torch.randn(4, 3, 32, 32)
+    expected = net(images)
+    skip = DirichletSwitches(net, images[:2])
+    group = DirichletSwitches(net, images[:2], coupled="group")
+    grouped = [layer for layer in group.layers if layer.is_group]
+    assert grouped and {layer.name for layer in skip.layers} < {layer.name for layer in group.layers}
+    # at the prior mean every member of the group is scaled by 1: the network is unchanged
+    means = {layer.name: torch.full((layer.channels,), 1.0 / layer.channels) for layer in group.layers}
+    with group.switched(means) as switched:
+        assert torch.allclose(switched(images), expected, atol=1e-5)
+    # zeroing the group's switch silences every member at once
+    stream = grouped[0]
+    seen = {}
+    with group.switched({stream.name: torch.zeros(stream.channels)}) as switched:
+        # registered after the switch hooks, so they see the switched outputs
+        hooks = [dict(net.named_modules())[point].register_forward_hook(lambda m, i, o, p=point: seen.__setitem__(p, o.abs().max()))
+                 for point in stream.switch_points]
+        switched(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == len(stream.switch_points) >= 2 and all(value == 0 for value in seen.values())
