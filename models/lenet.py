@@ -11,17 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.widths import check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["LeNet300100", "LeNet5Caffe"]
-
-
-def _check_widths(**widths: int) -> None:
-    for name, width in widths.items():
-        if isinstance(width, bool) or not isinstance(width, int):
-            raise TypeError(f"{name} must be an int, got {type(width).__name__}")
-        if width < 1:
-            raise ValueError(f"{name} must be at least 1, got {width}")
 
 
 # Registered so a pruned copy saved with save_pruned can be rebuilt without pickle.
@@ -56,7 +49,8 @@ class LeNet5Caffe(nn.Module):
         self, *, conv1: int = 20, conv2: int = 50, fc1: int = 500, num_classes: int = 10
     ) -> None:
         super().__init__()
-        _check_widths(conv1=conv1, conv2=conv2, fc1=fc1, num_classes=num_classes)
+        for name, width in dict(conv1=conv1, conv2=conv2, fc1=fc1, num_classes=num_classes).items():
+            check_width(name, width)
         self.conv1 = nn.Conv2d(1, conv1, kernel_size=5)
         self.conv2 = nn.Conv2d(conv1, conv2, kernel_size=5)
         # 28 -> conv 24 -> pool 12 -> conv 8 -> pool 4, so each conv2 channel gives 4*4 inputs.
@@ -97,7 +91,8 @@ class LeNet300100(nn.Module):
         self, *, fc1: int = 300, fc2: int = 100, num_classes: int = 10, in_features: int = 784
     ) -> None:
         super().__init__()
-        _check_widths(fc1=fc1, fc2=fc2, num_classes=num_classes, in_features=in_features)
+        for name, width in dict(fc1=fc1, fc2=fc2, num_classes=num_classes, in_features=in_features).items():
+            check_width(name, width)
         self.fc1 = nn.Linear(in_features, fc1)
         self.fc2 = nn.Linear(fc1, fc2)
         self.fc3 = nn.Linear(fc2, num_classes)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.widths import block_widths, check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["BasicBlock", "CifarResNet", "ResNet20", "ResNet56", "resnet20", "resnet56"]
@@ -55,13 +56,6 @@ class BasicBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-def _check_width(name: str, width: object) -> None:
-    if isinstance(width, bool) or not isinstance(width, int):
-        raise TypeError(f"{name} must be an int, got {type(width).__name__}")
-    if width < 1:
-        raise ValueError(f"{name} must be at least 1, got {width}")
-
-
 class CifarResNet(nn.Module):
     """A CIFAR ResNet of He et al. 2016: a 3x3 stem, three stages of BasicBlocks, a linear head.
 
@@ -88,24 +82,15 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        _check_width("blocks_per_stage", blocks_per_stage)
+        check_width("blocks_per_stage", blocks_per_stage)
         widths = tuple(widths)
         if len(widths) != 3:
             raise ValueError(f"widths must give 3 stage widths, got {len(widths)}")
         for index, width in enumerate(widths):
-            _check_width(f"widths[{index}]", width)
-        _check_width("num_classes", num_classes)
+            check_width(f"widths[{index}]", width)
+        check_width("num_classes", num_classes)
         stage_of_block = [stage for stage in range(3) for _ in range(blocks_per_stage)]
-        if inner_widths is None:
-            inner_widths = [widths[stage] for stage in stage_of_block]
-        inner_widths = tuple(inner_widths)
-        if len(inner_widths) != 3 * blocks_per_stage:
-            raise ValueError(
-                f"inner_widths must give {3 * blocks_per_stage} widths (one per block), "
-                f"got {len(inner_widths)}"
-            )
-        for index, width in enumerate(inner_widths):
-            _check_width(f"inner_widths[{index}]", width)
+        inner_widths = block_widths(inner_widths, [widths[stage] for stage in stage_of_block])
 
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.widths import check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["VGG16", "VGG16_CONV_NAMES", "VGG16_WIDTHS"]
@@ -24,13 +25,6 @@ VGG16_CONV_NAMES = tuple(
     f"conv{block + 1}_{index + 1}" for block, size in enumerate(_BLOCK_SIZES) for index in range(size)
 )
 """``("conv1_1", "conv1_2", "conv2_1", ..., "conv5_3")``: the convolutions in order."""
-
-
-def _check_width(name: str, width: object) -> None:
-    if isinstance(width, bool) or not isinstance(width, int):
-        raise TypeError(f"{name} must be an int, got {type(width).__name__}")
-    if width < 1:
-        raise ValueError(f"{name} must be at least 1, got {width}")
 
 
 @register_architecture
@@ -74,9 +68,9 @@ class VGG16(nn.Module):
         if len(widths) != len(VGG16_CONV_NAMES):
             raise ValueError(f"widths must list {len(VGG16_CONV_NAMES)} conv widths, got {len(widths)}")
         for name, width in zip(VGG16_CONV_NAMES, widths):
-            _check_width(f"widths[{name}]", width)
-        _check_width("fc", fc)
-        _check_width("num_classes", num_classes)
+            check_width(f"widths[{name}]", width)
+        check_width("fc", fc)
+        check_width("num_classes", num_classes)
         in_channels = 3
         for name, width in zip(VGG16_CONV_NAMES, widths):
             setattr(self, name, nn.Conv2d(in_channels, width, 3, padding=1, bias=False))

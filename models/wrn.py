@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.widths import block_widths, check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["WideBlock", "WideResNet", "WideResNet10x1", "wrn_28_10"]
@@ -60,13 +61,6 @@ class WideBlock(nn.Module):
         return out + x
 
 
-def _check_width(name: str, width: object) -> None:
-    if isinstance(width, bool) or not isinstance(width, int):
-        raise TypeError(f"{name} must be an int, got {type(width).__name__}")
-    if width < 1:
-        raise ValueError(f"{name} must be at least 1, got {width}")
-
-
 @register_architecture
 class WideResNet(nn.Module):
     """WRN-``depth``-``widen_factor`` for 3x32x32 inputs; the defaults give WRN-28-10.
@@ -103,25 +97,16 @@ class WideResNet(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        _check_width("depth", depth)
-        _check_width("widen_factor", widen_factor)
-        _check_width("num_classes", num_classes)
+        check_width("depth", depth)
+        check_width("widen_factor", widen_factor)
+        check_width("num_classes", num_classes)
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         blocks_per_stage = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        if inner_widths is None:
-            inner_widths = [width for width in widths for _ in range(blocks_per_stage)]
-        inner_widths = tuple(inner_widths)
-        if len(inner_widths) != 3 * blocks_per_stage:
-            raise ValueError(
-                f"inner_widths must give {3 * blocks_per_stage} widths (one per block), "
-                f"got {len(inner_widths)}"
-            )
-        for index, width in enumerate(inner_widths):
-            _check_width(f"inner_widths[{index}]", width)
+        inner_widths = block_widths(inner_widths, [width for width in widths for _ in range(blocks_per_stage)])
 
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         in_channels = 16
