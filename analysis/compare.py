@@ -37,7 +37,6 @@ BUDGETS = {
     "lenet5": {
         "tight (5-12-40)": {"conv1": 5, "conv2": 12, "fc1": 40},
         "medium (8-20-80)": {"conv1": 8, "conv2": 20, "fc1": 80},
-        "loose (10-30-200)": {"conv1": 10, "conv2": 30, "fc1": 200},
     },
 }
 STAGES = ("pruned", "finetune_1", "finetune_3")
