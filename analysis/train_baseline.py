@@ -55,14 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data = load_dataset(dataset, args.data_dir)
     load_seconds = time.perf_counter() - started
-    if args.subset is not None:
-        data = dataclasses.replace(data, train=data.train.subset(min(args.subset, len(data.train)), seed=0))
-    if args.eval_subset is not None:
-        data = dataclasses.replace(
-            data,
-            validation=data.validation.subset(min(args.eval_subset, len(data.validation)), seed=0),
-            test=data.test.subset(min(args.eval_subset, len(data.test)), seed=0),
-        )
+    data = data.subset(train=args.subset, validation=args.eval_subset, test=args.eval_subset, seed=0)
     config = entry.train if args.epochs is None else dataclasses.replace(entry.train, epochs=args.epochs)
     baseline = load_or_train_baseline(
         args.model,

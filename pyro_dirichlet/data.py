@@ -7,6 +7,8 @@ Augmentation, where a data set has one, is a vectorised function applied per min
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import io
 import json
@@ -220,6 +222,22 @@ class DataSplits:
     split_seed: int = 0
     source: str = ""
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+
+    def subset(self, *, train: int | None = None, validation: int | None = None, test: int | None = None,
+               seed: int = 0) -> DataSplits:
+        """The same data set with seeded random subsets of the splits given a size (capped at the split's size).
+
+        For smoke runs and fast tests; a split given no size is kept whole.
+
+        Example:
+            >>> small = data.subset(train=2000, validation=500, test=500)  # doctest: +SKIP
+        """
+        def cut(split: Split, size: int | None) -> Split:
+            return split if size is None else split.subset(min(size, len(split)), seed=seed)
+
+        return dataclasses.replace(
+            self, train=cut(self.train, train), validation=cut(self.validation, validation), test=cut(self.test, test)
+        )
 
 
 def split_indices(num_examples: int, validation_size: int, *, seed: int) -> tuple[Tensor, Tensor]:

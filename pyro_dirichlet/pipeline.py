@@ -232,12 +232,7 @@ def _cut(data: DataSplits, size: int, *, seed: int) -> DataSplits:
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise ValueError(f"subset must be an integer of at least 8 training examples, got {size!r}.")
     small = max(2, size // 4)
-    return dataclasses.replace(
-        data,
-        train=data.train.subset(min(size, len(data.train)), seed=seed),
-        validation=data.validation.subset(min(small, len(data.validation)), seed=seed),
-        test=data.test.subset(min(small, len(data.test)), seed=seed),
-    )
+    return data.subset(train=size, validation=small, test=small, seed=seed)
 
 
 def _check_writable(out: Path) -> None:

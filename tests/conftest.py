@@ -76,14 +76,7 @@ def mnist():
 
 def shrink(data, train: int, validation: int, test: int):
     """Seeded subsets of every split of ``data`` (real MNIST, cut down so tests stay fast)."""
-    import dataclasses
-
-    return dataclasses.replace(
-        data,
-        train=data.train.subset(train, seed=0),
-        validation=data.validation.subset(validation, seed=0),
-        test=data.test.subset(test, seed=0),
-    )
+    return data.subset(train=train, validation=validation, test=test, seed=0)
 
 
 @pytest.fixture(scope="session")
