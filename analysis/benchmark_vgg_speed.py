@@ -28,13 +28,13 @@ import torch
 
 from torch.fx.experimental.optimization import fuse
 
-from models.vgg import VGG16, VGG16_CONV_NAMES, VGG16_WIDTHS
+from models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.atomic import atomic_write_json
 from pyro_dirichlet.measure import count_flops, count_parameters, median_seconds
 from pyro_dirichlet.surgery import prune_channels
 
-PRUNED_CONV_WIDTHS = (34, 34, 68, 68, 75, 106, 101, 92, 102, 92, 67, 67, 62)
-PRUNED_FC = 62
+PRUNED_CONV_WIDTHS = DIRICHLET_PAPER_WIDTHS
+PRUNED_FC = DIRICHLET_PAPER_FC
 BAR = 0.6
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from models.lenet import LeNet300100, LeNet5Caffe
 from models.resnet_cifar import ResNet56
-from models.vgg import VGG16, VGG16_CONV_NAMES
+from models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_CONV_NAMES
 from models.wrn import WideResNet
 from pyro_dirichlet.training import TrainConfig
 
@@ -40,6 +40,12 @@ class ModelEntry:
     default_keep: dict[str, int]
 
 
+# The CIFAR recipes are the papers' (SGD, momentum 0.9, weight decay 5e-4, lr 0.1, batch
+# 128) with a cosine schedule in place of step decays; only the epochs differ per model.
+_CIFAR_SGD = TrainConfig(
+    epochs=160, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine"
+)
+
 MODELS: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(
         name="lenet5",
@@ -58,8 +64,7 @@ MODELS: dict[str, ModelEntry] = {
         train=TrainConfig(epochs=4, batch_size=128, lr=1e-3, optimizer="adam", schedule="cosine"),
         default_keep={"fc1": 30, "fc2": 30},
     ),
-    # The CIFAR recipes are the papers' (SGD, momentum 0.9, weight decay 5e-4, lr 0.1, batch
-    # 128) with a cosine schedule in place of step decays. GPU times below are estimates:
+    # GPU times below are estimates:
     # 3x the forward FLOPs per training image (forward + backward) over 45k images per
     # epoch, at an assumed 40 TFLOP/s sustained float32/TF32 on an H100, then doubled for
     # the overheads of batch-128 steps; not measured.
@@ -69,14 +74,11 @@ MODELS: dict[str, ModelEntry] = {
         dataset="cifar10",
         # 160 epochs as Li et al. 2017. 85 TFLOP per epoch: about 4 s per epoch, 12 min in
         # all on an H100 (estimate).
-        train=TrainConfig(
-            epochs=160, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9,
-            weight_decay=5e-4, schedule="cosine",
-        ),
+        train=replace(_CIFAR_SGD, epochs=160),
         # The Dirichlet paper's pruned VGG-16 (0.68M parameters).
         default_keep={
-            **dict(zip(VGG16_CONV_NAMES, (34, 34, 68, 68, 75, 106, 101, 92, 102, 92, 67, 67, 62))),
-            "fc1": 62,
+            **dict(zip(VGG16_CONV_NAMES, DIRICHLET_PAPER_WIDTHS)),
+            "fc1": DIRICHLET_PAPER_FC,
         },
     ),
     "resnet56": ModelEntry(
@@ -86,10 +88,7 @@ MODELS: dict[str, ModelEntry] = {
         # 160 epochs (He et al.'s 64k iterations are about 182). 34 TFLOP per epoch; 56
         # thin layers make it latency-bound, so about 5 s per epoch, 15 min in all on an
         # H100 (estimate).
-        train=TrainConfig(
-            epochs=160, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9,
-            weight_decay=5e-4, schedule="cosine",
-        ),
+        train=replace(_CIFAR_SGD, epochs=160),
         # Half of each block's inner convolution; block outputs are tied by the additions.
         default_keep={
             f"layer{stage}.{block}.conv1": width // 2
@@ -103,10 +102,7 @@ MODELS: dict[str, ModelEntry] = {
         dataset="cifar10",
         # 200 epochs as Zagoruyko & Komodakis. 1,416 TFLOP per epoch: about 70 s per
         # epoch, 4 h in all on an H100 (estimate).
-        train=TrainConfig(
-            epochs=200, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9,
-            weight_decay=5e-4, schedule="cosine",
-        ),
+        train=replace(_CIFAR_SGD, epochs=200),
         default_keep={
             f"block{stage}.{block}.conv1": width // 2
             for stage, width in ((1, 160), (2, 320), (3, 640))

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from models.widths import check_width
 from pyro_dirichlet.serialization import register_architecture
 
-__all__ = ["VGG16", "VGG16_CONV_NAMES", "VGG16_WIDTHS"]
+__all__ = ["VGG16", "VGG16_CONV_NAMES", "VGG16_WIDTHS", "DIRICHLET_PAPER_WIDTHS", "DIRICHLET_PAPER_FC"]
 
 VGG16_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 """Output channels of the 13 convolutions of the full network."""
@@ -25,6 +25,10 @@ VGG16_CONV_NAMES = tuple(
     f"conv{block + 1}_{index + 1}" for block, size in enumerate(_BLOCK_SIZES) for index in range(size)
 )
 """``("conv1_1", "conv1_2", "conv2_1", ..., "conv5_3")``: the convolutions in order."""
+
+DIRICHLET_PAPER_WIDTHS = (34, 34, 68, 68, 75, 106, 101, 92, 102, 92, 67, 67, 62)
+"""Conv widths of the Dirichlet pruning paper's pruned VGG-16 (with ``fc1`` at :data:`DIRICHLET_PAPER_FC`)."""
+DIRICHLET_PAPER_FC = 62
 
 
 @register_architecture

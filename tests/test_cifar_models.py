@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from models import MODELS, VGG16, ResNet20, ResNet56, WideResNet, WideResNet10x1, get_model_entry
-from models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
+from models.vgg import DIRICHLET_PAPER_WIDTHS, VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 
-PAPER_VGG_WIDTHS = (34, 34, 68, 68, 75, 106, 101, 92, 102, 92, 67, 67, 62)
+PAPER_VGG_WIDTHS = DIRICHLET_PAPER_WIDTHS
 EXAMPLE = torch.zeros(1, 3, 32, 32)
 
 
