@@ -29,6 +29,7 @@ from pyro_dirichlet.fitting import FitConfig, fit
 from pyro_dirichlet.importance import l1_norm, posterior_lower_bound, posterior_mean, random_scores, taylor
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.surgery import fold_scales, prune_channels
 from pyro_dirichlet.switches import DirichletSwitches
 
@@ -56,21 +57,20 @@ def criteria(network: nn.Module, switches: DirichletSwitches, posterior, data: D
     }
 
 
-def evaluate(network, example, scores, fold, posterior_scores, target, data, seed, finetune_lr) -> dict:
+def evaluate(network, example, scores, fold, posterior_means, target, data, seed, finetune_lr) -> dict:
     keep = plan_keep(scores, target)
     source = network
     if fold:
-        source = fold_scales(network, {k: (v * v.numel()).float() for k, v in posterior_scores.items()}, example)
-    row = {"params": None, "flops": None}
-    results = {}
-    for stage, epochs in (("pruned", 0), ("finetune_1", 1), ("finetune_3", 3)):
-        pruned = prune_channels(source, keep, example)
-        if epochs:
-            finetune(pruned, data, epochs=epochs, lr=finetune_lr, seed=seed, progress=False)
-        pruned.eval()
-        results[stage] = accuracy(pruned, data.test)
-        row["params"], row["flops"] = count_parameters(pruned), count_flops(pruned, example)
-    return {**row, **results}
+        source = fold_scales(network, switch_scales(posterior_means), example)
+    pruned = prune_channels(source, keep, example)
+    row = {"params": count_parameters(pruned), "flops": count_flops(pruned, example), "pruned": accuracy(pruned, data.test)}
+    # Each fine-tune length starts from the same pruned network with its own cosine schedule.
+    for stage, epochs in (("finetune_1", 1), ("finetune_3", 3)):
+        tuned = prune_channels(source, keep, example)
+        finetune(tuned, data, epochs=epochs, lr=finetune_lr, seed=seed, progress=False)
+        tuned.eval()
+        row[stage] = accuracy(tuned, data.test)
+    return row
 
 
 def run(model: str, dataset: str, seeds: int, data_dir, finetune_lr: float, log: Callable[[str], None]) -> dict:

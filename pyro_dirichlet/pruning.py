@@ -10,7 +10,12 @@ from pyro_dirichlet.importance import posterior_mean
 from pyro_dirichlet.plan import Target, plan_keep
 from pyro_dirichlet.surgery import fold_scales, prune_channels
 
-__all__ = ["prune_by_posterior_mean"]
+__all__ = ["prune_by_posterior_mean", "switch_scales"]
+
+
+def switch_scales(means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``E[s_c] * C`` per channel: the factor the switch applies at its posterior mean (1 at the prior mean)."""
+    return {layer: (mean * mean.numel()).to(torch.float32) for layer, mean in means.items()}
 
 
 def prune_by_posterior_mean(
@@ -44,6 +49,5 @@ def prune_by_posterior_mean(
     scores = posterior_mean(posterior)
     keep = plan_keep(scores, target)
     if fold:
-        scales = {layer: (score * score.numel()).to(torch.float32) for layer, score in scores.items()}
-        network = fold_scales(network, scales, example_inputs)
+        network = fold_scales(network, switch_scales(scores), example_inputs)
     return prune_channels(network, keep, example_inputs), keep
