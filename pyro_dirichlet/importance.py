@@ -8,7 +8,7 @@ extra arguments with :func:`functools.partial` where a uniform signature is need
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +16,10 @@ import xarray as xr
 from torch import nn
 
 from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.posterior import layer_summaries
+from pyro_dirichlet.posterior import layer_draws, layer_summaries
 from pyro_dirichlet.structure import PrunableLayer
 
-__all__ = ["posterior_mean", "posterior_lower_bound", "random_scores", "l1_norm", "batchnorm_scale", "taylor"]
+__all__ = ["posterior_mean", "posterior_lower_bound", "top_k_probability", "random_scores", "l1_norm", "batchnorm_scale", "taylor"]
 
 Scores = dict[str, torch.Tensor]
 
@@ -46,6 +46,33 @@ def posterior_lower_bound(posterior: xr.DataTree, *, ci_prob: float = 0.9) -> Sc
         layer: torch.tensor(summary.hdi_lower, dtype=torch.float64)
         for layer, summary in layer_summaries(posterior, ci_prob=ci_prob).items()
     }
+
+
+def top_k_probability(posterior: xr.DataTree, counts: Mapping[str, int]) -> Scores:
+    """The posterior probability that each channel is among its layer's ``counts[layer]`` largest switches.
+
+    Read from the joint draws, so it accounts for how channels trade mass on the simplex: a
+    channel is scored by how often the posterior would keep it at this budget, not by its
+    average value. Layers missing from ``counts`` are left out.
+
+    Raises:
+        ValueError: a count outside ``[1, channels]`` or a layer the posterior does not have.
+    """
+    draws = layer_draws(posterior)
+    unknown = sorted(set(counts) - set(draws))
+    if unknown:
+        raise ValueError(f"counts names layer(s) {unknown} the posterior does not have; it has {sorted(draws)}.")
+    scores = {}
+    for layer, k in counts.items():
+        samples = torch.as_tensor(draws[layer])
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= samples.shape[1]:
+            raise ValueError(f"counts[{layer!r}] must be an integer in [1, {samples.shape[1]}], got {k!r}.")
+        top = samples.topk(k, dim=1).indices
+        hits = torch.zeros_like(samples, dtype=torch.float64).scatter_(1, top, 1.0)
+        # Ties in probability (e.g. channels never in the top k) are broken by the mean, so
+        # the ranking below the cut is still meaningful when a plan keeps more channels.
+        scores[layer] = hits.mean(0) + 1e-9 * samples.mean(0).to(torch.float64)
+    return scores
 
 
 def random_scores(layers: Sequence[PrunableLayer], *, seed: int = 0) -> Scores:

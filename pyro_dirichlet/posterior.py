@@ -30,6 +30,7 @@ __all__ = [
     "sample_posterior",
     "summary_table",
     "layer_summaries",
+    "layer_draws",
     "plot_forest",
     "save_posterior",
     "load_posterior",
@@ -128,6 +129,16 @@ def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> dict[st
             ci_prob=ci_prob,
         )
     return summaries
+
+
+def layer_draws(posterior: xr.DataTree) -> dict[str, np.ndarray]:
+    """Every layer's switch draws as ``{layer: array (draws, channels)}``, chains stacked, channels in coordinate order."""
+    draws = {}
+    for variable, data in posterior["posterior"].data_vars.items():
+        layer = str(variable).removesuffix(".switch")
+        values = np.asarray(data.transpose("chain", "draw", channel_dim(layer)).values)
+        draws[layer] = values.reshape(-1, values.shape[-1])
+    return draws
 
 
 def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: float = 0.95, max_channels: int = 40) -> Path:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.importance import batchnorm_scale, l1_norm, posterior_lower_bound, random_scores, taylor
+from pyro_dirichlet.importance import batchnorm_scale, l1_norm, posterior_lower_bound, random_scores, taylor, top_k_probability
 from pyro_dirichlet.posterior import sample_posterior
 from pyro_dirichlet.structure import find_prunable_layers
 
@@ -54,3 +54,23 @@ def test_posterior_lower_bound_prefers_sure_channels():
     posterior = sample_posterior({"fc": torch.tensor([0.5, 40.0, 40.5])}, num_samples=4000)
     lower = posterior_lower_bound(posterior)["fc"]
     assert lower[1] > lower[0]
+
+
+def test_top_k_probability_counts_how_often_each_channel_is_kept():
+    # Channel 0 always dominates; channels 1 and 2 share the second place; 3 never makes it.
+    posterior = sample_posterior({"fc": torch.tensor([200.0, 50.0, 50.0, 1.0])}, num_samples=2000, seed=0)
+    scores = top_k_probability(posterior, {"fc": 2})["fc"]
+    assert scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert scores[1] + scores[2] == pytest.approx(1.0, abs=1e-6)
+    assert 0.4 < scores[1] < 0.6
+    assert scores[3] < 1e-6
+    # A full-width budget keeps every channel in every draw.
+    assert torch.allclose(top_k_probability(posterior, {"fc": 4})["fc"], torch.ones(4, dtype=torch.float64), atol=1e-6)
+
+
+def test_top_k_probability_rejects_bad_counts():
+    posterior = sample_posterior({"fc": torch.ones(4)}, num_samples=10)
+    with pytest.raises(ValueError, match=r"counts\['fc'\] must be an integer in \[1, 4\]"):
+        top_k_probability(posterior, {"fc": 5})
+    with pytest.raises(ValueError, match="does not have"):
+        top_k_probability(posterior, {"conv": 1})

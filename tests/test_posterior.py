@@ -4,6 +4,7 @@ import torch
 
 from pyro_dirichlet.importance import posterior_mean
 from pyro_dirichlet.posterior import (
+    layer_draws,
     channel_dim,
     layer_summaries,
     load_posterior,
@@ -84,3 +85,11 @@ def test_bad_num_samples(num_samples):
 def test_bad_ci_prob():
     with pytest.raises(ValueError, match="ci_prob"):
         summary_table(sample_posterior(CONCENTRATIONS, num_samples=10), ci_prob=1.0)
+
+
+def test_layer_draws_are_the_posterior_samples_in_channel_order():
+    posterior = sample_posterior({"conv1": torch.tensor([1.0, 2.0, 3.0])}, num_samples=50, seed=3, channels={"conv1": [4, 7, 9]})
+    draws = layer_draws(posterior)["conv1"]
+    assert draws.shape == (50, 3)
+    assert np.allclose(draws.sum(1), 1.0)
+    assert np.allclose(draws.mean(0), layer_summaries(posterior)["conv1"].mean)
