@@ -101,6 +101,11 @@ class DirichletSwitches:
         (each member's, so the residual stream they write is scaled channel by channel).
         Hooks are attached only for the duration of the block, so the network itself stays
         a plain module (and a deep copy of it never inherits a switch).
+
+        A value may also be a ``(particles, channels)`` matrix, one switch vector per
+        particle; the network's input batch must then be ``particles`` copies of the
+        examples, one after another (``(particles * batch, ...)``), and copy ``p`` is scaled
+        by row ``p``. :meth:`model` uses this for Pyro's ``vectorize_particles``.
         """
         handles = []
         try:
@@ -143,15 +148,47 @@ class DirichletSwitches:
         }
         batch = images.shape[0]
         with pyro.plate("data", size=size or batch, subsample=subsample, device=images.device):
-            with self.switched(values) as network:
-                logits = network(images)
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)
+            particles = _particle_shape(values)
+            if particles:
+                # Vectorised ELBO particles: run every particle's switched network in one
+                # batch of stacked copies, then give the logits the particle dimensions back.
+                count = particles.numel()
+                stacked = images.expand(count, *images.shape).flatten(0, 1)
+                rows = {name: value.reshape(count, -1) for name, value in values.items()}
+                with self.switched(rows) as network:
+                    logits = network(stacked)
+                logits = logits.reshape(*particles[:-1], batch, logits.shape[-1])
+            else:
+                with self.switched(values) as network:
+                    logits = network(images)
+            # float() undoes a lower-precision autocast, so the likelihood sums in float32.
+            pyro.sample("obs", dist.Categorical(logits=logits.float()), obs=labels)
         return logits
+
+
+def _particle_shape(values: Mapping[str, torch.Tensor]) -> torch.Size:
+    """The switch values' dimensions left of the channel: empty for one draw, ``(P, 1)`` under
+    a vectorised particle plate (``P`` particles, then the size-1 dimension of the data plate)."""
+    shapes = {value.shape[:-1] for value in values.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"every switch must have the same particle dimensions, got {sorted(map(tuple, shapes))}.")
+    shape = next(iter(shapes), torch.Size())
+    if shape and shape[-1] != 1:
+        raise ValueError(
+            "switch values with particle dimensions must end in the data plate's size-1 "
+            f"dimension (as Pyro's vectorize_particles gives, e.g. (particles, 1, channels)), got {tuple(shape)}."
+        )
+    return shape
 
 
 def _scale_hook(scale: torch.Tensor, layer: PrunableLayer):
     def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         # conv channels are dim 1, linear features the last dim (also for 3-D inputs).
-        return output * scale.reshape(layer.broadcast_shape(output.dim()))
+        shape = layer.broadcast_shape(output.dim())
+        if scale.dim() == 1:
+            return output * scale.reshape(shape)
+        # One row per particle: the batch holds each particle's copy of the examples in turn.
+        particles = scale.shape[0]
+        return (output.unflatten(0, (particles, -1)) * scale.reshape(particles, *shape)).flatten(0, 1)
 
     return hook

@@ -1,11 +1,15 @@
 import math
+from dataclasses import replace
 
 import pyro
 import pytest
 import torch
 
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.fitting import FitConfig, FitDivergedError, fit, resolve_device
+from pyro.infer import TraceMeanField_ELBO
+
+from pyro_dirichlet.fitting import FitConfig, FitDivergedError, fit, fit_model, resolve_device
+from pyro_dirichlet.guide import DirichletGuide
 from pyro_dirichlet.switches import DirichletSwitches
 
 
@@ -83,7 +87,9 @@ def test_nan_elbo_stops_and_keeps_the_last_good_state(tiny_cnn, tiny_images):
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size"), ({"lr": 0}, "lr"),
-     ({"init_concentration": -1.0}, "init_concentration"), ({"effective_data_size": 0}, "effective_data_size")],
+     ({"init_concentration": -1.0}, "init_concentration"), ({"effective_data_size": 0}, "effective_data_size"),
+     ({"checkpoint_every": 0}, "checkpoint_every"), ({"autocast": "fp8"}, "autocast"),
+     ({"channels_last": 1}, "channels_last"), ({"vectorize_particles": "yes"}, "vectorize_particles")],
 )
 def test_bad_fit_config_raises_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -98,3 +104,60 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.fixture
+def one_thread():
+    # Two OpenMP threads on a busy two-core machine run tiny convolutions ~30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ranks = [x.argsort().argsort().double() for x in (a, b)]
+    return torch.corrcoef(torch.stack(ranks))[0, 1].item()
+
+
+def test_bf16_autocast_elbo_of_a_fixed_guide_agrees_with_float32(tiny_cnn, tiny_images, one_thread):
+    data = synthetic_split(tiny_cnn)
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2])
+    guide = DirichletGuide(switches.layers, init_concentration=2.0)
+    guide.initialise()
+    kwargs = {"subsample": torch.arange(len(data)), "size": 1000}
+    for seed in range(3):
+        losses = []
+        for autocast in (None, "bf16"):
+            pyro.set_rng_seed(seed)  # the same switch draw in both precisions
+            model = fit_model(switches, quiet(autocast=autocast), "cpu")
+            losses.append(TraceMeanField_ELBO().loss(model, guide, data.images, data.labels, **kwargs))
+        # bfloat16 keeps 8 significant bits (~0.4% per value); over 256 examples the errors
+        # mostly cancel: measured 2.4e-4 relative, so 2e-3 is a bound with room.
+        assert losses[1] == pytest.approx(losses[0], rel=2e-3)
+
+
+def test_bf16_fit_ranks_channels_like_float32(tiny_cnn, tiny_images, one_thread):
+    data = synthetic_split(tiny_cnn)
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2])
+    settings = quiet(epochs=4, batch_size=32, num_particles=8)
+    results = {}
+    for autocast in (None, "bf16"):
+        pyro.clear_param_store()
+        results[autocast] = fit(switches, data, replace(settings, autocast=autocast)).concentrations
+    # Measured here: Spearman 0.83-1.0 per layer (mean 0.93); two float32 seeds agree at a
+    # mean of 0.81. Demanding a mean of 0.8 says bf16 moves the ranking no more than reseeding.
+    rhos = [spearman(results[None][layer.name], results["bf16"][layer.name]) for layer in switches.layers]
+    assert sum(rhos) / len(rhos) > 0.8, rhos
+
+
+def test_channels_last_fit_matches_and_restores_the_layout(tiny_cnn, tiny_images, one_thread):
+    data = synthetic_split(tiny_cnn)
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2])
+    plain = fit(switches, data, quiet(epochs=2, batch_size=32))
+    pyro.clear_param_store()
+    channels_last = fit(switches, data, quiet(epochs=2, batch_size=32, channels_last=True))
+    # other convolution kernels, same arithmetic up to float32 rounding (measured 4e-5 relative)
+    for name, concentration in plain.concentrations.items():
+        torch.testing.assert_close(channels_last.concentrations[name], concentration, rtol=1e-3, atol=0)
+    assert tiny_cnn.conv2.weight.is_contiguous()  # the network got its usual layout back

@@ -1,0 +1,317 @@
+"""A fit's resumable state on disk: guide parameters, optimizer moments, random streams, progress.
+
+:func:`pyro_dirichlet.fitting.fit` writes a :class:`FitCheckpoint` every few steps and at the
+end of each epoch, and resumes from one when it finds a matching file. The file holds only
+tensors and plain Python values (``torch.save``, read back with ``weights_only=True``), so
+loading one never runs pickled code, and it is written atomically, so a killed process
+leaves the previous checkpoint or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.optim
+import pyro.util
+import torch
+from torch.distributions import constraints
+
+from pyro_dirichlet.atomic import atomic_write
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointWriter", "FitCheckpoint"]
+
+#: Version of the file layout; a file written with another layout is refused, not misread.
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class FitCheckpoint:
+    """Everything a fit needs to continue exactly where it stopped.
+
+    Attributes:
+        step: completed SVI steps.
+        elbo: the ELBO of each completed step.
+        seconds: fitting time spent so far, over every run that contributed.
+        params: the guide's *unconstrained* parameters by param-store name (for a
+            concentration, its logarithm), so a resumed fit starts from the same bits.
+        optimizer: ``PyroOptim.get_state()``: per parameter, the torch optimizer's state dict.
+        rng: the global random streams Pyro draws from (torch, Python, NumPy and, on a GPU,
+            CUDA), in the form :meth:`capture_rng` gives.
+        generator: state of the minibatch-order generator at the start of the epoch that
+            step ``step`` belongs to; replaying that epoch's permutation and skipping its
+            first ``step % steps_per_epoch`` batches puts the data order where it was.
+        layers: ``(name, channels)`` of every switched layer.
+        config: the fit settings that must match for a resume (see :meth:`mismatches`).
+        format: :data:`CHECKPOINT_FORMAT` of the writer.
+
+    Example:
+        >>> checkpoint = FitCheckpoint.load("fit.ckpt")  # doctest: +SKIP
+        >>> checkpoint.step, checkpoint.elbo[-1]  # doctest: +SKIP
+        (120, -4213.5)
+    """
+
+    step: int
+    elbo: list[float]
+    seconds: float
+    params: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    generator: torch.Tensor
+    layers: list[tuple[str, int]]
+    config: dict[str, Any]
+    format: int = CHECKPOINT_FORMAT
+
+    @classmethod
+    def capture(
+        cls,
+        *,
+        step: int,
+        elbo: Iterable[float],
+        seconds: float,
+        param_names: Iterable[str],
+        optim: pyro.optim.PyroOptim,
+        generator: torch.Tensor,
+        layers: Iterable[tuple[str, int]],
+        config: Mapping[str, Any],
+    ) -> FitCheckpoint:
+        """Copy the live fit state (param store, optimizer, random streams) into a checkpoint.
+
+        Every tensor is cloned to the CPU: the optimizer updates its moments in place, so a
+        checkpoint kept in memory (for Ctrl-C) must not change with the next step.
+        """
+        store = dict(pyro.get_param_store().named_parameters())
+        return cls(
+            step=int(step),
+            elbo=[float(value) for value in elbo],
+            seconds=float(seconds),
+            params={name: store[name].detach().cpu().clone() for name in param_names},
+            optimizer=_cpu_copy(optim.get_state()),
+            rng=cls.capture_rng(),
+            generator=generator.clone(),
+            layers=[(str(name), int(channels)) for name, channels in layers],
+            config=dict(config),
+        )
+
+    @staticmethod
+    def capture_rng() -> dict[str, Any]:
+        """Pyro's global random streams in a form ``torch.load(weights_only=True)`` accepts.
+
+        ``pyro.util.get_rng_state`` holds NumPy's state as an array inside a tuple, which the
+        safe loader refuses; here it becomes a tensor plus plain numbers.
+        """
+        state = pyro.util.get_rng_state()
+        name, keys, position, has_gauss, cached = state["numpy"]
+        rng: dict[str, Any] = {
+            "torch": state["torch"],
+            "random": state["random"],
+            "numpy": {
+                "name": str(name),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "position": int(position),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def restore(self, optim: pyro.optim.PyroOptim, device: torch.device) -> None:
+        """Put the checkpoint's parameters, optimizer state and random streams back.
+
+        The parameters replace those in Pyro's param store (constrained positive, as the
+        guide declares them); the optimizer state waits in ``optim`` until the first step
+        meets each parameter (``PyroOptim.set_state``).
+        """
+        store = pyro.get_param_store()
+        for name in self.params:
+            if name in store:
+                del store[name]
+        # set_state takes unconstrained values as they are: no exp/log round trip to lose bits.
+        store.set_state(
+            {
+                "params": {name: value.to(device).requires_grad_() for name, value in self.params.items()},
+                "constraints": {name: constraints.positive for name in self.params},
+            }
+        )
+        optim.set_state(self.optimizer)
+        numpy_state = self.rng["numpy"]
+        pyro.util.set_rng_state(
+            {
+                "torch": self.rng["torch"],
+                "random": _as_tuples(self.rng["random"]),
+                "numpy": (
+                    numpy_state["name"],
+                    numpy_state["keys"].numpy().astype(np.uint32),
+                    numpy_state["position"],
+                    numpy_state["has_gauss"],
+                    numpy_state["cached_gaussian"],
+                ),
+            }
+        )
+        if "cuda" in self.rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
+
+    def mismatches(self, layers: Iterable[tuple[str, int]], config: Mapping[str, Any]) -> list[str]:
+        """Sentences naming every way this checkpoint differs from the fit about to run.
+
+        Args:
+            layers: ``(name, channels)`` of the fit's switched layers.
+            config: the fit's settings that must match (those not about progress or length).
+        """
+        differences = []
+        layers = [(str(name), int(channels)) for name, channels in layers]
+        if layers != [tuple(layer) for layer in self.layers]:
+            differences.append(f"layers (name, channels) {self.layers} in the checkpoint, {layers} now")
+        for key in sorted(set(self.config) | set(config)):
+            saved, now = self.config.get(key, "<absent>"), config.get(key, "<absent>")
+            if saved != now:
+                differences.append(f"{key} {saved!r} in the checkpoint, {now!r} now")
+        return differences
+
+    @classmethod
+    def load_matching(
+        cls, path: str | os.PathLike[str], *, layers: Iterable[tuple[str, int]], config: Mapping[str, Any]
+    ) -> FitCheckpoint | None:
+        """The checkpoint at ``path`` if the file exists, ``None`` if not.
+
+        Raises:
+            ValueError: the file belongs to another fit (different layers or settings); the
+                message names the file and every difference.
+        """
+        if not Path(path).exists():
+            return None
+        checkpoint = cls.load(path)
+        differences = checkpoint.mismatches(layers, config)
+        if differences:
+            raise ValueError(
+                f"checkpoint {path} belongs to a different fit and cannot be resumed: "
+                + "; ".join(differences)
+                + ". Delete it or pass another checkpoint path."
+            )
+        return checkpoint
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the checkpoint to ``path`` atomically (its directory must exist)."""
+        with atomic_write(path, "wb") as handle:
+            torch.save(asdict(self), handle)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FitCheckpoint:
+        """Read a checkpoint written by :meth:`save`; only tensors and plain values are unpickled.
+
+        Raises:
+            ValueError: the file is not a fit checkpoint of this format.
+        """
+        path = Path(path)
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(f"checkpoint {path} is not a readable fit checkpoint: {error}") from error
+        expected = {field.name for field in fields(cls)}
+        if not isinstance(record, dict) or set(record) != expected:
+            raise ValueError(f"checkpoint {path} is not a fit checkpoint (keys {sorted(record) if isinstance(record, dict) else type(record).__name__}).")
+        if record["format"] != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {path} has format {record['format']}, this version reads format {CHECKPOINT_FORMAT}.")
+        record["layers"] = [tuple(layer) for layer in record["layers"]]
+        return cls(**record)
+
+
+class CheckpointWriter:
+    """When a fit writes its checkpoint: every ``every`` steps, at each epoch's end, and on Ctrl-C.
+
+    After each completed step the fit calls :meth:`completed`, which keeps a snapshot of that
+    step in memory (so Ctrl-C in the middle of the next step, with the guide half-updated,
+    can still write a whole state) and writes it when it is due; :meth:`flush` writes the
+    snapshot if the file is older.
+
+    Args:
+        path: the checkpoint file.
+        every: steps between writes, or ``None`` for epoch ends only.
+        steps_per_epoch: minibatches per epoch.
+        param_names: the guide's param-store names.
+        optim: the fit's optimizer.
+        layers: ``(name, channels)`` of the switched layers.
+        config: the settings a resume must match.
+        saved_step: the step the file already holds (0 for a new fit).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        every: int | None,
+        steps_per_epoch: int,
+        param_names: Iterable[str],
+        optim: pyro.optim.PyroOptim,
+        layers: Iterable[tuple[str, int]],
+        config: Mapping[str, Any],
+        saved_step: int = 0,
+    ) -> None:
+        self.path = path
+        self.every = every
+        self.steps_per_epoch = steps_per_epoch
+        self.param_names = list(param_names)
+        self.optim = optim
+        self.layers = list(layers)
+        self.config = dict(config)
+        self.saved_step = saved_step
+        self.latest: FitCheckpoint | None = None
+
+    def completed(self, *, elbo: list[float], seconds: float, generator: torch.Generator, epoch_start: torch.Tensor) -> None:
+        """Record the step just completed (``len(elbo)``) and write it if due.
+
+        Args:
+            elbo: the ELBO history so far.
+            seconds: fitting time so far.
+            generator: the minibatch-order generator.
+            epoch_start: the generator's state when this epoch's permutation was drawn.
+        """
+        step = len(elbo)
+        epoch_done = step % self.steps_per_epoch == 0
+        self.latest = FitCheckpoint.capture(
+            step=step,
+            elbo=elbo,
+            seconds=seconds,
+            param_names=self.param_names,
+            optim=self.optim,
+            # After an epoch's last batch the generator already stands at the next epoch's start.
+            generator=generator.get_state() if epoch_done else epoch_start,
+            layers=self.layers,
+            config=self.config,
+        )
+        if epoch_done or (self.every is not None and step % self.every == 0):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the latest completed step, unless the file already holds it."""
+        if self.latest is not None and self.latest.step > self.saved_step:
+            self.latest.save(self.path)
+            self.saved_step = self.latest.step
+
+
+def _cpu_copy(tree: Any) -> Any:
+    """Clone every tensor of a nested dict/list/tuple onto the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu().clone()
+    if isinstance(tree, Mapping):
+        return {key: _cpu_copy(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu_copy(value) for value in tree)
+    return tree
+
+
+def _as_tuples(tree: Any) -> Any:
+    """``random.setstate`` wants tuples all the way down; a save/load may hand back lists."""
+    if isinstance(tree, (list, tuple)):
+        return tuple(_as_tuples(value) for value in tree)
+    return tree

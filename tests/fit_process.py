@@ -1,0 +1,77 @@
+"""A small seeded fit run as its own process, for the tests that kill a fit or launch several.
+
+``python tests/fit_process.py OUT [--checkpoint FILE] ...`` fits the tiny CNN of
+``conftest.py`` on inputs it labels itself and saves ``{"concentrations", "elbo"}`` to
+``OUT/rank<r>.pt``. Under ``torchrun`` every rank joins the process group first and writes
+its own file, so a test can check that the ranks agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import TinyCNN  # noqa: E402  (the tests' own tiny network)
+
+from pyro_dirichlet.data import Split  # noqa: E402
+from pyro_dirichlet.distributed import init_from_environment  # noqa: E402
+from pyro_dirichlet.fitting import FitConfig, fit  # noqa: E402
+from pyro_dirichlet.switches import DirichletSwitches  # noqa: E402
+
+
+def problem(n: int) -> tuple[DirichletSwitches, Split]:
+    """The tiny CNN (seeded) with switches, and ``n`` random inputs labelled by the network itself."""
+    torch.manual_seed(0)
+    network = TinyCNN()
+    images = torch.randn(n, 1, 14, 14, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = network.eval()(images).argmax(1)
+    return DirichletSwitches(network, images[:2]), Split(images, labels)
+
+
+def config(epochs: int, batch_size: int, checkpoint_every: int | None = None) -> FitConfig:
+    """The fit settings every process of a test shares."""
+    return FitConfig(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every, device="cpu", progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--threads", type=int, help="torch threads; default: conftest's choice, as in the test process")
+    parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step, so a test can catch the fit mid-way")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    joined = init_from_environment("gloo")
+    rank = torch.distributed.get_rank() if joined else 0
+    switches, data = problem(args.examples)
+    if args.step_delay:
+        model = switches.model
+
+        def slow_model(*model_args, **kwargs):
+            time.sleep(args.step_delay)
+            return model(*model_args, **kwargs)
+
+        switches.model = slow_model
+    pyro.clear_param_store()
+    result = fit(switches, data, config(args.epochs, args.batch_size, args.checkpoint_every), checkpoint=args.checkpoint)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"concentrations": result.concentrations, "elbo": torch.tensor(result.elbo, dtype=torch.float64)}, args.out / f"rank{rank}.pt")
+    if joined:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
