@@ -1,0 +1,150 @@
+"""Importance criteria at equal keep counts: does the posterior pick better channels than simple baselines?
+
+Protocol (issue 4): for every seed, the same trained network and one default SVI fit; for
+every budget, the same per-layer keep counts for every criterion; test accuracy right after
+pruning and after 1 and 3 fine-tune epochs (each keeps its best epoch on the validation
+split -- the test set is only reported). Writes ``criteria.json`` and ``criteria.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from analysis.study import Study, mean_sd, percent
+from pyro_dirichlet.importance import (
+    batchnorm_scale,
+    l1_norm,
+    posterior_lower_bound,
+    random_scores,
+    taylor,
+    top_k_probability,
+)
+from pyro_dirichlet.plan import plan_keep
+
+STAGES = ("pruned", "finetune_1", "finetune_3")
+#: The method and the two baselines the quality bar names.
+METHOD, BASELINES = "dirichlet mean + fold", ("random", "l1-norm")
+
+
+def criteria(study: Study, seed: int, target: dict[str, int]) -> dict[str, tuple[dict, bool]]:
+    """``{name: (scores, fold)}``; ``fold`` folds the posterior-mean scales into the kept weights."""
+    fitted = study.default_fit(seed)
+    network, layers = study.network(seed), fitted.switches.layers
+    found = {
+        METHOD: (fitted.means, True),
+        "dirichlet mean, no fold": (fitted.means, False),
+        "dirichlet P(top-k) + fold": (top_k_probability(fitted.posterior, target), True),
+        "dirichlet HDI lower + fold": (posterior_lower_bound(fitted.posterior), True),
+        "random": (random_scores(layers, seed=seed), False),
+        "l1-norm": (l1_norm(network, layers), False),
+        "taylor": (taylor(network, layers, study.data.train, seed=seed), False),
+    }
+    if _has_batchnorm_after_every(network, layers):
+        found["batchnorm |gamma|"] = (batchnorm_scale(network, layers), False)
+    if study.criteria is not None:
+        found = {name: value for name, value in found.items() if name in study.criteria}
+    return found
+
+
+def _has_batchnorm_after_every(network: nn.Module, layers) -> bool:
+    modules = dict(network.named_modules())
+    return all(isinstance(modules[layer.switch_at], nn.modules.batchnorm._BatchNorm) for layer in layers)
+
+
+def run(study: Study) -> dict:
+    stages = ["pruned", *(f"finetune_{n}" for n in study.finetune_epochs)]
+    rows = []
+    for seed in study.seeds:
+        fitted = study.default_fit(seed)
+        for budget, target in study.budgets.items():
+            for name, (scores, fold) in criteria(study, seed, target).items():
+                keep = plan_keep(scores, target)
+                row = {"seed": seed, "budget": budget, "criterion": name}
+                row.update(study.score(
+                    study.network(seed), keep, seed=seed, fold_means=fitted.means if fold else None,
+                    finetune_epochs=study.finetune_epochs,
+                ))
+                rows.append(row)
+                study.log(f"criteria seed {seed} {budget} {name}: " + ", ".join(f"{s} {row['test_' + s]:.4f}" for s in stages))
+    result = {"part": "criteria", "model": study.model, "seeds": list(study.seeds), "budgets": study.budgets,
+              "finetune_lr": study.finetune_lr, "stages": stages, "data": study.describe_data(), "rows": rows}
+    result["summary"] = summarise(rows, stages)
+    result["verdicts"] = verdicts(rows, list(study.budgets), stages)
+    return result
+
+
+def summarise(rows: list[dict], stages=STAGES) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["budget"], row["criterion"]), []).append(row)
+    table = []
+    for (budget, criterion), members in groups.items():
+        entry = {"budget": budget, "criterion": criterion, "params": members[0]["params"], "flops": members[0]["flops"]}
+        for stage in stages:
+            entry[f"{stage}_mean"], entry[f"{stage}_sd"] = mean_sd(r[f"test_{stage}"] for r in members)
+        table.append(entry)
+    return table
+
+
+def paired_difference(rows: list[dict], budget: str, stage: str, other: str) -> dict:
+    """Method minus ``other`` per seed (same network, same counts): mean, sd and standard error."""
+    by = {(r["seed"], r["criterion"]): r[f"test_{stage}"] for r in rows if r["budget"] == budget}
+    seeds = sorted({seed for seed, _ in by})
+    differences = [by[(s, METHOD)] - by[(s, other)] for s in seeds]
+    mean, sd = mean_sd(differences)
+    return {"mean": mean, "sd": sd, "se": sd / math.sqrt(len(differences)), "per_seed": differences}
+
+
+def verdicts(rows: list[dict], budgets: list[str], stages=STAGES) -> dict:
+    """The issue's bar per budget: ahead of random and L1 right after pruning, not worse after fine-tuning.
+
+    "Not worse" after fine-tuning is read as: the mean paired difference is not below zero
+    by more than two standard errors (seed-to-seed noise after fine-tuning is about 0.05
+    points, the size of the differences being compared).
+    """
+    out = {}
+    for budget in budgets:
+        entry = {}
+        for other in BASELINES:
+            pruned = paired_difference(rows, budget, "pruned", other)
+            tuned = paired_difference(rows, budget, stages[-1], other)
+            entry[other] = {
+                "pruned_difference": pruned,
+                "finetuned_difference": tuned,
+                "beats_right_after_pruning": pruned["mean"] > 0,
+                "not_worse_after_finetune": tuned["mean"] + 2 * tuned["se"] >= 0,
+                "ahead_after_finetune_in_mean": tuned["mean"] >= 0,
+            }
+        out[budget] = entry
+    return out
+
+
+def markdown(result: dict) -> str:
+    stages = result["stages"]
+    headers = ["right after pruning", *(f"{s.split('_')[1]} fine-tune epoch(s)" for s in stages[1:])]
+    lines = [
+        f"# {result['model']}: importance criteria at equal keep counts",
+        "",
+        f"Test accuracy (%), mean ± sd over seeds {result['seeds']}; each seed its own baseline and default fit. "
+        f"Fine-tuning: Adam, peak lr {result['finetune_lr']}, cosine, best epoch on the validation split. "
+        f"Data: {result['data']}.",
+        "",
+        "| budget | criterion | params | FLOPs | " + " | ".join(headers) + " |",
+        "|---|---|---|---|" + "---|" * len(headers),
+    ]
+    for e in result["summary"]:
+        cells = " | ".join(percent((e[f"{s}_mean"], e[f"{s}_sd"])) for s in stages)
+        lines.append(f"| {e['budget']} | {e['criterion']} | {e['params']:,} | {e['flops']:,} | {cells} |")
+    lines += ["", f"Paired differences, {METHOD} minus baseline (points, mean ± standard error over seeds):", "",
+              "| budget | vs | right after pruning | after fine-tuning (longest) | beats after pruning | not worse after fine-tuning |",
+              "|---|---|---|---|---|---|"]
+    for budget, entry in result["verdicts"].items():
+        for other, v in entry.items():
+            p, t = v["pruned_difference"], v["finetuned_difference"]
+            lines.append(
+                f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {100 * t['mean']:+.2f} ± {100 * t['se']:.2f} "
+                f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {'yes' if v['not_worse_after_finetune'] else 'NO'} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,218 @@
+"""The shared bench of the method studies: baselines, fits, pruned networks and their scores.
+
+Every study in ``analysis/`` (criteria, ablation, tempering, allocation, uncertainty,
+interpretability, reproduction) measures through these few functions, so a number in one
+table means the same thing as in another: the same seeded baseline, the same fit, the same
+plan -> fold -> surgery, the same fine-tuning with selection on the validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import xarray as xr
+from torch import nn
+
+from models import get_model_entry, load_or_train_baseline
+from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.data import DataSplits, Split
+from pyro_dirichlet.finetuning import finetune
+from pyro_dirichlet.fitting import FitConfig, FitResult, fit
+from pyro_dirichlet.importance import posterior_mean
+from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
+from pyro_dirichlet.pruning import switch_scales
+from pyro_dirichlet.surgery import fold_scales, prune_channels
+from pyro_dirichlet.switches import DirichletSwitches
+
+__all__ = ["Study", "Fitted", "baseline", "fit_switches", "pruned_network", "score_pruned", "mean_sd", "keep_sizes"]
+
+
+@dataclass
+class Fitted:
+    """One SVI fit of one baseline's switches and what the studies read from it."""
+
+    switches: DirichletSwitches
+    result: FitResult
+    posterior: xr.DataTree
+    means: dict[str, torch.Tensor]
+
+
+_BASELINES: dict[tuple, nn.Module] = {}
+
+
+def baseline(model: str, data: DataSplits, seed: int, train_epochs: int | None = None, device: str = "cpu") -> nn.Module:
+    """The seeded baseline of ``model`` (trained once with its registry recipe, then cached on disk and here).
+
+    ``train_epochs`` shortens the recipe for CPU runs of big models (a separate cache entry).
+    """
+    key = (model, seed, len(data.train), train_epochs, device)
+    if key not in _BASELINES:
+        recipe = get_model_entry(model).train
+        if train_epochs is not None:
+            recipe = dataclasses.replace(recipe, epochs=train_epochs)
+        _BASELINES[key] = load_or_train_baseline(
+            model, data, seed=seed, progress=False, train_config=recipe, device=device
+        ).model.eval()
+    return _BASELINES[key]
+
+
+def fit_switches(
+    network: nn.Module, data: DataSplits, *, seed: int, prior=1.0, train: Split | None = None, device: str = "cpu", **fit_options
+) -> Fitted:
+    """Fit switches on a copy of ``network`` (never modified) with :class:`FitConfig` defaults overridden by ``fit_options``.
+
+    ``train`` replaces the training split, e.g. by one class's examples.
+    """
+    example = data.train.images[:2].to(device)
+    switches = DirichletSwitches(copy.deepcopy(network), example, prior=prior)
+    config = FitConfig(**{"seed": seed, "device": device, "progress": False, **fit_options})
+    result = fit(switches, data.train if train is None else train, config)
+    posterior = result.posterior(seed=seed)
+    return Fitted(switches, result, posterior, posterior_mean(posterior))
+
+
+def pruned_network(
+    network: nn.Module, keep: Mapping[str, list[int]], example: torch.Tensor, fold_means: Mapping[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """``network`` (not modified) with only ``keep``'s channels; ``fold_means`` folds ``E[s]*C`` in first."""
+    source = network if fold_means is None else fold_scales(network, switch_scales(dict(fold_means)), example)
+    return prune_channels(source, dict(keep), example)
+
+
+def score_pruned(
+    network: nn.Module,
+    keep: Mapping[str, list[int]],
+    data: DataSplits,
+    *,
+    seed: int,
+    fold_means: Mapping[str, torch.Tensor] | None = None,
+    finetune_epochs: Iterable[int] = (),
+    finetune_lr: float = 1e-2,
+    splits: Iterable[str] = ("test",),
+    device: str = "cpu",
+) -> dict:
+    """Size and accuracy of ``network`` pruned to ``keep``, right after pruning and after each fine-tune length.
+
+    Each fine-tune length starts again from the freshly pruned network with its own cosine
+    schedule and keeps its best epoch on the validation split. Accuracies are reported on
+    each of ``splits`` as ``"<split>_pruned"`` and ``"<split>_finetune_<epochs>"``; anything
+    used to choose a setting must read the ``validation`` ones.
+    """
+    example = data.train.images[:2].to(device)
+    splits = tuple(splits)
+    pruned = pruned_network(network, keep, example, fold_means)
+    row = {"params": count_parameters(pruned), "flops": count_flops(pruned, example)}
+    row.update({f"{split}_pruned": accuracy(pruned, getattr(data, split), device=device) for split in splits})
+    for epochs in finetune_epochs:
+        tuned = pruned_network(network, keep, example, fold_means)
+        with Stopwatch() as watch:
+            finetune(tuned, data, epochs=epochs, lr=finetune_lr, seed=seed, device=device, progress=False)
+        tuned.eval()
+        row.update({f"{split}_finetune_{epochs}": accuracy(tuned, getattr(data, split), device=device) for split in splits})
+        row[f"finetune_{epochs}_seconds"] = watch.seconds
+    return row
+
+
+def keep_sizes(keep: Mapping[str, list[int]]) -> str:
+    """``"5-12-40"``: the kept widths in layer order, as the papers write architectures."""
+    return "-".join(str(len(channels)) for channels in keep.values())
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def recipe_epoch_seconds(model: str, data: DataSplits, seed: int, device: str = "cpu") -> float:
+    """Seconds of one baseline training epoch of ``model``'s recipe, measured now on a fresh network.
+
+    The baseline itself may come from the cache, so the time budget of a study ("fit +
+    fine-tune within 3 baseline epochs") is measured here, in the same process as the fit.
+    """
+    from pyro_dirichlet.training import train_classifier
+
+    entry = get_model_entry(model)
+    torch.manual_seed(seed)
+    network = entry.build()
+    result = train_classifier(network, data, dataclasses.replace(entry.train, epochs=1, seed=seed), device=device, progress=False)
+    return result.seconds_per_epoch[0]
+
+
+@dataclass
+class Study:
+    """What every part of a comparison shares: the model, its data, the seeds, and one default fit per seed.
+
+    Attributes:
+        model: a registry name (``models.MODELS``).
+        data: the splits (possibly a seeded subset for a CPU run).
+        seeds: one baseline network and one default fit per seed.
+        budgets: named per-layer keep counts used by the criteria comparison.
+        finetune_lr: peak Adam learning rate of every fine-tune.
+        out: where each part writes ``<part>.json``, ``<part>.md`` and its figures.
+        log: where progress lines go.
+        device: where every baseline, fit and fine-tune runs (``"cpu"`` or ``"cuda"``).
+        train_epochs: baseline epochs instead of the recipe's (CPU runs of big models).
+        finetune_epochs: the fine-tune lengths the criteria and allocation parts report.
+        criteria: names of the criteria to compare (``None``: all that apply).
+        fit_options: :class:`FitConfig` overrides of the default fit (e.g. more epochs).
+    """
+
+    model: str
+    data: DataSplits
+    seeds: tuple[int, ...]
+    budgets: dict[str, dict[str, int]]
+    finetune_lr: float
+    out: Path
+    log: Callable[[str], None] = print
+    train_epochs: int | None = None
+    device: str = "cpu"
+    finetune_epochs: tuple[int, ...] = (1, 3)
+    criteria: tuple[str, ...] | None = None
+    fit_options: dict = field(default_factory=dict)
+    _fits: dict[int, Fitted] = field(default_factory=dict, repr=False)
+
+    @property
+    def example(self) -> torch.Tensor:
+        return self.data.train.images[:2].to(self.device)
+
+    def network(self, seed: int) -> nn.Module:
+        return baseline(self.model, self.data, seed, self.train_epochs, self.device)
+
+    def default_fit(self, seed: int) -> Fitted:
+        """The library's default one-epoch fit of seed ``seed``'s baseline (memoised: several parts read it)."""
+        if seed not in self._fits:
+            self._fits[seed] = fit_switches(self.network(seed), self.data, seed=seed, **self.fit_kwargs)
+        return self._fits[seed]
+
+    def describe_data(self) -> str:
+        """The data's source and split sizes, for table captions (subset runs say so)."""
+        source = getattr(self.data, "source", None) or "?"
+        sizes = f"{len(self.data.train):,} train / {len(self.data.validation):,} validation / {len(self.data.test):,} test"
+        return f"{source}, {sizes}"
+
+    @property
+    def fit_kwargs(self) -> dict:
+        """Keyword arguments of :func:`fit_switches` shared by every fit of this study."""
+        return {"device": self.device, **self.fit_options}
+
+    def score(self, network: nn.Module, keep, **options) -> dict:
+        """:func:`score_pruned` with this study's data, fine-tune lr and device."""
+        return score_pruned(network, keep, self.data, finetune_lr=self.finetune_lr, device=self.device, **options)
+
+    def write(self, part: str, result: dict, markdown: str) -> None:
+        """Write ``<out>/<part>.json`` and ``<out>/<part>.md`` (atomically: a table never describes half a run)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / f"{part}.json", result)
+        atomic_write_text(self.out / f"{part}.md", markdown)
+
+
+def percent(mean_and_sd: tuple[float, float]) -> str:
+    """``"98.76 ± 0.12"`` from a fraction's mean and sd."""
+    return f"{100 * mean_and_sd[0]:.2f} ± {100 * mean_and_sd[1]:.2f}"
