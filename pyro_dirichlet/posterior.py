@@ -10,7 +10,7 @@ row reads ``conv1.switch[17]`` whatever was pruned before or after.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,14 +141,22 @@ def layer_draws(posterior: xr.DataTree) -> dict[str, np.ndarray]:
     return draws
 
 
-def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: float = 0.95, max_channels: int = 40) -> Path:
+def plot_forest(
+    posterior: xr.DataTree,
+    path: str | os.PathLike,
+    *,
+    ci_prob: float = 0.95,
+    max_channels: int = 40,
+    layers: Sequence[str] | None = None,
+) -> Path:
     """Save ArviZ's forest plot of the switch posteriors (50% and ``ci_prob`` HDIs) to ``path``.
 
     Each switch is drawn as ``s_c * C`` (its value times the layer's width), so every layer
     shares one scale on which 1 is the prior mean -- the unswitched network -- and a channel
     above 1 matters more than its layer's average. Layers wider than ``max_channels`` show
     only their ``max_channels`` channels of highest posterior mean, labelled by their
-    original indices.
+    original indices. ``layers`` restricts the plot to those layers (default: every one),
+    e.g. one plot per layer in a report.
     """
     import matplotlib
 
@@ -158,7 +166,13 @@ def plot_forest(posterior: xr.DataTree, path: str | os.PathLike, *, ci_prob: flo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shown = {}
-    for variable, data in posterior["posterior"].data_vars.items():
+    variables = posterior["posterior"].data_vars
+    if layers is not None:
+        unknown = sorted(set(layers) - {str(v).removesuffix(".switch") for v in variables})
+        if unknown:
+            raise ValueError(f"layers {unknown} have no switch in the posterior.")
+        variables = {switch_site(layer): variables[switch_site(layer)] for layer in layers}
+    for variable, data in variables.items():
         dim = data.dims[-1]
         means = data.mean(("chain", "draw"))
         top = np.sort(means.sortby(means, ascending=False)[dim].values[:max_channels])

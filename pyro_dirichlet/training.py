@@ -207,6 +207,7 @@ def train_classifier(
     for epoch in range(config.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         bar = tqdm(
             total=steps_per_epoch,
@@ -220,7 +221,8 @@ def train_classifier(
             ):
                 if data.augment is not None:
                     images = data.augment(images, augment_generator)
-                loss = F.cross_entropy(model(images), labels)
+                scores = model(images)
+                loss = F.cross_entropy(scores, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -229,9 +231,13 @@ def train_classifier(
                 loss_sum += loss.detach() * len(labels)
                 seen += len(labels)
                 bar.update()
-                # Reading the loss forces a GPU sync, so refresh the display only now and then.
-                if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+                if progress:
+                    # Running accuracy of the training minibatches (augmented, in train mode): a
+                    # display of progress, not a measurement; validation accuracy is that.
+                    correct += (scores.detach().argmax(dim=1) == labels).sum()
+                    # Reading the loss forces a GPU sync, so refresh the display only now and then.
+                    if step % 20 == 0 or step == steps_per_epoch - 1:
+                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}")
             epoch_loss = loss_sum.item() / seen
         result.seconds_per_epoch.append(watch.seconds)
         result.train_loss.append(epoch_loss)

@@ -93,3 +93,29 @@ def small_mnist_everywhere(monkeypatch, mnist_small, tmp_path):
     monkeypatch.setitem(data._LOADERS, "mnist", lambda data_dir=None, **kwargs: mnist_small)
     monkeypatch.setenv("PYRO_DIRICHLET_CACHE", str(tmp_path / "cache"))
     return mnist_small
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, mnist_small):
+    """A run directory built step by step with the CLI on 400 MNIST images (1 training epoch, 1 fine-tune epoch).
+
+    Tests that change a run directory copy it first (``shutil.copytree``).
+    """
+    from pyro_dirichlet import data
+    from pyro_dirichlet.cli import main
+
+    root = tmp_path_factory.mktemp("small-run")
+    out = root / "run"
+    common = ["--run", str(out), "--quiet"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(data._LOADERS, "mnist", lambda data_dir=None, **kwargs: mnist_small)
+        steps = [
+            ["train", "--out", str(out), "--subset", "400", "--train-epochs", "1", "--cache-dir", str(root / "cache"), "--quiet"],
+            ["fit", *common],
+            ["prune", *common],
+            ["finetune", *common, "--finetune-epochs", "1"],
+            ["report", *common, "--latency-batch", "32"],
+        ]
+        for argv in steps:
+            assert main(argv) == 0, argv
+    return out

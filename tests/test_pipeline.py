@@ -1,4 +1,4 @@
-"""The main job end to end on real MNIST (a subset): train -> fit -> prune -> fine-tune -> report."""
+"""The main job (`pyro-dirichlet run`) end to end on real MNIST (a subset): train -> fit -> prune -> fine-tune -> report."""
 
 import json
 import os
@@ -31,15 +31,19 @@ def demo_run(tmp_path_factory, mnist_small):
 def test_run_writes_every_output(demo_run):
     out, report = demo_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "forest.png", "posterior.nc", "pruned.json", "pruned.safetensors", "report.json"
+        "baseline.safetensors", "forest.png", "posterior.nc", "pruned-before-finetune.json",
+        "pruned-before-finetune.safetensors", "pruned.json", "pruned.safetensors", "report-elbo.png",
+        "report-forest-conv1.png", "report-forest-conv2.png", "report-forest-fc1.png", "report-mass.png",
+        "report.html", "report.json", "report.md", "run.json",
     ]
+    assert json.loads((out / "run.json").read_text())["steps"].keys() == {"train", "fit", "prune", "finetune", "report"}
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert (out / "forest.png").stat().st_size > 10_000
 
 
 def test_report_has_the_promised_fields(demo_run):
     _, report = demo_run
-    assert {"model", "dataset", "device", "seed", "baseline", "svi", "pruned", "total_seconds"} <= set(report)
+    assert {"model", "dataset", "device", "seed", "baseline", "svi", "pruned", "total_seconds", "layers", "latency"} <= set(report)
     assert {"test_accuracy", "params", "flops", "seconds_per_epoch"} <= set(report["baseline"])
     assert {"epochs", "steps", "seconds", "elbo"} <= set(report["svi"])
     assert report["svi"]["steps"] == len(report["svi"]["elbo"]) == 4000 // 128 + 1
@@ -70,12 +74,12 @@ def test_posterior_file_has_named_channel_dims(demo_run):
 
 
 def test_failed_run_leaves_out_untouched(tmp_path, small_mnist_everywhere, monkeypatch):
-    import pyro_dirichlet.pipeline as pipeline
+    import pyro_dirichlet.steps as steps
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline, "save_pruned", broken)
+    monkeypatch.setattr(steps, "save_pruned", broken)
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text("{}")
@@ -138,3 +142,12 @@ def test_cli_smoke_subset_cuts_every_split(tmp_path, small_mnist_everywhere):
 def test_bad_subset_is_rejected(tmp_path, small_mnist_everywhere, capsys):
     assert main(["run", "--out", str(tmp_path / "o"), "--subset", "3", "--quiet"]) == 2
     assert "subset" in capsys.readouterr().err
+
+
+def test_a_new_run_replaces_an_earlier_runs_files(tmp_path, small_mnist_everywhere):
+    out = tmp_path / "again"
+    argv = ["run", "--out", str(out), "--subset", "400", "--train-epochs", "1", "--finetune-epochs", "0", "--quiet"]
+    assert main(argv) == 0
+    assert main([*argv, "--layers", "fc1"]) == 0
+    assert not (out / "report-forest-conv1.png").exists() and (out / "report-forest-fc1.png").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,157 @@
+"""The step subcommands on a small run directory: sequence, refit, missing steps, versions, budgets, config, --quiet."""
+
+import json
+import shutil
+
+import pytest
+
+from pyro_dirichlet.cli import build_parser, main
+from pyro_dirichlet.rundir import FORMAT_VERSION, STEPS
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    """A private copy of the session's small run directory, to change."""
+    return shutil.copytree(small_run, tmp_path / "run")
+
+
+def manifest(directory):
+    return json.loads((directory / "run.json").read_text())
+
+
+def test_steps_build_the_run_directory(small_run):
+    recorded = manifest(small_run)
+    assert recorded["format_version"] == FORMAT_VERSION
+    assert list(recorded["steps"]) == list(STEPS)
+    assert recorded["model"] == "lenet5" and recorded["data"]["train"] == 400
+    for record in recorded["steps"].values():
+        assert record["files"] and all((small_run / name).exists() for name in record["files"])
+    assert recorded["steps"]["fit"]["config"]["prior"] == 1.0
+    assert recorded["steps"]["finetune"]["config"]["epochs"] == 1
+    assert not [p for p in small_run.iterdir() if p.name.startswith(".staging")]
+
+
+def test_refit_with_another_prior_keeps_the_baseline(run_copy, small_mnist_everywhere):
+    baseline = (run_copy / "baseline.safetensors").read_bytes()
+    assert main(["fit", "--run", str(run_copy), "--prior", "0.5", "--quiet"]) == 0
+    recorded = manifest(run_copy)
+    assert list(recorded["steps"]) == ["train", "fit"]
+    assert recorded["steps"]["fit"]["config"]["prior"] == 0.5
+    assert (run_copy / "baseline.safetensors").read_bytes() == baseline
+    # The later steps' files described the old posterior: they are gone.
+    assert not (run_copy / "pruned.safetensors").exists() and not (run_copy / "report.html").exists()
+    assert main(["prune", "--run", str(run_copy), "--keep", "conv1=4,conv2=10,fc1=30", "--quiet"]) == 0
+    assert manifest(run_copy)["steps"]["prune"]["result"]["architecture"] == {"conv1": 4, "conv2": 10, "fc1": 30}
+
+
+def test_a_later_step_names_the_step_to_run_first(run_copy, tmp_path, capsys):
+    (run_copy / "pruned-before-finetune.safetensors").unlink()
+    before = sorted(p.name for p in run_copy.iterdir())
+    assert main(["finetune", "--run", str(run_copy), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "no prune step" in error and "pyro-dirichlet prune --run" in error
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["fit", "--run", str(empty), "--quiet"]) == 2
+    assert "pyro-dirichlet train --out" in capsys.readouterr().err
+
+
+def test_an_incompatible_run_directory_is_refused(run_copy, capsys):
+    recorded = manifest(run_copy)
+    recorded["format_version"] = FORMAT_VERSION + 98
+    (run_copy / "run.json").write_text(json.dumps(recorded))
+    assert main(["report", "--run", str(run_copy), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert f"format version {FORMAT_VERSION + 98}" in error and f"reads version {FORMAT_VERSION}" in error
+
+
+def test_an_impossible_budget_names_the_smallest_achievable(run_copy, small_mnist_everywhere, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    assert main(["prune", "--run", str(run_copy), "--budget", "0.0001", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "smallest achievable" in error and error.count("\n") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before
+
+
+def test_a_budget_prunes_within_it(run_copy, small_mnist_everywhere):
+    assert main(["prune", "--run", str(run_copy), "--budget", "0.1", "--quiet"]) == 0
+    result = manifest(run_copy)["steps"]["prune"]["result"]
+    assert result["flops"] <= 0.1 * manifest(run_copy)["steps"]["train"]["result"]["flops"]
+
+
+def test_a_step_checks_the_model_it_is_given(run_copy, capsys):
+    assert main(["prune", "--run", str(run_copy), "--model", "lenet300", "--quiet"]) == 2
+    assert "holds model 'lenet5'" in capsys.readouterr().err
+
+
+def test_config_file_values_and_command_line_overrides(run_copy, small_mnist_everywhere, tmp_path):
+    config = tmp_path / "run.toml"
+    # One file for every step: finetune-epochs is ignored by prune, which has no such option.
+    config.write_text(f'run = "{run_copy}"\nquiet = true\nkeep = {{conv1 = 3, conv2 = 8, fc1 = 20}}\nfinetune-epochs = 2\n')
+    assert main(["prune", "--config", str(config)]) == 0
+    assert manifest(run_copy)["steps"]["prune"]["result"]["architecture"] == {"conv1": 3, "conv2": 8, "fc1": 20}
+    assert main(["prune", "--config", str(config), "--keep", "conv1=2"]) == 0
+    assert manifest(run_copy)["steps"]["prune"]["result"]["architecture"] == {"conv1": 2, "conv2": 50, "fc1": 500}
+
+
+def test_config_file_unknown_key_is_an_error_naming_it(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text('out = "x"\npriorr = 0.5\n')
+    assert main(["fit", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "'priorr'" in error and "prior" in error and "finetune-epochs" in error
+
+
+def test_quiet_silences_everything_and_progress_shows_loss_and_accuracy(run_copy, small_mnist_everywhere, capsys):
+    assert main(["finetune", "--run", str(run_copy), "--finetune-epochs", "1", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["finetune", "--run", str(run_copy), "--finetune-epochs", "1"]) == 0
+    printed = capsys.readouterr()
+    assert "loss=" in printed.err and "accuracy=" in printed.err
+    assert "fine-tuned for 1 epochs" in printed.out and "finetune: wrote pruned.json" in printed.out
+
+
+def test_train_reports_a_missing_data_set_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", "--out", str(out), "--data-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in error and "PYRO_DIRICHLET_DATA" in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "fit", "prune", "finetune", "report", "run"])
+def test_every_subcommand_takes_the_common_flags(command, capsys):
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args([command, "--help"])
+    assert caught.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--config", "--out", "--data-dir", "--device", "--seed", "--quiet", "--model", "--dataset"):
+        assert flag in text
+    assert ("--run" in text) == (command not in ("train", "run"))
+
+
+def test_missing_run_directory_is_an_error(capsys):
+    assert main(["report", "--quiet"]) == 2
+    assert "--run DIR" in capsys.readouterr().err
+
+
+def test_train_rejects_an_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["train", "--out", str(blocker / "run"), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value", "listed"), [("--model", "resnet9000", "lenet5"), ("--dataset", "imagenet", "cifar10")])
+def test_unknown_names_list_the_valid_choices(flag, value, listed, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "--out", "x", flag, value])
+    assert caught.value.code == 2
+    assert listed in capsys.readouterr().err
+
+
+def test_keep_and_budget_together_is_an_error(run_copy, capsys):
+    assert main(["prune", "--run", str(run_copy), "--keep", "conv1=3", "--budget", "0.1", "--quiet"]) == 2
+    assert "not both" in capsys.readouterr().err
