@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # bad input of every kind: data, run directory, config, budget
         print(f"pyro-dirichlet: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # fit() has just written a checkpoint of its last completed step next to run.json.
+        print(f"pyro-dirichlet: interrupted; run the same `pyro-dirichlet {command}` command again to "
+              "resume (an interrupted fit continues from its last checkpoint).", file=sys.stderr)
+        return 130
     return 0
 
 

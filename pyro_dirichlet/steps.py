@@ -52,6 +52,8 @@ __all__ = [
 BASELINE = "baseline.safetensors"  # train
 POSTERIOR = "posterior.nc"  # fit
 FOREST = "forest.png"  # fit
+#: Written every this many SVI steps while ``fit`` runs, so Ctrl-C or a crash loses little.
+FIT_CHECKPOINT_EVERY = 50
 PRUNED_BEFORE_FINETUNE = "pruned-before-finetune"  # prune: .safetensors + .json
 PRUNED = "pruned"  # finetune: .safetensors + .json
 
@@ -208,7 +210,12 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         example = data.train.images[:2].to(device)
         switches = DirichletSwitches(network, example, layers=options.layers, prior=options.prior, coupled=options.coupled)
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress)
-        result = fit(switches, data.train, fit_config)
+        if fit_config.checkpoint_every is None:
+            fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
+        checkpoint = fit_checkpoint_path(run, options, runtime)
+        if checkpoint.exists():
+            _say(runtime, f"resuming the fit from {checkpoint}")
+        result = fit(switches, data.train, fit_config, checkpoint=checkpoint)
         posterior = result.posterior(seed=runtime.seed)
         _say(runtime, f"SVI: {result.steps} steps in {result.seconds:.1f} s, final ELBO {result.elbo[-1]:.4g}")
         for summary in layer_summaries(posterior, ci_prob=options.ci_prob).values():
@@ -217,7 +224,26 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
             save_posterior(posterior, staging / POSTERIOR)
             plot_forest(posterior, staging / FOREST, ci_prob=options.ci_prob)
             config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime)}
-            return run.commit("fit", staging, config=config, result=result.to_dict(), seconds=watch.elapsed)["steps"]["fit"]
+            record = run.commit("fit", staging, config=config, result=result.to_dict(), seconds=watch.elapsed)["steps"]["fit"]
+        # The posterior is in place; the checkpoint only served to resume this fit.
+        checkpoint.unlink(missing_ok=True)
+        return record
+
+
+def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runtime") -> Path:
+    """Where ``fit`` keeps its checkpoint: named by everything the fit depends on.
+
+    The checkpoint itself refuses other layers or SVI settings, but not another prior (a
+    prior may be any callable); naming the file by the options means ``fit --prior 0.5``
+    after an interrupted ``fit --prior 1`` starts afresh instead of resuming the wrong fit.
+    """
+    import hashlib
+    import json
+
+    identity = {**_jsonable(dataclasses.replace(options, fit=dataclasses.replace(options.fit, progress=False, epochs=1))),
+                "seed": runtime.seed}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return run.path / f".fit-checkpoint-{digest}.pt"
 
 
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:

@@ -155,3 +155,35 @@ def test_unknown_names_list_the_valid_choices(flag, value, listed, capsys):
 def test_keep_and_budget_together_is_an_error(run_copy, capsys):
     assert main(["prune", "--run", str(run_copy), "--keep", "conv1=3", "--budget", "0.1", "--quiet"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_fit_keeps_a_checkpoint_that_the_rerun_resumes(run_copy, small_mnist_everywhere, tmp_path, monkeypatch, capsys):
+    from pyro_dirichlet import fitting
+
+    untouched = shutil.copytree(run_copy, tmp_path / "untouched")
+    assert main(["fit", "--run", str(untouched), "--epochs", "3", "--quiet"]) == 0
+    before = manifest(run_copy)
+    real, calls = fitting.fit_model, []
+
+    def interrupted(*args, **kwargs):
+        model = real(*args, **kwargs)
+
+        def stepped(*a, **k):
+            calls.append(None)
+            if len(calls) == 7:  # during step 7 of 12 (400 examples, batch 128, 3 epochs)
+                raise KeyboardInterrupt
+            return model(*a, **k)
+
+        return stepped
+
+    monkeypatch.setattr(fitting, "fit_model", interrupted)
+    assert main(["fit", "--run", str(run_copy), "--epochs", "3", "--quiet"]) == 130
+    assert "run the same `pyro-dirichlet fit` command again" in capsys.readouterr().err
+    assert manifest(run_copy) == before  # nothing committed by the interrupted fit
+    assert len(list(run_copy.glob(".fit-checkpoint-*.pt"))) == 1
+    monkeypatch.setattr(fitting, "fit_model", real)
+    assert main(["fit", "--run", str(run_copy), "--epochs", "3", "--quiet"]) == 0
+    assert not list(run_copy.glob(".fit-checkpoint-*.pt"))
+    resumed, whole = manifest(run_copy)["steps"]["fit"]["result"], manifest(untouched)["steps"]["fit"]["result"]
+    assert resumed["steps"] == whole["steps"] == 12
+    assert resumed["elbo"] == pytest.approx(whole["elbo"], rel=1e-6)
