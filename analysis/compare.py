@@ -23,6 +23,7 @@ import torch
 from analysis import ablation, allocation_study, criteria, interpret, reproduction, tempering, uncertainty_report
 from analysis.study import Study
 from models import get_model_entry
+from models.registry import resnet_inner_keep
 from models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import load_dataset
@@ -38,15 +39,6 @@ PARTS = {
     "reproduction": reproduction,
 }
 
-def _inner_convs(blocks: int, fraction_denominator: int) -> dict[str, int]:
-    """Keep counts of a CIFAR ResNet's inner convs (the prunable ones under ``coupled="skip"``)."""
-    return {
-        f"layer{stage}.{block}.conv1": width // fraction_denominator
-        for stage, width in ((1, 16), (2, 32), (3, 64))
-        for block in range(blocks)
-    }
-
-
 #: Named per-layer keep counts for the criteria comparison and the ablation.
 BUDGETS = {
     "lenet5": {
@@ -57,8 +49,8 @@ BUDGETS = {
         "Dirichlet paper widths": dict(get_model_entry("vgg16").default_keep),
         "quarter widths": {**{name: width // 4 for name, width in zip(VGG16_CONV_NAMES, VGG16_WIDTHS)}, "fc1": 128},
     },
-    "resnet56": {"half inner": _inner_convs(9, 2), "quarter inner": _inner_convs(9, 4)},
-    "resnet20": {"half inner": _inner_convs(3, 2), "quarter inner": _inner_convs(3, 4)},
+    "resnet56": {"half inner": resnet_inner_keep(blocks=9, divisor=2), "quarter inner": resnet_inner_keep(blocks=9, divisor=4)},
+    "resnet20": {"half inner": resnet_inner_keep(blocks=3, divisor=2), "quarter inner": resnet_inner_keep(blocks=3, divisor=4)},
 }
 
 #: Parts that make sense per data set (per-digit interpretation is an MNIST study).

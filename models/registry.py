@@ -13,7 +13,7 @@ from models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_
 from models.wrn import WideResNet
 from pyro_dirichlet.training import TrainConfig
 
-__all__ = ["MODELS", "ModelEntry", "get_model_entry"]
+__all__ = ["MODELS", "ModelEntry", "get_model_entry", "resnet_inner_keep"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,19 @@ class ModelEntry:
     dataset: str
     train: TrainConfig
     default_keep: dict[str, int]
+
+
+def resnet_inner_keep(*, blocks: int, divisor: int) -> dict[str, int]:
+    """Keep counts ``width // divisor`` for every block's inner conv of a CIFAR ResNet (stages of 16, 32, 64).
+
+    Under ``coupled="skip"`` the inner convs are what is pruned: block outputs are tied by
+    the additions.
+    """
+    return {
+        f"layer{stage}.{block}.conv1": width // divisor
+        for stage, width in ((1, 16), (2, 32), (3, 64))
+        for block in range(blocks)
+    }
 
 
 # The CIFAR recipes are the papers' (SGD, momentum 0.9, weight decay 5e-4, lr 0.1, batch
@@ -90,11 +103,7 @@ MODELS: dict[str, ModelEntry] = {
         # H100 (estimate).
         train=replace(_CIFAR_SGD, epochs=160),
         # Half of each block's inner convolution; block outputs are tied by the additions.
-        default_keep={
-            f"layer{stage}.{block}.conv1": width // 2
-            for stage, width in ((1, 16), (2, 32), (3, 64))
-            for block in range(9)
-        },
+        default_keep=resnet_inner_keep(blocks=9, divisor=2),
     ),
     # ResNet-56's little sibling (3 blocks per stage, 0.27M parameters, 41M FLOPs): the
     # architecture CPU runs of the CIFAR studies use where ResNet-56 would take hours.
@@ -103,11 +112,7 @@ MODELS: dict[str, ModelEntry] = {
         build=ResNet20,
         dataset="cifar10",
         train=replace(_CIFAR_SGD, epochs=160),
-        default_keep={
-            f"layer{stage}.{block}.conv1": width // 2
-            for stage, width in ((1, 16), (2, 32), (3, 64))
-            for block in range(3)
-        },
+        default_keep=resnet_inner_keep(blocks=3, divisor=2),
     ),
     "wrn_28_10": ModelEntry(
         name="wrn_28_10",

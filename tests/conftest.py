@@ -23,6 +23,16 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: two OpenMP threads on a busy two-core machine run tiny convolutions ~30x slower,
+    and one thread everywhere (subprocesses too) keeps every run's arithmetic alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyCNN(nn.Module):
     """conv(1->6) -> relu -> pool -> conv(6->8) -> relu -> pool -> flatten -> fc(32->12) -> relu -> fc(12->3)."""
 

@@ -18,14 +18,7 @@ from pyro_dirichlet.fitting import fit
 SCRIPT = Path(__file__).with_name("fit_process.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy two-core machine run these tiny convolutions ~30x slower;
-    # one thread everywhere (the subprocesses too) also keeps every run's arithmetic alike.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def uninterrupted(n: int, epochs: int, batch_size: int):

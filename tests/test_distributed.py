@@ -23,13 +23,7 @@ needs_gloo = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy two-core machine run tiny convolutions ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("rank, expected", [(0, ([0, 1, 2], 0.6)), (1, ([3, 4], 0.4))])

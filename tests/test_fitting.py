@@ -4,6 +4,7 @@ from dataclasses import replace
 import pyro
 import pytest
 import torch
+from ranks import spearman
 
 from pyro_dirichlet.data import Split
 from pyro.infer import TraceMeanField_ELBO
@@ -104,20 +105,6 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
-
-
-@pytest.fixture
-def one_thread():
-    # Two OpenMP threads on a busy two-core machine run tiny convolutions ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks = [x.argsort().argsort().double() for x in (a, b)]
-    return torch.corrcoef(torch.stack(ranks))[0, 1].item()
 
 
 def test_bf16_autocast_elbo_of_a_fixed_guide_agrees_with_float32(tiny_cnn, tiny_images, one_thread):

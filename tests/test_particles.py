@@ -5,6 +5,7 @@ from dataclasses import replace
 import pyro
 import pytest
 import torch
+from ranks import spearman
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -13,18 +14,7 @@ from pyro_dirichlet.fitting import fit
 from pyro_dirichlet.guide import DirichletGuide
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy two-core machine run tiny convolutions ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks = [x.argsort().argsort().double() for x in (a, b)]
-    return torch.corrcoef(torch.stack(ranks))[0, 1].item()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_vectorised_model_gives_each_particle_its_own_likelihood():
