@@ -19,6 +19,7 @@ from torch import nn
 
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.finetuning import finetune
+from pyro_dirichlet.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.fitting import FitConfig, fit, resolve_device
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import Target
@@ -215,7 +216,13 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         checkpoint = fit_checkpoint_path(run, options, runtime)
         if checkpoint.exists():
             _say(runtime, f"resuming the fit from {checkpoint}")
+        # Under torchrun every rank fits on its shard of each minibatch and ends with the
+        # same guide; rank 0 alone writes the run directory.
+        init_from_environment()
+        parallel = DataParallel.current()
         result = fit(switches, data.train, fit_config, checkpoint=checkpoint)
+        if parallel is not None and not parallel.is_main:
+            return {"rank": parallel.rank, "result": result.to_dict()}
         posterior = result.posterior(seed=runtime.seed)
         _say(runtime, f"SVI: {result.steps} steps in {result.seconds:.1f} s, final ELBO {result.elbo[-1]:.4g}")
         for summary in layer_summaries(posterior, ci_prob=options.ci_prob).values():

@@ -187,3 +187,26 @@ def test_ctrl_c_during_fit_keeps_a_checkpoint_that_the_rerun_resumes(run_copy, s
     resumed, whole = manifest(run_copy)["steps"]["fit"]["result"], manifest(untouched)["steps"]["fit"]["result"]
     assert resumed["steps"] == whole["steps"] == 12
     assert resumed["elbo"] == pytest.approx(whole["elbo"], rel=1e-6)
+
+
+@pytest.mark.skipif(not (__import__("torch").distributed.is_available() and __import__("torch").distributed.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available in this torch build")
+def test_fit_under_torchrun_writes_the_run_directory_once(run_copy, mnist_small):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import mnist_root
+
+    environment = {**os.environ, "PYRO_DIRICHLET_DATA": str(mnist_root()), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "pyro_dirichlet.cli", "fit", "--out", str(run_copy), "--prior", "0.7", "--quiet"]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    recorded = manifest(run_copy)
+    assert list(recorded["steps"]) == ["train", "fit"]
+    assert recorded["steps"]["fit"]["config"]["prior"] == 0.7
+    assert (run_copy / "posterior.nc").exists()
+    assert not [p for p in run_copy.iterdir() if p.name.startswith((".staging", ".fit-checkpoint"))]
