@@ -25,5 +25,11 @@ test: $(BIN)/.installed
 benchmark: $(BIN)/.installed
 	$(BIN)/python -m analysis.benchmark_core
 
+# Issue 5's speed suite (SVI vs training epochs, Pyro's overhead, posterior summary time,
+# pruned inference latency and memory): one run, medians of 3; see benchmarks/__init__.py.
+.PHONY: benchmark-suite
+benchmark-suite: $(BIN)/.installed
+	$(BIN)/python -m benchmarks --repeats 3 --json benchmarks/results/suite.json
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info

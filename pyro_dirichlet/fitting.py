@@ -303,16 +303,14 @@ def fit(
                 batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
                 done_in_epoch = len(history) - epoch * steps_per_epoch
                 for indices, images, labels in itertools.islice(batches, done_in_epoch, None):
-                    # A snapshot costs a few thousand floats; it lets a diverged fit keep its last good state.
-                    last_good = guide.state()
                     weight = 1.0
                     if parallel is not None:
                         indices, weight = parallel.shard(indices)
                         images, labels = data.images[indices], data.labels[indices]
                     elbo = -_svi_step(model, guide, elbo_loss, optim, images, labels, indices, size, parallel, weight)
                     if not math.isfinite(elbo):
-                        guide.load_state(last_good)
-                        raise FitDivergedError(len(history), elbo, history, {k: v.cpu() for k, v in last_good.items()})
+                        # _svi_step skipped the update, so the guide still holds the last good state.
+                        raise FitDivergedError(len(history), elbo, history, guide.concentrations())
                     history.append(elbo)
                     bar.update()
                     if len(history) % 20 == 0:
@@ -381,13 +379,18 @@ def _svi_step(
     weight: float,
 ) -> float:
     """One SVI step, Pyro's custom-loop pattern (what ``SVI.step`` does), with an all-reduce
-    of the gradients between the backward pass and the update when data-parallel."""
+    of the gradients between the backward pass and the update when data-parallel.
+
+    A step whose loss is not finite updates nothing, so the guide keeps its state from
+    before it: the caller stops the fit without needing a snapshot of every step.
+    """
     with poutine.trace(param_only=True) as param_capture:
         loss = elbo.loss_and_grads(model, guide, images, labels, subsample=indices, size=size)
     params = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
     if parallel is not None:
         loss = parallel.all_reduce(loss, [params[name] for name in sorted(params)], weight)
-    optim(params.values())
+    if math.isfinite(loss):
+        optim(params.values())
     zero_grads(set(params.values()))
     return loss
 

@@ -13,6 +13,7 @@ from types import TracebackType
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dirichlet.data import Split, minibatches
@@ -23,6 +24,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "median_seconds",
+    "peak_memory_bytes",
 ]
 
 
@@ -214,3 +216,43 @@ def median_seconds(
             fn()
         times.append(watch.seconds)
     return statistics.median(times)
+
+
+def peak_memory_bytes(fn: Callable[[], object], *, device: torch.device | str | None = None) -> int:
+    """The most bytes of tensors ``fn()`` held at once beyond those alive when it was called.
+
+    On a CUDA device: the growth of ``torch.cuda.max_memory_allocated`` over the memory
+    allocated at entry (the caching allocator's reserve not counted). On the CPU torch
+    keeps no such count, so ``fn`` runs once under ``torch.profiler`` with memory
+    profiling, and the profiler's allocation records (each op's allocations net of the
+    frees inside it, and the frees between ops) are summed in time order; their running
+    maximum is the peak. Scratch space an op allocates and frees itself is therefore not
+    counted on the CPU, nor is memory outside torch's allocator (the process's resident
+    size would count both, but it depends on what the C allocator kept from earlier work).
+
+    Example:
+        >>> peak_memory_bytes(lambda: torch.ones(1 << 20).sum()) >= 4 << 20  # a 4 MiB tensor
+        True
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - start)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        fn()
+    # Allocations are attributed to the innermost op (its "self" memory); frees outside any
+    # op come as "[memory]" events with negative sizes.
+    records = sorted(
+        (event for event in profiler.events() if event.self_cpu_memory_usage),
+        key=lambda event: event.time_range.start,
+    )
+    live = peak = 0
+    for event in records:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
