@@ -109,6 +109,10 @@ def markdown(result: dict) -> str:
         "|---|" + "---|" * len(budgets) + "---|---|",
     ]
     for e in result["summary"]:
-        lines.append(f"| {e['setting']} | " + " | ".join(percent(e[b]) for b in budgets)
-                     + f" | {100 * e['channels_in_use'][0]:.0f}% | {e['fit_seconds'][0]:.1f} |")
+        reused = e["setting"] in RANKINGS
+        in_use = "(defaults' fit)" if reused else f"{100 * e['channels_in_use'][0]:.0f}%"
+        seconds = "-" if reused else f"{e['fit_seconds'][0]:.1f}"
+        lines.append(f"| {e['setting']} | " + " | ".join(percent(e[b]) for b in budgets) + f" | {in_use} | {seconds} |")
+    lines += ["", "Fit seconds are wall-clock means on a shared 2-core machine: compare them within a row's order of "
+              "magnitude only (the defaults' fits ran while other jobs held the cores)."]
     return "\n".join(lines) + "\n"

@@ -78,7 +78,7 @@ def make_study(args: argparse.Namespace) -> Study:
         train_epochs=args.train_epochs,
         device=str(resolve_device(args.device)),
         fit_options={} if args.fit_epochs is None else {"epochs": args.fit_epochs},
-        finetune_epochs=tuple(args.finetune_epochs),
+        finetune_epochs=tuple(n for n in args.finetune_epochs if n > 0),
         criteria=None if args.criteria is None else tuple(args.criteria),
     )
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=int, default=None, help="train on this many examples (validation and test a quarter each)")
     parser.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default: the registry recipe)")
     parser.add_argument("--fit-epochs", type=int, default=None, help="SVI epochs (default: FitConfig's, one)")
-    parser.add_argument("--finetune-epochs", type=int, nargs="+", default=[1, 3], help="fine-tune lengths reported (default 1 3)")
+    parser.add_argument("--finetune-epochs", type=int, nargs="+", default=[1, 3], help="fine-tune lengths reported (default 1 3; 0 alone: none)")
     parser.add_argument("--criteria", nargs="+", default=None, help="criteria to compare (default: every one that applies)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

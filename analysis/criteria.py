@@ -69,7 +69,8 @@ def run(study: Study) -> dict:
                 rows.append(row)
                 study.log(f"criteria seed {seed} {budget} {name}: " + ", ".join(f"{s} {row['test_' + s]:.4f}" for s in stages))
     result = {"part": "criteria", "model": study.model, "seeds": list(study.seeds), "budgets": study.budgets,
-              "finetune_lr": study.finetune_lr, "stages": stages, "data": study.describe_data(), "rows": rows}
+              "finetune_lr": study.finetune_lr, "stages": stages, "data": study.describe_data(),
+              "baseline_test_accuracy": [study.baseline_accuracy(seed) for seed in study.seeds], "rows": rows}
     result["summary"] = summarise(rows, stages)
     result["verdicts"] = verdicts(rows, list(study.budgets), stages)
     return result
@@ -109,14 +110,14 @@ def verdicts(rows: list[dict], budgets: list[str], stages=STAGES) -> dict:
         entry = {}
         for other in BASELINES:
             pruned = paired_difference(rows, budget, "pruned", other)
-            tuned = paired_difference(rows, budget, stages[-1], other)
-            entry[other] = {
-                "pruned_difference": pruned,
-                "finetuned_difference": tuned,
-                "beats_right_after_pruning": pruned["mean"] > 0,
-                "not_worse_after_finetune": tuned["mean"] + 2 * tuned["se"] >= 0,
-                "ahead_after_finetune_in_mean": tuned["mean"] >= 0,
-            }
+            entry[other] = {"pruned_difference": pruned, "beats_right_after_pruning": pruned["mean"] > 0}
+            if len(stages) > 1:  # runs without fine-tuning have nothing more to judge
+                tuned = paired_difference(rows, budget, stages[-1], other)
+                entry[other].update({
+                    "finetuned_difference": tuned,
+                    "not_worse_after_finetune": tuned["mean"] + 2 * tuned["se"] >= 0,
+                    "ahead_after_finetune_in_mean": tuned["mean"] >= 0,
+                })
         out[budget] = entry
     return out
 
@@ -127,7 +128,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# {result['model']}: importance criteria at equal keep counts",
         "",
-        f"Test accuracy (%), mean ± sd over seeds {result['seeds']}; each seed its own baseline and default fit. "
+        f"Test accuracy (%), mean ± sd over seeds {result['seeds']}; each seed its own baseline "
+        f"({percent(mean_sd(result['baseline_test_accuracy']))}% before pruning) and default fit. "
         f"Fine-tuning: Adam, peak lr {result['finetune_lr']}, cosine, best epoch on the validation split. "
         f"Data: {result['data']}.",
         "",
@@ -142,9 +144,9 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|---|---|"]
     for budget, entry in result["verdicts"].items():
         for other, v in entry.items():
-            p, t = v["pruned_difference"], v["finetuned_difference"]
-            lines.append(
-                f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {100 * t['mean']:+.2f} ± {100 * t['se']:.2f} "
-                f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {'yes' if v['not_worse_after_finetune'] else 'NO'} |"
-            )
+            p, t = v["pruned_difference"], v.get("finetuned_difference")
+            tuned = f"{100 * t['mean']:+.2f} ± {100 * t['se']:.2f}" if t else "-"
+            not_worse = "-" if t is None else ("yes" if v["not_worse_after_finetune"] else "NO")
+            lines.append(f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {tuned} "
+                         f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {not_worse} |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 
-from analysis.study import Study, keep_sizes, mean_sd, recipe_epoch_seconds
+from analysis.study import Study, fit_switches, keep_sizes, mean_sd, recipe_epoch_seconds
 from models import get_model_entry
 from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.plan import plan_keep
@@ -47,8 +47,11 @@ def run(study: Study, choices: tuple[int, ...] = FINETUNE_CHOICES) -> dict:
     target = get_model_entry(study.model).default_keep
     trials = []
     for seed in study.seeds:
-        network, fitted = study.network(seed), study.default_fit(seed)
+        network = study.network(seed)
+        # Timed here, next to the baseline epoch it is compared with (a memoised fit may
+        # have run while other jobs held the cores); seeded, so it equals the default fit.
         epoch_seconds = recipe_epoch_seconds(study.model, study.data, seed, study.device)
+        fitted = fit_switches(network, study.data, seed=seed, **study.fit_kwargs)
         keep = plan_keep(fitted.means, target)
         scored = study.score(network, keep, seed=seed, fold_means=fitted.means, finetune_epochs=choices, splits=("validation", "test"))
         trials.append((seed, keep, network, fitted, epoch_seconds, scored))

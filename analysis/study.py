@@ -185,6 +185,10 @@ class Study:
     def network(self, seed: int) -> nn.Module:
         return baseline(self.model, self.data, seed, self.train_epochs, self.device)
 
+    def baseline_accuracy(self, seed: int) -> float:
+        """Test accuracy of seed ``seed``'s unpruned baseline (reported next to the pruned ones)."""
+        return accuracy(self.network(seed), self.data.test, device=self.device)
+
     def default_fit(self, seed: int) -> Fitted:
         """The library's default one-epoch fit of seed ``seed``'s baseline (memoised: several parts read it)."""
         if seed not in self._fits:

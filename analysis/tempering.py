@@ -68,7 +68,7 @@ def plot(result: dict, path) -> None:
     left.set_ylabel("channels in use (% of width)")
     left.legend()
     right.set_ylabel(f"TV distance, prior {min(result['priors']):g} vs {max(result['priors']):g}")
-    figure.suptitle(f"{result['model']}: the prior matters only once the likelihood is tempered")
+    figure.suptitle(f"{result['model']}: how far the prior moves the posterior, by effective data size")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -77,7 +77,7 @@ def plot(result: dict, path) -> None:
 def markdown(result: dict) -> str:
     priors = result["priors"]
     lines = [
-        f"# {result['model']}: likelihood tempering makes the prior count",
+        f"# {result['model']}: the prior's effect, with and without likelihood tempering",
         "",
         f"Seed {result['seed']}, {result['train_size']:,} training examples. Channels in use = exp(entropy) of the "
         "posterior mean over the width (averaged over layers); TV = total variation distance between the posterior "

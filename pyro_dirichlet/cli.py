@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_dirichlet.config import config_values, read_config
+from pyro_dirichlet.finetuning import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.fitting import FitConfig
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers"]
@@ -28,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "layers": None, "coupled": "skip", "prior": 1.0, "epochs": 1, "lr": FitConfig.lr, "effective_data_size": None,
     "ci_prob": 0.95,
     "keep": None, "budget": None, "budget_cost": "flops",
-    "finetune_epochs": 3, "finetune_lr": 1e-2,
+    "finetune_epochs": DEFAULT_EPOCHS, "finetune_lr": DEFAULT_LR,
     "latency_batch": 256,
 }
 
@@ -124,7 +125,7 @@ def _prune(parser: argparse.ArgumentParser) -> None:
 
 def _finetune(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fine-tuning (finetune)")
-    group.add_argument("--finetune-epochs", type=int, metavar="N", help="fine-tune epochs after pruning; 0 skips (default 3)")
+    group.add_argument("--finetune-epochs", type=int, metavar="N", help=f"fine-tune epochs after pruning; 0 skips (default {DEFAULT_EPOCHS})")
     group.add_argument("--finetune-lr", type=float, metavar="LR", help="peak Adam learning rate of fine-tuning (default 0.01)")
 
 

@@ -80,8 +80,8 @@ class RunConfig:
     budget_cost: Literal["flops", "params"] = "flops"
     prior: float = 1.0
     fit: FitConfig = field(default_factory=FitConfig)
-    finetune_epochs: int = 3
-    finetune_lr: float = 1e-2
+    finetune_epochs: int = FinetuneOptions.epochs
+    finetune_lr: float = FinetuneOptions.lr
     ci_prob: float = 0.95
     seed: int = 0
     device: str = "auto"

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from torch import nn
 
 from pyro_dirichlet.data import DataSplits, load_dataset
-from pyro_dirichlet.finetuning import finetune
+from pyro_dirichlet.finetuning import DEFAULT_EPOCHS, DEFAULT_LR, finetune
 from pyro_dirichlet.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.fitting import FitConfig, fit, resolve_device
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
@@ -143,13 +143,13 @@ class FinetuneOptions:
     """Fine-tuning of the pruned network (Adam, cosine schedule, best validation epoch).
 
     Attributes:
-        epochs: 0 keeps the pruned network as it is.
-        lr: peak learning rate. 1e-2 was chosen over 3e-3 and 1e-3 by validation accuracy
-            after pruning LeNet-5 (``analysis/select_finetune_lr.py``).
+        epochs: 0 keeps the pruned network as it is (default: see
+            :data:`pyro_dirichlet.finetuning.DEFAULT_EPOCHS` for how it was chosen).
+        lr: peak learning rate (:data:`pyro_dirichlet.finetuning.DEFAULT_LR`).
     """
 
-    epochs: int = 3
-    lr: float = 1e-2
+    epochs: int = DEFAULT_EPOCHS
+    lr: float = DEFAULT_LR
 
 
 def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> dict[str, Any]:

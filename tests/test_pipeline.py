@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_dirichlet.cli import main, parse_target
+from pyro_dirichlet.finetuning import DEFAULT_EPOCHS
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.pipeline import RunConfig, run
 from pyro_dirichlet.posterior import load_posterior
@@ -51,7 +52,7 @@ def test_report_has_the_promised_fields(demo_run):
     assert pruned["architecture"] == {"conv1": 5, "conv2": 12, "fc1": 40}
     for key in ("test_accuracy", "test_accuracy_before_finetune"):
         assert 0.0 <= pruned[key] <= 1.0
-    assert pruned["finetune_epochs"] == 3
+    assert pruned["finetune_epochs"] == DEFAULT_EPOCHS == 8
 
 
 def test_pruned_network_is_smaller_and_still_accurate(demo_run, mnist_small):
