@@ -9,7 +9,7 @@ of highest posterior mean and fold the scales in, so only the allocation differs
 
 from __future__ import annotations
 
-from analysis.study import Study, keep_sizes, mean_sd, percent
+from analysis.study import Study, keep_sizes, mean_sd, percent, stage_headers, stage_names, stage_summary
 from pyro_dirichlet.allocation import budget_counts, uniform_counts
 from pyro_dirichlet.plan import plan_keep
 
@@ -21,7 +21,7 @@ STAGES = ("pruned", "finetune_1", "finetune_3")
 
 def run(study: Study, budgets: tuple[float, ...] | None = None) -> dict:
     budgets = budgets or FLOP_BUDGETS[study.model]
-    stages = ["pruned", *(f"finetune_{n}" for n in study.finetune_epochs)]
+    stages = stage_names(study.finetune_epochs)
     rows = []
     for seed in study.seeds:
         fitted, network = study.default_fit(seed), study.network(seed)
@@ -68,15 +68,14 @@ def summarise(rows: list[dict], stages=STAGES) -> list[dict]:
             "flops": mean_sd(m["flops"] for m in members)[0],
             "params": mean_sd(m["params"] for m in members)[0],
         }
-        for stage in stages:
-            entry[f"{stage}_mean"], entry[f"{stage}_sd"] = mean_sd(m[f"test_{stage}"] for m in members)
+        entry.update(stage_summary(members, stages))
         table.append(entry)
     return table
 
 
 def markdown(result: dict) -> str:
     stages = result["stages"]
-    headers = ["right after pruning", *(f"{s.split('_')[1]} fine-tune epoch(s)" for s in stages[1:])]
+    headers = stage_headers(stages)
     lines = [
         f"# {result['model']}: automatic allocation vs uniform per-layer ratios at equal FLOPs",
         "",

@@ -12,7 +12,7 @@ import math
 
 from torch import nn
 
-from analysis.study import Study, mean_sd, percent
+from analysis.study import Study, mean_sd, percent, stage_headers, stage_names, stage_summary
 from pyro_dirichlet.importance import (
     batchnorm_scale,
     l1_norm,
@@ -54,7 +54,7 @@ def _has_batchnorm_after_every(network: nn.Module, layers) -> bool:
 
 
 def run(study: Study) -> dict:
-    stages = ["pruned", *(f"finetune_{n}" for n in study.finetune_epochs)]
+    stages = stage_names(study.finetune_epochs)
     rows = []
     for seed in study.seeds:
         fitted = study.default_fit(seed)
@@ -83,8 +83,7 @@ def summarise(rows: list[dict], stages=STAGES) -> list[dict]:
     table = []
     for (budget, criterion), members in groups.items():
         entry = {"budget": budget, "criterion": criterion, "params": members[0]["params"], "flops": members[0]["flops"]}
-        for stage in stages:
-            entry[f"{stage}_mean"], entry[f"{stage}_sd"] = mean_sd(r[f"test_{stage}"] for r in members)
+        entry.update(stage_summary(members, stages))
         table.append(entry)
     return table
 
@@ -124,7 +123,7 @@ def verdicts(rows: list[dict], budgets: list[str], stages=STAGES) -> dict:
 
 def markdown(result: dict) -> str:
     stages = result["stages"]
-    headers = ["right after pruning", *(f"{s.split('_')[1]} fine-tune epoch(s)" for s in stages[1:])]
+    headers = stage_headers(stages)
     lines = [
         f"# {result['model']}: importance criteria at equal keep counts",
         "",

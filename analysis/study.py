@@ -220,3 +220,21 @@ class Study:
 def percent(mean_and_sd: tuple[float, float]) -> str:
     """``"98.76 ± 0.12"`` from a fraction's mean and sd."""
     return f"{100 * mean_and_sd[0]:.2f} ± {100 * mean_and_sd[1]:.2f}"
+
+
+def stage_names(finetune_epochs: Iterable[int]) -> list[str]:
+    """The accuracy columns of a study: right after pruning, then after each fine-tune length."""
+    return ["pruned", *(f"finetune_{n}" for n in finetune_epochs)]
+
+
+def stage_headers(names: list[str]) -> list[str]:
+    """Table headers for :func:`stage_names`' names."""
+    return ["right after pruning", *(f"{name.split('_')[1]} fine-tune epoch(s)" for name in names[1:])]
+
+
+def stage_summary(members: list[dict], names: list[str], split: str = "test") -> dict:
+    """``{"<stage>_mean": ..., "<stage>_sd": ...}`` of a group of rows, for every stage."""
+    summary = {}
+    for name in names:
+        summary[f"{name}_mean"], summary[f"{name}_sd"] = mean_sd(m[f"{split}_{name}"] for m in members)
+    return summary
