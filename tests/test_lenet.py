@@ -39,5 +39,5 @@ def test_registry_entries_build_their_models():
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(ValueError, match="lenet300, lenet5, resnet56, vgg16, wrn_28_10"):
+    with pytest.raises(ValueError, match="lenet300, lenet5, resnet20, resnet56, vgg16, wrn_28_10"):
         get_model_entry("alexnet")
