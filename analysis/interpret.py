@@ -91,6 +91,7 @@ def plot(result: dict, network: torch.nn.Module, path) -> None:
         axis.scatter(columns, rows, s=8, color="white", edgecolors="black", linewidths=0.4,
                      label=f"{round(100 * result['ci_prob'])}% HDI above 1")
         axis.set_yticks(range(len(result["classes"])), [str(c) for c in result["classes"]])
+        axis.set_xticks(range(0, width, 1 if width <= 25 else 5))
         axis.set_ylabel("digit")
         axis.set_xlabel(f"{layer} filter")
         figure.colorbar(image, ax=axis, label="E[s] × width")
