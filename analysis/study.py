@@ -134,15 +134,15 @@ def recipe_epoch_seconds(model: str, data: DataSplits, seed: int, device: str = 
     """Seconds of one baseline training epoch of ``model``'s recipe, measured now on a fresh network.
 
     The baseline itself may come from the cache, so the time budget of a study ("fit +
-    fine-tune within 3 baseline epochs") is measured here, in the same process as the fit.
+    fine-tune within 3 baseline epochs") is measured here, in the same process as the fit,
+    by the same function the performance suite times training epochs with.
     """
-    from pyro_dirichlet.training import train_classifier
+    from benchmarks.epochs import train_epoch_seconds
+    from benchmarks.workloads import Workload
 
     entry = get_model_entry(model)
-    torch.manual_seed(seed)
-    network = entry.build()
-    result = train_classifier(network, data, dataclasses.replace(entry.train, epochs=1, seed=seed), device=device, progress=False)
-    return result.seconds_per_epoch[0]
+    workload = Workload(name=model, data=data, batch_size=entry.train.batch_size, default_keep=entry.default_keep, seed=seed)
+    return train_epoch_seconds(workload, device=device, seed=seed)
 
 
 @dataclass
