@@ -14,7 +14,9 @@ import itertools
 import numpy as np
 
 from analysis.study import Study, fit_switches, mean_sd
+from pyro_dirichlet.atomic import atomic_write
 from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.plots import mass_curves_png
 from pyro_dirichlet.posterior import layer_summaries
 from pyro_dirichlet.uncertainty import mass_curve, straddling_channels, top_k_overlap
 
@@ -49,28 +51,12 @@ def run(study: Study, svi_seeds: int = 3) -> dict:
                               for b, v in entry["budgets"].items()))
     result = {"part": "uncertainty", "model": study.model, "seed": seed, "svi_seeds": svi_seeds, "ci_prob": CI_PROB,
               "levels": list(LEVELS), "layers": layers}
-    plot(result, study.out / "uncertainty_mass.png")
+    # The report's own figure: the first budget's keep counts are the dots on the curves.
+    first = next(iter(study.budgets.values()))
+    study.out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(study.out / "uncertainty_mass.png") as file:
+        file.write(mass_curves_png(summaries, {n: k for n, k in first.items() if n in summaries}))
     return result
-
-
-def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, entry in result["layers"].items():
-        values = np.asarray(entry["sorted_mean_times_width"]) / entry["width"]
-        axis.plot(np.arange(1, len(values) + 1) / len(values), np.cumsum(values), label=f"{name} ({entry['width']} ch.)")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="uniform posterior")
-    axis.set_xlabel("fraction of the layer's channels, by decreasing posterior mean")
-    axis.set_ylabel("fraction of the switch mass")
-    axis.set_title(f"{result['model']}: posterior mass curves")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def markdown(result: dict) -> str:
