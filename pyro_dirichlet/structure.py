@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
+from pyro_dirichlet.switch_input import SwitchInput, find_switch_input
+
 __all__ = [
     "Consumer",
     "PrunableLayer",
@@ -135,6 +137,10 @@ class PrunableLayer:
             sits after the BatchNorm, before the non-linearity); ``(switch_at,)`` by default.
         coupled_through: for a group, descriptions of the operations that couple its members
             (e.g. ``"'add' (operator.add in module 'layer1.0')"``); empty for a single layer.
+        switch_input: for a single layer, the later module whose input the switch may
+            multiply instead of the ``switch_at`` output, because only operations that
+            commute with a non-negative channel scale lie between (ReLU, pooling, flatten;
+            see :mod:`pyro_dirichlet.switch_input`); ``None`` where none does.
 
     Example:
         >>> layers = find_prunable_layers(model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
@@ -150,6 +156,7 @@ class PrunableLayer:
     members: tuple[str, ...] = ()
     switch_points: tuple[str, ...] = ()
     coupled_through: tuple[str, ...] = ()
+    switch_input: SwitchInput | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -616,7 +623,12 @@ class _TracedModel:
             return _NotPrunable(self._REACHES_OUTPUT)
         if walk.problem is not None:
             raise walk.problem
-        return PrunableLayer(walk.name, walk.kind, walk.channels, walk.switch_at, tuple(walk.consumers))
+        (node,) = self.calls[walk.switch_at]
+        channel_dim = 1 if walk.kind == "conv" else -1
+        return PrunableLayer(
+            walk.name, walk.kind, walk.channels, walk.switch_at, tuple(walk.consumers),
+            switch_input=find_switch_input(node, channel_dim, self.modules),
+        )
 
     def _group(self, members: list[str], merges: list[str]) -> PrunableLayer:
         walks = []

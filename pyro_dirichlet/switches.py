@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -12,6 +13,7 @@ from torch import nn
 
 from pyro_dirichlet.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
+from pyro_dirichlet.switch_input import SwitchInput
 
 __all__ = ["DirichletSwitches", "switch_site", "freeze"]
 
@@ -47,7 +49,8 @@ class DirichletSwitches:
     Because the symmetric prior mean is ``1/C`` per channel, **the network is unchanged at
     the prior mean**: ``s_l * C`` is then all ones. Where a convolution is followed directly
     by BatchNorm, the switch multiplies the BatchNorm's output (before the non-linearity), so
-    it scales exactly what the next layer sees.
+    it scales exactly what the next layer sees. (By default the multiply itself runs where it
+    is cheapest with the same result; see ``placement``.)
 
     The network's own weights are frozen (see :func:`freeze`): only the switch posteriors
     are learned. The observations are class labels, ``Categorical(logits=network(x))``, in
@@ -64,6 +67,12 @@ class DirichletSwitches:
         coupled: ``"skip"`` (default) leaves channels coupled through residual adds
             unswitched; ``"group"`` gives each coupling group one shared switch site, named
             after its first member (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
+        placement: ``"input"`` (default) applies a switch to the input of the module that
+            reads the layer's channels where only ReLU, pooling, dropout or flattening lie
+            between (``PrunableLayer.switch_input``): these commute with a non-negative
+            channel scale, so the logits are the same, and the multiply touches fewer
+            elements and the backward pass stops earlier. ``"output"`` always multiplies
+            the ``switch_at`` output, as described above.
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -80,9 +89,13 @@ class DirichletSwitches:
         layers: Sequence[str] | None = None,
         prior: PriorSpec = DEFAULT_CONCENTRATION,
         coupled: str = "skip",
+        placement: Literal["input", "output"] = "input",
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
+        if placement not in ("input", "output"):
+            raise ValueError(f"placement must be 'input' or 'output', got {placement!r}.")
+        self.placement = placement
         self.network = freeze(network)
         self.layers: list[PrunableLayer] = find_prunable_layers(network, example_inputs, layers, coupled=coupled)
         self.priors = resolve_prior(prior, self.layers)
@@ -100,7 +113,10 @@ class DirichletSwitches:
         A coupling group's switch multiplies the output of every switch point of the group
         (each member's, so the residual stream they write is scaled channel by channel).
         Hooks are attached only for the duration of the block, so the network itself stays
-        a plain module (and a deep copy of it never inherits a switch).
+        a plain module (and a deep copy of it never inherits a switch). With
+        ``placement="input"`` a single layer's multiply runs at ``layer.switch_input``'s input
+        where there is one: the network's output is the same, its intermediate tensors
+        between the layer and that module are not scaled.
 
         A value may also be a ``(particles, channels)`` matrix, one switch vector per
         particle; the network's input batch must then be ``particles`` copies of the
@@ -110,10 +126,18 @@ class DirichletSwitches:
         handles = []
         try:
             for layer in self.layers:
-                if layer.name in values:
-                    hook = _scale_hook(values[layer.name] * layer.channels, layer)
-                    for point in layer.switch_points:
-                        handles.append(self._modules[point].register_forward_hook(hook))
+                if layer.name not in values:
+                    continue
+                scale = values[layer.name] * layer.channels
+                if self.placement == "input" and layer.switch_input is not None:
+                    # First among the pre-hooks, so any other hook sees what the module reads.
+                    module = self._modules[layer.switch_input.module]
+                    hook = _scale_input(scale, layer.switch_input)
+                    handles.append(module.register_forward_pre_hook(hook, prepend=True))
+                    continue
+                hook = _scale_output(scale, layer)
+                for point in layer.switch_points:
+                    handles.append(self._modules[point].register_forward_hook(hook))
             yield self.network
         finally:
             for handle in handles:
@@ -181,14 +205,30 @@ def _particle_shape(values: Mapping[str, torch.Tensor]) -> torch.Size:
     return shape
 
 
-def _scale_hook(scale: torch.Tensor, layer: PrunableLayer):
+def _scale_output(scale: torch.Tensor, layer: PrunableLayer):
+    """A forward hook multiplying the module's output channel-wise by ``scale``."""
+
     def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         # conv channels are dim 1, linear features the last dim (also for 3-D inputs).
         shape = layer.broadcast_shape(output.dim())
-        if scale.dim() == 1:
-            return output * scale.reshape(shape)
-        # One row per particle: the batch holds each particle's copy of the examples in turn.
-        particles = scale.shape[0]
-        return (output.unflatten(0, (particles, -1)) * scale.reshape(particles, *shape)).flatten(0, 1)
+        return _multiply(output, scale.reshape(*scale.shape[:-1], *shape))
 
     return hook
+
+
+def _scale_input(scale: torch.Tensor, point: SwitchInput):
+    """A forward pre-hook multiplying the module's input channel-wise by ``scale``."""
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        first, *rest = args
+        return (_multiply(first, point.scale(scale, first.dim())), *rest)
+
+    return hook
+
+
+def _multiply(tensor: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``tensor * scale``, where a ``scale`` with a leading particle dimension multiplies each
+    particle's copy of the examples (the batch holds the copies one after another)."""
+    if scale.dim() == tensor.dim():
+        return tensor * scale
+    return (tensor.unflatten(0, (scale.shape[0], -1)) * scale).flatten(0, 1)

@@ -1,0 +1,175 @@
+"""Where a layer's switch can multiply a later module's input instead of the layer's output.
+
+A switch multiplies a layer's output channel ``c`` by ``s_c * C >= 0``. Operations that are
+positively homogeneous channel by channel (``f(a * x) = a * f(x)`` for ``a >= 0``) commute
+with that multiply: ReLU, LeakyReLU, max and average pooling (also adaptive), Dropout,
+Identity, flattening to ``(N, -1)``. So the multiply may move past them to the input of the
+first module that reads the result, giving the same logits, values and gradients (up to
+rounding) for less work: the multiply touches the pooled tensor (a quarter of the elements
+after a 2x2 pool), and the backward pass from the switch stops at that input instead of
+running back through the ReLU and the pooling. On LeNet-5 this is most of what an SVI step
+spends beyond the frozen network's own forward and input gradients.
+
+Only a chain of single-user nodes moves: if anything else reads a tensor on the way (a
+second branch, a residual add, the network's output), the switch stays at the layer's output.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["SwitchInput", "find_switch_input"]
+
+
+@dataclass(frozen=True)
+class SwitchInput:
+    """A module whose input a switch multiplies, in place of the switched layer's output.
+
+    Attributes:
+        module: qualified name of the module that reads the channels.
+        channel_dim: the dimension of that module's input indexing the layer's channels
+            (1 for an ``(N, C, H, W)`` input or a flattened ``(N, features)`` one; the last
+            for a linear layer's ``(N, T, features)`` output).
+        features_per_channel: consecutive features each channel became by flattening
+            (``H * W`` after flattening a conv output; 1 otherwise): the switch value of
+            channel ``c`` multiplies features ``c * k`` to ``(c + 1) * k - 1``.
+        passes: the operations the multiply moved past, in forward order (for reports).
+    """
+
+    module: str
+    channel_dim: int
+    features_per_channel: int
+    passes: tuple[str, ...]
+
+    def scale(self, values: torch.Tensor, ndim: int) -> torch.Tensor:
+        """``values`` (``(channels,)``, or ``(particles, channels)``) shaped to multiply an
+        ``ndim``-D input of :attr:`module`, after the particle dimension if any."""
+        if self.features_per_channel > 1:
+            values = values.repeat_interleave(self.features_per_channel, dim=-1)
+        shape = [1] * ndim
+        shape[self.channel_dim] = values.shape[-1]
+        return values.reshape(*values.shape[:-1], *shape)
+
+
+def find_switch_input(node: fx.Node, channel_dim: int, modules: dict[str, nn.Module]) -> SwitchInput | None:
+    """The module input a switch at ``node``'s output can move to, or ``None`` to stay.
+
+    Args:
+        node: the traced node whose output the switch multiplies (a conv or linear layer, or
+            the BatchNorm right after it); nodes carry their output shape in
+            ``node.meta["shape"]``.
+        channel_dim: the dimension of ``node``'s output that indexes channels (1 or -1).
+        modules: the traced module's ``named_modules()``.
+
+    Returns:
+        ``None`` when no commuting operation follows ``node`` or the chain does not end at a
+        module called once with the tensor as its only tensor argument.
+    """
+    shape = node.meta.get("shape")
+    if shape is None or len(shape) < 2:
+        return None
+    channel_dim %= len(shape)
+    features = 1
+    passes: list[str] = []
+    calls = _call_counts(node.graph)
+    while True:
+        user = _sole_reader(node)
+        if user is None:
+            return None
+        if user.op == "call_module" and not _commutes(user, modules):
+            if not passes or calls[user.target] != 1:
+                return None
+            return SwitchInput(str(user.target), channel_dim, features, tuple(passes))
+        # (find_prunable_layers has checked that pooling sees the channels in dimension 1.)
+        if not _commutes(user, modules):
+            return None
+        before, after = node.meta.get("shape"), user.meta.get("shape")
+        if before is None or after is None:
+            return None
+        if len(after) != len(before) or after[channel_dim] != before[channel_dim]:
+            # Only flattening (N, C, *rest) -> (N, C * prod(rest)) keeps each channel whole.
+            if not (channel_dim == 1 and len(after) == 2 and after[1] == math.prod(before[1:])):
+                return None
+            features *= math.prod(before[2:])
+        passes.append(_name(user))
+        node = user
+
+
+def _sole_reader(node: fx.Node) -> fx.Node | None:
+    """The one node reading ``node``'s values, taking it as its first and only tensor
+    argument (``x.size(0)`` and other shape queries read no values)."""
+    readers = [user for user in node.users if not _is_shape_query(user)]
+    if len(readers) != 1:
+        return None
+    (user,) = readers
+    # A module's forward pre-hook sees positional arguments only, so the tensor must be one.
+    if not user.args or user.args[0] is not node:
+        return None
+    if any(other is not node and "shape" in other.meta for other in user.all_input_nodes):
+        return None
+    if sum(arg is node for arg in (*user.args, *user.kwargs.values())) != 1:
+        return None
+    return user
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "ndimension", "numel")
+    return node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")
+
+
+def _commutes(user: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``user`` is positively homogeneous channel by channel (see the module docstring)."""
+    # (find_prunable_layers has rejected pooling that returns indices.)
+    if user.op == "call_module":
+        return type(modules[user.target]) in _MODULES
+    if user.op == "call_function":
+        if user.target in _FLATTENING:
+            return True
+        if user.target in (operator.mul, torch.mul, operator.truediv, torch.div):
+            # x * 0.5 or x / 2 (a number); the tensor is the first argument (checked by the caller).
+            return len(user.args) == 2 and isinstance(user.args[1], (int, float))
+        return user.target in _FUNCTIONS
+    if user.op == "call_method":
+        return user.target in _METHODS
+    return False
+
+
+def _call_counts(graph: fx.Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def _name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+# ReLU6, Hardtanh, GELU, SiLU, sigmoid... clip or bend at a fixed value, so they do not
+# commute with a scale; nor does BatchNorm (it shifts).
+_POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+)
+_MODULES = (
+    nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten,
+    *_POOL_MODULES,
+)
+_POOLS = {
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+}
+_FLATTENING = {torch.flatten, torch.reshape}
+_FUNCTIONS = {
+    F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu,
+    F.dropout, F.dropout1d, F.dropout2d, *_POOLS,
+}
+_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "contiguous", "clone"}
