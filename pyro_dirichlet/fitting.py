@@ -23,6 +23,7 @@ from pyro_dirichlet.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.data import Split, minibatches
 from pyro_dirichlet.distributed import DataParallel
 from pyro_dirichlet.measure import Stopwatch
+from pyro_dirichlet.pooling import NoGradMaxPool
 from pyro_dirichlet.guide import DEFAULT_INIT_CONCENTRATION, DirichletGuide, concentration_param
 from pyro_dirichlet.structure import PrunableLayer
 from pyro_dirichlet.switches import DirichletSwitches
@@ -83,6 +84,10 @@ class FitConfig:
         channels_last: give the network and the images the channels-last memory layout
             for the fit (often faster convolutions on GPUs and recent CPUs); the network
             gets its usual layout back afterwards.
+        fast_pooling: on the CPU, run the non-overlapping max-pooling of tensors that need
+            no gradient (the frozen layers in front of the first switch) as an element-wise
+            maximum of strided slices, which gives the same values several times faster
+            than PyTorch's channels-first kernel (see :mod:`pyro_dirichlet.pooling`).
     """
 
     epochs: int = 1
@@ -99,6 +104,7 @@ class FitConfig:
     checkpoint_every: int | None = None
     autocast: str | None = None
     channels_last: bool = False
+    fast_pooling: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_particles"):
@@ -123,7 +129,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.checkpoint_every must be None or a positive integer, got {self.checkpoint_every!r}.")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"FitConfig.autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast!r}.")
-        for name in ("vectorize_particles", "channels_last"):
+        for name in ("vectorize_particles", "channels_last", "fast_pooling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FitConfig.{name} must be True or False, got {getattr(self, name)!r}.")
 
@@ -337,7 +343,8 @@ def fit(
 
 
 def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.device | str) -> Callable[..., torch.Tensor]:
-    """The Pyro model :func:`fit` runs: ``switches.model``, under ``config.autocast`` if set.
+    """The Pyro model :func:`fit` runs: ``switches.model``, under ``config.autocast`` and
+    ``config.fast_pooling`` where they apply.
 
     Only the network's forward changes precision under autocast; the model casts the logits
     back to float32 before the likelihood, so the ELBO is summed in float32.
@@ -345,13 +352,20 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
     Example:
         >>> loss = Trace_ELBO().loss(fit_model(switches, FitConfig(autocast="bf16"), "cpu"), guide, images, labels)  # doctest: +SKIP
     """
-    if config.autocast is None:
-        return switches.model
-    dtype = AUTOCAST_DTYPES[config.autocast]
     device_type = torch.device(device).type
+    contexts: list[Callable[[], contextlib.AbstractContextManager]] = []
+    if config.autocast is not None:
+        dtype = AUTOCAST_DTYPES[config.autocast]
+        contexts.append(lambda: torch.autocast(device_type=device_type, dtype=dtype))
+    if config.fast_pooling and device_type == "cpu":
+        contexts.append(NoGradMaxPool)
+    if not contexts:
+        return switches.model
 
     def model(*args, **kwargs) -> torch.Tensor:
-        with torch.autocast(device_type=device_type, dtype=dtype):
+        with contextlib.ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context())
             return switches.model(*args, **kwargs)
 
     return model
