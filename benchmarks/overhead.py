@@ -2,11 +2,12 @@
 
 The plain-torch step (:class:`TorchSVI`) does what ``fit`` does, without Pyro: a
 reparameterised Dirichlet sample of every switch from ``exp(log concentration)``, the same
-switch multiply (:meth:`DirichletSwitches.switched`, the same forward hooks), the
+switch multiply (:meth:`DirichletSwitches.switched`, the same hooks) under the same
+:func:`~pyro_dirichlet.fitting.network_context` (fast pooling on the CPU), the
 categorical log-likelihood scaled to the data size, the closed-form Dirichlet KL to the
 prior, and one Adam step per layer's log-concentrations (as ``pyro.optim.Adam`` keeps one
 ``torch.optim.Adam`` per parameter). Whatever ``fit``'s steps cost beyond it -- tracing,
-the param store, the ELBO's bookkeeping, the divergence snapshot, the progress bar -- is
+the param store, the ELBO's bookkeeping, the progress bar -- is
 Pyro's (and ``fit``'s) overhead.
 """
 
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 
 from benchmarks.workloads import Workload
 from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.fitting import FitConfig, fit
+from pyro_dirichlet.fitting import FitConfig, fit, network_context
 from pyro_dirichlet.guide import DEFAULT_INIT_CONCENTRATION
 from pyro_dirichlet.measure import Stopwatch
 from pyro_dirichlet.switches import DirichletSwitches
@@ -61,7 +62,7 @@ class TorchSVI:
         """One step on a minibatch; returns the loss (the negative ELBO estimate)."""
         concentration = {name: value.exp() for name, value in self.log_concentration.items()}
         switch = {name: Dirichlet(value, validate_args=False).rsample() for name, value in concentration.items()}
-        with self.switches.switched(switch) as network:
+        with self.switches.switched(switch) as network, network_context(FitConfig(), images.device):
             logits = network(images)
         log_likelihood = -F.cross_entropy(logits.float(), labels, reduction="sum") * (self.size / len(labels))
         kl = sum(

@@ -7,7 +7,7 @@ import itertools
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,9 @@ from pyro_dirichlet.switches import DirichletSwitches
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["AUTOCAST_DTYPES", "FitConfig", "FitResult", "FitDivergedError", "fit", "fit_model", "resolve_device"]
+__all__ = [
+    "AUTOCAST_DTYPES", "FitConfig", "FitResult", "FitDivergedError", "fit", "fit_model", "network_context", "resolve_device",
+]
 
 #: ``FitConfig.autocast`` names and the dtype the frozen network's forward runs in.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
@@ -352,23 +354,27 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
     Example:
         >>> loss = Trace_ELBO().loss(fit_model(switches, FitConfig(autocast="bf16"), "cpu"), guide, images, labels)  # doctest: +SKIP
     """
-    device_type = torch.device(device).type
-    contexts: list[Callable[[], contextlib.AbstractContextManager]] = []
-    if config.autocast is not None:
-        dtype = AUTOCAST_DTYPES[config.autocast]
-        contexts.append(lambda: torch.autocast(device_type=device_type, dtype=dtype))
-    if config.fast_pooling and device_type == "cpu":
-        contexts.append(NoGradMaxPool)
-    if not contexts:
+    if config.autocast is None and not (config.fast_pooling and torch.device(device).type == "cpu"):
         return switches.model
 
     def model(*args, **kwargs) -> torch.Tensor:
-        with contextlib.ExitStack() as stack:
-            for context in contexts:
-                stack.enter_context(context())
+        with network_context(config, device):
             return switches.model(*args, **kwargs)
 
     return model
+
+
+@contextlib.contextmanager
+def network_context(config: FitConfig, device: torch.device | str) -> Iterator[None]:
+    """What :func:`fit` runs the frozen network's forward under: ``config.autocast``, and on
+    the CPU ``config.fast_pooling`` (:class:`~pyro_dirichlet.pooling.NoGradMaxPool`)."""
+    device_type = torch.device(device).type
+    with contextlib.ExitStack() as stack:
+        if config.autocast is not None:
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=AUTOCAST_DTYPES[config.autocast]))
+        if config.fast_pooling and device_type == "cpu":
+            stack.enter_context(NoGradMaxPool())
+        yield
 
 
 def _elbo(config: FitConfig) -> ELBO:
