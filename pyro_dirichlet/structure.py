@@ -627,7 +627,7 @@ class _TracedModel:
         channel_dim = 1 if walk.kind == "conv" else -1
         return PrunableLayer(
             walk.name, walk.kind, walk.channels, walk.switch_at, tuple(walk.consumers),
-            switch_input=find_switch_input(node, channel_dim, self.modules),
+            switch_input=find_switch_input(node, channel_dim, self.modules, self.calls),
         )
 
     def _group(self, members: list[str], merges: list[str]) -> PrunableLayer:

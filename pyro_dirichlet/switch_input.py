@@ -57,7 +57,9 @@ class SwitchInput:
         return values.reshape(*values.shape[:-1], *shape)
 
 
-def find_switch_input(node: fx.Node, channel_dim: int, modules: dict[str, nn.Module]) -> SwitchInput | None:
+def find_switch_input(
+    node: fx.Node, channel_dim: int, modules: dict[str, nn.Module], calls: dict[str, list[fx.Node]]
+) -> SwitchInput | None:
     """The module input a switch at ``node``'s output can move to, or ``None`` to stay.
 
     Args:
@@ -66,6 +68,7 @@ def find_switch_input(node: fx.Node, channel_dim: int, modules: dict[str, nn.Mod
             ``node.meta["shape"]``.
         channel_dim: the dimension of ``node``'s output that indexes channels (1 or -1).
         modules: the traced module's ``named_modules()``.
+        calls: each module's ``call_module`` nodes in the graph.
 
     Returns:
         ``None`` when no commuting operation follows ``node`` or the chain does not end at a
@@ -77,13 +80,14 @@ def find_switch_input(node: fx.Node, channel_dim: int, modules: dict[str, nn.Mod
     channel_dim %= len(shape)
     features = 1
     passes: list[str] = []
-    calls = _call_counts(node.graph)
     while True:
         user = _sole_reader(node)
         if user is None:
             return None
         if user.op == "call_module" and not _commutes(user, modules):
-            if not passes or calls[user.target] != 1:
+            # A pre-hook scales every call of a module: a shared one (an activation module
+            # used by several layers) must not take the switch.
+            if not passes or len(calls[user.target]) != 1:
                 return None
             return SwitchInput(str(user.target), channel_dim, features, tuple(passes))
         # (find_prunable_layers has checked that pooling sees the channels in dimension 1.)
@@ -139,14 +143,6 @@ def _commutes(user: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if user.op == "call_method":
         return user.target in _METHODS
     return False
-
-
-def _call_counts(graph: fx.Graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
 
 
 def _name(node: fx.Node) -> str:

@@ -51,6 +51,48 @@ class _Branches(nn.Module):
         return self.fc(F.relu6(x).mean((2, 3)))
 
 
+class _SharedActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3)
+        self.second = nn.Conv2d(4, 4, 3)
+        self.act = nn.GELU()  # one module, called after both convolutions
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.act(F.relu(self.first(x)))
+        x = self.act(self.second(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_shared_module_never_takes_a_switch_on_its_input():
+    torch.manual_seed(0)
+    network = _SharedActivation().eval()
+    images = torch.randn(2, 3, 10, 10)
+    [first] = find_prunable_layers(network, images, ["first"])
+    assert first.switch_input is None  # a pre-hook on `act` would scale its second call too
+    moved, _ = _logits_and_grads(network, images, images, "input", "skip", None)
+    kept, _ = _logits_and_grads(network, images, images, "output", "skip", None)
+    assert torch.allclose(moved, kept)
+
+
+class _Unshared(_SharedActivation):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act2 = nn.GELU()
+
+    def forward(self, x):
+        x = self.act(F.relu(self.first(x)))
+        x = self.act2(self.second(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_module_called_once_takes_the_switch_even_if_it_does_not_commute_itself():
+    # scaling GELU's input is scaling the ReLU's output, which is what the switch does
+    [first] = find_prunable_layers(_Unshared(), torch.zeros(2, 3, 10, 10), ["first"])
+    assert first.switch_input == SwitchInput("act", 1, 1, ("relu",))
+
+
 def test_switch_stays_at_the_output_when_something_does_not_commute():
     layers = find_prunable_layers(_Branches(), torch.zeros(2, 3, 12, 12), ["direct", "bent", "forked", "clipped"])
     assert all(layer.switch_input is None for layer in layers)
