@@ -354,9 +354,6 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
     Example:
         >>> loss = Trace_ELBO().loss(fit_model(switches, FitConfig(autocast="bf16"), "cpu"), guide, images, labels)  # doctest: +SKIP
     """
-    if config.autocast is None and not (config.fast_pooling and torch.device(device).type == "cpu"):
-        return switches.model
-
     def model(*args, **kwargs) -> torch.Tensor:
         with network_context(config, device):
             return switches.model(*args, **kwargs)

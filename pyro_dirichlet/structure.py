@@ -33,14 +33,15 @@ import copy
 import math
 import operator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from pyro_dirichlet.switch_input import SwitchInput, find_switch_input
+if TYPE_CHECKING:
+    from pyro_dirichlet.switch_input import SwitchInput
 
 __all__ = [
     "Consumer",
@@ -623,6 +624,9 @@ class _TracedModel:
             return _NotPrunable(self._REACHES_OUTPUT)
         if walk.problem is not None:
             raise walk.problem
+        # Imported here: switch_input walks this module's graphs with its helpers.
+        from pyro_dirichlet.switch_input import find_switch_input
+
         (node,) = self.calls[walk.switch_at]
         channel_dim = 1 if walk.kind == "conv" else -1
         return PrunableLayer(

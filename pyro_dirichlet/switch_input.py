@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pyro_dirichlet.structure import _is_first_argument, _is_shape_query
+
 __all__ = ["SwitchInput", "find_switch_input"]
 
 
@@ -84,15 +86,13 @@ def find_switch_input(
         user = _sole_reader(node)
         if user is None:
             return None
-        if user.op == "call_module" and not _commutes(user, modules):
+        if not _commutes(user, modules):
             # A pre-hook scales every call of a module: a shared one (an activation module
             # used by several layers) must not take the switch.
-            if not passes or len(calls[user.target]) != 1:
+            if user.op != "call_module" or not passes or len(calls[user.target]) != 1:
                 return None
             return SwitchInput(str(user.target), channel_dim, features, tuple(passes))
         # (find_prunable_layers has checked that pooling sees the channels in dimension 1.)
-        if not _commutes(user, modules):
-            return None
         before, after = node.meta.get("shape"), user.meta.get("shape")
         if before is None or after is None:
             return None
@@ -113,19 +113,11 @@ def _sole_reader(node: fx.Node) -> fx.Node | None:
         return None
     (user,) = readers
     # A module's forward pre-hook sees positional arguments only, so the tensor must be one.
-    if not user.args or user.args[0] is not node:
+    if not user.args or not _is_first_argument(user, node):
         return None
     if any(other is not node and "shape" in other.meta for other in user.all_input_nodes):
         return None
-    if sum(arg is node for arg in (*user.args, *user.kwargs.values())) != 1:
-        return None
     return user
-
-
-def _is_shape_query(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in ("size", "dim", "ndimension", "numel")
-    return node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")
 
 
 def _commutes(user: fx.Node, modules: dict[str, nn.Module]) -> bool:
