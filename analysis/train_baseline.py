@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from models.baseline import load_or_train_baseline
 from models.registry import MODELS, get_model_entry
 from pyro_dirichlet.atomic import atomic_write_json
@@ -45,12 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the metadata here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=_positive, help="torch CPU threads")
+    parser.add_argument("--channels-last", action="store_true", help="train in channels-last memory format")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     entry = get_model_entry(args.model)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dataset = args.dataset or entry.dataset
     started = time.perf_counter()
     data = load_dataset(dataset, args.data_dir)
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         train_config=config,
+        channels_last=args.channels_last,
     )
     report = {
         **baseline.metadata,

@@ -187,6 +187,7 @@ def load_or_train_baseline(
     seed: int = 0,
     progress: bool = True,
     train_config: TrainConfig | None = None,
+    channels_last: bool = False,
 ) -> Baseline:
     """The trained baseline of model ``name``: from the cache if present, else trained now.
 
@@ -203,6 +204,8 @@ def load_or_train_baseline(
         progress: show progress bars while training.
         train_config: a recipe to use instead of the registry's (tests use a tiny one);
             it is part of the cache key.
+        channels_last: train in the channels-last memory format (about 15% faster on a
+            CPU for convolutional networks; same recipe, so the same cache entry).
 
     Returns:
         A :class:`Baseline` whose model is in eval mode on ``device``.
@@ -238,7 +241,14 @@ def load_or_train_baseline(
     # Seeding before building makes the initial weights, not only the training, reproducible.
     torch.manual_seed(seed)
     model = entry.build()
-    result = train_classifier(model, data, config, device=device, progress=progress)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # A long CPU training (CIFAR ResNets) is killed and rerun: it continues from here.
+    resume_from = path.with_name(f"{path.stem}.resume.pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = train_classifier(
+        model, data, config, device=device, progress=progress, resume_from=resume_from
+    )
     model.eval()
     metadata = {
         "cache_key": key,

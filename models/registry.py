@@ -59,6 +59,21 @@ _CIFAR_SGD = TrainConfig(
     epochs=160, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine"
 )
 
+# A fast schedule for CPU training of the small CIFAR ResNets (one-cycle SGD with Nesterov
+# momentum and label smoothing, as in the fast CIFAR-10 training literature): ResNet-20 on
+# 45k images in 30 epochs, about 2.5 minutes an epoch on one CPU thread.
+CIFAR_FAST_SGD = TrainConfig(
+    epochs=30,
+    batch_size=128,
+    lr=0.2,
+    optimizer="sgd",
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    label_smoothing=0.1,
+)
+
 MODELS: dict[str, ModelEntry] = {
     "lenet5": ModelEntry(
         name="lenet5",
@@ -111,7 +126,7 @@ MODELS: dict[str, ModelEntry] = {
         name="resnet20",
         build=ResNet20,
         dataset="cifar10",
-        train=replace(_CIFAR_SGD, epochs=160),
+        train=CIFAR_FAST_SGD,
         default_keep=resnet_inner_keep(blocks=3, divisor=2),
     ),
     "wrn_28_10": ModelEntry(

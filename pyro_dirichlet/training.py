@@ -6,7 +6,11 @@ validation accuracy is the one the model holds when training returns.
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import warnings
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -15,13 +19,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from pyro_dirichlet.atomic import atomic_write
 from pyro_dirichlet.data import DataSplits, minibatches
 from pyro_dirichlet.measure import Stopwatch, accuracy
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier"]
 
 _OPTIMIZERS = ("adam", "sgd")
-_SCHEDULES = ("constant", "cosine")
+_SCHEDULES = ("constant", "cosine", "onecycle")
 
 
 def _is_int(value: object) -> bool:
@@ -43,8 +48,11 @@ class TrainConfig:
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
         momentum: SGD momentum, in ``[0, 1)``; ignored by Adam.
         weight_decay: L2 penalty passed to the optimizer, at least 0.
-        schedule: ``"constant"``, or ``"cosine"`` (decays to 0 over all steps, stepped
-            per minibatch).
+        schedule: ``"constant"``, ``"cosine"`` (decays to 0 over all steps), or
+            ``"onecycle"`` (linear warm-up to ``lr`` over the first quarter of the steps,
+            then cosine decay; SGD momentum cycles inversely), all stepped per minibatch.
+        nesterov: Nesterov momentum for SGD.
+        label_smoothing: cross-entropy label smoothing, in ``[0, 1)``.
         seed: seeds the shuffling and torch's global generator.
 
     Example:
@@ -58,7 +66,9 @@ class TrainConfig:
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine"] = "cosine"
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    nesterov: bool = False
+    label_smoothing: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,12 +86,30 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}")
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov=True needs optimizer='sgd' with a positive momentum")
+        if not _is_real(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as a JSON-ready dict."""
-        return asdict(self)
+        """The configuration as a JSON-ready dict.
+
+        Options at their defaults that older versions did not have are left out, so the
+        baseline cache keys of recipes written before them stay valid.
+        """
+        values = asdict(self)
+        for name, default in _LATER_OPTIONS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+
+# Options added after baselines were first cached, with their defaults.
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0}
 
 
 @dataclass
@@ -128,8 +156,50 @@ def _make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torc
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        parameters,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
     )
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=0.25,
+            cycle_momentum=config.optimizer == "sgd" and config.momentum > 0,
+        )
+    return None
+
+
+def _save_resume_state(path: Path, state: dict[str, Any]) -> None:
+    # torch.save into memory first, then one atomic write: a kill never leaves half a file.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def _load_resume_state(path: Path, config: TrainConfig) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: start over, say so
+        warnings.warn(f"training checkpoint {path} could not be read ({error}); starting over", RuntimeWarning, stacklevel=3)
+        return None
+    if not isinstance(state, dict) or state.get("config") != config.to_dict():
+        warnings.warn(f"training checkpoint {path} was written for another recipe; starting over", RuntimeWarning, stacklevel=3)
+        return None
+    return state
 
 
 def train_classifier(
@@ -140,6 +210,7 @@ def train_classifier(
     device: torch.device | str = "cpu",
     progress: bool = True,
     keep_initial: bool = False,
+    resume_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy; keep the best validation epoch.
 
@@ -159,6 +230,11 @@ def train_classifier(
         keep_initial: let the starting weights compete with the trained epochs on
             validation accuracy (for fine-tuning, which must never make a network worse
             than it was handed over).
+        resume_from: a file where the whole training state (weights, optimiser, schedule,
+            random generators, best epoch so far) is written atomically after every
+            epoch; when it exists and was written for the same ``config``, training
+            continues from it, so a killed run resumes where it stopped and ends with the
+            same weights. It is deleted when training returns.
 
     Returns:
         The per-epoch losses, validation accuracies and timings.
@@ -193,18 +269,28 @@ def train_classifier(
 
     optimizer = _make_optimizer(trainable, config)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
-        if config.schedule == "cosine"
-        else None
-    )
+    scheduler = _make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
 
     best_accuracy = -math.inf
     best_state: dict[str, torch.Tensor] = {}
-    if keep_initial:
+    first_epoch = 0
+    resume_path = None if resume_from is None else Path(resume_from)
+    resumed = None if resume_path is None else _load_resume_state(resume_path, config)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resumed["scheduler"])
+        shuffle_generator.set_state(resumed["shuffle_generator"])
+        augment_generator.set_state(resumed["augment_generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        best_accuracy, best_state = resumed["best_accuracy"], resumed["best_state"]
+        result = TrainResult(**resumed["result"])
+        first_epoch = len(result.train_loss)
+    elif keep_initial:
         best_accuracy = result.initial_validation_accuracy = accuracy(model, validation, device=device)
         best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -222,7 +308,7 @@ def train_classifier(
                 if data.augment is not None:
                     images = data.augment(images, augment_generator)
                 scores = model(images)
-                loss = F.cross_entropy(scores, labels)
+                loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -248,7 +334,25 @@ def train_classifier(
             best_accuracy = validation_accuracy
             result.best_epoch = epoch
             best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        if resume_path is not None:
+            _save_resume_state(
+                resume_path,
+                {
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "shuffle_generator": shuffle_generator.get_state(),
+                    "augment_generator": augment_generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "best_accuracy": best_accuracy,
+                    "best_state": best_state,
+                    "result": result.to_dict(),
+                },
+            )
 
     model.load_state_dict(best_state)
+    if resume_path is not None:
+        resume_path.unlink(missing_ok=True)
     model.train(was_training)
     return result
