@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.lenet import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.structure import (
     Consumer,
     PrunableLayer,
@@ -188,15 +190,30 @@ def test_concatenation_along_another_dimension_is_unsupported():
         find_prunable_layers(Stack(), torch.zeros(1, 1, 8, 8))
 
 
-def test_grouped_convolution_consumer_is_unsupported_and_grouped_layers_are_skipped():
+def test_a_layer_feeding_a_grouped_convolution_prunes_in_whole_groups():
     net = nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(16, 2)
+        nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 3, groups=3),
+        nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(16, 2),
     )
-    with pytest.raises(UnsupportedStructureError, match=r"module '2' \(Conv2d\).*groups=2"):
+    layers = {layer.name: layer for layer in find_prunable_layers(net, torch.zeros(1, 2, 6, 6))}
+    assert sorted(layers) == ["0", "6"]
+    assert layers["0"].block == 2 and layers["6"].block == 1
+    assert layers["0"].consumers == (
+        Consumer("1", "batchnorm"), Consumer("3", "grouped"), Consumer("4", "batchnorm", zero_preserved=False),
+        Consumer("6", "conv_in", zero_preserved=False),
+    )
+    # the grouped conv itself goes with the layer that feeds it
+    with pytest.raises(ValueError, match=r"'3' cannot be pruned: it is a grouped convolution .*its channels go with the layer that feeds it"):
+        find_prunable_layers(net, torch.zeros(1, 2, 6, 6), layers=["3"])
+
+
+def test_grouped_convolution_whose_groups_do_not_line_up_is_unsupported():
+    # 4 inputs in 2 groups of 2, but 8 outputs: a group's outputs are not its inputs
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(32, 2)
+    )
+    with pytest.raises(UnsupportedStructureError, match=r"module '2' \(Conv2d\): a grouped convolution \(groups=2\) whose groups \(2 inputs, 4 outputs\)"):
         find_prunable_layers(net, torch.zeros(1, 2, 6, 6))
-    # The grouped conv itself is not a candidate; the first conv can be skipped by naming.
-    with pytest.raises(ValueError, match=r"'2' cannot be pruned: it is a grouped convolution"):
-        find_prunable_layers(net, torch.zeros(1, 2, 6, 6), layers=["2"])
 
 
 def test_unknown_operation_is_unsupported():
@@ -322,3 +339,271 @@ def test_every_spelling_of_a_residual_add_couples(combine):
 
     [group] = find_prunable_layers(Spelled(), torch.zeros(1, 3, 8, 8), coupled="group")
     assert group.members == ("stem", "block.0")
+
+
+class TwoUnknowns(nn.Module):
+    """conv1 -> softmax over channels (unknown); conv2 -> a cumulative sum over channels;
+    conv3 is followed without trouble; a grouped conv4 is reported as unsupported."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv4 = nn.Conv2d(8, 16, 3, padding=1, groups=2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.softmax(self.conv1(x), dim=1)
+        x = self.conv2(x)
+        x = x.cumsum(1)
+        x = F.relu(self.conv3(x))
+        x = self.conv4(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_default_raise_lists_every_unsupported_layer_and_its_node():
+    net = TwoUnknowns()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(UnsupportedStructureError) as caught:
+        find_prunable_layers(net, torch.zeros(2, 3, 8, 8))
+    message = str(caught.value)
+    assert "the channels of 3 layers cannot be followed" in message
+    assert re.search(r"layer 'conv1' through 'softmax'.*effect on channels is not known", message)
+    assert re.search(r"layer 'conv2' through method '.cumsum\(\)'.*effect on channels is not known", message)
+    assert re.search(r"layer 'conv3' .*module 'conv4'.*groups=2", message)
+    assert [p.name for p in caught.value.problems] == ["conv1", "conv2", "conv3"]
+    assert all(p.unsupported for p in caught.value.problems)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_skip_returns_every_other_layer_and_reports_each_skipped_one():
+    net = nn.Sequential(
+        TwoUnknowns().conv1, nn.Softmax(dim=1), nn.Conv2d(8, 6, 3), nn.ReLU(),
+        nn.Conv2d(6, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 10),
+    )
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(UnsupportedStructureError, match=r"layer '0' through module '1' \(Softmax\)") as caught:
+        find_prunable_layers(net, x)
+    assert [p.name for p in caught.value.problems] == ["0"]
+    found = find_prunable_layers(net, x, on_unsupported="skip")
+    assert isinstance(found, list) and names(found) == ["2", "4"]
+    assert [(s.name, s.unsupported) for s in found.skipped] == [("0", True), ("6", False)]
+    assert "Softmax" in found.skipped[0].reason and "network's output" in found.skipped[1].reason
+    assert [s.name for s in found.unsupported] == ["0"]
+
+
+def test_skip_with_nothing_left_names_every_layer_and_reason():
+    with pytest.raises(ValueError, match="has no prunable layer") as caught:
+        find_prunable_layers(TwoUnknowns(), torch.zeros(2, 3, 8, 8), on_unsupported="skip")
+    message = str(caught.value)
+    for name, why in [
+        ("conv1", "softmax"), ("conv2", "cumsum"), ("conv3", "groups=2"),
+        ("conv4", "grouped convolution"), ("head", "network's output"),
+    ]:
+        assert re.search(rf"'{name}': [^;]*{why}", message), (name, message)
+
+
+def test_skip_applies_to_named_layers_too():
+    net = TwoUnknowns()
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(UnsupportedStructureError, match="'softmax'"):
+        find_prunable_layers(net, x, layers=["conv1"])
+    with pytest.raises(ValueError, match=r"none of the named layers can be pruned: 'conv1': .*softmax"):
+        find_prunable_layers(net, x, layers=["conv1"], on_unsupported="skip")
+
+
+def test_on_unsupported_is_checked():
+    with pytest.raises(ValueError, match=r"on_unsupported must be 'raise' or 'skip', got 'ignore'"):
+        find_prunable_layers(LeNet5Caffe(), MNIST, on_unsupported="ignore")
+
+
+class Between(nn.Module):
+    """conv -> BN -> ``op`` -> conv -> flatten -> linear: ``op`` sits between a layer and its consumer."""
+
+    def __init__(self, op, *, sigmoid_like: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.op = op
+        self.after = nn.Conv2d(6, 4, 1, padding=0)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.after(self.op(self.bn(self.conv(x)))), 1))
+
+
+class Call(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _stochastic_depth(x):
+    import torchvision
+
+    return torchvision.ops.stochastic_depth(x, 0.2, "row", training=False)
+
+
+# (operation, whether a dropped channel stays zero through it)
+EVAL_IDENTITIES_AND_ACTIVATIONS = [
+    (nn.Identity(), True), (nn.Dropout3d(0.1), True), (nn.FeatureAlphaDropout(0.1), True),
+    (nn.SELU(), True), (nn.CELU(), True), (nn.Softsign(), True), (nn.Tanhshrink(), True),
+    (nn.Softshrink(), True), (nn.Hardshrink(), True), (nn.RReLU(), True), (nn.PReLU(), True),
+    (nn.Hardswish(), True), (nn.SiLU(), True), (nn.GELU(approximate="tanh"), True),
+    (nn.LogSigmoid(), False),
+    (Call(F.hardswish), True), (Call(F.silu), True), (Call(F.gelu), True), (Call(F.selu), True),
+    (Call(F.logsigmoid), False), (Call(torch.abs), True), (Call(lambda x: -x), True),
+    (Call(lambda x: x.abs().neg()), True), (Call(lambda x: x.clamp(min=0)), True),
+    (Call(lambda x: torch.clamp(x, 0.5, 2.0)), False), (Call(lambda x: F.dropout3d(x, 0.1, False)), True),
+    (Call(_stochastic_depth), True),
+    # flatten, squeeze and unsqueeze forms that keep every channel whole
+    (Call(lambda x: x.unsqueeze(2).squeeze(2)), True),
+    (Call(lambda x: torch.unsqueeze(x, -1).flatten(3).view(x.size(0), 6, 8, 8)), True),
+]
+
+
+@pytest.mark.parametrize("op, keeps_zero", EVAL_IDENTITIES_AND_ACTIVATIONS, ids=lambda v: repr(v)[:40])
+def test_eval_identities_and_element_wise_activations_are_followed(op, keeps_zero):
+    (layer,) = [l for l in find_prunable_layers(Between(op), torch.zeros(2, 3, 8, 8)) if l.name == "conv"]
+    assert layer.switch_at == "bn"
+    assert layer.consumers == (Consumer("bn", "batchnorm"), Consumer("after", "conv_in", 1, keeps_zero))
+
+
+def test_op_table_has_one_row_per_operation_and_flags_that_agree():
+    from pyro_dirichlet.structure.rules import OPS
+
+    for key, op in OPS.items():
+        # only sums and concatenations never read a single tensor
+        assert (op.follow is None) == (op.combines in ("sum", "concat")), key
+        assert not op.commutes_with_scale or op.combines in (None, "product"), key
+        assert not op.scalar_operand or op.commutes_with_scale, key
+
+
+def test_per_channel_prelu_is_unsupported_and_says_why():
+    with pytest.raises(UnsupportedStructureError, match=r"module 'op' \(PReLU\): it has 6 per-channel slopes"):
+        find_prunable_layers(Between(nn.PReLU(6)), torch.zeros(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "reshape, features",
+    [
+        (lambda x: x.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1), 1),
+        (lambda x: x.mean((2, 3), keepdim=True).flatten(1), 1),
+        (lambda x: x.view(x.size(0), -1), 16),
+        (lambda x: x.reshape(x.shape[0], 1, -1), 16),
+        (lambda x: torch.flatten(x, 2).unsqueeze(1).flatten(2), 16),
+        (lambda x: x.flatten(2).mean(-1), 1),
+    ],
+)
+def test_reshapes_that_keep_channels_whole_are_followed(reshape, features):
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3)
+            self.fc = nn.Linear(5 * features, 7)
+            self.out = nn.Linear(7, 2)
+
+        def forward(self, x):
+            return self.out(self.fc(reshape(self.conv(x))).flatten(1))
+
+    (layer, *_) = find_prunable_layers(Head(), torch.zeros(2, 3, 6, 6))
+    assert layer.name == "conv" and layer.consumers == (Consumer("fc", "linear_in", features),)
+
+
+def test_a_reshape_that_splits_the_channels_is_unsupported():
+    with pytest.raises(UnsupportedStructureError, match=r"reshapes \(2, 6, 8, 8\) to \(2, 2, 3, 8, 8\), splitting"):
+        find_prunable_layers(Between(Call(lambda x: x.view(2, 2, 3, 8, 8).view(2, 6, 8, 8))), torch.zeros(2, 3, 8, 8))
+
+
+class SqueezeExcite(nn.Module):
+    """An inverted-residual body with torchvision's squeeze-and-excitation gate."""
+
+    def __init__(self) -> None:
+        import torchvision
+
+        super().__init__()
+        self.expand = nn.Conv2d(4, 12, 1)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.se = torchvision.ops.SqueezeExcitation(12, 4)
+        self.project = nn.Conv2d(12, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = F.silu(self.bn2(self.dw(F.silu(self.bn1(self.expand(x))))))
+        return self.head(self.project(self.se(x)).mean((2, 3)))
+
+
+def test_squeeze_excitation_gate_is_pruned_with_the_channels_it_gates():
+    layers = {layer.name: layer for layer in find_prunable_layers(SqueezeExcite(), torch.zeros(2, 4, 8, 8))}
+    assert sorted(layers) == ["expand", "project", "se.fc1"]
+    trunk = layers["expand"]
+    assert trunk.members == ("expand", "se.fc2") and trunk.switch_points == ("bn1", "se.fc2")
+    assert len(trunk.coupled_through) == 1 and "operator.mul" in trunk.coupled_through[0]
+    assert [(c.name, c.kind) for c in trunk.consumers] == [
+        ("bn1", "batchnorm"), ("dw", "depthwise"), ("bn2", "batchnorm"), ("se.fc1", "conv_in"),
+        ("project", "conv_in"),
+    ]
+    # the reduce layer of the gate is prunable on its own
+    assert [(c.name, c.kind) for c in layers["se.fc1"].consumers] == [("se.fc2", "conv_in")]
+
+
+def test_a_gate_shared_by_all_channels_passes_them_through():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+            self.out = nn.Conv2d(5, 2, 1)
+
+        def forward(self, x, mask):
+            return self.out(F.relu(self.conv(x)) * mask)
+
+    (layer,) = find_prunable_layers(Masked(), (torch.zeros(2, 3, 6, 6), torch.ones(2, 1, 6, 6)))
+    assert layer.consumers == (Consumer("out", "conv_in"),) and not layer.is_group
+
+
+def test_a_product_across_channel_counts_is_unsupported():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 1, 1)
+            self.b = nn.Conv2d(3, 5, 1)
+            self.out = nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            return self.out(self.a(x) * self.b(x))
+
+    with pytest.raises(UnsupportedStructureError, match=r"layer 'a'.*multiplies tensors of shapes \(2, 1, 6, 6\) and \(2, 5, 6, 6\) across channels"):
+        find_prunable_layers(Mixed(), torch.zeros(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize(
+    "to_last",
+    [lambda x: x.permute(0, 2, 3, 1), lambda x: torch.permute(x, (0, 2, 3, 1)), lambda x: x.transpose(1, 3).transpose(1, 2)],
+)
+def test_channels_last_permutes_are_followed_into_a_linear(to_last):
+    class ChannelsLast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 1)
+            self.fc = nn.Linear(5, 7)
+            self.out = nn.Linear(7, 2)
+
+        def forward(self, x):
+            return self.out(F.gelu(self.fc(to_last(self.conv(x)))).mean((1, 2)))
+
+    layers = find_prunable_layers(ChannelsLast(), torch.zeros(2, 3, 4, 4))
+    assert [(layer.name, layer.consumers) for layer in layers] == [
+        ("conv", (Consumer("fc", "linear_in"),)), ("fc", (Consumer("out", "linear_in"),)),
+    ]
+
+
+def test_layer_norm_over_the_channels_is_unsupported():
+    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+    with pytest.raises(UnsupportedStructureError, match=r"module '1' \(LayerNorm\): it normalises over the channels"):
+        find_prunable_layers(net, torch.zeros(2, 4))

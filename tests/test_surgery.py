@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import doctest
 from typing import Callable
 
@@ -10,9 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import pyro_dirichlet.structure
-import pyro_dirichlet.surgery
-from models.lenet import LeNet300100, LeNet5Caffe
+import pyro_dirichlet.structure.find
+import pyro_dirichlet.structure.graph
+import pyro_dirichlet.structure.layers
+import pyro_dirichlet.structure.placement
+import pyro_dirichlet.surgery.channels
+import pyro_dirichlet.surgery.slicing
+from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.plan import plan_keep
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.surgery import (
     fold_scales,
@@ -339,7 +345,166 @@ def test_slicing_keeps_requires_grad_and_batchnorm_buffers():
     assert "running_mean" not in bn.state_dict()
 
 
-@pytest.mark.parametrize("module", [pyro_dirichlet.surgery, pyro_dirichlet.structure])
+def calibrated_torchvision(name: str, size: int = 64, **options) -> tuple[nn.Module, torch.Tensor]:
+    """A torchvision classifier (random weights, 10 classes) whose BatchNorm statistics come
+    from a few train-mode passes, so that eval-mode activations are not near zero."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                nn.init.normal_(module.weight, std=0.05)  # ViT zero-initialises its head
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = None  # a cumulative average over the passes
+        model.train()
+        for _ in range(3):
+            model(torch.randn(4, 3, size, size))
+    return model.eval(), x
+
+
+# One representative per family in the default suite (residual groups, depthwise, squeeze-and-
+# excitation with stochastic depth, grouped convolutions with gates); the rest are slow.
+TORCHVISION = [
+    # (builder, coupled policy), the id naming what it stands for
+    pytest.param("resnet18", "group", id="resnet18-residual-groups"),
+    pytest.param("mobilenet_v2", "group", id="mobilenet_v2-depthwise"),
+    pytest.param("efficientnet_b0", "skip", id="efficientnet_b0-squeeze-excitation-stochastic-depth"),
+    pytest.param("mobilenet_v3_small", "group", id="mobilenet_v3_small-hardsigmoid-gate", marks=pytest.mark.slow),
+    pytest.param("regnet_y_400mf", "skip", id="regnet_y-grouped-and-gated"),
+    pytest.param("resnext50_32x4d", "group", id="resnext-grouped", marks=pytest.mark.slow),
+    pytest.param("convnext_tiny", "skip", id="convnext-partial-channels-last", marks=pytest.mark.slow),
+    pytest.param("vit_b_16", "skip", id="vit-partial-mlp", marks=pytest.mark.slow),
+    pytest.param("shufflenet_v2_x0_5", "skip", id="shufflenet-partial", marks=pytest.mark.slow),
+    pytest.param("densenet121", "skip", id="densenet-concat", marks=pytest.mark.slow),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def analysed_torchvision(name: str, coupled: str):
+    """A calibrated torchvision model, an input and its prunable layers, kept between examples."""
+    # ViT's positional embedding fixes the image size: a 32-pixel ViT-B/16 sees 4 patches
+    model, x = calibrated_torchvision(name, 32, image_size=32) if name.startswith("vit") else calibrated_torchvision(name)
+    return model, x, find_prunable_layers(model, x, coupled=coupled, on_unsupported="skip")
+
+
+@pytest.mark.parametrize("name, coupled", TORCHVISION)
+@settings(max_examples=2, deadline=None, database=None)
+@given(seed=st.integers(0, 2**31 - 1), fraction=st.floats(0.05, 0.95))
+def test_torchvision_models_prune_exactly(name, coupled, seed, fraction):
+    model, x, layers = analysed_torchvision(name, coupled)
+    generator = torch.Generator().manual_seed(seed)
+    scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
+    # every reported layer keeps a random subset (whole groups where it feeds a grouped conv)
+    keep = plan_keep(scores, dict.fromkeys(scores, fraction), blocks={layer.name: layer.block for layer in layers})
+    pruned = prune_channels(model, keep, x, layers=layers)
+    expected = eval_output(mask_channels(model, keep, x, layers=layers), x)
+    assert expected.abs().max() > 1e-6  # the check below is not comparing zeros
+    assert relative_difference(eval_output(pruned, x), expected) <= 1e-4
+    if fraction <= 0.5:
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture
+def count_traces(monkeypatch):
+    """How many times any model has been traced since the fixture was made."""
+    calls = []
+    real = pyro_dirichlet.structure.graph.trace
+    monkeypatch.setattr(pyro_dirichlet.structure.graph, "trace", lambda *a: calls.append(1) or real(*a))
+    return lambda: len(calls)
+
+
+def test_surgery_with_layers_does_not_trace_again_and_cuts_the_same(count_traces):
+    net, x = build("conv_bn")
+    keep = {"0": [1, 3, 5], "8": [0, 2, 4, 6], "13": list(range(0, 32, 3))}
+    scales = {"0": torch.linspace(0.5, 2.0, 8), "13": torch.linspace(2.0, 0.5, 32)}
+    expected = {
+        "prune": prune_channels(net, keep, x),
+        "mask": mask_channels(net, keep, x),
+        "fold": fold_scales(net, scales, x),
+    }
+    assert count_traces() == 3
+    layers = find_prunable_layers(net, x)
+    assert count_traces() == 4
+    got = {
+        "prune": prune_channels(net, keep, x, layers=layers),
+        "mask": mask_channels(net, keep, x, layers=layers),
+        "fold": fold_scales(net, scales, x, layers=layers),
+    }
+    assert count_traces() == 4
+    for name in ("prune", "fold"):
+        assert repr(got[name]) == repr(expected[name])
+        assert got[name].state_dict().keys() == expected[name].state_dict().keys()
+        for key, value in expected[name].state_dict().items():
+            assert torch.equal(got[name].state_dict()[key], value), (name, key)
+    assert torch.equal(eval_output(got["mask"], x), eval_output(expected["mask"], x))
+
+
+def test_prune_to_keep_traces_once_for_fold_and_cut(count_traces):
+    from pyro_dirichlet.pruning import prune_to_keep
+
+    net, x = build("conv_bn")
+    keep = {"0": [1, 3, 5], "13": list(range(16))}
+    scales = {"0": torch.linspace(0.5, 2.0, 8), "8": torch.linspace(2.0, 0.5, 12)}
+    pruned = prune_to_keep(net, keep, x, scales=scales)
+    assert count_traces() == 1
+    reference = prune_channels(fold_scales(net, scales, x), keep, x)
+    assert relative_difference(eval_output(pruned, x), eval_output(reference, x)) == 0
+    layers = find_prunable_layers(net, x)
+    before = count_traces()
+    prune_to_keep(net, keep, x, scales=scales, layers=layers)
+    assert count_traces() == before
+
+
+def grouped_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 3, groups=3, padding=1),
+        nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(4 * 16, 2),
+    )
+
+
+def test_grouped_convolution_loses_whole_groups_with_the_layer_that_feeds_it():
+    torch.manual_seed(0)
+    net, x = grouped_net().eval(), torch.randn(3, 2, 6, 6)
+    keep = {"0": [2, 3]}
+    pruned = prune_channels(net, keep, x)
+    assert (pruned[3].groups, pruned[3].in_channels, pruned[3].out_channels) == (1, 2, 2)
+    assert torch.equal(pruned[3].weight, net[3].weight[2:4]) and pruned[6].in_channels == 2
+    expected = eval_output(mask_channels(net, keep, x), x)
+    assert relative_difference(eval_output(pruned, x), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("keep", [[0, 2], [1], [0, 1, 2]])
+def test_a_keep_that_splits_a_group_is_rejected(keep):
+    net, x = grouped_net(), torch.zeros(1, 2, 6, 6)
+    with pytest.raises(ValueError, match=r"keep\['0'\] keeps part of channels .*grouped convolution '3'.*whole blocks of 2"):
+        prune_channels(net, {"0": keep}, x)
+
+
+def test_layers_that_do_not_name_the_layer_or_describe_another_model_are_rejected():
+    net, x = build("conv_bn")
+    layers = find_prunable_layers(net, x, layers=["0"])
+    with pytest.raises(ValueError, match=r"keep names \['8'\], which the given layers do not hold"):
+        prune_channels(net, {"8": [0]}, x, layers=layers)
+    other, _ = build("lenet5")
+    with pytest.raises(ValueError, match=r"layers do not describe this model: layer 'conv1'"):
+        prune_channels(net, {"conv1": [0]}, x, layers=find_prunable_layers(other, torch.zeros(2, 1, 28, 28)))
+    with pytest.raises(TypeError, match=r"layers must be a sequence of PrunableLayer"):
+        prune_channels(net, {"0": [0]}, x, layers=layers[0])
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pyro_dirichlet.surgery.channels,
+        pyro_dirichlet.surgery.slicing,
+        pyro_dirichlet.structure.find,
+        pyro_dirichlet.structure.layers,
+        pyro_dirichlet.structure.placement,
+    ],
+)
 def test_docstring_examples_run(module):
     globs = {"torch": torch, "nn": nn, **vars(module)}
     result = doctest.testmod(module, globs=globs, optionflags=doctest.ELLIPSIS)

@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.lenet import LeNet5Caffe
-from models.registry import get_model_entry
+from pyro_dirichlet.models.lenet import LeNet5Caffe
+from pyro_dirichlet.models.registry import get_model_entry
 from pyro_dirichlet.structure import find_prunable_layers
-from pyro_dirichlet.switch_input import SwitchInput
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.structure.placement import SwitchInput
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 
 def _inputs(layers):
@@ -171,3 +171,42 @@ def test_input_placement_gives_the_output_placements_logits_and_gradients(name, 
 def test_placement_is_checked(tiny_cnn, tiny_images):
     with pytest.raises(ValueError, match="placement must be 'input' or 'output'"):
         DirichletSwitches(tiny_cnn, tiny_images[:2], placement="after")
+
+
+def test_switch_moves_past_the_rows_of_the_op_table_that_commute_with_a_scale():
+    import torchvision
+
+    class Commuting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.prelu = nn.PReLU()
+            self.drop_path = torchvision.ops.StochasticDepth(0.1, "row")
+            self.next = nn.Conv2d(4, 2, 1)
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, x):
+            x = self.drop_path(self.conv(x))
+            x = F.dropout3d(self.prelu(x.abs()), 0.1, training=False)
+            return self.fc(self.next(x).mean((2, 3)))
+
+    # (fx names the abs node abs_1 so that it does not shadow the builtin)
+    (found,) = [l for l in find_prunable_layers(Commuting(), torch.zeros(2, 3, 6, 6)) if l.name == "conv"]
+    assert found.switch_input == SwitchInput("next", 1, 1, ("stochastic_depth", "abs_1", "prelu", "dropout3d"))
+
+
+def test_switches_in_partial_mode_cover_every_followable_layer_and_list_the_rest():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.Softmax(dim=1), nn.Conv2d(8, 6, 3), nn.ReLU(),
+        nn.Conv2d(6, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 10),
+    )
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.raises(ValueError, match=r"layer '0' through module '1' \(Softmax\)"):
+        DirichletSwitches(net, x)
+    switches = DirichletSwitches(net, x, on_unsupported="skip")
+    assert [layer.name for layer in switches.layers] == ["2", "4"]
+    assert [(s.name, s.unsupported) for s in switches.layers.skipped] == [("0", True), ("6", False)]
+    import pyro
+
+    trace = pyro.poutine.trace(switches.model).get_trace(x, torch.zeros(2, dtype=torch.long))
+    assert {name for name in trace.nodes if name.endswith(".switch")} == {"2.switch", "4.switch"}

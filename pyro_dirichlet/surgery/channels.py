@@ -1,8 +1,9 @@
 """Physically remove output channels from a network, and fold per-channel scales into its weights.
 
 :func:`prune_channels` asks :mod:`pyro_dirichlet.structure` which modules each layer's channels
-reach, and applies the low-level slicing functions at the bottom of this file to a copy of the
-model. Which channels to keep is decided elsewhere (the policy); this module only cuts.
+reach (or takes that answer, ``layers=``, so that a caller who has it traces once), and applies
+the slicing functions of :mod:`pyro_dirichlet.surgery.slicing` to a copy of the model. Which
+channels to keep is decided elsewhere (the policy); this module only cuts.
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
+from pyro_dirichlet.surgery.slicing import (
+    add_to_bias,
+    scale_batchnorm,
+    scale_output_channels,
+    slice_batchnorm,
+    slice_conv2d_in,
+    slice_conv2d_out,
+    slice_depthwise_conv2d,
+    slice_grouped_conv2d,
+    slice_linear_in,
+    slice_linear_out,
+)
 
-__all__ = [
-    "prune_channels",
-    "mask_channels",
-    "fold_scales",
-    "slice_conv2d_out",
-    "slice_conv2d_in",
-    "slice_linear_out",
-    "slice_linear_in",
-    "slice_batchnorm",
-    "slice_depthwise_conv2d",
-    "scale_output_channels",
-    "scale_batchnorm",
-    "add_to_bias",
-]
+__all__ = ["prune_channels", "mask_channels", "fold_scales"]
 
 Indices = Sequence[int] | Tensor
 
@@ -38,6 +38,8 @@ def prune_channels(
     model: nn.Module,
     keep: Mapping[str, Indices],
     example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    layers: Sequence[PrunableLayer] | None = None,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` that keeps only the given output channels.
 
@@ -62,7 +64,11 @@ def prune_channels(
         keep: maps a prunable layer's (or coupling group's) qualified name to the
             output-channel indices to keep, as a sequence of ints or an integer tensor. Indices
             are kept in sorted order; a layer must keep at least one channel.
-        example_inputs: an input batch (or tuple of inputs) to trace the model with.
+        example_inputs: an input batch (or tuple of inputs) to trace the model with, and to
+            check the result on.
+        layers: the model's prunable layers as :func:`~pyro_dirichlet.structure.find_prunable_layers`
+            returned them (for this model, or a copy of it with the same module names and
+            widths), so that the model is not traced again; None to trace it here.
 
     Returns:
         A new module of the same classes, with the same training mode as ``model``.
@@ -80,7 +86,7 @@ def prune_channels(
         >>> small[0].out_features, small[2].in_features
         (3, 3)
     """
-    selection = _resolve(model, keep, example_inputs, "keep", _kept_indices)
+    selection = _resolve(model, keep, example_inputs, "keep", _kept_indices, layers)
     if not selection:
         return copy.deepcopy(model)
     inputs = _as_inputs(example_inputs)
@@ -107,6 +113,8 @@ def mask_channels(
     model: nn.Module,
     keep: Mapping[str, Indices],
     example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    layers: Sequence[PrunableLayer] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose dropped channels are multiplied by zero at the switch points.
 
@@ -118,6 +126,9 @@ def mask_channels(
         model: the network; it is not modified.
         keep: as in :func:`prune_channels`.
         example_inputs: an input batch (or tuple of inputs) to trace the model with.
+        layers: the model's prunable layers as :func:`~pyro_dirichlet.structure.find_prunable_layers`
+            returned them (for this model, or a copy of it with the same module names and
+            widths), so that the model is not traced again; None to trace it here.
 
     Returns:
         A new module, with forward hooks, in the same training mode as ``model``.
@@ -128,13 +139,15 @@ def mask_channels(
         >>> int((masked[:2](torch.randn(3, 4))[:, 0] == 0).sum())
         3
     """
-    return _masked_copy(model, _resolve(model, keep, example_inputs, "keep", _kept_indices))
+    return _masked_copy(model, _resolve(model, keep, example_inputs, "keep", _kept_indices, layers))
 
 
 def fold_scales(
     model: nn.Module,
     scales: Mapping[str, Tensor | Sequence[float]],
     example_inputs: Tensor | tuple[Tensor, ...],
+    *,
+    layers: Sequence[PrunableLayer] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with channel ``c`` of each layer's output multiplied by a scale.
 
@@ -149,6 +162,9 @@ def fold_scales(
         model: the network; it is not modified.
         scales: maps a prunable layer's name to one finite scale per output channel.
         example_inputs: an input batch (or tuple of inputs) to trace the model with.
+        layers: the model's prunable layers as :func:`~pyro_dirichlet.structure.find_prunable_layers`
+            returned them (for this model, or a copy of it with the same module names and
+            widths), so that the model is not traced again; None to trace it here.
 
     Raises:
         ValueError: unknown or unprunable layer, wrong number of scales, non-finite scale, or
@@ -160,7 +176,7 @@ def fold_scales(
         >>> torch.equal(folded[0].weight[1], net[0].weight[1] * 0.5)
         True
     """
-    selection = _resolve(model, scales, example_inputs, "scales", _checked_scales)
+    selection = _resolve(model, scales, example_inputs, "scales", _checked_scales, layers)
     modules = dict(model.named_modules())
     for layer, _ in selection:
         for point in layer.switch_points:
@@ -190,6 +206,7 @@ def _resolve(
     example_inputs: Any,
     argument: str,
     check: Callable[[PrunableLayer, Any, str], Tensor],
+    layers: Sequence[PrunableLayer] | None,
 ) -> list[tuple[PrunableLayer, Tensor]]:
     """Pair each named layer's structure with its checked per-channel value, in forward order."""
     if not isinstance(selection, Mapping):
@@ -200,10 +217,49 @@ def _resolve(
     for name in selection:
         if not isinstance(name, str):
             raise TypeError(f"{argument} must be keyed by layer names (str), got key {name!r}")
-    if not selection:
-        return []
-    layers = find_prunable_layers(model, example_inputs, layers=list(selection))
-    return [(layer, check(layer, selection[layer.name], argument)) for layer in layers]
+    if layers is None:
+        if not selection:
+            return []
+        found = find_prunable_layers(model, example_inputs, layers=list(selection))
+    else:
+        found = _given_layers(model, selection, layers, argument)
+    return [(layer, check(layer, selection[layer.name], argument)) for layer in found]
+
+
+def _given_layers(
+    model: nn.Module, selection: Mapping[str, Any], layers: Any, argument: str
+) -> list[PrunableLayer]:
+    """The entries of ``layers`` that ``selection`` names, in their (forward) order."""
+    if isinstance(layers, (str, PrunableLayer)) or not isinstance(layers, Sequence):
+        raise TypeError(
+            f"layers must be a sequence of PrunableLayer (find_prunable_layers' result), "
+            f"got {type(layers).__name__}"
+        )
+    by_name = {}
+    for layer in layers:
+        if not isinstance(layer, PrunableLayer):
+            raise TypeError(f"layers must hold PrunableLayer objects, got {type(layer).__name__}")
+        by_name[layer.name] = layer
+    unknown = [name for name in selection if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"{argument} names {unknown}, which the given layers do not hold; they hold "
+            f"{sorted(by_name)} (pass layers=None to trace the model and look them up)"
+        )
+    modules = dict(model.named_modules())
+    chosen = [layer for layer in layers if layer.name in selection]
+    for layer in chosen:
+        # A cheap check that the layers describe this model, not another one.
+        for member in layer.members:
+            module = modules.get(member)
+            width = getattr(module, "out_channels", getattr(module, "out_features", None))
+            if width != layer.channels:
+                raise ValueError(
+                    f"layers do not describe this model: layer '{layer.name}' has "
+                    f"{layer.channels} channels in layers, but the model's '{member}' is "
+                    f"{'missing' if module is None else f'{type(module).__name__} of width {width}'}"
+                )
+    return chosen
 
 
 def _kept_indices(layer: PrunableLayer, indices: Any, argument: str) -> Tensor:
@@ -243,7 +299,23 @@ def _kept_indices(layer: PrunableLayer, indices: Any, argument: str) -> Tensor:
     repeated = sorted({value for value in values if values.count(value) > 1})
     if repeated:
         raise ValueError(f"{where} lists channels {repeated} of layer '{layer.name}' more than once")
+    if layer.block > 1:
+        _check_whole_blocks(layer, values, where)
     return torch.tensor(sorted(values), dtype=torch.long)
+
+
+def _check_whole_blocks(layer: PrunableLayer, values: list[int], where: str) -> None:
+    kept = set(values)
+    for start in range(0, layer.channels, layer.block):
+        block = set(range(start, start + layer.block))
+        if kept & block and not block <= kept:
+            grouped = [c.name for c in layer.consumers if c.kind == "grouped"]
+            raise ValueError(
+                f"{where} keeps part of channels {start} to {start + layer.block - 1}: layer "
+                f"'{layer.name}' feeds the grouped convolution {grouped[0]!r}, so it keeps "
+                f"whole blocks of {layer.block} channels (plan_keep(..., blocks=...) rounds "
+                "to them)"
+            )
 
 
 def _checked_scales(layer: PrunableLayer, values: Any, argument: str) -> Tensor:
@@ -388,6 +460,7 @@ def _slice_selection(
             "batchnorm": lambda m: m.num_features,
             "conv_in": lambda m: m.in_channels,
             "depthwise": lambda m: m.in_channels,
+            "grouped": lambda m: m.in_channels,
             "linear_in": lambda m: m.in_features,
         }[kind](module)
         keep = _complement(torch.cat(parts), size)
@@ -395,213 +468,6 @@ def _slice_selection(
             "batchnorm": slice_batchnorm,
             "conv_in": slice_conv2d_in,
             "depthwise": slice_depthwise_conv2d,
+            "grouped": slice_grouped_conv2d,
             "linear_in": slice_linear_in,
         }[kind](module, keep)
-
-
-# --- low-level surgery: one module at a time, no knowledge of the graph ------------------------
-
-
-def slice_conv2d_out(conv: nn.Conv2d, keep: Tensor) -> None:
-    """Keep only output channels ``keep`` of ``conv`` (weight rows and bias), in place.
-
-    Args:
-        conv: a Conv2d with ``groups=1``.
-        keep: 1-D ``int64`` tensor of output-channel indices.
-
-    Example:
-        >>> conv = nn.Conv2d(3, 8, 3)
-        >>> slice_conv2d_out(conv, torch.tensor([0, 2]))
-        >>> conv.weight.shape, conv.out_channels
-        (torch.Size([2, 3, 3, 3]), 2)
-    """
-    _check_module(conv, nn.Conv2d, "conv")
-    _check_ungrouped(conv)
-    conv.weight = _sliced(conv.weight, 0, keep)
-    if conv.bias is not None:
-        conv.bias = _sliced(conv.bias, 0, keep)
-    conv.out_channels = len(keep)
-
-
-def slice_conv2d_in(conv: nn.Conv2d, keep: Tensor) -> None:
-    """Keep only input channels ``keep`` of ``conv`` (weight columns), in place.
-
-    Args:
-        conv: a Conv2d with ``groups=1``.
-        keep: 1-D ``int64`` tensor of input-channel indices.
-
-    Example:
-        >>> conv = nn.Conv2d(3, 8, 3)
-        >>> slice_conv2d_in(conv, torch.tensor([1]))
-        >>> conv.weight.shape, conv.in_channels
-        (torch.Size([8, 1, 3, 3]), 1)
-    """
-    _check_module(conv, nn.Conv2d, "conv")
-    _check_ungrouped(conv)
-    conv.weight = _sliced(conv.weight, 1, keep)
-    conv.in_channels = len(keep)
-
-
-def slice_depthwise_conv2d(conv: nn.Conv2d, keep: Tensor) -> None:
-    """Keep only channels ``keep`` of a depthwise ``conv`` (filter ``c`` reads channel ``c``), in place.
-
-    Args:
-        conv: a Conv2d with ``groups == in_channels == out_channels``.
-        keep: 1-D ``int64`` tensor of channel indices.
-
-    Example:
-        >>> conv = nn.Conv2d(4, 4, 3, groups=4)
-        >>> slice_depthwise_conv2d(conv, torch.tensor([0, 3]))
-        >>> conv.weight.shape, conv.in_channels, conv.out_channels, conv.groups
-        (torch.Size([2, 1, 3, 3]), 2, 2, 2)
-    """
-    _check_module(conv, nn.Conv2d, "conv")
-    if not conv.groups == conv.in_channels == conv.out_channels:
-        raise ValueError(
-            f"conv is not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
-            f"out_channels={conv.out_channels}"
-        )
-    conv.weight = _sliced(conv.weight, 0, keep)
-    if conv.bias is not None:
-        conv.bias = _sliced(conv.bias, 0, keep)
-    conv.in_channels = conv.out_channels = conv.groups = len(keep)
-
-
-def slice_linear_out(linear: nn.Linear, keep: Tensor) -> None:
-    """Keep only output features ``keep`` of ``linear`` (weight rows and bias), in place.
-
-    Example:
-        >>> linear = nn.Linear(4, 6)
-        >>> slice_linear_out(linear, torch.tensor([0, 5]))
-        >>> linear.weight.shape, linear.bias.shape, linear.out_features
-        (torch.Size([2, 4]), torch.Size([2]), 2)
-    """
-    _check_module(linear, nn.Linear, "linear")
-    linear.weight = _sliced(linear.weight, 0, keep)
-    if linear.bias is not None:
-        linear.bias = _sliced(linear.bias, 0, keep)
-    linear.out_features = len(keep)
-
-
-def slice_linear_in(linear: nn.Linear, keep: Tensor) -> None:
-    """Keep only input features ``keep`` of ``linear`` (weight columns), in place.
-
-    Example:
-        >>> linear = nn.Linear(4, 6)
-        >>> slice_linear_in(linear, torch.tensor([0, 1, 3]))
-        >>> linear.weight.shape, linear.in_features
-        (torch.Size([6, 3]), 3)
-    """
-    _check_module(linear, nn.Linear, "linear")
-    linear.weight = _sliced(linear.weight, 1, keep)
-    linear.in_features = len(keep)
-
-
-def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: Tensor) -> None:
-    """Keep only features ``keep`` of a BatchNorm: affine weight/bias and running stats, in place.
-
-    Example:
-        >>> bn = nn.BatchNorm2d(4)
-        >>> slice_batchnorm(bn, torch.tensor([1, 2]))
-        >>> bn.num_features, bn.running_mean.shape
-        (2, torch.Size([2]))
-    """
-    _check_module(bn, nn.modules.batchnorm._BatchNorm, "bn")
-    # Newer torch allows an affine BatchNorm without bias, so each is checked on its own.
-    if bn.weight is not None:
-        bn.weight = _sliced(bn.weight, 0, keep)
-    if bn.bias is not None:
-        bn.bias = _sliced(bn.bias, 0, keep)
-    if bn.running_mean is not None:
-        # Assigning to a registered buffer's name replaces the buffer.
-        bn.running_mean = bn.running_mean.index_select(0, keep.to(bn.running_mean.device))
-        bn.running_var = bn.running_var.index_select(0, keep.to(bn.running_var.device))
-    bn.num_features = len(keep)
-
-
-def scale_output_channels(layer: nn.Conv2d | nn.Linear, scales: Tensor) -> None:
-    """Multiply output channel ``c`` of a Conv2d or Linear by ``scales[c]``, in place.
-
-    Scales the weight row and the bias of each channel, so the layer's output is scaled.
-
-    Example:
-        >>> linear = nn.Linear(2, 2)
-        >>> before = linear.weight.detach().clone()
-        >>> scale_output_channels(linear, torch.tensor([2.0, 1.0]))
-        >>> torch.equal(linear.weight[0], 2 * before[0])
-        True
-    """
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
-    _check_scales(scales, layer.weight.shape[0], "layer")
-    with torch.no_grad():
-        factors = scales.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.weight.mul_(factors.view(-1, *[1] * (layer.weight.dim() - 1)))
-        if layer.bias is not None:
-            layer.bias.mul_(factors)
-
-
-def scale_batchnorm(bn: nn.modules.batchnorm._BatchNorm, scales: Tensor) -> None:
-    """Multiply feature ``c`` of an affine BatchNorm's output by ``scales[c]``, in place.
-
-    BatchNorm computes ``(x - mean) / std * weight + bias``: scaling weight and bias scales the
-    output, in training and eval mode alike.
-
-    Example:
-        >>> bn = nn.BatchNorm1d(2)
-        >>> scale_batchnorm(bn, torch.tensor([3.0, 1.0]))
-        >>> bn.weight.tolist()
-        [3.0, 1.0]
-    """
-    _check_module(bn, nn.modules.batchnorm._BatchNorm, "bn")
-    if not bn.affine:
-        raise ValueError("bn has no affine weight and bias (affine=False), so it cannot be scaled")
-    _check_scales(scales, bn.num_features, "bn")
-    with torch.no_grad():
-        factors = scales.to(device=bn.weight.device, dtype=bn.weight.dtype)
-        bn.weight.mul_(factors)
-        if bn.bias is not None:
-            bn.bias.mul_(factors)
-
-
-def add_to_bias(layer: nn.Conv2d | nn.Linear, delta: Tensor) -> None:
-    """Add ``delta`` (one value per output channel) to a layer's bias, creating it if absent.
-
-    Example:
-        >>> linear = nn.Linear(2, 3, bias=False)
-        >>> add_to_bias(linear, torch.ones(3))
-        >>> linear.bias.tolist()
-        [1.0, 1.0, 1.0]
-    """
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
-    _check_scales(delta, layer.weight.shape[0], "layer")
-    delta = delta.detach().to(device=layer.weight.device, dtype=layer.weight.dtype)
-    if layer.bias is None:
-        layer.bias = nn.Parameter(delta.clone(), requires_grad=layer.weight.requires_grad)
-    else:
-        with torch.no_grad():
-            layer.bias.add_(delta)
-
-
-def _sliced(parameter: nn.Parameter, dim: int, keep: Tensor) -> nn.Parameter:
-    values = parameter.detach().index_select(dim, keep.to(parameter.device))
-    return nn.Parameter(values, requires_grad=parameter.requires_grad)
-
-
-def _check_module(module: nn.Module, expected: type, argument: str) -> None:
-    if not isinstance(module, expected):
-        raise TypeError(f"{argument} must be a {expected.__name__}, got {type(module).__name__}")
-
-
-def _check_ungrouped(conv: nn.Conv2d) -> None:
-    if conv.groups != 1:
-        raise ValueError(
-            f"conv has groups={conv.groups}; slicing a grouped convolution is not supported yet"
-        )
-
-
-def _check_scales(values: Tensor, length: int, argument: str) -> None:
-    if not isinstance(values, Tensor) or values.shape != (length,):
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"expected one value per output channel of {argument} ({length}), got {shape}")

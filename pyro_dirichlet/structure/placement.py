@@ -10,53 +10,23 @@ after a 2x2 pool), and the backward pass from the switch stops at that input ins
 running back through the ReLU and the pooling. On LeNet-5 this is most of what an SVI step
 spends beyond the frozen network's own forward and input gradients.
 
-Only a chain of single-user nodes moves: if anything else reads a tensor on the way (a
-second branch, a residual add, the network's output), the switch stays at the layer's output.
+Which operations commute is the ``commutes_with_scale`` column of the op table in
+:mod:`pyro_dirichlet.structure.rules`. Only a chain of single-user nodes moves: if anything
+else reads a tensor on the way (a second branch, a residual add, the network's output), the
+switch stays at the layer's output.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from pyro_dirichlet.structure import _is_first_argument, _is_shape_query
+from pyro_dirichlet.structure._fx import is_first_argument, is_shape_query
+from pyro_dirichlet.structure.layers import SwitchInput
+from pyro_dirichlet.structure.rules import op_of
 
 __all__ = ["SwitchInput", "find_switch_input"]
-
-
-@dataclass(frozen=True)
-class SwitchInput:
-    """A module whose input a switch multiplies, in place of the switched layer's output.
-
-    Attributes:
-        module: qualified name of the module that reads the channels.
-        channel_dim: the dimension of that module's input indexing the layer's channels
-            (1 for an ``(N, C, H, W)`` input or a flattened ``(N, features)`` one; the last
-            for a linear layer's ``(N, T, features)`` output).
-        features_per_channel: consecutive features each channel became by flattening
-            (``H * W`` after flattening a conv output; 1 otherwise): the switch value of
-            channel ``c`` multiplies features ``c * k`` to ``(c + 1) * k - 1``.
-        passes: the operations the multiply moved past, in forward order (for reports).
-    """
-
-    module: str
-    channel_dim: int
-    features_per_channel: int
-    passes: tuple[str, ...]
-
-    def scale(self, values: torch.Tensor, ndim: int) -> torch.Tensor:
-        """``values`` (``(channels,)``, or ``(particles, channels)``) shaped to multiply an
-        ``ndim``-D input of :attr:`module`, after the particle dimension if any."""
-        if self.features_per_channel > 1:
-            values = values.repeat_interleave(self.features_per_channel, dim=-1)
-        shape = [1] * ndim
-        shape[self.channel_dim] = values.shape[-1]
-        return values.reshape(*values.shape[:-1], *shape)
 
 
 def find_switch_input(
@@ -108,12 +78,12 @@ def find_switch_input(
 def _sole_reader(node: fx.Node) -> fx.Node | None:
     """The one node reading ``node``'s values, taking it as its first and only tensor
     argument (``x.size(0)`` and other shape queries read no values)."""
-    readers = [user for user in node.users if not _is_shape_query(user)]
+    readers = [user for user in node.users if not is_shape_query(user)]
     if len(readers) != 1:
         return None
     (user,) = readers
     # A module's forward pre-hook sees positional arguments only, so the tensor must be one.
-    if not user.args or not _is_first_argument(user, node):
+    if not user.args or not is_first_argument(user, node):
         return None
     if any(other is not node and "shape" in other.meta for other in user.all_input_nodes):
         return None
@@ -123,41 +93,9 @@ def _sole_reader(node: fx.Node) -> fx.Node | None:
 def _commutes(user: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``user`` is positively homogeneous channel by channel (see the module docstring)."""
     # (find_prunable_layers has rejected pooling that returns indices.)
-    if user.op == "call_module":
-        return type(modules[user.target]) in _MODULES
-    if user.op == "call_function":
-        if user.target in _FLATTENING:
-            return True
-        if user.target in (operator.mul, torch.mul, operator.truediv, torch.div):
-            # x * 0.5 or x / 2 (a number); the tensor is the first argument (checked by the caller).
-            return len(user.args) == 2 and isinstance(user.args[1], (int, float))
-        return user.target in _FUNCTIONS
-    if user.op == "call_method":
-        return user.target in _METHODS
-    return False
+    op = op_of(user, modules)
+    return op is not None and op.commutes(user)
 
 
 def _name(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
-
-
-# ReLU6, Hardtanh, GELU, SiLU, sigmoid... clip or bend at a fixed value, so they do not
-# commute with a scale; nor does BatchNorm (it shifts).
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-)
-_MODULES = (
-    nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten,
-    *_POOL_MODULES,
-)
-_POOLS = {
-    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-}
-_FLATTENING = {torch.flatten, torch.reshape}
-_FUNCTIONS = {
-    F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu,
-    F.dropout, F.dropout1d, F.dropout2d, *_POOLS,
-}
-_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "contiguous", "clone"}

@@ -1,0 +1,38 @@
+"""Surgery: a physically smaller copy of a network, and the per-module slicing it is made of.
+
+:mod:`.channels` cuts whole layers with everything their channels reach
+(:func:`prune_channels`, :func:`mask_channels`, :func:`fold_scales`); :mod:`.slicing` cuts
+one module at a time.
+"""
+
+from __future__ import annotations
+
+from pyro_dirichlet.surgery.channels import fold_scales, mask_channels, prune_channels
+from pyro_dirichlet.surgery.slicing import (
+    add_to_bias,
+    scale_batchnorm,
+    scale_output_channels,
+    slice_batchnorm,
+    slice_conv2d_in,
+    slice_conv2d_out,
+    slice_depthwise_conv2d,
+    slice_grouped_conv2d,
+    slice_linear_in,
+    slice_linear_out,
+)
+
+__all__ = [
+    "prune_channels",
+    "mask_channels",
+    "fold_scales",
+    "slice_conv2d_out",
+    "slice_conv2d_in",
+    "slice_linear_out",
+    "slice_linear_in",
+    "slice_batchnorm",
+    "slice_depthwise_conv2d",
+    "slice_grouped_conv2d",
+    "scale_output_channels",
+    "scale_batchnorm",
+    "add_to_bias",
+]
