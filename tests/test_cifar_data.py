@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pyro_dirichlet import data as data_module
+from pyro_dirichlet.data import cifar10 as cifar10_module
 from pyro_dirichlet.cache import resolve_cache_dir
 from pyro_dirichlet.data import (
     CIFAR10_CLASSES,
@@ -25,8 +25,9 @@ from pyro_dirichlet.data import (
     load_cifar10,
     load_dataset,
     read_image_zip,
+    split_indices,
 )
-from pyro_dirichlet.training import TrainConfig, train_classifier
+from pyro_dirichlet.train import TrainConfig, train_classifier
 
 SHARED = Path(os.environ.get("PYRO_DIRICHLET_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 REAL_ZIPS = SHARED / "cifar10-jpeg"
@@ -95,7 +96,7 @@ def test_load_cifar10_from_the_jpeg_layout_caches_the_decode(synthetic_root, tmp
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_module, "read_image_zip", no_decode)
+    monkeypatch.setattr(cifar10_module, "read_image_zip", no_decode)
     again = load_cifar10(synthetic_root, validation_size=6)
     torch.testing.assert_close(again.train.images, data.train.images)
 
@@ -240,7 +241,7 @@ def test_full_jpeg_copy_splits_45k_5k_10k_with_official_label_order():
     assert data.test.labels.bincount().tolist() == [1000] * 10
     together = torch.cat([data.train.labels, data.validation.labels]).bincount()
     assert together.tolist() == [5000] * 10
-    train_index, validation_index = data_module.split_indices(50000, 5000, seed=0)
+    train_index, validation_index = split_indices(50000, 5000, seed=0)
     assert not set(train_index.tolist()) & set(validation_index.tolist())
     # Normalised: each channel of the training set has mean about 0 and std about 1.
     means = data.train.images.mean(dim=(0, 2, 3))

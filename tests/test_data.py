@@ -242,3 +242,16 @@ def test_minibatches_shuffle_follows_generator():
 def test_minibatches_reject_bad_batch_size(batch_size, error):
     with pytest.raises(error, match="batch_size"):
         next(minibatches(small_split(), batch_size, shuffle=False))
+
+
+# --- docstring examples ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["augment", "catalog", "cifar10", "errors", "loaders", "mnist", "root", "splits"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"pyro_dirichlet.data.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
