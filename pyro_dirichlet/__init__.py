@@ -16,23 +16,29 @@ model) works where Pyro is not installed.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "DirichletSwitches": "switches",
-    "switch_site": "switches",
-    "freeze": "switches",
-    "DirichletGuide": "guide",
-    "resolve_prior": "priors",
-    "DEFAULT_CONCENTRATION": "priors",
-    "FitConfig": "fitting",
-    "FitResult": "fitting",
-    "FitDivergedError": "fitting",
-    "fit": "fitting",
-    "FitCheckpoint": "checkpoint",
-    "init_from_environment": "distributed",
+    "DirichletSwitches": "infer.switches",
+    "switch_site": "infer.switches",
+    "freeze": "infer.switches",
+    "DirichletGuide": "infer.guide",
+    "load_guide": "infer.guide",
+    "resolve_prior": "infer.priors",
+    "PriorModel": "infer.priors",
+    "DEFAULT_CONCENTRATION": "infer.priors",
+    "FitConfig": "infer.fit",
+    "FitResult": "infer.fit",
+    "FitDivergedError": "infer.fit",
+    "fit": "infer.fit",
+    "FitCheckpoint": "infer.checkpoint",
+    "init_from_environment": "infer.distributed",
     "sample_posterior": "posterior",
     "summary_table": "posterior",
     "layer_summaries": "posterior",
@@ -40,14 +46,21 @@ _EXPORTS = {
     "plot_forest": "posterior",
     "save_posterior": "posterior",
     "load_posterior": "posterior",
-    "posterior_mean": "importance",
-    "posterior_lower_bound": "importance",
-    "top_k_probability": "importance",
+    "posterior_mean": "posterior_criteria",
+    "posterior_lower_bound": "posterior_criteria",
+    "top_k_probability": "posterior_criteria",
+    "Criterion": "importance",
+    "get_criterion": "importance",
+    "register_criterion": "importance",
+    "CRITERIA": "importance",
+    "Calibration": "calibrate",
+    "CalibrationConfig": "calibrate",
     "budget_counts": "allocation",
     "keep_from_budget": "allocation",
-    "mass_curve": "uncertainty",
-    "straddling_channels": "uncertainty",
+    "mass_curve": "posterior.uncertainty",
+    "straddling_channels": "posterior.uncertainty",
     "plan_keep": "plan",
+    "resolve_device": "devices",
     "prune_by_posterior_mean": "pruning",
     "PrunableLayer": "structure",
     "find_prunable_layers": "structure",
@@ -55,9 +68,9 @@ _EXPORTS = {
     "prune_channels": "surgery",
     "mask_channels": "surgery",
     "fold_scales": "surgery",
-    "finetune": "finetuning",
-    "TrainConfig": "training",
-    "train_classifier": "training",
+    "finetune": "train",
+    "TrainConfig": "train",
+    "train_classifier": "train",
     "save_pruned": "serialization",
     "load_pruned": "serialization",
     "ModelFileError": "serialization",
@@ -70,6 +83,35 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+
+class _CheckoutModels(importlib.abc.MetaPathFinder):
+    """Finds ``pyro_dirichlet.models`` beside the package in a source checkout.
+
+    The networks live in the repository's top-level ``models/`` (the asked-for layout);
+    installed from a wheel, setuptools maps that folder to ``pyro_dirichlet.models``
+    (pyproject's ``package-dir``). Imported from a checkout -- on ``PYTHONPATH`` as on the
+    GPU machine, or from a second git worktree while the editable install points at
+    another -- the models must come from the same checkout as the package, so this finder
+    goes first. It acts only where the package's parent folder is a checkout (holds
+    ``pyproject.toml`` and ``models/``), never on some other project's ``models``.
+    """
+
+    checkout = Path(__file__).resolve().parent.parent
+    folder = checkout / "models"
+
+    def find_spec(self, name, path=None, target=None):
+        if name != f"{__name__}.models" or not (self.checkout / "pyproject.toml").is_file():
+            return None
+        if not (self.folder / "__init__.py").is_file():
+            return None
+        return importlib.util.spec_from_file_location(
+            name, self.folder / "__init__.py", submodule_search_locations=[str(self.folder)]
+        )
+
+
+if not any(isinstance(finder, _CheckoutModels) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _CheckoutModels())
 
 
 def __getattr__(name: str):

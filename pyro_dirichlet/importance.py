@@ -1,150 +1,262 @@
 """Importance criteria: one score per channel of each prunable layer, higher is more important.
 
-A criterion is a small callable returning ``{layer name: scores}``, so the Dirichlet
-posterior and every baseline feed the same plan (:mod:`pyro_dirichlet.plan`) and surgery
-(:mod:`pyro_dirichlet.surgery`) and are compared at equal keep counts. Bind a criterion's
-extra arguments with :func:`functools.partial` where a uniform signature is needed.
+Every criterion has one shape, :class:`Criterion`: ``criterion(network, layers, data)``
+returns ``{layer name: scores}``, so the Dirichlet posterior and every baseline feed the
+same plan (:mod:`pyro_dirichlet.plan`) and surgery (:mod:`pyro_dirichlet.surgery`) and are
+compared at equal keep counts. What a criterion needs beyond that (a seed, a fitted
+posterior, a budget) it takes when it is built. Criteria are found by name in a registry::
+
+    scores = get_criterion("l1-norm")(network, layers, data)
+    scores = get_criterion("taylor", batches=20)(network, layers, data.train)
+
+The baselines here need only torch; the posterior criteria live in
+:mod:`pyro_dirichlet.posterior_criteria` and are imported the first time one is asked for,
+so ranking by L1-norm never loads Pyro or ArviZ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.posterior import layer_draws, layer_summaries
+from pyro_dirichlet.data import BatchSource, iterate_batches
 from pyro_dirichlet.structure import PrunableLayer
 
-__all__ = ["posterior_mean", "posterior_lower_bound", "top_k_probability", "random_scores", "l1_norm", "batchnorm_scale", "taylor"]
+__all__ = [
+    "CRITERIA",
+    "BatchNormScale",
+    "Criterion",
+    "L1Norm",
+    "RandomScores",
+    "Scores",
+    "Taylor",
+    "get_criterion",
+    "register_criterion",
+]
 
 Scores = dict[str, torch.Tensor]
 
 
-def posterior_mean(posterior: xr.DataTree) -> Scores:
-    """Each channel's posterior mean switch value, as ArviZ summarises the posterior draws.
+@runtime_checkable
+class Criterion(Protocol):
+    """Scores every channel of every layer in ``layers``: ``{layer name: float64 tensor}``, higher = keep.
 
     Args:
-        posterior: a switch posterior from :func:`pyro_dirichlet.posterior.sample_posterior`.
-
-    Returns:
-        ``{layer name: float64 tensor of one score per channel}`` ordered by the channel
-        coordinate.
+        network: the trained network; a criterion must not modify it.
+        layers: the prunable layers to score (from :func:`pyro_dirichlet.structure.find_prunable_layers`).
+        data: examples for criteria that look at activations or gradients (a ``Split`` or
+            any iterable of ``(inputs, targets)`` batches, e.g. a ``DataLoader``); others ignore it.
     """
-    return {layer: torch.tensor(summary.mean, dtype=torch.float64) for layer, summary in layer_summaries(posterior).items()}
+
+    def __call__(self, network: nn.Module, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores: ...
 
 
-def posterior_lower_bound(posterior: xr.DataTree, *, ci_prob: float = 0.9) -> Scores:
-    """The lower bound of each channel's HDI: ranks channels by how surely they matter.
+C = TypeVar("C", bound=Callable[..., Criterion])
 
-    A channel with a high but uncertain mean ranks below one whose switch is reliably large.
+
+class _Registry(Mapping[str, Callable[..., Criterion]]):
+    """Criterion factories by name; an entry given as ``"module:attribute"`` is imported on first lookup.
+
+    The lazy entries are why listing or using the torch-only criteria never imports the
+    posterior's dependencies.
     """
-    return {
-        layer: torch.tensor(summary.hdi_lower, dtype=torch.float64)
-        for layer, summary in layer_summaries(posterior, ci_prob=ci_prob).items()
-    }
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Callable[..., Criterion] | str] = {}
+
+    def add(self, name: str, factory: Callable[..., Criterion] | str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a criterion name must be a non-empty string, got {name!r}.")
+        known = self._entries.get(name)
+        # Re-registering the same class (a module imported twice) is harmless; a second
+        # criterion under a taken name would silently change every study that names it.
+        if known is not None and not isinstance(known, str) and _qualname(known) != _qualname(factory):
+            raise ValueError(f"criterion name {name!r} is already registered to {_qualname(known)}; pick another name.")
+        self._entries[name] = factory
+
+    def __getitem__(self, name: str) -> Callable[..., Criterion]:
+        factory = self._entries[name]
+        if isinstance(factory, str):
+            module, attribute = factory.split(":")
+            factory = getattr(importlib.import_module(module), attribute)
+            self._entries[name] = factory
+        return factory
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
-def top_k_probability(posterior: xr.DataTree, counts: Mapping[str, int]) -> Scores:
-    """The posterior probability that each channel is among its layer's ``counts[layer]`` largest switches.
+def _qualname(factory: object) -> str:
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
 
-    Read from the joint draws, so it accounts for how channels trade mass on the simplex: a
-    channel is scored by how often the posterior would keep it at this budget, not by its
-    average value. Layers missing from ``counts`` are left out.
+
+#: Every registered criterion: ``{name: factory}``; ``factory(**options)`` builds a :class:`Criterion`.
+CRITERIA = _Registry()
+
+
+def register_criterion(name: str) -> Callable[[C], C]:
+    """Class decorator: make a criterion available as ``get_criterion(name)``.
+
+    Example:
+        >>> @register_criterion("width")
+        ... class Width:
+        ...     def __call__(self, network, layers, data=None):
+        ...         return {layer.name: torch.full((layer.channels,), float(layer.channels)) for layer in layers}
+    """
+
+    def add(factory: C) -> C:
+        CRITERIA.add(name, factory)
+        return factory
+
+    return add
+
+
+def get_criterion(name: str, **options: Any) -> Criterion:
+    """The criterion registered as ``name``, built with ``options`` (e.g. ``seed=1``, ``posterior=...``).
 
     Raises:
-        ValueError: a count outside ``[1, channels]`` or a layer the posterior does not have.
+        ValueError: no criterion is registered under ``name``.
     """
-    draws = layer_draws(posterior)
-    unknown = sorted(set(counts) - set(draws))
-    if unknown:
-        raise ValueError(f"counts names layer(s) {unknown} the posterior does not have; it has {sorted(draws)}.")
-    scores = {}
-    for layer, k in counts.items():
-        samples = torch.as_tensor(draws[layer])
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= samples.shape[1]:
-            raise ValueError(f"counts[{layer!r}] must be an integer in [1, {samples.shape[1]}], got {k!r}.")
-        top = samples.topk(k, dim=1).indices
-        hits = torch.zeros_like(samples, dtype=torch.float64).scatter_(1, top, 1.0)
-        # Ties in probability (e.g. channels never in the top k) are broken by the mean, so
-        # the ranking below the cut is still meaningful when a plan keeps more channels.
-        scores[layer] = hits.mean(0) + 1e-9 * samples.mean(0).to(torch.float64)
-    return scores
+    if name not in CRITERIA:
+        raise ValueError(f"criterion name {name!r} is not registered; known criteria: {sorted(CRITERIA)}.")
+    return CRITERIA[name](**options)
 
 
-def random_scores(layers: Sequence[PrunableLayer], *, seed: int = 0) -> Scores:
-    """Uniform random scores: the floor any criterion must beat."""
-    generator = torch.Generator().manual_seed(seed)
-    return {layer.name: torch.rand(layer.channels, generator=generator, dtype=torch.float64) for layer in layers}
+def _modules(network: nn.Module) -> dict[str, nn.Module]:
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
+    return dict(network.named_modules())
 
 
-def l1_norm(network: nn.Module, layers: Sequence[PrunableLayer]) -> Scores:
+@register_criterion("random")
+@dataclass(frozen=True)
+class RandomScores:
+    """Uniform random scores from ``seed``: the floor any criterion must beat."""
+
+    seed: int = 0
+
+    def __call__(self, network: nn.Module | None, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores:
+        generator = torch.Generator().manual_seed(self.seed)
+        return {layer.name: torch.rand(layer.channels, generator=generator, dtype=torch.float64) for layer in layers}
+
+
+@register_criterion("l1-norm")
+@dataclass(frozen=True)
+class L1Norm:
     """L1 norm of each output channel's filter (Li et al. 2017, "Pruning filters for efficient ConvNets")."""
-    modules = dict(network.named_modules())
-    return {
-        layer.name: modules[layer.name].weight.detach().abs().flatten(1).sum(1).to(torch.float64).cpu()
-        for layer in layers
-    }
+
+    def __call__(self, network: nn.Module, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores:
+        modules = _modules(network)
+        return {
+            layer.name: modules[layer.name].weight.detach().abs().flatten(1).sum(1).to(torch.float64).cpu()
+            for layer in layers
+        }
 
 
-def batchnorm_scale(network: nn.Module, layers: Sequence[PrunableLayer]) -> Scores:
+@register_criterion("batchnorm-scale")
+@dataclass(frozen=True)
+class BatchNormScale:
     """|gamma| of the BatchNorm after each layer: Network Slimming's score, without its sparse training.
 
     Raises:
         ValueError: a layer has no affine BatchNorm directly after it.
     """
-    modules = dict(network.named_modules())
-    scores = {}
-    for layer in layers:
-        norm = modules[layer.switch_at]
-        if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.weight is None:
-            raise ValueError(f"layer {layer.name!r} has no affine BatchNorm after it, so it has no BatchNorm scale to rank by.")
-        scores[layer.name] = norm.weight.detach().abs().to(torch.float64).cpu()
-    return scores
+
+    def __call__(self, network: nn.Module, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores:
+        modules = _modules(network)
+        scores = {}
+        for layer in layers:
+            norm = modules[layer.switch_at]
+            if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.weight is None:
+                raise ValueError(f"layer {layer.name!r} has no affine BatchNorm after it, so it has no BatchNorm scale to rank by.")
+            scores[layer.name] = norm.weight.detach().abs().to(torch.float64).cpu()
+        return scores
 
 
-def taylor(network: nn.Module, layers: Sequence[PrunableLayer], data: Split, *, batches: int = 10, batch_size: int = 128, seed: int = 0) -> Scores:
+@register_criterion("taylor")
+@dataclass(frozen=True)
+class Taylor:
     """First-order Taylor importance (Molchanov et al. 2017): ``E_x |sum_hw a * dL/da|`` per channel.
 
     The activation ``a`` is each layer's output where its switch would sit; the loss is the
-    cross-entropy on ``batches`` minibatches of ``data``. The network is used in eval mode
-    and its parameters are left untouched (no parameter gradients are kept).
+    cross-entropy on ``batches`` minibatches of ``data`` (``None``: all of it, so it sees as
+    much data as a one-epoch fit). The network is used in eval mode and its parameters are
+    left untouched (no parameter gradients are kept).
+
+    Attributes:
+        batches: minibatches to average over, or ``None`` for one pass over ``data``.
+        batch_size: examples per minibatch sliced from a ``Split`` (a loader's batches are its own).
+        seed: the seed of a ``Split``'s shuffle (a loader's order is its own).
     """
-    modules = dict(network.named_modules())
-    was_training = network.training
-    network.eval()
-    device = next(network.parameters()).device
-    sums = {layer.name: torch.zeros(layer.channels, dtype=torch.float64) for layer in layers}
-    activations: dict[str, torch.Tensor] = {}
 
-    def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()
-            activations[name] = output
+    batches: int | None = 10
+    batch_size: int = 128
+    seed: int = 0
 
-        return hook
+    def __call__(self, network: nn.Module, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores:
+        if data is None:
+            raise TypeError("the taylor criterion needs data: a Split or an iterable of (inputs, targets) batches.")
+        modules = _modules(network)
+        was_training = network.training
+        network.eval()
+        device = next(network.parameters()).device
+        sums = {layer.name: torch.zeros(layer.channels, dtype=torch.float64) for layer in layers}
+        activations: dict[str, torch.Tensor] = {}
 
-    handles = [modules[layer.switch_at].register_forward_hook(keep(layer.name)) for layer in layers]
-    seen = 0
-    try:
-        generator = torch.Generator().manual_seed(seed)
-        for step, (_, images, labels) in enumerate(minibatches(data, batch_size, shuffle=True, generator=generator)):
-            if step == batches:
-                break
-            images = images.to(device).requires_grad_(True)  # so activations carry gradients even if weights are frozen
-            loss = F.cross_entropy(network(images), labels.to(device), reduction="sum")
-            loss.backward()
-            for layer in layers:
-                a = activations[layer.name]
-                contribution = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
-                sums[layer.name] += contribution.abs().sum(0).detach().to(torch.float64).cpu()
-            seen += len(labels)
-    finally:
-        for handle in handles:
-            handle.remove()
-        network.zero_grad(set_to_none=True)
-        network.train(was_training)
-    return {name: total / max(seen, 1) for name, total in sums.items()}
+        def keep(name):
+            def hook(module, inputs, output):
+                output.retain_grad()
+                activations[name] = output
+
+            return hook
+
+        handles = [modules[layer.switch_at].register_forward_hook(keep(layer.name)) for layer in layers]
+        seen = 0
+        try:
+            generator = torch.Generator().manual_seed(self.seed)
+            batches = iterate_batches(data, self.batch_size, shuffle=True, generator=generator, name="data")
+            for step, (images, labels, _) in enumerate(batches):
+                if step == self.batches:
+                    break
+                images = images.to(device).requires_grad_(True)  # so activations carry gradients even if weights are frozen
+                loss = F.cross_entropy(network(images), labels.to(device), reduction="sum")
+                loss.backward()
+                for layer in layers:
+                    a = activations[layer.name]
+                    contribution = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
+                    sums[layer.name] += contribution.abs().sum(0).detach().to(torch.float64).cpu()
+                seen += len(labels)
+        finally:
+            for handle in handles:
+                handle.remove()
+            network.zero_grad(set_to_none=True)
+            network.train(was_training)
+        return {name: total / max(seen, 1) for name, total in sums.items()}
+
+
+# The posterior criteria: named here, imported from their module on first use.
+for _name, _attribute in (
+    ("posterior-mean", "PosteriorMean"),
+    ("posterior-lower-bound", "PosteriorLowerBound"),
+    ("top-k-probability", "TopKProbability"),
+):
+    CRITERIA.add(_name, f"pyro_dirichlet.posterior_criteria:{_attribute}")
+
+
+_MOVED = {"posterior_mean", "posterior_lower_bound", "top_k_probability"}
+
+
+def __getattr__(name: str):
+    # The posterior scores moved to their own module (they need ArviZ); old imports still work.
+    if name in _MOVED:
+        return getattr(importlib.import_module("pyro_dirichlet.posterior_criteria"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

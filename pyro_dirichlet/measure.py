@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import torch
@@ -16,13 +16,15 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from pyro_dirichlet.data import Split, minibatches
+from pyro_dirichlet.data import BatchSource, Split, iterate_batches
 
 __all__ = [
     "Stopwatch",
     "accuracy",
     "count_flops",
     "count_parameters",
+    "latency_seconds",
+    "layer_costs",
     "median_seconds",
     "peak_memory_bytes",
 ]
@@ -90,14 +92,66 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def layer_costs(model: nn.Module, names: Sequence[str], example_input: Tensor) -> dict[str, dict[str, int]]:
+    """Each named module's own parameters and the FLOPs of one example through it.
+
+    The modules' inputs are captured by forward pre-hooks during one forward pass of
+    ``example_input[:1]`` (eval mode, no gradients), then each module is counted alone with
+    :func:`count_parameters` and :func:`count_flops`, so per-layer and whole-network figures
+    follow one convention.
+
+    Args:
+        model: the network.
+        names: qualified module names (e.g. ``["conv1", "fc1"]``).
+        example_input: a batch; only its first example is run.
+
+    Returns:
+        ``{name: {"params": int, "flops": int}}`` in the order of ``names``.
+
+    Raises:
+        ValueError: a name is not a submodule of ``model``, or the forward pass never calls it.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 2))
+        >>> layer_costs(net, ["0", "2"], torch.zeros(3, 10))
+        {'0': {'params': 55, 'flops': 100}, '2': {'params': 12, 'flops': 20}}
+    """
+    _check_module(model)
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"names {unknown} are not submodules of the model.")
+    inputs: dict[str, Tensor] = {}
+    handles = [
+        modules[name].register_forward_pre_hook(lambda _module, args, name=name: inputs.setdefault(name, args[0]))
+        for name in names
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1].to(_model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    unused = [name for name in names if name not in inputs]
+    if unused:
+        raise ValueError(f"modules {unused} are never called by the model's forward pass, so they have no cost to measure.")
+    return {name: {"params": count_parameters(modules[name]), "flops": count_flops(modules[name], inputs[name])} for name in names}
+
+
 def accuracy(
     model: nn.Module,
-    split: Split,
+    split: BatchSource,
     *,
     batch_size: int = 1000,
     device: torch.device | str | None = None,
 ) -> float:
     """Fraction of ``split`` that ``model`` classifies correctly (arg-max of its output).
+
+    ``split`` is a preloaded :class:`~pyro_dirichlet.data.Split` or any iterable of
+    ``(inputs, targets)`` batches such as a ``DataLoader`` (read once, in its own batches).
 
     Runs in eval mode under ``torch.no_grad()`` and restores the training flag. The model
     is not moved: it must already live on ``device``.
@@ -105,7 +159,7 @@ def accuracy(
     Args:
         model: maps a batch of images to a batch of class scores.
         split: the examples to score; must not be empty.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass over a ``Split``.
         device: where each batch is sent; ``None`` uses the device of the model's parameters.
 
     Returns:
@@ -115,23 +169,25 @@ def accuracy(
         >>> acc = accuracy(model, data.validation)  # doctest: +SKIP
     """
     _check_module(model)
-    if not isinstance(split, Split):
-        raise TypeError(f"split must be a Split, got {type(split).__name__}")
-    if len(split) == 0:
+    if isinstance(split, Split) and len(split) == 0:
         raise ValueError("split must contain at least one example to measure accuracy")
     target = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=target)
+    seen = 0
     try:
         with torch.no_grad():
-            for _, images, labels in minibatches(split, batch_size, shuffle=False):
+            for images, labels, _ in iterate_batches(split, batch_size, shuffle=False, name="split"):
                 scores = model(images.to(target, non_blocking=True))
                 # Summing on the device and reading once avoids a sync per batch on a GPU.
                 correct += (scores.argmax(dim=1) == labels.to(target)).sum()
+                seen += len(labels)
     finally:
         model.train(was_training)
-    return correct.item() / len(split)
+    if seen == 0:
+        raise ValueError("split must contain at least one example to measure accuracy")
+    return correct.item() / seen
 
 
 def _synchronize(device: torch.device | str | None) -> None:
@@ -216,6 +272,49 @@ def median_seconds(
             fn()
         times.append(watch.seconds)
     return statistics.median(times)
+
+
+def latency_seconds(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+) -> float:
+    """Inference latency: the median seconds of one forward pass of ``model`` on the batch ``inputs``.
+
+    The one latency every report, benchmark and study quotes. The model runs in eval mode
+    under ``torch.no_grad()`` (its training flag is restored), on ``inputs`` as given: move
+    both to the device first. Timed by :func:`median_seconds`, synchronising ``device``
+    (default: the model's) so queued GPU work is counted.
+
+    Args:
+        model: the network.
+        inputs: one batch, already on the model's device.
+        repeats: timed forward passes, at least 1.
+        warmup: untimed forward passes first, at least 0.
+        device: the device to synchronise; ``None`` uses the model's.
+
+    Example:
+        >>> latency_seconds(nn.Linear(10, 5), torch.zeros(8, 10), repeats=3) > 0.0
+        True
+    """
+    _check_module(model)
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a Tensor, got {type(inputs).__name__}")
+    target = torch.device(device) if device is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(inputs)
+
+    try:
+        return median_seconds(forward, repeats=repeats, warmup=warmup, device=target)
+    finally:
+        model.train(was_training)
 
 
 def peak_memory_bytes(fn: Callable[[], object], *, device: torch.device | str | None = None) -> int:

@@ -14,11 +14,15 @@ __all__ = ["Target", "plan_keep", "keep_counts"]
 Target = Mapping[str, int | float]
 
 
-def keep_counts(widths: Mapping[str, int], target: Target) -> dict[str, int]:
+def keep_counts(
+    widths: Mapping[str, int], target: Target, *, blocks: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Resolve ``target`` into a channel count per layer named in it.
 
     A fraction rounds to the nearest count but never below one channel: a layer is never
-    emptied.
+    emptied. A layer with a block size (``blocks``, e.g. ``PrunableLayer.block`` of a layer
+    feeding a grouped convolution) rounds its count, a fraction's or an int's, to the nearest
+    multiple of the block, never below one block.
 
     Raises:
         ValueError: an unknown layer, a count outside ``[1, width]``, or a fraction outside (0, 1].
@@ -41,15 +45,25 @@ def keep_counts(widths: Mapping[str, int], target: Target) -> dict[str, int]:
             if not (math.isfinite(value) and 0 < value <= 1):
                 raise ValueError(f"target fraction for layer {layer!r} must be in (0, 1], got {value}.")
             counts[layer] = max(1, round(value * width))
+    for layer, block in (blocks or {}).items():
+        if layer in counts and block > 1:
+            if widths[layer] % block:
+                raise ValueError(f"layer {layer!r} has width {widths[layer]}, not a multiple of its block {block}.")
+            counts[layer] = max(block, block * round(counts[layer] / block))
     return counts
 
 
-def plan_keep(scores: Mapping[str, torch.Tensor], target: Target) -> dict[str, list[int]]:
+def plan_keep(
+    scores: Mapping[str, torch.Tensor], target: Target, *, blocks: Mapping[str, int] | None = None
+) -> dict[str, list[int]]:
     """Keep each named layer's highest-scoring channels.
 
     Args:
         scores: ``{layer: one score per channel}`` from an importance criterion.
         target: counts or fractions per layer (see :data:`Target`).
+        blocks: ``{layer: block size}`` for layers whose channels go in aligned blocks
+            (``PrunableLayer.block``); such a layer keeps its blocks of highest total score,
+            its count rounded to whole blocks. Layers left out go channel by channel.
 
     Returns:
         ``{layer: sorted indices of the channels to keep}`` for the layers in ``target``;
@@ -60,12 +74,15 @@ def plan_keep(scores: Mapping[str, torch.Tensor], target: Target) -> dict[str, l
         {'fc1': [1, 2]}
     """
     widths = {layer: int(torch.as_tensor(score).numel()) for layer, score in scores.items()}
-    counts = keep_counts(widths, target)
+    blocks = dict(blocks or {})
+    counts = keep_counts(widths, target, blocks=blocks)
     keep = {}
     for layer, count in counts.items():
         score = torch.as_tensor(scores[layer], dtype=torch.float64).flatten()
         if not bool(torch.isfinite(score).all()):
             raise ValueError(f"scores for layer {layer!r} contain NaN or infinite values.")
-        order = torch.sort(-score, stable=True).indices
-        keep[layer] = sorted(order[:count].tolist())
+        block = blocks.get(layer, 1)
+        order = torch.sort(-score.reshape(-1, block).sum(dim=1), stable=True).indices
+        chosen = order[: count // block].reshape(-1, 1) * block + torch.arange(block)
+        keep[layer] = sorted(chosen.reshape(-1).tolist())
     return keep

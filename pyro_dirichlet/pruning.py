@@ -1,21 +1,57 @@
-"""Dirichlet pruning in one call: posterior mean -> plan -> fold the switch scales -> surgery."""
+"""Dirichlet pruning in one call: posterior mean -> plan -> fold the switch scales -> surgery.
+
+:func:`prune_to_keep` is the last two steps alone, for keep sets from any criterion (the
+studies in ``analysis/`` go through it too).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.importance import posterior_mean
+from pyro_dirichlet.posterior_criteria import posterior_mean
 from pyro_dirichlet.plan import Target, plan_keep
+from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales, prune_channels
 
-__all__ = ["prune_by_posterior_mean", "switch_scales"]
+__all__ = ["prune_by_posterior_mean", "prune_to_keep", "switch_scales"]
 
 
 def switch_scales(means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``E[s_c] * C`` per channel: the factor the switch applies at its posterior mean (1 at the prior mean)."""
     return {layer: (mean * mean.numel()).to(torch.float32) for layer, mean in means.items()}
+
+
+def prune_to_keep(
+    network: nn.Module,
+    keep: dict[str, list[int]],
+    example_inputs: torch.Tensor,
+    *,
+    scales: dict[str, torch.Tensor] | None = None,
+    layers: Sequence[PrunableLayer] | None = None,
+) -> nn.Module:
+    """``network`` (not modified) with only ``keep``'s channels, ``scales`` folded into the weights first.
+
+    Args:
+        network: the trained network.
+        keep: ``{layer: original indices of the channels to keep}``.
+        example_inputs: a batch of inputs to trace the network with.
+        scales: ``{layer: one multiplicative factor per channel of the unpruned layer}``
+            (e.g. :func:`switch_scales` of the posterior mean), or ``None``.
+        layers: the network's prunable layers from
+            :func:`~pyro_dirichlet.structure.find_prunable_layers`, if the caller has them;
+            otherwise the network is traced here, once, for both the fold and the cut.
+    """
+    if layers is None:
+        # Folding keeps every module's name and width, so one trace serves both steps.
+        names = sorted(set(keep) | set(scales or {}))
+        layers = find_prunable_layers(network, example_inputs, layers=names) if names else []
+    if scales is not None:
+        network = fold_scales(network, scales, example_inputs, layers=layers)
+    return prune_channels(network, keep, example_inputs, layers=layers)
 
 
 def prune_by_posterior_mean(
@@ -25,6 +61,7 @@ def prune_by_posterior_mean(
     example_inputs: torch.Tensor,
     *,
     fold: bool = True,
+    layers: Sequence[PrunableLayer] | None = None,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
     """Prune ``network`` to ``target``, keeping each layer's channels of highest posterior mean.
 
@@ -41,13 +78,17 @@ def prune_by_posterior_mean(
         target: channels to keep per layer, counts or fractions (see :func:`plan_keep`).
         example_inputs: a batch of inputs to trace the network with.
         fold: fold ``E[s_c] * C`` into the kept channels' weights.
+        layers: the network's prunable layers (e.g. ``DirichletSwitches(...).layers``) so that
+            the network is not traced again; None to trace it once here.
 
     Returns:
         ``(pruned network, keep)`` where ``keep`` maps each pruned layer to the original
         indices of the channels it kept.
     """
     scores = posterior_mean(posterior)
-    keep = plan_keep(scores, target)
-    if fold:
-        network = fold_scales(network, switch_scales(scores), example_inputs)
-    return prune_channels(network, keep, example_inputs), keep
+    if layers is None:
+        layers = find_prunable_layers(network, example_inputs, layers=sorted(scores))
+    # Layers feeding a grouped convolution keep whole groups of channels.
+    keep = plan_keep(scores, target, blocks={layer.name: layer.block for layer in layers})
+    scales = switch_scales(scores) if fold else None
+    return prune_to_keep(network, keep, example_inputs, scales=scales, layers=layers), keep

@@ -10,11 +10,13 @@ library, so pruned models load without Pyro installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -152,6 +154,15 @@ def _constructor(key: str) -> tuple[Callable[[], nn.Module], str]:
 
 
 def _registered_class(key: str) -> type[nn.Module]:
+    # Files saved before models/ installed as pyro_dirichlet.models name their class
+    # "models.lenet:LeNet5Caffe"; only an already-registered new name is accepted for them.
+    if key not in _REGISTRY and key.startswith("models.") and f"pyro_dirichlet.{key}" in _REGISTRY:
+        key = f"pyro_dirichlet.{key}"
+    if key not in _REGISTRY and re.fullmatch(r"pyro_dirichlet\.models(\.[A-Za-z_]\w*)+:[A-Za-z_]\w*", key):
+        # The package's own architectures register themselves when their module is imported;
+        # only modules inside pyro_dirichlet.models are imported for a spec, nothing it names elsewhere.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(key.partition(":")[0])
     if key not in _REGISTRY:
         raise ModelFileError(
             f"the spec names model class {key!r}, which is not registered; import the module "
@@ -461,6 +472,11 @@ def load_pruned(
             f"({spec_path}): its SHA-256 is {digest}, the spec records {spec['weights_sha256']}"
         )
     architecture = spec["architecture"]
+    # Shapes first, on the meta device (no memory): a small spec asking for a huge layer is
+    # refused against the weights file's header before anything is allocated.
+    with torch.device("meta"):
+        skeleton = _rebuild(architecture)
+    _check_tensors(architecture["tensors"], skeleton, _stored_shapes(weights_path))
     model = _rebuild(architecture)
     state = safetensors.torch.load_file(weights_path, device="cpu")
     _check_tensors(architecture["tensors"], model, state)
@@ -495,6 +511,12 @@ def _read_spec(spec_path: Path) -> dict[str, Any]:
             f"{spec_path} lacks weights_sha256 or an architecture with class, modules and tensors"
         )
     return spec
+
+
+def _stored_shapes(path: Path) -> dict[str, Tensor]:
+    """The weights file's tensors as meta tensors: names and shapes from its header, no data read."""
+    with safetensors.safe_open(str(path), "pt") as handle:
+        return {name: torch.empty(handle.get_slice(name).get_shape(), device="meta") for name in handle.keys()}
 
 
 def _sha256(path: Path) -> str:

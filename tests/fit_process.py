@@ -14,25 +14,37 @@ import time
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The checkout's package, not whichever one the environment installed (another worktree's).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from conftest import TinyCNN  # noqa: E402  (the tests' own tiny network)
 
 from pyro_dirichlet.data import Split  # noqa: E402
-from pyro_dirichlet.distributed import init_from_environment  # noqa: E402
-from pyro_dirichlet.fitting import FitConfig, fit  # noqa: E402
-from pyro_dirichlet.switches import DirichletSwitches  # noqa: E402
+from pyro_dirichlet.infer.distributed import init_from_environment  # noqa: E402
+from pyro_dirichlet.infer.fit import FitConfig, fit  # noqa: E402
+from pyro_dirichlet.infer.priors import PriorModel  # noqa: E402
+from pyro_dirichlet.infer.switches import DirichletSwitches  # noqa: E402
 
 
-def problem(n: int) -> tuple[DirichletSwitches, Split]:
+@PriorModel
+def shared_alpha(layers):
+    """A hierarchical prior: one Gamma-distributed concentration for every layer."""
+    alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
+    return {layer.name: dist.Dirichlet(alpha.expand(layer.channels)) for layer in layers}
+
+
+def problem(n: int, *, hierarchical: bool = False) -> tuple[DirichletSwitches, Split]:
     """The tiny CNN (seeded) with switches, and ``n`` random inputs labelled by the network itself."""
     torch.manual_seed(0)
     network = TinyCNN()
     images = torch.randn(n, 1, 14, 14, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         labels = network.eval()(images).argmax(1)
-    return DirichletSwitches(network, images[:2]), Split(images, labels)
+    prior = shared_alpha if hierarchical else 1.0
+    return DirichletSwitches(network, images[:2], prior=prior), Split(images, labels)
 
 
 def config(epochs: int, batch_size: int, checkpoint_every: int | None = None) -> FitConfig:
@@ -48,6 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--hierarchical", action="store_true", help="a shared Gamma concentration as the prior (an autoguide fits it)")
     parser.add_argument("--threads", type=int, help="torch threads; default: conftest's choice, as in the test process")
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step, so a test can catch the fit mid-way")
     args = parser.parse_args()
@@ -56,7 +69,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     joined = init_from_environment("gloo")
     rank = torch.distributed.get_rank() if joined else 0
-    switches, data = problem(args.examples)
+    switches, data = problem(args.examples, hierarchical=args.hierarchical)
     if args.step_delay:
         model = switches.model
 
@@ -68,7 +81,11 @@ def main() -> None:
     pyro.clear_param_store()
     result = fit(switches, data, config(args.epochs, args.batch_size, args.checkpoint_every), checkpoint=args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"concentrations": result.concentrations, "elbo": torch.tensor(result.elbo, dtype=torch.float64)}, args.out / f"rank{rank}.pt")
+    params = {name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()}
+    torch.save(
+        {"concentrations": result.concentrations, "elbo": torch.tensor(result.elbo, dtype=torch.float64), "params": params},
+        args.out / f"rank{rank}.pt",
+    )
     if joined:
         torch.distributed.destroy_process_group()
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fit_process import config, problem
-from pyro_dirichlet.checkpoint import FitCheckpoint
-from pyro_dirichlet.fitting import fit
+from pyro_dirichlet.infer.checkpoint import FitCheckpoint
+from pyro_dirichlet.infer.fit import fit
 
 SCRIPT = Path(__file__).with_name("fit_process.py")
 
@@ -124,7 +124,7 @@ def test_a_checkpoint_of_another_fit_is_refused_naming_the_difference(tmp_path):
 
     pyro.clear_param_store()
     network = switches.network
-    from pyro_dirichlet.switches import DirichletSwitches
+    from pyro_dirichlet.infer.switches import DirichletSwitches
 
     fewer = DirichletSwitches(network, data.images[:2], layers=["conv1"])
     with pytest.raises(ValueError, match=r"fit\.ckpt.*layers"):

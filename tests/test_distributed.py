@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 from fit_process import config, problem
-from pyro_dirichlet.checkpoint import FitCheckpoint
-from pyro_dirichlet.distributed import DataParallel
-from pyro_dirichlet.fitting import fit
+from pyro_dirichlet.infer.checkpoint import FitCheckpoint
+from pyro_dirichlet.infer.distributed import DataParallel
+from pyro_dirichlet.infer.fit import fit
 
 SCRIPT = Path(__file__).with_name("fit_process.py")
 
@@ -65,3 +65,28 @@ def test_two_gloo_ranks_fit_what_one_process_fits(tmp_path):
     torch.testing.assert_close(ranks[0]["elbo"], torch.tensor(single.elbo, dtype=torch.float64), rtol=1e-4, atol=0)
     for name, concentration in single.concentrations.items():
         torch.testing.assert_close(ranks[0]["concentrations"][name], concentration, rtol=1e-4, atol=0)
+
+
+@needs_gloo
+def test_two_gloo_ranks_fit_a_hierarchical_prior_alike(tmp_path):
+    # The autoguide's parameters join the all-reduce (in name order on every rank).
+    n, batch_size = 96, 32
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(SCRIPT), str(out), "--examples", str(n), "--epochs", "1", "--batch-size", str(batch_size),
+               "--threads", "1", "--hierarchical"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert sorted(ranks[0]["params"]) == sorted(
+        ["AutoGuideList.1.locs.alpha", "AutoGuideList.1.scales.alpha", "conv1.switch.concentration",
+         "conv2.switch.concentration", "fc1.switch.concentration"]
+    )
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+
+    pyro.clear_param_store()
+    single = fit(*problem(n, hierarchical=True), config(1, batch_size))
+    torch.testing.assert_close(ranks[0]["elbo"], torch.tensor(single.elbo, dtype=torch.float64), rtol=1e-4, atol=0)
+    for name, value in pyro.get_param_store().named_parameters():
+        torch.testing.assert_close(ranks[0]["params"][name], value.detach(), rtol=1e-4, atol=1e-6)

@@ -9,9 +9,10 @@ from ranks import spearman
 from pyro_dirichlet.data import Split
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_dirichlet.fitting import FitConfig, FitDivergedError, fit, fit_model, resolve_device
-from pyro_dirichlet.guide import DirichletGuide
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit, fit_model
+from pyro_dirichlet.infer.guide import DirichletGuide
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 
 def synthetic_split(tiny_cnn, n=256, seed=0) -> Split:

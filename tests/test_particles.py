@@ -10,8 +10,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from fit_process import config, problem
-from pyro_dirichlet.fitting import fit
-from pyro_dirichlet.guide import DirichletGuide
+from pyro_dirichlet.infer.fit import fit
+from pyro_dirichlet.infer.guide import DirichletGuide
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -93,3 +93,13 @@ def test_layer_draws_are_the_posterior_samples_in_channel_order():
     assert draws.shape == (50, 3)
     assert np.allclose(draws.sum(1), 1.0)
     assert np.allclose(draws.mean(0), layer_summaries(posterior)["conv1"].mean)
+
+
+def test_summaries_and_plots_read_the_switches_and_leave_latent_sites_out(tmp_path):
+    from pyro_dirichlet.posterior import from_fit
+
+    tree = from_fit(CONCENTRATIONS, num_samples=100, latents={"alpha": np.linspace(0.5, 1.5, 100)})
+    assert tree["posterior"]["alpha"].dims == ("chain", "draw")
+    assert sorted(layer_summaries(tree)) == sorted(layer_draws(tree)) == ["conv1", "features.3"]
+    assert "alpha" in summary_table(tree).index  # ArviZ's own summary still shows it
+    assert plot_forest(tree, tmp_path / "forest.png").exists()

@@ -6,8 +6,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from pyro_dirichlet.guide import DirichletGuide
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.guide import DirichletGuide
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 
 def test_trace_has_one_switch_site_per_layer_with_the_layer_width(tiny_cnn, tiny_images):
@@ -97,7 +97,7 @@ def test_closed_form_dirichlet_kl_matches_monte_carlo():
 
 
 def test_coupled_group_gets_one_switch_shared_by_all_its_members():
-    from models.wrn import WideResNet10x1
+    from pyro_dirichlet.models.wrn import WideResNet10x1
 
     torch.manual_seed(0)
     net = WideResNet10x1().eval()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pyro_dirichlet.posterior import LayerSummary
-from pyro_dirichlet.uncertainty import keep_threshold, mass_curve, straddling_channels, top_k_overlap
+from pyro_dirichlet.posterior.uncertainty import keep_threshold, mass_curve, straddling_channels, top_k_overlap
 
 
 def summary(mean, lower, upper, channels=None):
@@ -35,5 +35,7 @@ def test_top_k_overlap():
     a, b = torch.tensor([4.0, 3, 2, 1]), torch.tensor([3.0, 4, 1, 2])
     assert top_k_overlap(a, b, 2) == 1.0
     assert top_k_overlap(a, torch.tensor([1.0, 2, 3, 4]), 2) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be in \\[1, 4\\]"):
         top_k_overlap(a, b, 5)
+    with pytest.raises(ValueError, match="of equal length"):
+        top_k_overlap(a, torch.ones(3), 2)

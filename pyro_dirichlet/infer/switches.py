@@ -11,9 +11,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_dirichlet.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
-from pyro_dirichlet.switch_input import SwitchInput
+from pyro_dirichlet.structure.placement import SwitchInput
 
 __all__ = ["DirichletSwitches", "switch_site", "freeze"]
 
@@ -62,8 +62,10 @@ class DirichletSwitches:
         example_inputs: a batch of inputs used to trace the network's structure.
         layers: names of the layers to switch; ``None`` finds every conv and every hidden
             linear layer automatically (never the classifier output).
-        prior: see :func:`pyro_dirichlet.priors.resolve_prior`: a concentration, a mapping of
-            per-layer concentrations, or a callable returning a distribution on the simplex.
+        prior: see :func:`pyro_dirichlet.infer.priors.resolve_prior`: a concentration, a mapping of
+            per-layer concentrations, a callable returning a layer's distribution on the
+            simplex, or a :class:`~pyro_dirichlet.infer.priors.PriorModel` returning every
+            layer's (with sample sites of its own: hyper-priors shared across layers).
         coupled: ``"skip"`` (default) leaves channels coupled through residual adds
             unswitched; ``"group"`` gives each coupling group one shared switch site, named
             after its first member (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
@@ -73,6 +75,9 @@ class DirichletSwitches:
             channel scale, so the logits are the same, and the multiply touches fewer
             elements and the backward pass stops earlier. ``"output"`` always multiplies
             the ``switch_at`` output, as described above.
+        on_unsupported: ``"raise"`` (default) or ``"skip"``: switch every layer the structure
+            analysis can follow and leave the others out; ``layers.skipped`` then lists them
+            with reasons (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -90,6 +95,7 @@ class DirichletSwitches:
         prior: PriorSpec = DEFAULT_CONCENTRATION,
         coupled: str = "skip",
         placement: Literal["input", "output"] = "input",
+        on_unsupported: Literal["raise", "skip"] = "raise",
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
@@ -97,12 +103,14 @@ class DirichletSwitches:
             raise ValueError(f"placement must be 'input' or 'output', got {placement!r}.")
         self.placement = placement
         self.network = freeze(network)
-        self.layers: list[PrunableLayer] = find_prunable_layers(network, example_inputs, layers, coupled=coupled)
+        self.layers: list[PrunableLayer] = find_prunable_layers(
+            network, example_inputs, layers, coupled=coupled, on_unsupported=on_unsupported
+        )
         self.priors = resolve_prior(prior, self.layers)
         self._modules = dict(network.named_modules())
 
     def to(self, device: torch.device | str) -> "DirichletSwitches":
-        """Move the frozen network to ``device``; the priors follow the data's device."""
+        """Move the frozen network to ``device``; the priors are built on the data's device at every run."""
         self.network.to(device)
         return self
 
@@ -143,6 +151,26 @@ class DirichletSwitches:
             for handle in handles:
                 handle.remove()
 
+    def switch_prior(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        subsample: torch.Tensor | None = None,
+        size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The model's prior part: the prior's own sites, then every switch site; no network.
+
+        Same signature as :meth:`model` (only ``images.device`` is read), so it serves as
+        the model of guides and predictive draws that concern the switches alone, e.g.
+        ``Predictive(switches.switch_prior, num_samples=1000)(images)`` draws from the prior.
+
+        Returns:
+            ``{layer name: switch value}``.
+        """
+        priors = self.priors(images.device)
+        return {layer.name: pyro.sample(switch_site(layer.name), priors[layer.name]) for layer in self.layers}
+
     def model(
         self,
         images: torch.Tensor,
@@ -166,10 +194,11 @@ class DirichletSwitches:
         # The prior network is frozen, but a user's .train() call must not reach BatchNorm.
         if self.network.training:
             self.network.eval()
-        values = {
-            layer.name: pyro.sample(switch_site(layer.name), self.priors[layer.name](images.device))
-            for layer in self.layers
-        }
+        values = self.switch_prior(images)
+        # Predictive(parallel=True) hands given draws over as (draws, channels): it counts the
+        # channel dimension as a batch one and leaves out the data plate's. One row per draw all
+        # the same, so they get the data plate's size-1 dimension back.
+        values = {name: value.unsqueeze(-2) if value.dim() == 2 else value for name, value in values.items()}
         batch = images.shape[0]
         with pyro.plate("data", size=size or batch, subsample=subsample, device=images.device):
             particles = _particle_shape(values)

@@ -4,7 +4,9 @@ Every ArviZ call in the project lives in this module. The posterior is an
 ``xarray.DataTree`` with a ``posterior`` group holding one variable per switched layer,
 named like its Pyro site (``conv1.switch``), with dimensions ``(chain, draw,
 conv1_channel)`` whose channel coordinates are the original channel indices -- so a summary
-row reads ``conv1.switch[17]`` whatever was pruned before or after.
+row reads ``conv1.switch[17]`` whatever was pruned before or after. A fit's whole posterior
+(:func:`~pyro_dirichlet.posterior.fitted.from_fit`) adds the prior's latent sites and more
+groups to it.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import pandas as pd
-import pyro.distributions as dist
 import torch
 import xarray as xr
 
-from pyro_dirichlet.atomic import atomic_path
-from pyro_dirichlet.switches import switch_site
+from pyro_dirichlet.atomic import atomic_path, atomic_write
+from pyro_dirichlet.infer.switches import switch_site
+from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
 __all__ = [
+    "DEFAULT_CI_PROB",
     "LayerSummary",
     "channel_dim",
+    "switch_variables",
     "sample_posterior",
     "summary_table",
     "layer_summaries",
@@ -37,9 +41,16 @@ __all__ = [
 ]
 
 
-def channel_dim(layer_name: str) -> str:
-    """The channel dimension of a layer's switch variable, e.g. ``"features.0"`` -> ``"features_0_channel"``."""
-    return f"{layer_name.replace('.', '_')}_channel"
+#: Probability mass of the HDI credible intervals wherever none is given: the summaries,
+#: the forest plots, ``pyro-dirichlet fit`` and ``report``.
+DEFAULT_CI_PROB = 0.95
+
+
+def switch_variables(group: xr.Dataset | xr.DataTree) -> dict[str, xr.DataArray]:
+    """``{layer: variable}`` for the switch variables (``<layer>.switch``) of a group, leaving out the prior's latent sites."""
+    return {
+        str(name).removesuffix(".switch"): data for name, data in group.data_vars.items() if str(name).endswith(".switch")
+    }
 
 
 def sample_posterior(
@@ -62,27 +73,11 @@ def sample_posterior(
         an ``xarray.DataTree`` with group ``posterior``: variables ``<layer>.switch`` with
         dims ``(chain, draw, <layer>_channel)``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer of at least 2, got {num_samples!r}.")
-    if not concentrations:
-        raise ValueError("concentrations is empty: there is no switch to sample.")
-    draws, dims, coords = {}, {}, {}
-    # A forked RNG: summarising a posterior must not shift the user's random stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        samples = {
-            name: dist.Dirichlet(c.detach().to("cpu", torch.float64)).sample((num_samples,))
-            for name, c in concentrations.items()
-        }
-    for name, sample in samples.items():
-        variable, dim = switch_site(name), channel_dim(name)
-        draws[variable] = sample.numpy()[None]  # one chain
-        dims[variable] = [dim]
-        coords[dim] = np.asarray(channels[name]) if channels and name in channels else np.arange(sample.shape[-1])
+    draws, dims, coords = switch_draws(concentrations, num_samples=num_samples, seed=seed, channels=channels)
     return az.from_dict({"posterior": draws}, dims=dims, coords=coords)
 
 
-def summary_table(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> pd.DataFrame:
+def summary_table(posterior: xr.DataTree, *, ci_prob: float = DEFAULT_CI_PROB) -> pd.DataFrame:
     """ArviZ's summary of every switch: ``mean``, ``sd`` and the HDI bounds.
 
     Rows are ``<layer>.switch[<channel>]``; the HDI columns are named by ArviZ, e.g.
@@ -110,13 +105,13 @@ class LayerSummary:
         return np.argsort(-self.mean, kind="stable")
 
 
-def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> dict[str, LayerSummary]:
+def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = DEFAULT_CI_PROB) -> dict[str, LayerSummary]:
     """Split :func:`summary_table` into one :class:`LayerSummary` per switched layer."""
     table = summary_table(posterior, ci_prob=ci_prob)
     lower, upper = (c for c in table.columns if c.startswith("hdi"))
     summaries = {}
-    for variable, data in posterior["posterior"].data_vars.items():
-        layer = str(variable).removesuffix(".switch")
+    for layer, data in switch_variables(posterior["posterior"]).items():
+        variable = switch_site(layer)
         channels = np.asarray(data[channel_dim(layer)].values)
         rows = table.loc[[f"{variable}[{c}]" for c in channels]]
         summaries[layer] = LayerSummary(
@@ -134,8 +129,7 @@ def layer_summaries(posterior: xr.DataTree, *, ci_prob: float = 0.95) -> dict[st
 def layer_draws(posterior: xr.DataTree) -> dict[str, np.ndarray]:
     """Every layer's switch draws as ``{layer: array (draws, channels)}``, chains stacked, channels in coordinate order."""
     draws = {}
-    for variable, data in posterior["posterior"].data_vars.items():
-        layer = str(variable).removesuffix(".switch")
+    for layer, data in switch_variables(posterior["posterior"]).items():
         values = np.asarray(data.transpose("chain", "draw", channel_dim(layer)).values)
         draws[layer] = values.reshape(-1, values.shape[-1])
     return draws
@@ -145,7 +139,7 @@ def plot_forest(
     posterior: xr.DataTree,
     path: str | os.PathLike,
     *,
-    ci_prob: float = 0.95,
+    ci_prob: float = DEFAULT_CI_PROB,
     max_channels: int = 40,
     layers: Sequence[str] | None = None,
 ) -> Path:
@@ -166,13 +160,14 @@ def plot_forest(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shown = {}
-    variables = posterior["posterior"].data_vars
+    switches = switch_variables(posterior["posterior"])
     if layers is not None:
-        unknown = sorted(set(layers) - {str(v).removesuffix(".switch") for v in variables})
+        unknown = sorted(set(layers) - set(switches))
         if unknown:
             raise ValueError(f"layers {unknown} have no switch in the posterior.")
-        variables = {switch_site(layer): variables[switch_site(layer)] for layer in layers}
-    for variable, data in variables.items():
+        switches = {layer: switches[layer] for layer in layers}
+    for layer, data in switches.items():
+        variable = switch_site(layer)
         dim = data.dims[-1]
         means = data.mean(("chain", "draw"))
         top = np.sort(means.sortby(means, ascending=False)[dim].values[:max_channels])
@@ -193,8 +188,11 @@ def save_posterior(posterior: xr.DataTree, path: str | os.PathLike) -> Path:
     """Write the posterior DataTree to NetCDF (``h5netcdf``), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        posterior.to_netcdf(temporary, engine="h5netcdf")
+    # Serialised in memory, then written by Python: a full disk then fails as an OSError in
+    # the write, not inside HDF5 while it closes the file (which can crash the process).
+    data = bytes(posterior.to_netcdf(engine="h5netcdf"))
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
     return path
 
 
@@ -202,3 +200,8 @@ def load_posterior(path: str | os.PathLike) -> xr.DataTree:
     """Read a posterior written by :func:`save_posterior`."""
     with xr.open_datatree(path, engine="h5netcdf") as tree:
         return tree.load()
+
+
+from pyro_dirichlet.posterior.fitted import GUIDE_PARAMETERS, VARIATIONAL, exact_means, from_fit  # noqa: E402
+
+__all__ += ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit"]

@@ -1,6 +1,6 @@
 """A fit's resumable state on disk: guide parameters, optimizer moments, random streams, progress.
 
-:func:`pyro_dirichlet.fitting.fit` writes a :class:`FitCheckpoint` every few steps and at the
+:func:`pyro_dirichlet.infer.fit.fit` writes a :class:`FitCheckpoint` every few steps and at the
 end of each epoch, and resumes from one when it finds a matching file. The file holds only
 tensors and plain Python values (``torch.save``, read back with ``weights_only=True``), so
 loading one never runs pickled code, and it is written atomically, so a killed process
@@ -21,7 +21,6 @@ import pyro
 import pyro.optim
 import pyro.util
 import torch
-from torch.distributions import constraints
 
 from pyro_dirichlet.atomic import atomic_write
 
@@ -39,7 +38,8 @@ class FitCheckpoint:
         step: completed SVI steps.
         elbo: the ELBO of each completed step.
         seconds: fitting time spent so far, over every run that contributed.
-        params: the guide's *unconstrained* parameters by param-store name (for a
+        params: every *unconstrained* parameter of the fit's guide and prior (an autoguide's,
+            a learnable prior's) by param-store name (for a
             concentration, its logarithm), so a resumed fit starts from the same bits.
         optimizer: ``PyroOptim.get_state()``: per parameter, the torch optimizer's state dict.
         rng: the global random streams Pyro draws from (torch, Python, NumPy and, on a GPU,
@@ -126,21 +126,22 @@ class FitCheckpoint:
     def restore(self, optim: pyro.optim.PyroOptim, device: torch.device) -> None:
         """Put the checkpoint's parameters, optimizer state and random streams back.
 
-        The parameters replace those in Pyro's param store (constrained positive, as the
-        guide declares them); the optimizer state waits in ``optim`` until the first step
-        meets each parameter (``PyroOptim.set_state``).
+        The parameters replace those in Pyro's param store, which must already hold every
+        one of them (the fit creates them first), so each keeps the constraint its guide or
+        prior declared; the optimizer state waits in ``optim`` until the first step meets
+        each parameter (``PyroOptim.set_state``).
+
+        Raises:
+            ValueError: a checkpointed parameter the param store does not hold.
         """
         store = pyro.get_param_store()
-        for name in self.params:
-            if name in store:
-                del store[name]
+        state = store.get_state()
+        missing = sorted(set(self.params) - set(state["params"]))
+        if missing:
+            raise ValueError(f"the param store has no {missing}: create the fit's parameters before restoring a checkpoint.")
         # set_state takes unconstrained values as they are: no exp/log round trip to lose bits.
-        store.set_state(
-            {
-                "params": {name: value.to(device).requires_grad_() for name, value in self.params.items()},
-                "constraints": {name: constraints.positive for name in self.params},
-            }
-        )
+        state["params"].update({name: value.to(device).requires_grad_() for name, value in self.params.items()})
+        store.set_state(state)
         optim.set_state(self.optimizer)
         numpy_state = self.rng["numpy"]
         pyro.util.set_rng_state(
@@ -238,7 +239,7 @@ class CheckpointWriter:
         path: the checkpoint file.
         every: steps between writes, or ``None`` for epoch ends only.
         steps_per_epoch: minibatches per epoch.
-        param_names: the guide's param-store names.
+        param_names: the param-store names of every parameter of the fit's guide and prior.
         optim: the fit's optimizer.
         layers: ``(name, channels)`` of the switched layers.
         config: the settings a resume must match.

@@ -13,26 +13,36 @@ from typing import TYPE_CHECKING
 
 import pyro
 import pyro.optim
+import pyro.util
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import zero_grads
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
-from pyro_dirichlet.checkpoint import CheckpointWriter, FitCheckpoint
+from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.distributed import DataParallel
+from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
+from pyro_dirichlet.infer.optim import SkipNonFinite
 from pyro_dirichlet.measure import Stopwatch
-from pyro_dirichlet.pooling import NoGradMaxPool
-from pyro_dirichlet.guide import DEFAULT_INIT_CONCENTRATION, DirichletGuide, concentration_param
+from pyro_dirichlet.infer._fast import NoGradMaxPool
+from pyro_dirichlet.infer.guide import (
+    DEFAULT_INIT_CONCENTRATION,
+    HYPER_GUIDES,
+    DirichletGuide,
+    concentration_param,
+    create_params,
+    guide_concentrations,
+    make_guide,
+)
 from pyro_dirichlet.structure import PrunableLayer
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
-    "AUTOCAST_DTYPES", "FitConfig", "FitResult", "FitDivergedError", "fit", "fit_model", "network_context", "resolve_device",
+    "AUTOCAST_DTYPES", "FitConfig", "FitResult", "FitDivergedError", "fit", "fit_model", "network_context",
 ]
 
 #: ``FitConfig.autocast`` names and the dtype the frozen network's forward runs in.
@@ -40,19 +50,6 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 # FitConfig fields a checkpoint may differ in: how long to fit and how to show or save it.
 _RESUMABLE_FIELDS = ("epochs", "progress", "checkpoint_every")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is checked and passed through."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine.")
-    return resolved
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,10 @@ class FitConfig:
         fast_pooling: on the CPU, run the non-overlapping max-pooling of tensors that need
             no gradient (the frozen layers in front of the first switch) as an element-wise
             maximum of strided slices, which gives the same values several times faster
-            than PyTorch's channels-first kernel (see :mod:`pyro_dirichlet.pooling`).
+            than PyTorch's channels-first kernel (see :mod:`pyro_dirichlet.infer._fast`).
+        hyper_guide: the autoguide of the prior's own latent sites (a hierarchical prior's
+            concentration, say): ``"normal"`` (``AutoNormal``) or ``"delta"`` (``AutoDelta``,
+            a point estimate: empirical Bayes). See :data:`~pyro_dirichlet.infer.guide.HYPER_GUIDES`.
     """
 
     epochs: int = 1
@@ -107,6 +107,7 @@ class FitConfig:
     autocast: str | None = None
     channels_last: bool = False
     fast_pooling: bool = True
+    hyper_guide: str = "normal"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_particles"):
@@ -131,6 +132,8 @@ class FitConfig:
             raise ValueError(f"FitConfig.checkpoint_every must be None or a positive integer, got {self.checkpoint_every!r}.")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"FitConfig.autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast!r}.")
+        if self.hyper_guide not in HYPER_GUIDES:
+            raise ValueError(f"FitConfig.hyper_guide must be one of {sorted(HYPER_GUIDES)}, got {self.hyper_guide!r}.")
         for name in ("vectorize_particles", "channels_last", "fast_pooling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FitConfig.{name} must be True or False, got {getattr(self, name)!r}.")
@@ -138,7 +141,12 @@ class FitConfig:
 
 @dataclass
 class FitResult:
-    """What a fit produced: the fitted concentrations and how the ELBO went."""
+    """What a fit produced: the fitted concentrations and how the ELBO went.
+
+    ``switches`` and ``guide`` (the fitted model and guide, whose parameters stay in Pyro's
+    param store) are kept for drawing the prior's latent sites and predictions into the
+    posterior; they are ``None`` in a result built from concentrations alone.
+    """
 
     layers: list[PrunableLayer]
     concentrations: dict[str, torch.Tensor]
@@ -148,14 +156,69 @@ class FitResult:
     seconds: float
     device: str
     config: FitConfig = field(repr=False)
+    switches: DirichletSwitches | None = field(default=None, repr=False)
+    guide: Callable | None = field(default=None, repr=False)
+    parameters: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    example: torch.Tensor | None = field(default=None, repr=False)
 
-    def posterior(self, *, num_samples: int = 1000, seed: int = 0) -> xr.DataTree:
-        """Draw the fitted switch posterior into an ArviZ DataTree (see :func:`sample_posterior`)."""
+    def posterior(
+        self,
+        *,
+        num_samples: int = 1000,
+        seed: int = 0,
+        validation: Split | None = None,
+        predictive_draws: int = 100,
+        validation_size: int = 128,
+    ) -> xr.DataTree:
+        """The fitted posterior as an ArviZ DataTree (see :func:`pyro_dirichlet.posterior.from_fit`).
+
+        Args:
+            num_samples: draws of every switch and latent site from the guide, and from the prior.
+            seed: seed of every draw (the global random streams are left as they were).
+            validation: held-out data: with it, the first ``validation_size`` examples become
+                ``observed_data``, and the first ``predictive_draws`` posterior draws give the
+                ``log_likelihood`` and ``posterior_predictive`` groups (``az.loo``,
+                ``az.plot_ppc_dist``). PSIS needs at least ~30 draws.
+            predictive_draws: posterior draws the network is run under.
+            validation_size: validation examples predicted.
+
+        Returns:
+            groups ``posterior``, ``prior``, ``variational``, ``guide_parameters`` and, with
+            ``validation``, ``observed_data``, ``log_likelihood``, ``posterior_predictive``.
+        """
         # Imported here: ArviZ takes seconds to import, which every fitting process (each
         # torchrun rank) would otherwise pay without drawing a posterior.
-        from pyro_dirichlet.posterior import sample_posterior
+        from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict
+        from pyro_dirichlet.posterior import from_fit, switch_draws
 
-        return sample_posterior(self.concentrations, num_samples=num_samples, seed=seed)
+        if self.switches is None or self.guide is None or self.example is None:
+            return from_fit(self.concentrations, num_samples=num_samples, seed=seed)
+        if validation is not None and not 1 <= predictive_draws <= num_samples:
+            raise ValueError(f"predictive_draws must lie in [1, num_samples={num_samples}], got {predictive_draws!r}.")
+        device = torch.device(self.device)
+        example = self.example.to(device)
+        latents = draw_latents(self.switches, self.guide, example, num_samples=num_samples, seed=seed)
+        prior = draw_prior(self.switches, example, num_samples=num_samples, seed=seed)
+        labels = predictive = None
+        if validation is not None and len(validation) > 0:
+            images, labels = validation.images[:validation_size].to(device), validation.labels[:validation_size].to(device)
+            draws, _, _ = switch_draws(self.concentrations, num_samples=num_samples, seed=seed)
+            samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
+            samples.update({site: value[:predictive_draws] for site, value in latents.items()})
+            predictive = predict(self.switches, samples, images, labels, seed=seed)
+            labels = labels.cpu().numpy()
+        attrs = {"hyper_guide": self.config.hyper_guide, "init_concentration": self.config.init_concentration}
+        return from_fit(
+            self.concentrations,
+            num_samples=num_samples,
+            seed=seed,
+            latents=latents,
+            prior=prior,
+            labels=labels,
+            predictive=predictive,
+            parameters=self.parameters,
+            attrs=attrs,
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready record for reports (the concentrations are in the posterior file)."""
@@ -172,7 +235,11 @@ class FitResult:
 
 
 class FitDivergedError(RuntimeError):
-    """The ELBO became NaN or infinite. The guide keeps its last good state.
+    """The ELBO became NaN or infinite.
+
+    The guide keeps its state from before that step whenever the step's gradients were not
+    finite either (:class:`~pyro_dirichlet.infer.optim.SkipNonFinite`), which is the case
+    for any NaN that reaches the guide's parameters.
 
     Attributes:
         step: the (0-based) step whose ELBO was not finite.
@@ -196,6 +263,7 @@ def fit(
     config: FitConfig = FitConfig(),
     *,
     checkpoint: str | os.PathLike[str] | None = None,
+    guide: Callable | None = None,
 ) -> FitResult:
     """Fit the Dirichlet switch posteriors by SVI over ``train``.
 
@@ -204,7 +272,7 @@ def fit(
     log-concentrations. The network stays frozen.
 
     Under ``torch.distributed`` (launched by ``torchrun``, see
-    :mod:`pyro_dirichlet.distributed`) every rank fits on its shard of each minibatch and the
+    :mod:`pyro_dirichlet.infer.distributed`) every rank fits on its shard of each minibatch and the
     gradients are all-reduced, so each step equals the single-process step over the whole
     minibatch; only rank 0 shows progress and writes the checkpoint, and every rank returns
     the same result.
@@ -219,7 +287,13 @@ def fit(
             result, bit for bit, as an uninterrupted fit on the same machine. It is
             rewritten atomically every ``config.checkpoint_every`` steps, at the end of each
             epoch, and on Ctrl-C (with the last completed step) before the
-            ``KeyboardInterrupt`` propagates.
+            ``KeyboardInterrupt`` propagates. It holds every parameter of the fit's prior
+            and guide (a learnable prior's, an autoguide's) besides the concentrations.
+        guide: a guide of your own, with the model's signature, that samples every switch
+            site from a Dirichlet (and any latent site of the prior); its parameters are used
+            as they stand in the param store. ``None``: :func:`~pyro_dirichlet.infer.guide.make_guide`,
+            a Dirichlet per switch plus ``config.hyper_guide`` over the prior's latent sites,
+            every parameter starting afresh.
 
     Returns:
         a :class:`FitResult`; the fitted concentrations are also left in Pyro's param store
@@ -244,12 +318,13 @@ def fit(
         device = parallel.device(device)
     switches.to(device)
     pyro.set_rng_seed(config.seed)
-    guide = DirichletGuide(switches.layers, init_concentration=config.init_concentration)
-    guide.reset()
-    guide.initialise(device)
-    elbo_loss = _elbo(config)
-    optim = pyro.optim.Adam({"lr": config.lr})
+    guide, param_names = _prepare_guide(switches, config, device, train, guide)
+    # A step whose gradients are not finite changes nothing, so a diverging fit keeps its last
+    # good guide; under torchrun the gradients are summed over ranks before that check.
+    optim = SkipNonFinite(pyro.optim.Adam({"lr": config.lr}))
+    reduce = AllReduceGradients(optim, parallel) if parallel is not None else None
     model = fit_model(switches, config, device)
+    svi = SVI(model, guide, reduce or optim, _elbo(config, vectorize=not switches.priors.latent_sites))
     size = config.effective_data_size or len(train)
     generator = torch.Generator().manual_seed(config.seed)
     # Whole split on the device once, so a step only slices (the data is small next to the network).
@@ -275,6 +350,11 @@ def fit(
                 f"checkpoint {checkpoint} has {resumed.step} steps, more than the {total_steps} of "
                 f"FitConfig.epochs={config.epochs}; ask for at least {math.ceil(resumed.step / steps_per_epoch)} epochs."
             )
+        if sorted(resumed.params) != sorted(param_names):
+            raise ValueError(
+                f"checkpoint {checkpoint} holds parameters {sorted(resumed.params)}, this fit has "
+                f"{sorted(param_names)}; delete it or pass another checkpoint path."
+            )
         resumed.restore(optim, device)
         generator.set_state(resumed.generator)
         history = list(resumed.elbo)
@@ -285,7 +365,7 @@ def fit(
             checkpoint,
             every=config.checkpoint_every,
             steps_per_epoch=steps_per_epoch,
-            param_names=[concentration_param(layer.name) for layer in switches.layers],
+            param_names=param_names,
             optim=optim,
             layers=layers,
             config=identity,
@@ -311,14 +391,17 @@ def fit(
                 batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
                 done_in_epoch = len(history) - epoch * steps_per_epoch
                 for indices, images, labels in itertools.islice(batches, done_in_epoch, None):
-                    weight = 1.0
-                    if parallel is not None:
-                        indices, weight = parallel.shard(indices)
+                    if reduce is not None:
+                        indices, reduce.weight = parallel.shard(indices)
                         images, labels = data.images[indices], data.labels[indices]
-                    elbo = -_svi_step(model, guide, elbo_loss, optim, images, labels, indices, size, parallel, weight)
+                    loss = svi.step(images, labels, subsample=indices, size=size)
+                    if reduce is not None:
+                        loss = parallel.all_reduce_loss(loss, reduce.weight, device)
+                    elbo = -loss
                     if not math.isfinite(elbo):
-                        # _svi_step skipped the update, so the guide still holds the last good state.
-                        raise FitDivergedError(len(history), elbo, history, guide.concentrations())
+                        # SkipNonFinite skipped the update when the NaN reached the gradients,
+                        # so the guide still holds the last good state.
+                        raise FitDivergedError(len(history), elbo, history, _concentrations(guide, switches, data))
                     history.append(elbo)
                     bar.update()
                     if len(history) % 20 == 0:
@@ -334,14 +417,66 @@ def fit(
             raise
     return FitResult(
         layers=switches.layers,
-        concentrations=guide.concentrations(),
+        concentrations=_concentrations(guide, switches, data),
         elbo=history,
         epochs=config.epochs,
         steps=len(history),
         seconds=earlier_seconds + watch.seconds,
         device=str(device),
         config=config,
+        switches=switches,
+        guide=guide,
+        parameters=_unconstrained(param_names),
+        example=train.images[:1].clone(),
     )
+
+
+def _prepare_guide(
+    switches: DirichletSwitches, config: FitConfig, device: torch.device, train: Split, guide: Callable | None
+) -> tuple[Callable, list[str]]:
+    """The fit's guide with every parameter of it and of the prior in the param store, and their names.
+
+    A fixed prior and the built guide have only the concentrations, created at
+    ``init_concentration``. Otherwise the prior and guide are run once (blocked, the random
+    streams put back, so fresh and resumed fits draw alike) to create their parameters;
+    with the built guide, a first run in a scratch store names them, so values a previous
+    fit left in the store are forgotten and this fit starts afresh.
+    """
+    if guide is None and switches.priors.fixed:
+        guide = DirichletGuide(switches.layers, init_concentration=config.init_concentration)
+        guide.reset()
+        guide.initialise(device)
+        return guide, [concentration_param(layer.name) for layer in switches.layers]
+    fresh = guide is None
+    if fresh:
+        guide = make_guide(switches, init_concentration=config.init_concentration, hyper_guide=config.hyper_guide)
+    example = train.images[:1].to(device), train.labels[:1].to(device)
+    kwargs = {"subsample": torch.zeros(1, dtype=torch.long, device=device), "size": len(train)}
+    store = pyro.get_param_store()
+    with store.scope() as scratch:
+        create_params(switches, guide, example, kwargs)
+    if fresh:
+        for name in scratch["params"]:
+            if name in store:
+                del store[name]
+    create_params(switches, guide, example, kwargs)
+    if not fresh:
+        # A user's guide must cover what the model samples: say so now, not as a KeyError inside the ELBO.
+        guide_concentrations(guide, switches.layers, example[0], latent_sites=switches.priors.latent_sites)
+    return guide, sorted(scratch["params"])
+
+
+def _unconstrained(names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters as Pyro stores them (unconstrained), on the CPU."""
+    store = dict(pyro.get_param_store().named_parameters())
+    return {name: store[name].detach().cpu().clone() for name in names}
+
+
+def _concentrations(guide: Callable, switches: DirichletSwitches, data: Split) -> dict[str, torch.Tensor]:
+    """The guide's switch concentrations on the CPU (read from the param store for the Dirichlet guide)."""
+    if isinstance(guide, DirichletGuide):
+        return guide.concentrations()
+    return guide_concentrations(guide, switches.layers, data.images[:1])
 
 
 def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.device | str) -> Callable[..., torch.Tensor]:
@@ -364,7 +499,7 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
 @contextlib.contextmanager
 def network_context(config: FitConfig, device: torch.device | str) -> Iterator[None]:
     """What :func:`fit` runs the frozen network's forward under: ``config.autocast``, and on
-    the CPU ``config.fast_pooling`` (:class:`~pyro_dirichlet.pooling.NoGradMaxPool`)."""
+    the CPU ``config.fast_pooling`` (:class:`~pyro_dirichlet.infer._fast.NoGradMaxPool`)."""
     device_type = torch.device(device).type
     with contextlib.ExitStack() as stack:
         if config.autocast is not None:
@@ -374,42 +509,18 @@ def network_context(config: FitConfig, device: torch.device | str) -> Iterator[N
         yield
 
 
-def _elbo(config: FitConfig) -> ELBO:
-    """The ELBO estimator the config asks for."""
+def _elbo(config: FitConfig, *, vectorize: bool = True) -> ELBO:
+    """The ELBO estimator the config asks for.
+
+    ``vectorize=False`` draws particles in a loop even where the config asks for a batch:
+    a prior with latent sites of its own (``alpha.expand(C)``) is rarely written to
+    broadcast over a particle dimension.
+    """
     family = TraceMeanField_ELBO if config.analytic_kl else Trace_ELBO
-    if config.num_particles > 1 and config.vectorize_particles:
+    if config.num_particles > 1 and config.vectorize_particles and vectorize:
         # The data plate is the model's only plate; the particle plate goes left of it.
         return family(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     return family(num_particles=config.num_particles)
-
-
-def _svi_step(
-    model: Callable[..., torch.Tensor],
-    guide: DirichletGuide,
-    elbo: ELBO,
-    optim: pyro.optim.PyroOptim,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
-    size: int,
-    parallel: DataParallel | None,
-    weight: float,
-) -> float:
-    """One SVI step, Pyro's custom-loop pattern (what ``SVI.step`` does), with an all-reduce
-    of the gradients between the backward pass and the update when data-parallel.
-
-    A step whose loss is not finite updates nothing, so the guide keeps its state from
-    before it: the caller stops the fit without needing a snapshot of every step.
-    """
-    with poutine.trace(param_only=True) as param_capture:
-        loss = elbo.loss_and_grads(model, guide, images, labels, subsample=indices, size=size)
-    params = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
-    if parallel is not None:
-        loss = parallel.all_reduce(loss, [params[name] for name in sorted(params)], weight)
-    if math.isfinite(loss):
-        optim(params.values())
-    zero_grads(set(params.values()))
-    return loss
 
 
 def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:

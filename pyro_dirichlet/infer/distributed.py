@@ -3,8 +3,9 @@
 Launched by ``torchrun`` (gloo on CPU, NCCL on GPU), every rank draws the same minibatch
 order and the same switch samples (same seed), computes the ELBO on its own slice of each
 global minibatch, and the guide's gradients are summed across ranks with weights that make
-the update equal the single-process update over the whole minibatch. Every rank then takes
-the same optimizer step, so the fitted guide is the same everywhere.
+the update equal the single-process update over the whole minibatch
+(:class:`AllReduceGradients`, the optimiser ``pyro.infer.SVI`` is given). Every rank then
+takes the same optimizer step, so the fitted guide is the same everywhere.
 
 Example (``fit_switches.py`` calls :func:`init_from_environment`, then ``fit``)::
 
@@ -17,10 +18,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pyro
 import torch
 import torch.distributed as dist
+from pyro.optim import PyroOptim
 
-__all__ = ["DataParallel", "init_from_environment"]
+from pyro_dirichlet.infer.optim import OptimWrapper
+
+__all__ = ["AllReduceGradients", "DataParallel", "init_from_environment"]
 
 
 def init_from_environment(backend: str | None = None) -> bool:
@@ -111,26 +116,20 @@ class DataParallel:
             return indices[:1], 0.0
         return part, len(part) / len(indices)
 
-    def all_reduce(self, loss: float, params: Sequence[torch.Tensor], weight: float) -> float:
-        """Sum ``weight`` times each rank's gradients and loss across ranks, in place.
+    def all_reduce_gradients(self, params: Sequence[torch.Tensor], weight: float) -> None:
+        """Replace each parameter's ``.grad`` by the sum over ranks of ``weight`` times it.
 
-        One collective per step: gradients and loss travel in one float64 buffer (the sum
-        is then no less exact than one process's float32 gradient).
+        One collective for all gradients: they travel in one float64 buffer (the sum is
+        then no less exact than one process's float32 gradient).
 
         Args:
-            loss: this rank's ELBO loss.
             params: the parameters whose ``.grad`` to reduce, in the same order on every rank.
             weight: this rank's share of the global minibatch (see :meth:`shard`).
-
-        Returns:
-            the global loss.
         """
         grads = [param.grad if param.grad is not None else torch.zeros_like(param) for param in params]
-        device = grads[0].device if grads else torch.device("cpu")
-        buffer = torch.cat(
-            [grad.reshape(-1).to(torch.float64) for grad in grads]
-            + [torch.tensor([loss], dtype=torch.float64, device=device)]
-        )
+        if not grads:
+            return
+        buffer = torch.cat([grad.reshape(-1).to(torch.float64) for grad in grads])
         buffer.mul_(weight)
         dist.all_reduce(buffer)
         offset = 0
@@ -138,8 +137,52 @@ class DataParallel:
             size = grad.numel()
             param.grad = buffer[offset : offset + size].view_as(grad).to(grad.dtype)
             offset += size
-        return float(buffer[-1])
+
+    def all_reduce_loss(self, loss: float, weight: float, device: torch.device) -> float:
+        """The global loss: the sum over ranks of ``weight`` times each rank's ``loss``.
+
+        Args:
+            loss: this rank's loss.
+            weight: this rank's share of the global minibatch.
+            device: where the collective's tensor lives (a CUDA device under NCCL).
+        """
+        buffer = torch.tensor([loss], dtype=torch.float64, device=device).mul_(weight)
+        dist.all_reduce(buffer)
+        return float(buffer[0])
 
     def barrier(self) -> None:
         """Wait for every rank (e.g. until all have read a checkpoint rank 0 may overwrite)."""
         dist.barrier()
+
+
+class AllReduceGradients(OptimWrapper):
+    """A :class:`~pyro.optim.PyroOptim` that all-reduces the gradients before ``optim`` steps.
+
+    Given to ``pyro.infer.SVI`` in place of ``optim``: ``SVI.step`` computes this rank's loss
+    and gradients, this wrapper replaces every gradient by the sum over ranks of
+    :attr:`weight` times it, and ``optim`` then takes the same step on every rank.
+
+    Args:
+        optim: the optimiser that takes the steps.
+        parallel: this process's place in the group.
+
+    Attributes:
+        weight: this rank's share of the current global minibatch (:meth:`DataParallel.shard`);
+            set it before each step.
+
+    Example:
+        >>> indices, reduce.weight = parallel.shard(indices)  # doctest: +SKIP
+        >>> SVI(model, guide, reduce, TraceMeanField_ELBO()).step(images[indices], labels[indices])  # doctest: +SKIP
+    """
+
+    def __init__(self, optim: PyroOptim, parallel: DataParallel) -> None:
+        super().__init__(optim)
+        self.parallel = parallel
+        self.weight = 1.0 / parallel.world_size
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        # SVI passes a set, ordered by memory address; the collective needs one order on every rank.
+        store = pyro.get_param_store()
+        ordered = sorted(params, key=store.param_name)
+        self.parallel.all_reduce_gradients(ordered, self.weight)
+        self.optim(ordered, *args, **kwargs)

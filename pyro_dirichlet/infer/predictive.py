@@ -1,0 +1,122 @@
+"""Draws from a fitted switch model for its posterior file: the prior, the prior's latent sites, predictions on held-out data.
+
+Every draw goes through ``pyro.infer.Predictive``, seeded on copies of the random streams
+(drawing a posterior never shifts the user's), and comes back as NumPy arrays for
+:func:`pyro_dirichlet.posterior.from_fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import pyro
+import pyro.util
+import torch
+from pyro.infer import Predictive
+from pyro.infer.autoguide import AutoCallable, AutoGuideList
+
+from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
+
+__all__ = ["draw_latents", "draw_prior", "predict"]
+
+#: At most this many switched copies of the examples go through the network at once.
+_MAX_BATCH = 4096
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed every stream Pyro draws from, and put them all back afterwards."""
+    state = pyro.util.get_rng_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            pyro.util.set_rng_state(state)
+
+
+def _numpy(samples: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.detach().cpu().numpy() for name, value in samples.items()}
+
+
+def draw_latents(
+    switches: DirichletSwitches, guide: Callable, example: torch.Tensor, *, num_samples: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``num_samples`` draws of the prior's latent sites from the fitted ``guide``, ``{site: (draws, ...)}``.
+
+    Empty when the prior has no latent site. :func:`~pyro_dirichlet.infer.guide.make_guide`'s
+    autoguide draws them in one batch; any other guide runs once per draw (with the prior
+    model, which is rarely written to broadcast over a batch of its own latents).
+    """
+    names = [site.name for site in switches.priors.latent_sites]
+    if not names:
+        return {}
+    with _seeded(seed, example.device), torch.no_grad():
+        if isinstance(guide, AutoGuideList) and not isinstance(guide[-1], AutoCallable):
+            # make_guide's autoguide over the latents (its last part) draws them all in one
+            # batch: it broadcasts over a draws plate, whatever the prior model does.
+            samples = Predictive(guide[-1], num_samples=num_samples, parallel=True, return_sites=names)(example)
+        else:
+            samples = Predictive(switches.switch_prior, guide=guide, num_samples=num_samples, return_sites=names)(example)
+    return _numpy(samples)
+
+
+def draw_prior(switches: DirichletSwitches, example: torch.Tensor, *, num_samples: int, seed: int) -> dict[str, np.ndarray]:
+    """``num_samples`` draws from the prior: every switch ``(draws, channels)`` and every latent site.
+
+    Vectorised (one batched draw) where the prior has no latent site of its own.
+    """
+    parallel = not switches.priors.latent_sites
+    with _seeded(seed, example.device), torch.no_grad():
+        samples = Predictive(switches.switch_prior, num_samples=num_samples, parallel=parallel)(example)
+    return _numpy(samples)
+
+
+def predict(
+    switches: DirichletSwitches,
+    samples: Mapping[str, np.ndarray],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The switched network's predictions on ``images`` under each posterior draw in ``samples``.
+
+    Args:
+        switches: the switch model.
+        samples: ``{site: (draws, ...)}`` for every switch and latent site, e.g. the first
+            draws of the posterior.
+        images: held-out inputs (on the model's device).
+        labels: their labels.
+        seed: seed of the sampled labels.
+
+    Returns:
+        ``{"log_likelihood": (draws, examples), "obs": (draws, examples) sampled labels,
+        "probabilities": (draws, examples, classes)}``.
+
+    ``Predictive(parallel=True)`` runs a chunk of draws as one batch of stacked copies (the
+    model's particle path): each switch value goes in as ``(draws, 1, channels)``, the
+    draws' dimension left of the data plate's, as the model's vectorised run expects.
+    Priors with latent sites run one draw at a time.
+    """
+    device = images.device
+    draws = len(next(iter(samples.values())))
+    parallel = not switches.priors.latent_sites
+    chunk = max(1, _MAX_BATCH // len(images)) if parallel else draws
+    switch_names = {switch_site(layer.name) for layer in switches.layers}
+    outputs: dict[str, list[np.ndarray]] = {"log_likelihood": [], "obs": [], "probabilities": []}
+    with _seeded(seed, device), torch.no_grad():
+        for start in range(0, draws, chunk):
+            part = {}
+            for name, value in samples.items():
+                value = torch.as_tensor(value[start : start + chunk], dtype=torch.float32, device=device)
+                part[name] = value.unsqueeze(1) if parallel and name in switch_names else value
+            predictive = Predictive(switches.model, posterior_samples=part, parallel=parallel, return_sites=["obs", "_RETURN"])
+            out = predictive(images, None)
+            log_probabilities = torch.log_softmax(out["_RETURN"].double(), dim=-1).reshape(-1, len(images), out["_RETURN"].shape[-1])
+            outputs["log_likelihood"].append(log_probabilities.gather(-1, labels.expand(len(log_probabilities), -1).unsqueeze(-1)).squeeze(-1).cpu().numpy())
+            outputs["obs"].append(out["obs"].reshape(-1, len(images)).cpu().numpy())
+            outputs["probabilities"].append(log_probabilities.exp().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
