@@ -1,18 +1,27 @@
 """The step subcommands on a small run directory: sequence, refit, missing steps, versions, budgets, config, --quiet."""
 
 import json
+import re
 import shutil
 
 import pytest
 
-from pyro_dirichlet.cli import build_parser, main
-from pyro_dirichlet.rundir import FORMAT_VERSION, STEPS
+from pyro_dirichlet.app.cli import build_parser, main
+from pyro_dirichlet.app.rundir import FORMAT_VERSION, STEPS
 
 
 @pytest.fixture
 def run_copy(small_run, tmp_path):
     """A private copy of the session's small run directory, to change."""
     return shutil.copytree(small_run, tmp_path / "run")
+
+
+def snapshot(directory):
+    """Every file under ``directory`` (hidden ones too) and the SHA-256 of its content."""
+    import hashlib
+
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def manifest(directory):
@@ -68,11 +77,11 @@ def test_an_incompatible_run_directory_is_refused(run_copy, capsys):
 
 
 def test_an_impossible_budget_names_the_smallest_achievable(run_copy, small_mnist_everywhere, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    before = snapshot(run_copy)
     assert main(["prune", "--run", str(run_copy), "--budget", "0.0001", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert "smallest achievable" in error and error.count("\n") == 1
-    assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before
+    assert snapshot(run_copy) == before
 
 
 def test_a_budget_prunes_within_it(run_copy, small_mnist_everywhere):
@@ -158,8 +167,7 @@ def test_keep_and_budget_together_is_an_error(run_copy, capsys):
 
 
 def test_ctrl_c_during_fit_keeps_a_checkpoint_that_the_rerun_resumes(run_copy, small_mnist_everywhere, tmp_path, monkeypatch, capsys):
-    from pyro_dirichlet import fitting
-
+    from pyro_dirichlet.infer import fit as fitting
     untouched = shutil.copytree(run_copy, tmp_path / "untouched")
     assert main(["fit", "--run", str(untouched), "--epochs", "3", "--quiet"]) == 0
     before = manifest(run_copy)
@@ -202,7 +210,7 @@ def test_fit_under_torchrun_writes_the_run_directory_once(run_copy, mnist_small)
     environment = {**os.environ, "PYRO_DIRICHLET_DATA": str(mnist_root()), "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pyro_dirichlet.cli", "fit", "--out", str(run_copy), "--prior", "0.7", "--quiet"]
+               "-m", "pyro_dirichlet.app.cli", "fit", "--out", str(run_copy), "--prior", "0.7", "--quiet"]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     recorded = manifest(run_copy)
@@ -210,3 +218,66 @@ def test_fit_under_torchrun_writes_the_run_directory_once(run_copy, mnist_small)
     assert recorded["steps"]["fit"]["config"]["prior"] == 0.7
     assert (run_copy / "posterior.nc").exists()
     assert not [p for p in run_copy.iterdir() if p.name.startswith((".staging", ".fit-checkpoint"))]
+
+
+@pytest.mark.parametrize("command", ["train", "fit", "prune", "finetune", "report", "run"])
+def test_every_cli_default_is_its_dataclass_default(command):
+    """A command given only its run directory builds exactly the options the dataclasses default to."""
+    from pathlib import Path
+
+    from pyro_dirichlet.app.cli import _build, _settings, options_from
+    from pyro_dirichlet.app.pipeline import RunConfig
+
+    parser, options = _build()
+    args = parser.parse_args([command, "--out", "somewhere"])
+    del args.command
+    config = options_from(_settings(command, args, options))
+    assert config == RunConfig(out=Path("somewhere"))
+
+
+def test_help_shows_the_dataclass_defaults(capsys, monkeypatch):
+    import dataclasses
+
+    from pyro_dirichlet.app.cli import OPTION_FIELDS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    helps = {}
+    for command in ("run", "report"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        helps[command] = capsys.readouterr().out
+    # Each option's help, which may start on the line after a long option.
+    blocks = {flag: " ".join(text.split()) for flag, text in
+              re.findall(r"^  (--[\w-]+)(.*?)(?=^  -|^\S|\Z)", helps["run"], re.M | re.S)}
+    shown = 0
+    for dest, (kind, name) in OPTION_FIELDS.items():
+        default = {f.name: f for f in dataclasses.fields(kind)}[name].default
+        if default is None or default is dataclasses.MISSING:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        text = f"{default:g}" if isinstance(default, float) else str(default)
+        assert f"(default {text})" in blocks[flag], (flag, blocks[flag])
+        shown += 1
+    assert shown >= 10
+    # report's --ci-prob is ReportOptions.ci_prob, fit's is FitOptions.ci_prob: the same constant.
+    assert "(default 0.95)" in helps["report"]
+
+
+def test_prior_and_ci_prob_defaults_are_written_once():
+    """The defaults the library defines (priors.DEFAULT_CONCENTRATION, posterior.DEFAULT_CI_PROB) are used everywhere else."""
+    import inspect
+    from pathlib import Path
+
+    from pyro_dirichlet.app.pipeline import FitOptions, ReportOptions
+    from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
+    from pyro_dirichlet.posterior import DEFAULT_CI_PROB, layer_summaries, plot_forest, summary_table
+
+    assert FitOptions().prior == DEFAULT_CONCENTRATION
+    assert FitOptions().ci_prob == ReportOptions().ci_prob == DEFAULT_CI_PROB
+    for function in (summary_table, layer_summaries, plot_forest):
+        assert inspect.signature(function).parameters["ci_prob"].default == DEFAULT_CI_PROB
+    package = Path(__file__).resolve().parents[1] / "pyro_dirichlet"
+    written = [f"{path.relative_to(package)}: {line.strip()}" for path in package.rglob("*.py")
+               for line in path.read_text().splitlines()
+               if re.search(r"\b(ci_prob|prior)\b\s*(:[^=]+)?=\s*(0\.95|1\.0?)\b", line) and "``" not in line]  # not docs
+    assert written == []

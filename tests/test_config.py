@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pyro_dirichlet.cli import _build
-from pyro_dirichlet.config import ConfigError, config_values, read_config
+from pyro_dirichlet.app.cli import _build
+from pyro_dirichlet.app.config import ConfigError, config_values, read_config
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ import dataclasses
 import pytest
 import torch
 
-from models.lenet import LeNet300100
+from pyro_dirichlet.models.lenet import LeNet300100
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.finetuning import finetune
+from pyro_dirichlet.train import finetune
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.training import TrainResult
+from pyro_dirichlet.train import TrainResult
 
 
 @pytest.fixture(scope="module")

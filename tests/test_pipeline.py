@@ -1,5 +1,6 @@
 """The main job (`pyro-dirichlet run`) end to end on real MNIST (a subset): train -> fit -> prune -> fine-tune -> report."""
 
+import argparse
 import json
 import os
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dirichlet.cli import main, parse_target
-from pyro_dirichlet.finetuning import DEFAULT_EPOCHS
+from pyro_dirichlet.app.cli import main, parse_target
+from pyro_dirichlet.train import DEFAULT_EPOCHS
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.pipeline import RunConfig, run
+from pyro_dirichlet.app.pipeline import FinetuneOptions, RunConfig, Runtime, TrainOptions, run
 from pyro_dirichlet.posterior import load_posterior
 from pyro_dirichlet.serialization import load_pruned
 
@@ -23,7 +24,7 @@ def demo_run(tmp_path_factory, mnist_small):
     original = data._LOADERS["mnist"]
     data._LOADERS["mnist"] = lambda data_dir=None, **kwargs: mnist_small
     try:
-        report = run(RunConfig(out=out, cache_dir=out.parent / "cache", progress=False))
+        report = run(RunConfig(out=out, train=TrainOptions(cache_dir=out.parent / "cache"), runtime=Runtime(progress=False)))
     finally:
         data._LOADERS["mnist"] = original
     return out, report
@@ -32,7 +33,7 @@ def demo_run(tmp_path_factory, mnist_small):
 def test_run_writes_every_output(demo_run):
     out, report = demo_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "baseline.safetensors", "forest.png", "posterior.nc", "pruned-before-finetune.json",
+        ".lock", "baseline.safetensors", "forest.png", "posterior.nc", "pruned-before-finetune.json",
         "pruned-before-finetune.safetensors", "pruned.json", "pruned.safetensors", "report-elbo.png",
         "report-forest-conv1.png", "report-forest-conv2.png", "report-forest-fc1.png", "report-mass.png",
         "report.html", "report.json", "report.md", "run.json",
@@ -75,7 +76,7 @@ def test_posterior_file_has_named_channel_dims(demo_run):
 
 
 def test_failed_run_leaves_out_untouched(tmp_path, small_mnist_everywhere, monkeypatch):
-    import pyro_dirichlet.steps as steps
+    import pyro_dirichlet.app.steps as steps
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -85,8 +86,8 @@ def test_failed_run_leaves_out_untouched(tmp_path, small_mnist_everywhere, monke
     out.mkdir()
     (out / "report.json").write_text("{}")
     with pytest.raises(RuntimeError, match="disk full"):
-        run(RunConfig(out=out, progress=False, finetune_epochs=0))
-    assert sorted(os.listdir(out)) == ["report.json"] and (out / "report.json").read_text() == "{}"
+        run(RunConfig(out=out, runtime=Runtime(progress=False), finetune=FinetuneOptions(epochs=0)))
+    assert sorted(os.listdir(out)) == [".lock", "report.json"] and (out / "report.json").read_text() == "{}"
 
 
 def test_cli_reports_a_missing_data_set(tmp_path, capsys):
@@ -101,25 +102,29 @@ def test_cli_rejects_unknown_model_listing_choices(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["run", "--model", "resnet9000", "--out", "x"])
     assert caught.value.code == 2
-    assert "lenet5" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "invalid choice: 'resnet9000'" in error and "lenet5" in error
 
 
 def test_cli_rejects_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["run", "--out", str(blocker / "out"), "--quiet"]) == 2
-    assert "out" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{str(blocker)!r} is a file" in error and error.count("\n") == 1
 
 
 def test_cli_rejects_bad_keep_counts(tmp_path, small_mnist_everywhere, capsys):
     assert main(["run", "--out", str(tmp_path / "o"), "--keep", "conv1=0", "--quiet", "--finetune-epochs", "0"]) == 2
-    assert "conv1" in capsys.readouterr().err
+    assert "--keep for layer 'conv1' must be a count of at least 1" in capsys.readouterr().err
 
 
 def test_parse_target():
     assert parse_target("conv1=5, fc1=0.1") == {"conv1": 5, "fc1": 0.1}
-    with pytest.raises(Exception, match="LAYER=COUNT"):
+    with pytest.raises(argparse.ArgumentTypeError, match="LAYER=COUNT"):
         parse_target("conv1")
+    with pytest.raises(argparse.ArgumentTypeError, match="'fc1' is not a number"):
+        parse_target("fc1=many")
 
 
 def test_cli_prunes_only_the_named_layers(tmp_path, small_mnist_everywhere):
@@ -142,7 +147,9 @@ def test_cli_smoke_subset_cuts_every_split(tmp_path, small_mnist_everywhere):
 
 def test_bad_subset_is_rejected(tmp_path, small_mnist_everywhere, capsys):
     assert main(["run", "--out", str(tmp_path / "o"), "--subset", "3", "--quiet"]) == 2
-    assert "subset" in capsys.readouterr().err
+    # not just "subset": the temporary path, named after this test, contains that word
+    assert "--subset must be an integer at least 8, got 3" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_new_run_replaces_an_earlier_runs_files(tmp_path, small_mnist_everywhere):
@@ -151,4 +158,5 @@ def test_a_new_run_replaces_an_earlier_runs_files(tmp_path, small_mnist_everywhe
     assert main(argv) == 0
     assert main([*argv, "--layers", "fc1"]) == 0
     assert not (out / "report-forest-conv1.png").exists() and (out / "report-forest-fc1.png").exists()
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]
+    assert (out / ".lock").read_text() == ""  # the PID of a holder, and nobody holds it

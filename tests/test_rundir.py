@@ -4,14 +4,17 @@ import json
 
 import pytest
 
-from pyro_dirichlet.rundir import FORMAT_VERSION, RunDirectory, RunDirectoryError, move_run
+from pyro_dirichlet.app.rundir import FORMAT_VERSION, LOCK, RunDirectory, RunDirectoryError, replace_run
+
+IDENTITY = {"model": "lenet5", "dataset": "mnist", "data": {"subset": None}}
 
 
 def commit(run, step, files, **result):
-    with run.stage() as staging:
+    with run.lock(), run.stage() as staging:
         for name in files:
             (staging / name).write_text(step)
-        return run.commit(step, staging, config={"step": step}, result=result, seconds=0.5)
+        return run.commit(step, staging, config={"step": step}, result=result, seconds=0.5,
+                          identity=IDENTITY if step == "train" else None)
 
 
 def test_steps_are_recorded_and_a_redo_forgets_the_later_ones(tmp_path):
@@ -26,7 +29,7 @@ def test_steps_are_recorded_and_a_redo_forgets_the_later_ones(tmp_path):
     assert run.done() == ["train", "fit"]
     assert not (run.path / "pruned-before-finetune.json").exists()
     assert (run.path / "baseline.safetensors").read_text() == "train"
-    assert sorted(p.name for p in run.path.iterdir()) == ["baseline.safetensors", "posterior.nc", "run.json"]
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "baseline.safetensors", "posterior.nc", "run.json"]
 
 
 def test_a_failed_step_leaves_the_directory_as_it_was(tmp_path):
@@ -36,7 +39,7 @@ def test_a_failed_step_leaves_the_directory_as_it_was(tmp_path):
     with pytest.raises(RuntimeError, match="boom"), run.stage() as staging:
         (staging / "posterior.nc").write_text("half")
         raise RuntimeError("boom")
-    assert sorted(p.name for p in run.path.iterdir()) == ["baseline.safetensors", "run.json"]
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "baseline.safetensors", "run.json"]
     assert run.manifest_path.read_text() == before
 
 
@@ -62,9 +65,11 @@ def test_another_format_version_is_refused(tmp_path):
         run.manifest()
 
 
-def test_move_run_moves_the_manifest_last(tmp_path):
-    source, target = RunDirectory(tmp_path / "staged"), tmp_path / "out"
-    commit(source, "train", ["baseline.safetensors"])
-    target.mkdir()
-    move_run(source.path, target)
-    assert RunDirectory(target).done() == ["train"] and not list(source.path.iterdir())
+def test_replace_run_moves_a_whole_run_in_and_the_old_runs_other_files_out(tmp_path):
+    old, new = RunDirectory(tmp_path / "out"), RunDirectory(tmp_path / "staged")
+    commit(old, "train", ["baseline.safetensors"])
+    commit(old, "fit", ["forest.png"])
+    commit(new, "train", ["baseline.safetensors"])
+    replace_run(new.path, old.path)
+    assert old.done() == ["train"] and sorted(p.name for p in old.path.iterdir()) == [LOCK, "baseline.safetensors", "run.json"]
+    assert not (new.path / "baseline.safetensors").exists()

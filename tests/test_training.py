@@ -4,11 +4,11 @@ import pytest
 from conftest import shrink
 import torch
 
-import pyro_dirichlet.training as training
-from models.lenet import LeNet300100, LeNet5Caffe
+import pyro_dirichlet.train as training
+from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.training import TrainConfig, TrainResult, train_classifier
+from pyro_dirichlet.train import TrainConfig, TrainResult, train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -166,5 +166,7 @@ def test_model_without_trainable_parameters_raises(small_mnist):
 def test_wrong_argument_types_raise(small_mnist):
     with pytest.raises(TypeError, match="config"):
         train_classifier(LeNet300100(), small_mnist, {"epochs": 1}, progress=False)
-    with pytest.raises(TypeError, match="data"):
+    with pytest.raises(TypeError, match="data must be a DataSplits, a Split or an iterable"):
+        train_classifier(LeNet300100(), 42, TrainConfig(), progress=False)
+    with pytest.raises(ValueError, match="validation is required"):
         train_classifier(LeNet300100(), small_mnist.train, TrainConfig(), progress=False)

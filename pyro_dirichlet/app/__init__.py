@@ -1,0 +1,1 @@
+"""The run-directory application: the `pyro-dirichlet` command, its configuration, steps and report."""

@@ -1,0 +1,371 @@
+"""The ``pyro-dirichlet`` command line: one subcommand per step of a run, and ``run`` for all of them.
+
+Every subcommand takes the same flags for the same things (``--out``/``--run``,
+``--data-dir``, ``--device``, ``--seed``, ``--quiet``, ``--config``); a value comes from the
+command line, else from the ``--config`` TOML file, else from the defaults shown by
+``--help``. Bad input ends with a one-sentence error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyro_dirichlet.app.config import config_values, read_config
+from pyro_dirichlet.app.report import ReportOptions
+from pyro_dirichlet.app.steps import FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions
+from pyro_dirichlet.infer.fit import FitConfig
+
+if TYPE_CHECKING:
+    from pyro_dirichlet.app.pipeline import RunConfig
+
+__all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
+
+COMMANDS = ("train", "fit", "prune", "finetune", "report", "run")
+
+#: Where each option's default is written: the field of the options dataclass the option
+#: sets. The CLI copies these defaults (and shows them in ``--help``) rather than restating them.
+OPTION_FIELDS: dict[str, tuple[type, str]] = {
+    "data_dir": (Runtime, "data_dir"), "device": (Runtime, "device"), "seed": (Runtime, "seed"),
+    "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
+    "cache_dir": (TrainOptions, "cache_dir"),
+    "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
+    "ci_prob": (FitOptions, "ci_prob"),
+    "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
+    "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
+    "finetune_epochs": (FinetuneOptions, "epochs"), "finetune_lr": (FinetuneOptions, "lr"),
+    "latency_batch": (ReportOptions, "latency_batch"),
+}
+
+
+def _field_default(kind: type, name: str) -> Any:
+    (found,) = [f for f in dataclasses.fields(kind) if f.name == name]
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default
+
+
+# Options with no dataclass field: --out has no default, --model and --dataset default to
+# what the run directory holds (later steps) or to TrainOptions' (train, run), --quiet is
+# the opposite of Runtime.progress.
+DEFAULTS: dict[str, Any] = {
+    "out": None, "model": None, "dataset": None, "quiet": not _field_default(Runtime, "progress"),
+    **{dest: _field_default(*where) for dest, where in OPTION_FIELDS.items()},
+}
+
+
+def _help(text: str, dest: str) -> str:
+    """``text`` with the option's default, read from its dataclass field, e.g. ``"SVI epochs (default 1)"``."""
+    return f"{text} (default {DEFAULTS[dest]:g})" if isinstance(DEFAULTS[dest], float) else f"{text} (default {DEFAULTS[dest]})"
+
+
+def parse_target(text: str) -> dict[str, int | float]:
+    """Parse ``"conv1=5,conv2=0.25"`` into ``{"conv1": 5, "conv2": 0.25}`` (counts or fractions)."""
+    target: dict[str, int | float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"--keep expects LAYER=COUNT or LAYER=FRACTION items, got {item!r}.")
+        try:
+            target[name.strip()] = int(value) if value.strip().isdigit() else float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--keep value for {name.strip()!r} is not a number: {value!r}.") from None
+    if not target:
+        raise argparse.ArgumentTypeError("--keep is empty.")
+    return target
+
+
+def parse_layers(text: str) -> tuple[str, ...]:
+    """Parse ``"conv1, fc1"`` into ``("conv1", "fc1")``."""
+    layers = tuple(filter(None, (name.strip() for name in text.split(","))))
+    if not layers:
+        raise argparse.ArgumentTypeError("--layers is empty.")
+    return layers
+
+
+def _path(flag: str) -> Callable[[str], Path]:
+    """An argparse type for a path that refuses the empty string (``Path("")`` would mean the current directory)."""
+
+    def convert(text: str) -> Path:
+        if not text.strip() or "\0" in text:
+            raise argparse.ArgumentTypeError(f"{flag} must name a path, got {text!r}.")
+        return Path(text)
+
+    convert.__name__ = "path"
+    return convert
+
+
+def _common(parser: argparse.ArgumentParser, command: str) -> None:
+    from pyro_dirichlet.models import MODELS
+    from pyro_dirichlet.data import DATASETS
+
+    group = parser.add_argument_group("run directory and environment (every subcommand)")
+    group.add_argument("--config", type=_path("--config"), metavar="FILE",
+                       help="TOML file of option values, e.g. 'prior = 0.5'; command-line flags override it")
+    if command in ("train", "run"):
+        group.add_argument("--out", type=_path("--out"), metavar="DIR", help="run directory to write (required)")
+    else:
+        group.add_argument("--out", "--run", dest="out", type=_path("--run"), metavar="DIR",
+                           help="run directory of an earlier `train` (required)")
+    starts = command in ("train", "run")
+    group.add_argument("--model", choices=sorted(MODELS),
+                       help=f"network architecture (default: {TrainOptions.model})" if starts else
+                       "check that the run directory holds this model (default: the one it holds)")
+    group.add_argument("--dataset", choices=sorted(DATASETS),
+                       help="data set (default: the model's)" if starts else
+                       "check that the run directory holds this data set (default: the one it holds)")
+    group.add_argument("--data-dir", type=_path("--data-dir"), metavar="DIR",
+                       help="folder holding the data sets (default: $PYRO_DIRICHLET_DATA, then ./data with download)")
+    group.add_argument("--device", help=_help("auto (CUDA when available), cpu or cuda", "device"))
+    group.add_argument("--seed", type=int, help=_help("seed of this step's randomness: training, SVI, fine-tuning", "seed"))
+    group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+
+
+def _train(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("baseline (train)")
+    group.add_argument("--subset", type=int, metavar="N",
+                       help="smoke run: train on N examples (validation and test N/4 each); later steps use the same cut")
+    group.add_argument("--train-epochs", type=int, metavar="N", help="baseline training epochs (default: the model's recipe)")
+    group.add_argument("--cache-dir", type=_path("--cache-dir"), metavar="DIR",
+                       help="baseline cache: a baseline trained before on the same data and recipe is reused "
+                            "(default: $PYRO_DIRICHLET_CACHE, then ~/.cache/pyro-dirichlet/baselines)")
+
+
+def _fit(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prior and fit (fit)")
+    group.add_argument("--prior", type=float, metavar="ALPHA",
+                       help=_help("symmetric Dirichlet prior concentration of every switch", "prior"))
+    group.add_argument("--effective-data-size", type=int, metavar="N",
+                       help="temper the likelihood to N examples, giving the prior more weight (default: the training set's size)")
+    group.add_argument("--layers", type=parse_layers, metavar="L1,L2",
+                       help="layers to switch and prune, e.g. conv1,fc1 (default: every conv and hidden linear layer)")
+    group.add_argument("--coupled", choices=["skip", "group"],
+                       help=_help("channels coupled through residual adds: skip (leave unpruned) or group (one shared switch)", "coupled"))
+    group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
+    group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
+
+
+def _ci(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument_group("credible intervals (fit, report)").add_argument(
+        "--ci-prob", type=float, metavar="P", help=_help("probability mass of the HDI credible intervals", "ci_prob"))
+
+
+def _prune(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("budget (prune): --keep or --budget; default: the model's documented target")
+    group.add_argument("--keep", type=parse_target, metavar="L=N,...",
+                       help="channels to keep per layer, e.g. conv1=5,conv2=12,fc1=40 (counts) or conv1=0.25 (fractions)")
+    group.add_argument("--budget", type=float, metavar="FRACTION",
+                       help="keep at most this fraction of the baseline's FLOPs (or --budget-cost params); "
+                            "one threshold on the posterior means picks every layer's width")
+    group.add_argument("--budget-cost", choices=["flops", "params"], help=_help("what --budget limits", "budget_cost"))
+
+
+def _finetune(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fine-tuning (finetune)")
+    group.add_argument("--finetune-epochs", type=int, metavar="N", help=_help("fine-tune epochs after pruning; 0 skips", "finetune_epochs"))
+    group.add_argument("--finetune-lr", type=float, metavar="LR", help=_help("peak Adam learning rate of fine-tuning", "finetune_lr"))
+
+
+def _report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument_group("report").add_argument(
+        "--latency-batch", type=int, metavar="N", help=_help("images per forward pass when timing inference", "latency_batch"))
+
+
+_STEPS: dict[str, tuple[str, str, list[Callable[[argparse.ArgumentParser], None]]]] = {
+    "train": ("train (or take from the cache) the baseline", "Train the baseline network, or take it from the baseline "
+              "cache, and store it in the run directory as baseline.safetensors. Starts a run.", [_train]),
+    "fit": ("fit the Dirichlet switch posterior", "Fit the Dirichlet switches of the run's baseline by SVI and write "
+            "posterior.nc and forest.png. Refitting (e.g. with another --prior) keeps the baseline and forgets the "
+            "later steps.", [_fit, _ci]),
+    "prune": ("prune by posterior mean", "Prune the baseline by posterior mean to --keep, --budget or the model's "
+              "default target and write pruned-before-finetune.{safetensors,json}.", [_prune]),
+    "finetune": ("fine-tune the pruned network", "Fine-tune the pruned network (best epoch on the validation split) "
+                 "and write pruned.{safetensors,json}.", [_finetune]),
+    "report": ("write report.html, report.md and report.json", "Compare the baseline with the pruned network layer by "
+               "layer (widths, parameters, FLOPs, accuracy, latency), plot the ELBO, the forest plots and mass curves, "
+               "flag the keep decisions the posterior is unsure of; write report.html (self-contained), report.md "
+               "with its PNGs, and report.json.", [_ci, _report]),
+    "run": ("all steps in sequence: train, fit, prune, finetune, report", "Run every step into --out; the directory "
+            "is written all at once when every step has succeeded.", [_train, _fit, _ci, _prune, _finetune, _report]),
+}
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, dict[str, argparse.Action]]]:
+    parser = argparse.ArgumentParser(
+        prog="pyro-dirichlet",
+        description="Dirichlet pruning of trained networks with Pyro. A run directory is built by the steps "
+                    "train -> fit -> prune -> finetune -> report, each reading what the one before wrote; "
+                    "`run` does them all.",
+        epilog="`pyro-dirichlet COMMAND --help` lists a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    options: dict[str, dict[str, argparse.Action]] = {}
+    for command in COMMANDS:
+        short, description, groups = _STEPS[command]
+        # SUPPRESS: only flags actually given land in the namespace, so they can override the config file.
+        sub = commands.add_parser(command, help=short, description=description, argument_default=argparse.SUPPRESS)
+        _common(sub, command)
+        for add in groups:
+            add(sub)
+        options[command] = {action.dest: action for action in sub._actions if action.dest not in ("help", "config")}
+    return parser, options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-dirichlet`` argument parser with its subcommands."""
+    return _build()[0]
+
+
+def _settings(command: str, args: argparse.Namespace, options: dict[str, dict[str, argparse.Action]]) -> dict[str, Any]:
+    """Defaults, overridden by the config file, overridden by the command line."""
+    settings = {dest: DEFAULTS[dest] for dest in options[command]}
+    given = vars(args)
+    if "config" in given:
+        every = [action for table in options.values() for action in table.values()]
+        table = read_config(given["config"])
+        settings.update(config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}"))
+    settings.update({dest: value for dest, value in given.items() if dest in options[command]})
+    if settings["out"] is None:
+        flag = "--out DIR" if command in ("train", "run") else "--run DIR"
+        raise ValueError(f"no run directory given: pass {flag} or set 'out' in the config file.")
+    return settings
+
+
+def options_from(settings: dict[str, Any]) -> RunConfig:
+    """Every step's options from the settings of a command (defaults, config file, flags).
+
+    Settings a command does not have keep their dataclass defaults.
+    """
+    from pyro_dirichlet.app.pipeline import RunConfig
+    from pyro_dirichlet.models import get_model_entry
+
+    def pick(kind: type, **renamed: str) -> dict[str, Any]:
+        """The settings that are fields of ``kind`` (``renamed``: field -> setting name)."""
+        names = {f.name: renamed.get(f.name, f.name) for f in dataclasses.fields(kind)}
+        return {name: settings[setting] for name, setting in names.items() if setting in settings}
+
+    model = settings.get("model") or TrainOptions.model
+    dataset = settings.get("dataset") or get_model_entry(model).dataset
+    return RunConfig(
+        out=Path(settings["out"]),
+        runtime=_flagged(Runtime, progress=not settings.get("quiet", False), **pick(Runtime)),
+        train=_flagged(TrainOptions, **{**pick(TrainOptions), "model": model, "dataset": dataset}),
+        # FitConfig's seed, device and progress are the runtime's; the command line sets only these.
+        fit=_flagged(FitOptions, fit=_flagged(FitConfig, **{name: settings[name] for name in
+                                                            ("epochs", "lr", "effective_data_size") if name in settings}),
+                     **pick(FitOptions)),
+        prune=_flagged(PruneOptions, **pick(PruneOptions)),
+        finetune=_flagged(FinetuneOptions, **pick(FinetuneOptions, epochs="finetune_epochs", lr="finetune_lr")),
+        report=_flagged(ReportOptions, **pick(ReportOptions)),
+    )
+
+
+def _flagged(kind: type, **values: Any) -> Any:
+    """``kind(**values)``, its validation errors speaking of the command-line flag (``--finetune-lr``) rather than the field (``lr``)."""
+    try:
+        return kind(**values)
+    except ValueError as error:
+        flags = {name: "--" + dest.replace("_", "-") for dest, (owner, name) in OPTION_FIELDS.items() if owner is kind}
+        match = re.match(rf"(?:{kind.__name__}\.)?(\w+)\b", str(error))
+        if match is None or match.group(1) not in flags:
+            raise
+        raise ValueError(flags[match.group(1)] + str(error)[match.end():]) from None
+
+
+def _dispatch(command: str, settings: dict[str, Any]) -> None:
+    # Imported here so `--help` and argument errors stay fast.
+    from pyro_dirichlet.app.pipeline import run
+    from pyro_dirichlet.app.report import report_step
+    from pyro_dirichlet.app.rundir import RunDirectory
+    from pyro_dirichlet.app.steps import finetune_step, fit_step, prune_step, train_step
+
+    config = options_from(settings)
+    if command == "run":
+        run(config)
+        return
+    directory = RunDirectory(config.out)
+    if command == "train":
+        train_step(directory, config.runtime, config.train)
+    else:
+        _check_identity(directory, settings)
+        step = {"fit": (fit_step, config.fit), "prune": (prune_step, config.prune),
+                "finetune": (finetune_step, config.finetune), "report": (report_step, config.report)}[command]
+        step[0](directory, config.runtime, step[1])
+    if config.runtime.progress:
+        record = directory.manifest()["steps"][command]
+        print(f"{command}: wrote {', '.join(record['files'])} into {directory.path}/ in {record['seconds']:.0f} s", flush=True)
+
+
+def _check_identity(directory, settings: dict[str, Any]) -> None:
+    """A later step given --model or --dataset checks them against what the run directory holds."""
+    from pyro_dirichlet.app.rundir import RunDirectoryError
+
+    manifest = directory.manifest()
+    for key in ("model", "dataset"):
+        if settings[key] is not None and key in manifest and manifest[key] != settings[key]:
+            raise RunDirectoryError(f"run directory {str(directory.path)!r} holds {key} {manifest[key]!r}, not "
+                                    f"{settings[key]!r}: start a new run with `pyro-dirichlet train --out NEWDIR --{key} {settings[key]}`.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pyro-dirichlet`` command."""
+    parser, options = _build()
+    args = parser.parse_args(argv)
+    command = args.command
+    del args.command
+    settings: dict[str, Any] = {}
+    try:
+        settings = _settings(command, args, options)
+        _dispatch(command, settings)
+    except KeyboardInterrupt:
+        # fit() has just written a checkpoint of its last completed step next to run.json.
+        print(f"pyro-dirichlet: interrupted; run the same `pyro-dirichlet {command}` command again to "
+              "resume (an interrupted fit continues from its last checkpoint).", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = error_message(error, command, settings)
+        if message is None:
+            raise
+        print(f"pyro-dirichlet: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+#: Write failures that mean the disk (or a quota, or RLIMIT_FSIZE) is full, not that the input was bad.
+_FULL = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on", errno.EFBIG: "file size limit reached on"}
+
+
+def error_message(error: Exception, command: str, settings: dict[str, Any]) -> str | None:
+    """The one sentence ``main`` prints for an error a user can cause, or ``None`` for a bug (which keeps its traceback)."""
+    from pyro_dirichlet.infer.fit import FitDivergedError
+
+    if isinstance(error, OSError) and error.errno in _FULL:
+        where = error.filename or settings.get("out") or "the run directory"
+        return (f"{_FULL[error.errno]} the device holding {str(where)!r}: free some space and run "
+                f"`pyro-dirichlet {command}` again; the run directory is unchanged.")
+    if isinstance(error, FitDivergedError):
+        return _divergence_advice(error, settings)
+    if isinstance(error, (ValueError, OSError)):  # bad input of every kind: data, run directory, config, budget
+        return str(error)
+    return None
+
+
+def _divergence_advice(error: Exception, settings: dict[str, Any]) -> str:
+    """Advice that fits the cause: a learning rate far above the default, an extreme prior, else the data."""
+    lr, prior = settings.get("lr", DEFAULTS["lr"]), settings.get("prior", DEFAULTS["prior"])
+    step = getattr(error, "step", "?")
+    if lr > 10 * DEFAULTS["lr"]:
+        advice = f"lower --lr (it is {lr:g}; the default is {DEFAULTS['lr']:g})"
+    elif not 1e-3 <= prior <= 1e3:
+        advice = f"choose a --prior concentration nearer 1 (it is {prior:g})"
+    else:
+        advice = "check the baseline and the data for extreme values, or lower --lr"
+    return f"the fit diverged at SVI step {step} (the ELBO became NaN or infinite): {advice}; the run directory is unchanged."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

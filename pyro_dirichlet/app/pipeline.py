@@ -1,0 +1,134 @@
+"""The main job: every step of a run in sequence -- train (or reuse) a baseline, fit the switches, prune, fine-tune, report.
+
+The steps themselves are in :mod:`pyro_dirichlet.app.steps` and :mod:`pyro_dirichlet.app.report`;
+``pyro-dirichlet <step>`` runs one of them on an existing run directory. :func:`run` builds
+the whole run directory in a staging folder and moves it in only when every step has
+succeeded, so a failed run leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from pyro_dirichlet.measure import Stopwatch
+from pyro_dirichlet.app.report import ReportOptions, report_step
+from pyro_dirichlet.app.rundir import STAGING_PREFIX, RunDirectory, replace_run
+from pyro_dirichlet.app.steps import (
+    FinetuneOptions,
+    FitOptions,
+    PruneOptions,
+    Runtime,
+    TrainOptions,
+    finetune_step,
+    fit_step,
+    format_layer_summary,
+    prune_step,
+    train_step,
+)
+
+__all__ = ["RunConfig", "run", "format_layer_summary", "Runtime", "TrainOptions", "FitOptions", "PruneOptions",
+           "FinetuneOptions", "ReportOptions"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the main job needs: where to write, and each step's own options.
+
+    Every default lives in the step's options dataclass; ``RunConfig()`` is the documented
+    run (LeNet-5 on MNIST, the model's default target, :data:`pyro_dirichlet.train.DEFAULT_EPOCHS`
+    fine-tune epochs).
+
+    Attributes:
+        out: the run directory (see :mod:`pyro_dirichlet.app.rundir` for its files).
+        runtime: data folder, device, seed and progress display of every step.
+        train: the baseline (:class:`TrainOptions`).
+        fit: the switches, the prior and the SVI settings (:class:`FitOptions`).
+        prune: the per-layer target or global budget (:class:`PruneOptions`).
+        finetune: fine-tuning of the pruned network (:class:`FinetuneOptions`).
+        report: what the report measures (:class:`ReportOptions`).
+
+    Example:
+        >>> RunConfig(out=Path("runs/b"), fit=FitOptions(prior=0.5), finetune=FinetuneOptions(epochs=3))  # doctest: +SKIP
+    """
+
+    out: Path = Path("runs/demo")
+    runtime: Runtime = field(default_factory=Runtime)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    fit: FitOptions = field(default_factory=FitOptions)
+    prune: PruneOptions = field(default_factory=PruneOptions)
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
+
+    def __post_init__(self) -> None:
+        kinds = {"runtime": Runtime, "train": TrainOptions, "fit": FitOptions, "prune": PruneOptions,
+                 "finetune": FinetuneOptions, "report": ReportOptions}
+        for name, kind in kinds.items():
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"RunConfig.{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}.")
+
+
+def run(config: RunConfig) -> dict:
+    """Run every step and write the whole run directory into ``config.out`` at once.
+
+    ``out`` receives the baseline, ``posterior.nc``, ``forest.png``, the pruned model before
+    and after fine-tuning, ``report.json``, ``report.html``, ``report.md`` and the manifest
+    ``run.json``; files of an earlier run there that this run does not write are removed.
+
+    Returns:
+        the report (also written to ``<out>/report.json``).
+    """
+    out = Path(config.out)
+    _check_layer_names(config)
+    # The whole run holds out's lock; each step locks the staged copy it builds.
+    with RunDirectory(out).lock(), Stopwatch() as watch:
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}run-{os.getpid()}-", dir=out))
+        try:
+            staged = RunDirectory(staging)
+            train_step(staged, config.runtime, config.train)
+            fit_step(staged, config.runtime, config.fit)
+            prune_step(staged, config.runtime, config.prune)
+            finetune_step(staged, config.runtime, config.finetune)
+            report = report_step(staged, config.runtime, config.report)
+            replace_run(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    pruned = report["pruned"]
+    _say(config, f"pruned {pruned['architecture']}: {pruned['params']:,} parameters "
+                 f"({pruned['params_fraction']:.2%}), {pruned['flops']:,} FLOPs ({pruned['flops_fraction']:.2%}); "
+                 f"test accuracy {pruned['test_accuracy_before_finetune']:.4f} before fine-tuning, "
+                 f"{pruned['test_accuracy']:.4f} after {config.finetune.epochs} epochs")
+    _say(config, f"wrote {out}/ (report.html, report.md, report.json, posterior.nc, forest.png, pruned.safetensors, "
+                 f"pruned.json, baseline.safetensors, run.json) in {watch.seconds:.0f} s")
+    return report
+
+
+def _check_layer_names(config: RunConfig) -> None:
+    """Layers named in ``fit.layers`` or ``prune.keep`` must exist in the model: found now, not after training and fitting."""
+    from torch import nn
+
+    from pyro_dirichlet.models import get_model_entry
+
+    entry = get_model_entry(config.train.model)
+    if config.train.dataset != entry.dataset:
+        raise ValueError(f"model {config.train.model!r} is trained on {entry.dataset!r}, not dataset {config.train.dataset!r}.")
+    if config.fit.layers is None and config.prune.keep is None:
+        return
+    network = entry.build()
+    names = sorted(name for name, module in network.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear)))
+    for option, asked in (("layers", config.fit.layers or ()), ("keep", config.prune.keep or {})):
+        unknown = sorted(set(asked) - set(names))
+        if unknown:
+            raise ValueError(f"--{option} names {', '.join(map(repr, unknown))}, which {config.train.model} does not have; "
+                             f"its convolution and linear layers are {', '.join(names)}.")
+    if config.fit.layers is not None and config.prune.keep is not None:
+        unswitched = sorted(set(config.prune.keep) - set(config.fit.layers))
+        if unswitched:
+            raise ValueError(f"--keep names {', '.join(map(repr, unswitched))}, which --layers does not switch.")
+
+
+def _say(config: RunConfig, message: str) -> None:
+    if config.runtime.progress:
+        print(message, flush=True)

@@ -1,0 +1,81 @@
+"""The report's matplotlib figures that are not ArviZ's: the ELBO curve and the per-layer posterior mass curves.
+
+Each function draws one figure with the Agg backend (no display needed) and returns it as
+PNG bytes, so the report can both embed it and write it next to ``report.md``. The forest
+plots are ArviZ's and live in :mod:`pyro_dirichlet.posterior`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from pyro_dirichlet.posterior import LayerSummary
+
+__all__ = ["elbo_curve_png", "mass_curves_png"]
+
+
+def _pyplot():
+    import matplotlib
+
+    # Agg before pyplot is imported: the report is written on machines without a display.
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def elbo_curve_png(elbo: Sequence[float], *, steps_per_epoch: int | None = None) -> bytes:
+    """The ELBO at every SVI step, with a running mean over 20 steps since single minibatches are noisy."""
+    plt = _pyplot()
+    values = np.asarray(elbo, dtype=float)
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    axes.plot(np.arange(1, len(values) + 1), values, color="0.7", linewidth=0.8, label="per step")
+    window = min(20, len(values))
+    if window > 1:
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axes.plot(np.arange(window, len(values) + 1), smooth, color="C0", label=f"mean of {window} steps")
+    if steps_per_epoch:
+        for boundary in range(steps_per_epoch, len(values), steps_per_epoch):
+            axes.axvline(boundary + 0.5, color="0.5", linestyle=":", linewidth=0.8)
+    # The first steps' ELBO is orders of magnitude below the rest; clip the view to where it settles.
+    if len(values) > 10:
+        low, high = np.percentile(values, [5, 100])
+        axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    axes.set_xlabel("SVI step")
+    axes.set_ylabel("ELBO")
+    axes.set_title("ELBO during the fit")
+    axes.legend(loc="lower right")
+    return _png(figure)
+
+
+def mass_curves_png(summaries: Mapping[str, LayerSummary], kept: Mapping[str, int]) -> bytes:
+    """Per layer, the share of switch mass held by its top channels (by posterior mean) against the share of channels.
+
+    A marker shows where each layer's keep decision sits on its curve.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for index, (layer, summary) in enumerate(summaries.items()):
+        mass = np.concatenate([[0.0], np.cumsum(np.sort(summary.mean)[::-1]) / summary.mean.sum()])
+        share = np.arange(len(mass)) / summary.mean.size
+        color = f"C{index % 10}"
+        axes.plot(share, mass, color=color, label=layer)
+        if layer in kept:
+            axes.plot(share[kept[layer]], mass[kept[layer]], "o", color=color)
+    axes.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=0.8, label="all channels equal")
+    axes.set_xlabel("share of the layer's channels, by decreasing posterior mean")
+    axes.set_ylabel("share of the switch mass")
+    axes.set_title("Posterior mass curves (dots: channels kept)")
+    axes.legend(loc="lower right", fontsize="small", ncol=2 if len(summaries) > 8 else 1)
+    return _png(figure)

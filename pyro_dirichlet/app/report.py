@@ -1,0 +1,295 @@
+"""The report step: what a finished run did, as ``report.json``, a self-contained ``report.html`` and ``report.md``.
+
+The report compares the baseline with the pruned network layer by layer (widths,
+parameters, FLOPs) and as a whole (accuracy, inference latency), shows the ELBO curve, each
+layer's forest plot and the posterior mass curves, and lists the keep decisions with the
+channels whose credible interval straddles the keep threshold -- the decisions the posterior
+is unsure of. Every number comes from :mod:`pyro_dirichlet.measure` (recorded by the steps
+or measured here); the HTML embeds its images as base64 PNG data URIs and fetches nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyro_dirichlet.atomic import atomic_write, atomic_write_json, atomic_write_text
+from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs
+from pyro_dirichlet.app.plots import elbo_curve_png, mass_curves_png
+from pyro_dirichlet.posterior import DEFAULT_CI_PROB, layer_summaries, plot_forest
+from pyro_dirichlet.app.rundir import RunDirectory, writing
+from pyro_dirichlet.app.steps import PRUNED, Runtime, load_baseline, load_run_data, load_run_posterior, load_run_pruned
+from pyro_dirichlet.posterior.uncertainty import keep_threshold, mass_curve, straddling_channels
+
+__all__ = ["REPORT_FORMAT_VERSION", "ReportOptions", "report_step", "render_html", "render_markdown"]
+
+#: Version of ``report.json``'s layout.
+REPORT_FORMAT_VERSION = 1
+MASS_LEVELS = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report measures and shows.
+
+    Attributes:
+        ci_prob: probability mass of the HDIs (forest plots, straddling channels).
+        latency_batch: images per forward pass when timing inference.
+        latency_repeats: timed forward passes; the median is reported.
+    """
+
+    ci_prob: float = DEFAULT_CI_PROB
+    latency_batch: int = 256
+    latency_repeats: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ci_prob < 1:
+            raise ValueError(f"ci_prob must be strictly between 0 and 1, got {self.ci_prob}.")
+        for name in ("latency_batch", "latency_repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = ReportOptions()) -> dict[str, Any]:
+    """Write ``report.json``, ``report.html``, ``report.md`` and the PNGs ``report.md`` shows into the run directory.
+
+    Needs every earlier step. Returns the report (the content of ``report.json``).
+    """
+    with run.lock(), Stopwatch() as watch:
+        records = {step: run.record(step) for step in ("train", "fit", "prune", "finetune")}
+        manifest = run.manifest()
+        device = resolve_device(runtime.device)
+        data = load_run_data(run, runtime)
+        baseline = load_baseline(run).to(device)
+        pruned = load_run_pruned(run, PRUNED).to(device).eval()
+        posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
+        summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
+        keep = records["prune"]["result"]["kept_channels"]
+        example = data.test.images[: options.latency_batch].to(device)
+
+        layers = {}
+        baseline_costs = layer_costs(baseline, list(summaries), example)
+        pruned_costs = layer_costs(pruned, list(summaries), example)
+        for layer, summary in summaries.items():
+            kept = keep.get(layer, [int(c) for c in summary.channels])
+            layers[layer] = {
+                "width": len(summary.channels),
+                "kept": len(kept),
+                "params": baseline_costs[layer]["params"],
+                "pruned_params": pruned_costs[layer]["params"],
+                "flops": baseline_costs[layer]["flops"],
+                "pruned_flops": pruned_costs[layer]["flops"],
+                "mass_curve": {str(level): count for level, count in mass_curve(summary, MASS_LEVELS).items()},
+                "keep_threshold": keep_threshold(summary, kept),
+                "kept_channels": kept,
+                "straddling_channels": straddling_channels(summary, kept),
+            }
+        latency = {
+            "batch": len(example),
+            "device": str(device),
+            "baseline_seconds": _latency(baseline, example, options.latency_repeats, device),
+            "pruned_seconds": _latency(pruned, example, options.latency_repeats, device),
+        }
+        latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
+        report = _assemble(manifest, records, layers, latency, options, device)
+
+        fit_config = records["fit"]["config"]
+        steps_per_epoch = records["fit"]["result"]["steps"] // max(1, records["fit"]["result"]["epochs"])
+        figures = {
+            "report-elbo.png": elbo_curve_png(report["svi"]["elbo"], steps_per_epoch=steps_per_epoch),
+            "report-mass.png": mass_curves_png(summaries, {layer: row["kept"] for layer, row in layers.items()}),
+        }
+        with writing(run.path), run.stage() as staging:
+            for name, png in figures.items():
+                with atomic_write(staging / name, "wb") as handle:
+                    handle.write(png)
+            forests = {}
+            for layer in summaries:
+                name = forests[layer] = f"report-forest-{_file_safe(layer)}.png"
+                plot_forest(posterior, staging / name, ci_prob=options.ci_prob, layers=[layer])
+                figures[name] = (staging / name).read_bytes()
+            report["figures"] = {"elbo": "report-elbo.png", "mass": "report-mass.png", "forest": forests}
+            report["total_seconds"] = sum(r["seconds"] for r in records.values()) + watch.elapsed
+            atomic_write_text(staging / "report.html", render_html(report, figures))
+            atomic_write_text(staging / "report.md", render_markdown(report))
+            atomic_write_json(staging / "report.json", report)
+            config = {**_public(options), "data_dir": str(runtime.data_dir) if runtime.data_dir else None,
+                      "device": runtime.device, "prior": fit_config.get("prior")}
+            run.commit("report", staging, config=config, result={"latency": latency}, seconds=watch.elapsed)
+    return report
+
+
+def _assemble(manifest, records, layers, latency, options, device) -> dict[str, Any]:
+    """``report.json``: the fields ``pyro-dirichlet run`` always wrote, plus per-layer rows and latency."""
+    train, fitted, prune, tune = (records[s]["result"] for s in ("train", "fit", "prune", "finetune"))
+    pruned = {**prune, **tune}
+    pruned["params_fraction"] = pruned["params"] / train["params"]
+    pruned["flops_fraction"] = pruned["flops"] / train["flops"]
+    fit_config = records["fit"]["config"]
+    return {
+        "format_version": REPORT_FORMAT_VERSION,
+        "model": manifest["model"],
+        "dataset": manifest["dataset"],
+        "device": str(device),
+        "seed": records["train"]["config"].get("seed"),
+        "data": manifest["data"],
+        "prior_concentration": fit_config["prior"],
+        "coupled": fit_config["coupled"],
+        "target": prune["target"],
+        "ci_prob": options.ci_prob,
+        "baseline": train,
+        "svi": fitted,
+        "pruned": pruned,
+        "layers": layers,
+        "latency": latency,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads()},
+    }
+
+
+def _latency(model: nn.Module, batch: torch.Tensor, repeats: int, device: torch.device) -> float:
+    return latency_seconds(model, batch, repeats=repeats, warmup=1, device=device)
+
+
+def _file_safe(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", layer)
+
+
+def _public(options: ReportOptions) -> dict[str, Any]:
+    return {"ci_prob": options.ci_prob, "latency_batch": options.latency_batch, "latency_repeats": options.latency_repeats}
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(quantity, baseline, pruned) rows of the whole-network comparison."""
+    base, pruned, latency = report["baseline"], report["pruned"], report["latency"]
+    return [
+        ("parameters", f"{base['params']:,}", f"{pruned['params']:,} ({pruned['params_fraction']:.2%})"),
+        ("FLOPs per image", f"{base['flops']:,}", f"{pruned['flops']:,} ({pruned['flops_fraction']:.2%})"),
+        ("test accuracy", f"{base['test_accuracy']:.2%}",
+         f"{pruned['test_accuracy']:.2%} ({pruned['test_accuracy_before_finetune']:.2%} before fine-tuning)"),
+        ("validation accuracy", f"{base['validation_accuracy']:.2%}", f"{pruned['validation_accuracy']:.2%}"),
+        (f"latency, batch of {latency['batch']} on {latency['device']}", f"{latency['baseline_seconds'] * 1e3:.2f} ms",
+         f"{latency['pruned_seconds'] * 1e3:.2f} ms ({latency['speedup']:.2f}x faster)"),
+    ]
+
+
+_LAYER_HEADER = ("layer", "channels", "kept", "params", "pruned params", "FLOPs", "pruned FLOPs",
+                 "channels holding 50 / 90 / 99% of the mass", "keep threshold", "straddling channels")
+
+
+def _layer_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for layer, row in report["layers"].items():
+        mass = " / ".join(str(row["mass_curve"][str(level)]) for level in MASS_LEVELS)
+        straddling = row["straddling_channels"]
+        rows.append((layer, str(row["width"]), str(row["kept"]), f"{row['params']:,}", f"{row['pruned_params']:,}",
+                     f"{row['flops']:,}", f"{row['pruned_flops']:,}", mass, f"{row['keep_threshold']:.4g}",
+                     f"{len(straddling)}: {_channel_list(straddling)}" if straddling else "none"))
+    return rows
+
+
+def _channel_list(channels: list[int], limit: int = 30) -> str:
+    shown = ", ".join(str(c) for c in channels[:limit])
+    return shown + (f", ... ({len(channels) - limit} more)" if len(channels) > limit else "")
+
+
+def _intro(report: Mapping[str, Any]) -> str:
+    data = report["data"]
+    subset = f", smoke subset of {data['train']:,} training images" if data.get("subset") else ""
+    tempered = report["svi"].get("config", {}).get("effective_data_size")
+    tempering = f", likelihood tempered to {tempered:,} examples" if tempered else ""
+    return (f"{report['model']} on {report['dataset']}{subset}; symmetric Dirichlet prior with concentration "
+            f"{report['prior_concentration']:g} on every switch{tempering}; {report['svi']['epochs']} SVI epoch(s), "
+            f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
+            f"{report['seed']}; {round(report['ci_prob'] * 100)}% HDIs.")
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 70em; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
+.note { color: #555; }
+"""
+
+
+def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
+    """A self-contained HTML page: inline CSS, every image a base64 PNG data URI, no scripts."""
+
+    def image(name: str, alt: str) -> str:
+        data = base64.b64encode(figures[name]).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+    def table(header, rows) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>pyro-dirichlet report: {esc(report['model'])} on {esc(report['dataset'])}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>Dirichlet pruning of {esc(report['model'])} on {esc(report['dataset'])}</h1>",
+        f"<p>{esc(_intro(report))}</p>",
+        "<h2>Baseline and pruned network</h2>",
+        table(("", "baseline", "pruned"), _summary_rows(report)),
+        "<h2>Per layer</h2>",
+        table(_LAYER_HEADER, _layer_rows(report)),
+        '<p class="note">A straddling channel is one whose credible interval contains the keep threshold '
+        "(the midpoint between the lowest kept and highest dropped posterior mean): the posterior cannot "
+        "tell whether it belongs above or below the cut.</p>",
+        "<h2>ELBO</h2>", image(report["figures"]["elbo"], "ELBO per SVI step"),
+        "<h2>Posterior mass curves</h2>", image(report["figures"]["mass"], "posterior mass curves"),
+        "<h2>Switch posteriors</h2>",
+        '<p class="note">Each switch as s<sub>c</sub>&nbsp;&times;&nbsp;C (1 = the prior mean); 50% and '
+        f"{round(report['ci_prob'] * 100)}% HDIs; at most 40 channels of highest mean per layer.</p>",
+    ]
+    for layer, name in report["figures"]["forest"].items():
+        parts += [f"<h3>{esc(layer)}</h3>", image(name, f"forest plot of {layer}")]
+    parts += ["<h2>Keep decisions</h2>", "<ul>"]
+    for layer, row in report["layers"].items():
+        flagged = row["straddling_channels"]
+        parts.append(f"<li><b>{esc(layer)}</b>: keeps {row['kept']} of {row['width']}: "
+                     f"{esc(_channel_list(row['kept_channels'], 60))}"
+                     + (f"; <b>unsure</b>: {esc(_channel_list(flagged, 60))}" if flagged else "") + "</li>")
+    parts += ["</ul>", "</body></html>", ""]
+    return "\n".join(parts)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The same report in Markdown; its images are the PNG files written next to it."""
+
+    def table(header, rows) -> list[str]:
+        cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731 - a pipe would end the cell
+        return (["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+                + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+    lines = [f"# Dirichlet pruning of {report['model']} on {report['dataset']}", "", _intro(report), "",
+             "## Baseline and pruned network", "", *table(("", "baseline", "pruned"), _summary_rows(report)), "",
+             "## Per layer", "", *table(_LAYER_HEADER, _layer_rows(report)), "",
+             "Straddling channels: the credible interval contains the keep threshold.", "",
+             "## ELBO", "", f"![ELBO per SVI step]({report['figures']['elbo']})", "",
+             "## Posterior mass curves", "", f"![posterior mass curves]({report['figures']['mass']})", "",
+             "## Switch posteriors", ""]
+    for layer, name in report["figures"]["forest"].items():
+        lines += [f"### {layer}", "", f"![forest plot of {layer}]({name})", ""]
+    lines += ["## Keep decisions", ""]
+    for layer, row in report["layers"].items():
+        flagged = row["straddling_channels"]
+        lines.append(f"- **{layer}**: keeps {row['kept']} of {row['width']}: {_channel_list(row['kept_channels'], 60)}"
+                     + (f"; unsure: {_channel_list(flagged, 60)}" if flagged else ""))
+    return "\n".join(lines) + "\n"
