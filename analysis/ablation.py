@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 from analysis.study import Fitted, Study, fit_switches, mean_sd, percent
-from pyro_dirichlet.fitting import FitConfig
-from pyro_dirichlet.importance import l1_norm, posterior_lower_bound, random_scores, top_k_probability
+from pyro_dirichlet.infer.fit import FitConfig
+from pyro_dirichlet.importance import get_criterion
 from pyro_dirichlet.plan import plan_keep
 
 DEFAULTS = FitConfig()
@@ -33,7 +33,15 @@ REFITS: dict[str, tuple[dict, float]] = {
     "Monte Carlo KL": ({"analytic_kl": False}, 1.0),
     "4 particles": ({"num_particles": 4}, 1.0),
 }
-RANKINGS = ("rank by HDI lower bound", "rank by P(top-k)", "no folding", "l1-norm (reference)", "random (reference)")
+#: The ranking rows: ``{row: (registered criterion, fold)}``; every other row ranks by the mean and folds.
+_RANKING_CRITERIA = {
+    "rank by HDI lower bound": ("posterior-lower-bound", True),
+    "rank by P(top-k)": ("top-k-probability", True),
+    "no folding": ("posterior-mean", False),
+    "l1-norm (reference)": ("l1-norm", False),
+    "random (reference)": ("random", False),
+}
+RANKINGS = tuple(_RANKING_CRITERIA)
 
 
 def channels_in_use(fitted: Fitted) -> float:
@@ -46,14 +54,14 @@ def channels_in_use(fitted: Fitted) -> float:
 
 
 def _scores(study: Study, seed: int, name: str, fitted: Fitted, target: dict[str, int]) -> tuple[dict, bool]:
-    layers = fitted.switches.layers
-    return {
-        "rank by HDI lower bound": (posterior_lower_bound(fitted.posterior), True),
-        "rank by P(top-k)": (top_k_probability(fitted.posterior, target), True),
-        "no folding": (fitted.means, False),
-        "l1-norm (reference)": (l1_norm(study.network(seed), layers), False),
-        "random (reference)": (random_scores(layers, seed=seed), False),
-    }.get(name, (fitted.means, True))
+    if name not in _RANKING_CRITERIA:
+        return fitted.means, True
+    registered, fold = _RANKING_CRITERIA[name]
+    options = {"posterior-lower-bound": {"posterior": fitted.posterior},
+               "top-k-probability": {"posterior": fitted.posterior, "counts": target},
+               "posterior-mean": {"posterior": fitted.posterior},
+               "random": {"seed": seed}}.get(registered, {})
+    return get_criterion(registered, **options)(study.network(seed), fitted.switches.layers, study.data.train), fold
 
 
 def run(study: Study) -> dict:

@@ -20,22 +20,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.bars import CORE_BARS, bar_lines, judge
 from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.pipeline import RunConfig, run
-
-BARS = {
-    "total_seconds": ("<=", 300.0),
-    "baseline_test_accuracy": (">=", 0.990),
-    "params_fraction": ("<=", 0.025),
-    "flops_fraction": ("<=", 0.10),
-    "pruned_test_accuracy": (">=", 0.988),
-    "svi_over_train_epoch": ("<=", 1.0),
-}
+from pyro_dirichlet.app.pipeline import RunConfig, Runtime, TrainOptions, run
 
 
 def measure_run(seed: int, data_dir: str | None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        report = run(RunConfig(out=Path(scratch) / "run", cache_dir=Path(scratch) / "cache", data_dir=data_dir, seed=seed, progress=False))
+        report = run(RunConfig(out=Path(scratch) / "run", train=TrainOptions(cache_dir=Path(scratch) / "cache"),
+                               runtime=Runtime(data_dir=data_dir, seed=seed, progress=False)))
     return {
         "seed": seed,
         "total_seconds": report["total_seconds"],
@@ -59,13 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     runs = [measure_run(seed, args.data_dir) for seed in range(args.repeats)]
-    medians = {key: statistics.median(r[key] for r in runs) for key in BARS}
-    print(f"{'figure':34s} {'median':>10s}  {'bar':>10s}  per run")
-    verdicts = {}
-    for key, (op, bar) in BARS.items():
-        ok = medians[key] <= bar if op == "<=" else medians[key] >= bar
-        verdicts[key] = ok
-        print(f"{key:34s} {medians[key]:10.4f}  {op}{bar:<9g}  {', '.join(f'{r[key]:.4f}' for r in runs)}  {'ok' if ok else 'NOT MET'}")
+    medians = {bar.figure: statistics.median(r[bar.figure] for r in runs) for bar in CORE_BARS}
+    print(f"LeNet-5 main job, median of {len(runs)} run(s):")
+    print("\n".join(bar_lines(medians, CORE_BARS, per_run=runs)))
+    verdicts = judge(medians, CORE_BARS)
     result = {
         "benchmark": "core",
         "hardware": f"CPU, {torch.get_num_threads()} threads",

@@ -22,12 +22,13 @@ import torch
 
 from analysis import ablation, allocation_study, criteria, interpret, reproduction, tempering, uncertainty_report
 from analysis.study import Study
-from models import get_model_entry
-from models.registry import resnet_inner_keep
-from models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
+from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.models.registry import resnet_inner_keep
+from pyro_dirichlet.models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.calibrate import CalibrationConfig
 from pyro_dirichlet.data import load_dataset
-from pyro_dirichlet.fitting import resolve_device
+from pyro_dirichlet.devices import resolve_device
 
 PARTS = {
     "criteria": criteria,
@@ -80,6 +81,7 @@ def make_study(args: argparse.Namespace) -> Study:
         fit_options={} if args.fit_epochs is None else {"epochs": args.fit_epochs},
         finetune_epochs=tuple(n for n in args.finetune_epochs if n > 0),
         criteria=None if args.criteria is None else tuple(args.criteria),
+        calibration=CalibrationConfig() if args.calibrate else None,
     )
 
 
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-epochs", type=int, default=None, help="SVI epochs (default: FitConfig's, one)")
     parser.add_argument("--finetune-epochs", type=int, nargs="+", default=[1, 3], help="fine-tune lengths reported (default 1 3; 0 alone: none)")
     parser.add_argument("--criteria", nargs="+", default=None, help="criteria to compare (default: every one that applies)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="also report every criterion after calibration (BatchNorm statistics and per-channel scales "
+                             "fitted on one pass of the training split, as the SVI fit sees)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     study = make_study(args)

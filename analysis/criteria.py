@@ -13,38 +13,59 @@ import math
 from torch import nn
 
 from analysis.study import Study, mean_sd, percent, stage_headers, stage_names, stage_summary
-from pyro_dirichlet.importance import (
-    batchnorm_scale,
-    l1_norm,
-    posterior_lower_bound,
-    random_scores,
-    taylor,
-    top_k_probability,
-)
+from pyro_dirichlet.importance import CRITERIA, get_criterion
 from pyro_dirichlet.plan import plan_keep
 
 STAGES = ("pruned", "finetune_1", "finetune_3")
 #: The method and the two baselines the quality bar names.
 METHOD, BASELINES = "dirichlet mean + fold", ("random", "l1-norm")
 
+#: Each row of the comparison: ``{row name: (registered criterion, fold E[s]*C into the kept weights)}``.
+ROWS: dict[str, tuple[str, bool]] = {
+    METHOD: ("posterior-mean", True),
+    "dirichlet mean, no fold": ("posterior-mean", False),
+    "dirichlet P(top-k) + fold": ("top-k-probability", True),
+    "dirichlet HDI lower + fold": ("posterior-lower-bound", True),
+    "random": ("random", False),
+    "l1-norm": ("l1-norm", False),
+    "taylor": ("taylor", False),
+    "batchnorm |gamma|": ("batchnorm-scale", False),
+}
+
+
+def criterion_options(name: str, study: Study, seed: int, target: dict[str, int]) -> dict:
+    """What registered criterion ``name`` is built with in a study: the seed's fit, the budget, the seed."""
+    posterior = {"posterior": study.default_fit(seed).posterior}
+    return {
+        "posterior-mean": posterior,
+        "posterior-lower-bound": posterior,
+        "top-k-probability": {**posterior, "counts": target},
+        "random": {"seed": seed},
+        # One pass over the training split: the data the fit sees (issue 15's equal treatment).
+        "taylor": {"seed": seed, "batches": None},
+    }.get(name, {})
+
 
 def criteria(study: Study, seed: int, target: dict[str, int]) -> dict[str, tuple[dict, bool]]:
-    """``{name: (scores, fold)}``; ``fold`` folds the posterior-mean scales into the kept weights."""
-    fitted = study.default_fit(seed)
-    network, layers = study.network(seed), fitted.switches.layers
-    found = {
-        METHOD: (fitted.means, True),
-        "dirichlet mean, no fold": (fitted.means, False),
-        "dirichlet P(top-k) + fold": (top_k_probability(fitted.posterior, target), True),
-        "dirichlet HDI lower + fold": (posterior_lower_bound(fitted.posterior), True),
-        "random": (random_scores(layers, seed=seed), False),
-        "l1-norm": (l1_norm(network, layers), False),
-        "taylor": (taylor(network, layers, study.data.train, seed=seed), False),
-    }
-    if _has_batchnorm_after_every(network, layers):
-        found["batchnorm |gamma|"] = (batchnorm_scale(network, layers), False)
-    if study.criteria is not None:
-        found = {name: value for name, value in found.items() if name in study.criteria}
+    """``{row name: (scores, fold)}`` of the rows ``study.criteria`` names (all that apply when ``None``).
+
+    A name is a row of :data:`ROWS` or any registered criterion (a row of its own, not
+    folded). Only the asked-for criteria are computed. BatchNorm |gamma| applies only where
+    every layer has a BatchNorm after it; naming anything else is an error.
+    """
+    names = list(ROWS) if study.criteria is None else list(study.criteria)
+    unknown = [name for name in names if name not in ROWS and name not in CRITERIA]
+    if unknown:
+        raise ValueError(f"criteria {unknown} are not rows of the comparison; known rows: {list(ROWS)} "
+                         f"and the registered criteria {sorted(CRITERIA)}.")
+    network, layers = study.network(seed), study.default_fit(seed).switches.layers
+    found = {}
+    for name in names:
+        registered, fold = ROWS.get(name, (name, False))
+        if registered == "batchnorm-scale" and not _has_batchnorm_after_every(network, layers):
+            continue
+        criterion = get_criterion(registered, **criterion_options(registered, study, seed, target))
+        found[name] = (criterion(network, layers, study.data.train), fold)
     return found
 
 
@@ -54,7 +75,7 @@ def _has_batchnorm_after_every(network: nn.Module, layers) -> bool:
 
 
 def run(study: Study) -> dict:
-    stages = stage_names(study.finetune_epochs)
+    stages = stage_names(study.finetune_epochs, calibrated=study.calibration is not None)
     rows = []
     for seed in study.seeds:
         fitted = study.default_fit(seed)
@@ -64,7 +85,7 @@ def run(study: Study) -> dict:
                 row = {"seed": seed, "budget": budget, "criterion": name}
                 row.update(study.score(
                     study.network(seed), keep, seed=seed, fold_means=fitted.means if fold else None,
-                    finetune_epochs=study.finetune_epochs,
+                    finetune_epochs=study.finetune_epochs, calibration=study.calibration,
                 ))
                 rows.append(row)
                 study.log(f"criteria seed {seed} {budget} {name}: " + ", ".join(f"{s} {row['test_' + s]:.4f}" for s in stages))
@@ -102,7 +123,8 @@ def verdicts(rows: list[dict], budgets: list[str], stages=STAGES) -> dict:
 
     "Not worse" after fine-tuning is read as: the mean paired difference is not below zero
     by more than two standard errors (seed-to-seed noise after fine-tuning is about 0.05
-    points, the size of the differences being compared).
+    points, the size of the differences being compared). With a calibration column, "beats
+    after calibration" asks for a paired difference above two standard errors (issue 15).
     """
     out = {}
     for budget in budgets:
@@ -110,7 +132,13 @@ def verdicts(rows: list[dict], budgets: list[str], stages=STAGES) -> dict:
         for other in BASELINES:
             pruned = paired_difference(rows, budget, "pruned", other)
             entry[other] = {"pruned_difference": pruned, "beats_right_after_pruning": pruned["mean"] > 0}
-            if len(stages) > 1:  # runs without fine-tuning have nothing more to judge
+            if "calibrated" in stages:
+                calibrated = paired_difference(rows, budget, "calibrated", other)
+                entry[other].update({
+                    "calibrated_difference": calibrated,
+                    "beats_after_calibration": calibrated["mean"] > 2 * calibrated["se"],
+                })
+            if stages[-1].startswith("finetune"):  # runs without fine-tuning have nothing more to judge
                 tuned = paired_difference(rows, budget, stages[-1], other)
                 entry[other].update({
                     "finetuned_difference": tuned,
@@ -139,13 +167,16 @@ def markdown(result: dict) -> str:
         cells = " | ".join(percent((e[f"{s}_mean"], e[f"{s}_sd"])) for s in stages)
         lines.append(f"| {e['budget']} | {e['criterion']} | {e['params']:,} | {e['flops']:,} | {cells} |")
     lines += ["", f"Paired differences, {METHOD} minus baseline (points, mean ± standard error over seeds):", "",
-              "| budget | vs | right after pruning | after fine-tuning (longest) | beats after pruning | not worse after fine-tuning |",
-              "|---|---|---|---|---|---|"]
+              "| budget | vs | right after pruning | after calibration | after fine-tuning (longest) | beats after pruning "
+              "| beats after calibration (> 2 se) | not worse after fine-tuning |",
+              "|---|---|---|---|---|---|---|---|"]
     for budget, entry in result["verdicts"].items():
         for other, v in entry.items():
-            p, t = v["pruned_difference"], v.get("finetuned_difference")
+            p, c, t = v["pruned_difference"], v.get("calibrated_difference"), v.get("finetuned_difference")
             tuned = f"{100 * t['mean']:+.2f} ± {100 * t['se']:.2f}" if t else "-"
+            calibrated = f"{100 * c['mean']:+.2f} ± {100 * c['se']:.2f}" if c else "-"
+            beats_calibrated = "-" if c is None else ("yes" if v["beats_after_calibration"] else "NO")
             not_worse = "-" if t is None else ("yes" if v["not_worse_after_finetune"] else "NO")
-            lines.append(f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {tuned} "
-                         f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {not_worse} |")
+            lines.append(f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {calibrated} | {tuned} "
+                         f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {beats_calibrated} | {not_worse} |")
     return "\n".join(lines) + "\n"

@@ -14,10 +14,12 @@ activation FLOPs). Writes ``reproduction.json`` and ``reproduction.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 from analysis.study import Study, fit_switches, keep_sizes, mean_sd, recipe_epoch_seconds
-from models import get_model_entry
+from benchmarks.bars import REPRODUCTION_BARS, judge
+from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.plan import plan_keep
 
@@ -31,7 +33,8 @@ QUOTED = {
     "SBP": ((3, 18, 284, 283), 0.86, "Neklyudov et al. 2017, Structured Bayesian Pruning via Log-Normal Multiplicative Noise"),
     "L0-sep": ((9, 18, 65, 25), 1.0, "Louizos, Welling & Kingma 2018, Learning Sparse Neural Networks through L0 Regularization"),
 }
-BARS = {"max_error": 0.010, "min_flops_reduction": 10.0, "min_params_reduction": 40.0, "max_baseline_epochs": 3.0}
+#: The time bar's bound: fit + fine-tune within this many baseline epochs.
+MAX_BASELINE_EPOCHS = next(bar.bound for bar in REPRODUCTION_BARS if bar.figure == "fit_and_finetune_in_baseline_epochs")
 
 
 def lenet5_cost(conv1: int, conv2: int, fc1_inputs: int, fc2_inputs: int) -> tuple[int, int]:
@@ -63,7 +66,7 @@ def run(study: Study, choices: tuple[int, ...] = FINETUNE_CHOICES) -> dict:
         budget = statistics.median((t[3].result.seconds + t[5][f"finetune_{n}_seconds"]) / t[4] for t in trials)
         selection[n] = {"validation_accuracy": statistics.mean(t[5][f"validation_finetune_{n}"] for t in trials),
                         "fit_and_finetune_in_baseline_epochs": budget}
-    affordable = [n for n in choices if selection[n]["fit_and_finetune_in_baseline_epochs"] <= BARS["max_baseline_epochs"]]
+    affordable = [n for n in choices if selection[n]["fit_and_finetune_in_baseline_epochs"] <= MAX_BASELINE_EPOCHS]
     chosen = max(affordable or choices[:1], key=lambda n: (selection[n]["validation_accuracy"], -n))
     rows = []
     for seed, keep, network, fitted, epoch_seconds, scored in trials:
@@ -87,12 +90,7 @@ def run(study: Study, choices: tuple[int, ...] = FINETUNE_CHOICES) -> dict:
               ("error", "params", "flops", "fit_and_finetune_in_baseline_epochs", "baseline_params", "baseline_flops")}
     median["params_reduction"] = median["baseline_params"] / median["params"]
     median["flops_reduction"] = median["baseline_flops"] / median["flops"]
-    bars = {
-        "error": median["error"] <= BARS["max_error"],
-        "flops_reduction": median["flops_reduction"] >= BARS["min_flops_reduction"],
-        "params_reduction": median["params_reduction"] >= BARS["min_params_reduction"],
-        "time": median["fit_and_finetune_in_baseline_epochs"] <= BARS["max_baseline_epochs"],
-    }
+    bars = judge(median, REPRODUCTION_BARS)
     quoted = []
     for name, (widths, error, source) in QUOTED.items():
         params, flops = lenet5_cost(*widths)
@@ -100,7 +98,7 @@ def run(study: Study, choices: tuple[int, ...] = FINETUNE_CHOICES) -> dict:
                        "params": params, "flops": flops, "source": source})
     return {"part": "reproduction", "model": study.model, "target": target, "finetune_epochs": chosen,
             "finetune_selection": {str(n): v for n, v in selection.items()}, "finetune_lr": study.finetune_lr,
-            "rows": rows, "median": median, "bars": BARS, "bars_met": bars, "quoted": quoted,
+            "rows": rows, "median": median, "bars": [dataclasses.asdict(bar) for bar in REPRODUCTION_BARS], "bars_met": bars, "quoted": quoted,
             "baseline_cost": lenet5_cost(20, 50, 800, 500)}
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from models import get_model_entry, load_or_train_baseline
+from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
 from pyro_dirichlet.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
-from pyro_dirichlet.finetuning import finetune
-from pyro_dirichlet.fitting import FitConfig, fit
+from pyro_dirichlet.train import finetune
+from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.pruning import prune_by_posterior_mean
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 CANDIDATES = (1e-3, 3e-3, 1e-2)
 

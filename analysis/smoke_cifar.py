@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.pipeline import RunConfig, run
+from pyro_dirichlet.app.pipeline import FinetuneOptions, RunConfig, Runtime, TrainOptions, run
 
 #: Baseline epochs per model: WRN-28-10 costs 10.5 GFLOPs per image, so it gets one.
 TRAIN_EPOCHS = {"vgg16": 2, "resnet56": 2, "wrn_28_10": 1}
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         out = args.out / model
         if args.force or not (out / "report.json").exists():
-            run(RunConfig(model=model, dataset="cifar10", out=out, data_dir=args.data_dir, subset=args.subset,
-                          train_epochs=TRAIN_EPOCHS[model], finetune_epochs=1))
+            run(RunConfig(out=out, runtime=Runtime(data_dir=args.data_dir),
+                          train=TrainOptions(model=model, dataset="cifar10", subset=args.subset,
+                                             train_epochs=TRAIN_EPOCHS[model]),
+                          finetune=FinetuneOptions(epochs=1)))
         report = json.loads((out / "report.json").read_text())
         rows.append({
             "model": model,

@@ -19,16 +19,16 @@ import torch
 import xarray as xr
 from torch import nn
 
-from models import get_model_entry, load_or_train_baseline
+from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
 from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, Split
-from pyro_dirichlet.finetuning import finetune
-from pyro_dirichlet.fitting import FitConfig, FitResult, fit
-from pyro_dirichlet.importance import posterior_mean
+from pyro_dirichlet.train import finetune
+from pyro_dirichlet.infer.fit import FitConfig, FitResult, fit
+from pyro_dirichlet.posterior_criteria import posterior_mean
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
-from pyro_dirichlet.pruning import switch_scales
-from pyro_dirichlet.surgery import fold_scales, prune_channels
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.pruning import prune_to_keep, switch_scales
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 __all__ = ["Study", "Fitted", "baseline", "fit_switches", "pruned_network", "score_pruned", "mean_sd", "keep_sizes"]
 
@@ -80,9 +80,14 @@ def fit_switches(
 def pruned_network(
     network: nn.Module, keep: Mapping[str, list[int]], example: torch.Tensor, fold_means: Mapping[str, torch.Tensor] | None = None
 ) -> nn.Module:
-    """``network`` (not modified) with only ``keep``'s channels; ``fold_means`` folds ``E[s]*C`` in first."""
-    source = network if fold_means is None else fold_scales(network, switch_scales(dict(fold_means)), example)
-    return prune_channels(source, dict(keep), example)
+    """``network`` (not modified) with only ``keep``'s channels; ``fold_means`` folds ``E[s]*C`` in first.
+
+    The library's own path (:func:`pyro_dirichlet.pruning.prune_to_keep`, which
+    :func:`~pyro_dirichlet.pruning.prune_by_posterior_mean` ends in), so a study's Dirichlet
+    row is the network a user gets.
+    """
+    scales = None if fold_means is None else switch_scales(dict(fold_means))
+    return prune_to_keep(network, dict(keep), example, scales=scales)
 
 
 def score_pruned(
@@ -96,19 +101,29 @@ def score_pruned(
     finetune_lr: float = 1e-2,
     splits: Iterable[str] = ("test",),
     device: str = "cpu",
+    calibration: CalibrationConfig | None = None,
 ) -> dict:
     """Size and accuracy of ``network`` pruned to ``keep``, right after pruning and after each fine-tune length.
 
     Each fine-tune length starts again from the freshly pruned network with its own cosine
     schedule and keeps its best epoch on the validation split. Accuracies are reported on
     each of ``splits`` as ``"<split>_pruned"`` and ``"<split>_finetune_<epochs>"``; anything
-    used to choose a setting must read the ``validation`` ones.
+    used to choose a setting must read the ``validation`` ones. With ``calibration`` the
+    pruned network is also calibrated on the training split (:func:`pyro_dirichlet.calibrate.calibrate`,
+    seeded by ``seed``) and scored as ``"<split>_calibrated"``; fine-tuning still starts
+    from the uncalibrated network, so the other columns do not change.
     """
     example = data.train.images[:2].to(device)
     splits = tuple(splits)
     pruned = pruned_network(network, keep, example, fold_means)
     row = {"params": count_parameters(pruned), "flops": count_flops(pruned, example)}
     row.update({f"{split}_pruned": accuracy(pruned, getattr(data, split), device=device) for split in splits})
+    if calibration is not None:
+        with Stopwatch() as watch:
+            calibrated = calibrate(pruned, data.train, example, dataclasses.replace(calibration, seed=seed))
+        row.update({f"{split}_calibrated": accuracy(calibrated.network, getattr(data, split), device=device) for split in splits})
+        row["calibration_seconds"] = watch.seconds
+        row["calibration_kept"] = {"batchnorm": calibrated.batchnorm_recalibrated, "scales": calibrated.scales_kept}
     for epochs in finetune_epochs:
         tuned = pruned_network(network, keep, example, fold_means)
         with Stopwatch() as watch:
@@ -162,6 +177,8 @@ class Study:
         finetune_epochs: the fine-tune lengths the criteria and allocation parts report.
         criteria: names of the criteria to compare (``None``: all that apply).
         fit_options: :class:`FitConfig` overrides of the default fit (e.g. more epochs).
+        calibration: calibrate every pruned network of the criteria comparison this way
+            too (``None``: no calibration column).
     """
 
     model: str
@@ -176,6 +193,7 @@ class Study:
     finetune_epochs: tuple[int, ...] = (1, 3)
     criteria: tuple[str, ...] | None = None
     fit_options: dict = field(default_factory=dict)
+    calibration: CalibrationConfig | None = None
     _fits: dict[int, Fitted] = field(default_factory=dict, repr=False)
 
     @property
@@ -222,14 +240,15 @@ def percent(mean_and_sd: tuple[float, float]) -> str:
     return f"{100 * mean_and_sd[0]:.2f} ± {100 * mean_and_sd[1]:.2f}"
 
 
-def stage_names(finetune_epochs: Iterable[int]) -> list[str]:
-    """The accuracy columns of a study: right after pruning, then after each fine-tune length."""
-    return ["pruned", *(f"finetune_{n}" for n in finetune_epochs)]
+def stage_names(finetune_epochs: Iterable[int], *, calibrated: bool = False) -> list[str]:
+    """The accuracy columns of a study: right after pruning, (after calibration,) then after each fine-tune length."""
+    return ["pruned", *(["calibrated"] if calibrated else []), *(f"finetune_{n}" for n in finetune_epochs)]
 
 
 def stage_headers(names: list[str]) -> list[str]:
     """Table headers for :func:`stage_names`' names."""
-    return ["right after pruning", *(f"{name.split('_')[1]} fine-tune epoch(s)" for name in names[1:])]
+    fixed = {"pruned": "right after pruning", "calibrated": "after calibration"}
+    return [fixed.get(name) or f"{name.split('_')[1]} fine-tune epoch(s)" for name in names]
 
 
 def stage_summary(members: list[dict], names: list[str], split: str = "test") -> dict:

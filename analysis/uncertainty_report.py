@@ -16,9 +16,9 @@ import numpy as np
 from analysis.study import Study, fit_switches, mean_sd
 from pyro_dirichlet.atomic import atomic_write
 from pyro_dirichlet.plan import plan_keep
-from pyro_dirichlet.plots import mass_curves_png
+from pyro_dirichlet.app.plots import mass_curves_png
 from pyro_dirichlet.posterior import layer_summaries
-from pyro_dirichlet.uncertainty import mass_curve, straddling_channels, top_k_overlap
+from pyro_dirichlet.posterior.uncertainty import mass_curve, straddling_channels, top_k_overlap
 
 LEVELS = (0.5, 0.9, 0.99)
 CI_PROB = 0.95

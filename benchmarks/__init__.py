@@ -9,7 +9,7 @@ Run it as one command; it prints a table and one JSON line::
 Every number comes from :mod:`pyro_dirichlet.measure`; each module here measures one thing.
 """
 
-from benchmarks.bars import BARS, Bar, judge
+from benchmarks.bars import BARS, CORE_BARS, SUITE_BARS, Bar, bar_lines, judge
 from benchmarks.epochs import EpochTiming, measure_epochs
 from benchmarks.inference import InferenceTiming, measure_inference
 from benchmarks.overhead import StepOverhead, TorchSVI, measure_overhead
@@ -19,6 +19,9 @@ from benchmarks.workloads import Workload, lenet5_workload, vgg16_workload
 __all__ = [
     "BARS",
     "Bar",
+    "CORE_BARS",
+    "SUITE_BARS",
+    "bar_lines",
     "EpochTiming",
     "InferenceTiming",
     "PosteriorTiming",

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bars import BARS, judge
+from benchmarks.bars import SUITE_BARS, bar_lines, judge
 from benchmarks.epochs import measure_epochs
 from benchmarks.inference import measure_inference
 from benchmarks.overhead import measure_overhead
 from benchmarks.posterior_time import measure_posterior
 from benchmarks.workloads import lenet5_workload, vgg16_workload
 from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.fitting import resolve_device
+from pyro_dirichlet.devices import resolve_device
 
 SECTIONS = ("epochs", "overhead", "posterior", "inference")
 
@@ -94,7 +94,7 @@ def run_suite(args: argparse.Namespace) -> dict:
             timing = measure_inference(workload, batches=batches, repeats=args.repeats, device=device)
             result["inference"][workload.name] = timing.to_dict()
     result["figures"] = figures
-    result["bars_met"] = judge(figures)
+    result["bars_met"] = judge(figures, SUITE_BARS)
     return result
 
 
@@ -124,11 +124,7 @@ def table(result: dict) -> str:
                          f"({full / pruned:.2f}x faster)")
         lines.append(f"  {name:7s} parameters {timing['parameters']['full']:,} -> {timing['parameters']['pruned']:,}, "
                      f"FLOPs/example {timing['flops']['full']:,} -> {timing['flops']['pruned']:,}")
-    for bar in BARS:
-        if bar.figure in result["figures"]:
-            value = result["figures"][bar.figure]
-            verdict = "ok" if result["bars_met"][bar.figure] else "NOT MET"
-            lines.append(f"  bar {bar.meaning:42s} {value:8.3f} {bar.op} {bar.bound:<5g} {verdict}")
+    lines += bar_lines(result["figures"], SUITE_BARS)
     return "\n".join(lines)
 
 

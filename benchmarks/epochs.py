@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 import pyro
 
 from benchmarks.workloads import Workload
-from models.registry import get_model_entry
-from pyro_dirichlet.fitting import FitConfig, fit
-from pyro_dirichlet.switches import DirichletSwitches
-from pyro_dirichlet.training import train_classifier
+from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer.switches import DirichletSwitches
+from pyro_dirichlet.train import train_classifier
 
 __all__ = ["EpochTiming", "measure_epochs", "svi_epoch_seconds", "train_epoch_seconds"]
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from benchmarks.workloads import Workload
-from pyro_dirichlet.measure import count_flops, count_parameters, median_seconds, peak_memory_bytes
+from pyro_dirichlet.measure import count_flops, count_parameters, latency_seconds, peak_memory_bytes
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.surgery import prune_channels
 
@@ -88,7 +88,7 @@ def measure_inference(workload: Workload, *, batches: tuple[int, ...], repeats: 
                 with torch.no_grad():
                     network(images)
 
-            seconds[name][batch] = median_seconds(forward, repeats=repeats, warmup=2, device=device)
+            seconds[name][batch] = latency_seconds(network, images, repeats=repeats, warmup=2, device=device)
             peaks[name][batch] = peak_memory_bytes(forward, device=device)
     on_cuda = torch.device(device).type == "cuda"
     return InferenceTiming(

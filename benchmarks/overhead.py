@@ -3,7 +3,7 @@
 The plain-torch step (:class:`TorchSVI`) does what ``fit`` does, without Pyro: a
 reparameterised Dirichlet sample of every switch from ``exp(log concentration)``, the same
 switch multiply (:meth:`DirichletSwitches.switched`, the same hooks) under the same
-:func:`~pyro_dirichlet.fitting.network_context` (fast pooling on the CPU), the
+:func:`~pyro_dirichlet.infer.fit.network_context` (fast pooling on the CPU), the
 categorical log-likelihood scaled to the data size, the closed-form Dirichlet KL to the
 prior, and one Adam step per layer's log-concentrations (as ``pyro.optim.Adam`` keeps one
 ``torch.optim.Adam`` per parameter). Whatever ``fit``'s steps cost beyond it -- tracing,
@@ -24,10 +24,10 @@ from torch.nn import functional as F
 
 from benchmarks.workloads import Workload
 from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.fitting import FitConfig, fit, network_context
-from pyro_dirichlet.guide import DEFAULT_INIT_CONCENTRATION
+from pyro_dirichlet.infer.fit import FitConfig, fit, network_context
+from pyro_dirichlet.infer.guide import DEFAULT_INIT_CONCENTRATION
 from pyro_dirichlet.measure import Stopwatch
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 __all__ = ["StepOverhead", "TorchSVI", "measure_overhead"]
 
@@ -55,7 +55,7 @@ class TorchSVI:
             layer.name: torch.full((layer.channels,), math.log(init_concentration), device=device, requires_grad=True)
             for layer in switches.layers
         }
-        self.prior = {layer.name: switches.priors[layer.name](device).concentration for layer in switches.layers}
+        self.prior = {layer.name: switches.priors(device)[layer.name].concentration for layer in switches.layers}
         self.optimizers = [torch.optim.Adam([value], lr=lr) for value in self.log_concentration.values()]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> float:

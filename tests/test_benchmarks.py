@@ -12,9 +12,9 @@ import torch
 from benchmarks import BARS, TorchSVI, judge
 from benchmarks.__main__ import main
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.fitting import FitConfig, fit
+from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.measure import peak_memory_bytes
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 
 @pytest.fixture
@@ -80,3 +80,21 @@ def test_peak_memory_counts_the_tensors_held_at_once_inside_the_call():
 
     assert peak_memory_bytes(two_buffers) == pytest.approx(12 << 20, abs=1024)
     assert peak_memory_bytes(lambda: None) == 0
+
+
+def test_one_bar_system_judges_and_prints_both_harnesses():
+    from analysis.reproduction import MAX_BASELINE_EPOCHS
+    from benchmarks.bars import CORE_BARS, REPRODUCTION_BARS, SUITE_BARS, VGG_SPEED_BAR, Bar, bar_lines
+
+    figures = {"total_seconds": 120.0, "baseline_test_accuracy": 0.985, "params_fraction": 0.02}
+    assert judge(figures, CORE_BARS) == {"total_seconds": True, "baseline_test_accuracy": False, "params_fraction": True}
+    assert judge({"vgg16_pyro_overhead": 0.2}) == judge({"vgg16_pyro_overhead": 0.2}, SUITE_BARS) == {"vgg16_pyro_overhead": False}
+    lines = bar_lines(figures, CORE_BARS, per_run=[{"total_seconds": 110.0, "baseline_test_accuracy": 0.98, "params_fraction": 0.02}])
+    assert len(lines) == 3 and "NOT MET" in lines[1] and "ok" in lines[0] and "110" in lines[0]
+    assert VGG_SPEED_BAR.met(0.6) and not VGG_SPEED_BAR.met(0.59)
+    median = {"error": 0.009, "flops_reduction": 12.0, "params_reduction": 39.0, "fit_and_finetune_in_baseline_epochs": 2.5}
+    assert judge(median, REPRODUCTION_BARS) == {
+        "error": True, "flops_reduction": True, "params_reduction": False, "fit_and_finetune_in_baseline_epochs": True}
+    assert MAX_BASELINE_EPOCHS == 3.0
+    with pytest.raises(ValueError, match="op must be one of"):
+        Bar("x", "<", 1.0, "x")

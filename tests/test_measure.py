@@ -5,13 +5,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.lenet import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.measure import (
     Stopwatch,
     accuracy,
     count_flops,
     count_parameters,
+    latency_seconds,
+    layer_costs,
     median_seconds,
 )
 
@@ -189,3 +191,45 @@ def test_median_seconds_is_middle_value():
 def test_median_seconds_rejects_bad_counts(repeats, warmup, name):
     with pytest.raises(ValueError, match=name):
         median_seconds(lambda: None, repeats=repeats, warmup=warmup)
+
+
+def test_latency_seconds_times_eval_mode_forward_passes_without_gradients():
+    calls = []
+
+    class Slow(nn.Module):
+        def forward(self, x):
+            calls.append((self.training, torch.is_grad_enabled()))
+            time.sleep(0.01)
+            return x
+
+    model = Slow().train()
+    seconds = latency_seconds(model, torch.zeros(4, 3), repeats=3, warmup=2)
+    assert len(calls) == 5 and set(calls) == {(False, False)}
+    assert 0.01 <= seconds < 0.5
+    assert model.training  # the flag is restored
+
+
+def test_latency_seconds_rejects_what_is_not_a_model_or_a_batch():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        latency_seconds(lambda x: x, torch.zeros(1))
+    with pytest.raises(TypeError, match="inputs must be a Tensor"):
+        latency_seconds(nn.Linear(2, 2), [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        latency_seconds(nn.Linear(2, 2), torch.zeros(1, 2), repeats=0)
+
+
+def test_layer_costs_count_each_module_alone_on_the_input_it_receives():
+    torch.manual_seed(0)
+    model = LeNet5Caffe().train()
+    example = torch.zeros(3, 1, 28, 28)
+    costs = layer_costs(model, ["conv2", "fc1"], example)
+    # conv2 sees conv1's pooled 20x12x12 map: 8x8 outputs x 50 channels x (20x5x5) MACs, two FLOPs each.
+    assert costs["conv2"] == {"params": 50 * 20 * 25 + 50, "flops": 2 * 8 * 8 * 50 * 20 * 25}
+    assert costs["fc1"] == {"params": 800 * 500 + 500, "flops": 2 * 800 * 500}
+    assert list(costs) == ["conv2", "fc1"] and model.training
+    with pytest.raises(ValueError, match=r"names \['conv9'\] are not submodules"):
+        layer_costs(model, ["conv9"], example)
+    unused = nn.ModuleDict({"used": nn.Linear(2, 2), "spare": nn.Linear(2, 2)})
+    unused.forward = lambda x: unused["used"](x)
+    with pytest.raises(ValueError, match=r"modules \['spare'\] are never called"):
+        layer_costs(unused, ["spare"], torch.zeros(1, 2))

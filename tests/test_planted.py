@@ -1,0 +1,83 @@
+"""Planted-channel recovery on real MNIST: units with zeroed outgoing weights, and which criteria find them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis.planted import LAYER, dead_unit_case, intervals_separate, recall, recover
+
+
+def test_recall_counts_dead_units_among_the_lowest_scores():
+    assert recall(torch.tensor([0.5, 0.1, 0.9, 0.2]), [1, 3]) == 1.0
+    assert recall(torch.tensor([0.5, 0.1, 0.9, 0.2]), [1, 2]) == 0.5
+    assert recall(torch.tensor([0.0, 0.0, 0.0, 1.0]), [1, 2]) == 0.5  # ties broken by index
+    assert intervals_separate([0.0, 0.3, 0.25], [0.1, 0.6, 0.4], dead=[0])
+    assert not intervals_separate([0.0, 0.3, 0.25], [0.1, 0.6, 0.4], dead=[2])
+
+
+@pytest.fixture(scope="module")
+def recovered(mnist):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=1)
+    yield case, recover(case, seed=1)
+    torch.set_num_threads(threads)
+
+
+def test_planted_units_are_dead_and_the_network_still_classifies(recovered):
+    case, _ = recovered
+    assert len(case.planted) == 8 and case.train_accuracy > 0.85  # 8 of 32 units gone, no retraining
+    images = case.train.images[:64]
+    hidden = case.network[:3](images)
+    poked = hidden.clone()
+    poked[:, list(case.planted)] += 10.0  # whatever a dead unit outputs, nothing downstream reads it
+    torch.testing.assert_close(case.network[3](poked), case.network[3](hidden))
+    assert set(case.dead) == set(case.planted) | set(case.silent)
+
+
+def test_every_criterion_is_scored_and_taylor_finds_the_dead_units(recovered):
+    case, row = recovered
+    assert set(row["recall"]) == {"posterior-mean", "posterior-lower-bound", "top-k-probability", "taylor", "random", "l1-norm"}
+    assert all(0.0 <= value <= 1.0 for value in row["recall"].values())
+    # Taylor's a * dL/da is exactly zero where nothing reads a.
+    assert row["recall"]["taylor"] == 1.0
+    # L1 reads a unit's incoming weights, which planting left alone: it cannot see these units.
+    assert row["recall"]["l1-norm"] < 1.0
+    assert row["fit_steps"] >= 430  # the steps of one epoch over full MNIST, not 40 of one epoch over 5,000
+
+
+def test_posterior_ranks_dead_channels_last(recovered):
+    # Regression test at a fixed seed. Over seeds 0-4 the recall is 1.0, 1.0, 0.25, 0.62, 0.62
+    # (analysis/results/planted/planted.json), and 0.0 on every seed after only 40 steps.
+    _, row = recovered
+    assert row["recall"]["posterior-mean"] == 1.0
+    assert row["recall"]["top-k-probability"] == 1.0
+    assert row["posterior_ranks_of_dead"] == list(range(len(row["dead"])))
+
+
+@pytest.fixture(scope="module")
+def recovered_before(mnist):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=1, kill="before")
+    yield case, recover(case, seed=1)
+    torch.set_num_threads(threads)
+
+
+def test_units_dead_throughout_training_stay_dead_and_rank_last(recovered_before):
+    # Killed before training, the network learns without them: no repair for the switches to do.
+    # Over seeds 0-4 the recall is 0.89, 1.0, 1.0, 1.0, 1.0 (planted-kill-before.json).
+    case, row = recovered_before
+    assert torch.count_nonzero(case.network[3].weight[:, list(case.planted)]) == 0
+    assert case.train_accuracy > 0.9
+    assert row["recall"]["posterior-mean"] == 1.0 and row["recall"]["taylor"] == 1.0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Measured on seeds 0-4 (analysis/results/planted/planted.json): even where the posterior mean ranks every dead "
+    "unit last, the 95% HDIs of dead and live units overlap (seed 1: dead means about 0.011, lowest live mean 0.018, dead HDIs up to 0.019, "
+    "live HDIs from 0.010). A fit five times longer (2,150 steps) separates them on 2 of 5 seeds."))
+def test_posterior_intervals_separate_dead_from_live(recovered):
+    _, row = recovered
+    assert row["posterior_intervals_separate"]
