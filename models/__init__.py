@@ -1,6 +1,6 @@
 """The networks the project prunes, their registry entries, and their cached trained baselines."""
 
-from models.baseline import (
+from pyro_dirichlet.models.baseline import (
     CACHE_ENV_VAR,
     Baseline,
     load_checkpoint,
@@ -8,11 +8,11 @@ from models.baseline import (
     resolve_cache_dir,
     save_checkpoint,
 )
-from models.lenet import LeNet300100, LeNet5Caffe
-from models.registry import MODELS, ModelEntry, get_model_entry
-from models.resnet_cifar import CifarResNet, ResNet20, ResNet56, resnet20, resnet56
-from models.vgg import VGG16
-from models.wrn import WideResNet, WideResNet10x1, wrn_28_10
+from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.models.registry import MODELS, ModelEntry, get_model_entry
+from pyro_dirichlet.models.resnet_cifar import CifarResNet, ResNet20, ResNet56, resnet20, resnet56
+from pyro_dirichlet.models.vgg import VGG16
+from pyro_dirichlet.models.wrn import WideResNet, WideResNet10x1, wrn_28_10
 
 __all__ = [
     "CACHE_ENV_VAR",

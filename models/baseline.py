@@ -22,13 +22,13 @@ from safetensors import safe_open
 from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
-from models.registry import get_model_entry
+from pyro_dirichlet.models.registry import get_model_entry
 from pyro_dirichlet.atomic import atomic_write
 from pyro_dirichlet.cache import CACHE_ENV_VAR
 from pyro_dirichlet.cache import resolve_cache_dir as resolve_cache_dir_of_kind
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
-from pyro_dirichlet.training import TrainConfig, TrainResult, train_classifier
+from pyro_dirichlet.train import TrainConfig, TrainResult, train_classifier
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -173,6 +173,10 @@ def _load_cached(
     state, metadata = load_checkpoint(path)
     if metadata.get("cache_key") != key:
         raise ValueError(f"{path} was written for a different cache key")
+    # A baseline with NaN or infinite weights is worth a retrain, never a reuse.
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise ValueError(f"{path} holds non-finite values in {broken[0]!r}")
     model = build()
     model.load_state_dict(state)
     return model, metadata

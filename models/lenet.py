@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.widths import check_width
+from pyro_dirichlet.models.widths import check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["LeNet300100", "LeNet5Caffe"]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.widths import block_widths, check_width
+from pyro_dirichlet.models.widths import block_widths, check_width
 from pyro_dirichlet.serialization import register_architecture
 
 __all__ = ["BasicBlock", "CifarResNet", "ResNet20", "ResNet56", "resnet20", "resnet56"]

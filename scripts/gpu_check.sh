@@ -105,7 +105,7 @@ fi
 step "3/5 VGG-16: baseline ($TRAIN_EPOCHS epochs), one SVI epoch, prune, fine-tune ($FINETUNE_EPOCHS epochs) on $DEVICE"
 RUN_START=$(date +%s)
 rm -rf "$OUT/vgg16"
-"$PYTHON" -m pyro_dirichlet.cli run --model vgg16 --device "$DEVICE" --out "$OUT/vgg16" \
+"$PYTHON" -m pyro_dirichlet.app.cli run --model vgg16 --device "$DEVICE" --out "$OUT/vgg16" \
     --cache-dir "$PYRO_DIRICHLET_CACHE" --train-epochs "$TRAIN_EPOCHS" --finetune-epochs "$FINETUNE_EPOCHS" \
     ${RUN_SIZE[@]+"${RUN_SIZE[@]}"} 2>&1 | tee "$OUT/vgg16.log"
 echo "pipeline wall time: $(seconds_since "$RUN_START") s"

@@ -112,7 +112,7 @@ def small_run(tmp_path_factory, mnist_small):
     Tests that change a run directory copy it first (``shutil.copytree``).
     """
     from pyro_dirichlet import data
-    from pyro_dirichlet.cli import main
+    from pyro_dirichlet.app.cli import main
 
     root = tmp_path_factory.mktemp("small-run")
     out = root / "run"

@@ -10,7 +10,7 @@ import pyro_dirichlet
 
 def test_every_public_name_is_the_object_not_a_same_named_submodule():
     # Import every submodule first: a submodule named like a function would shadow it.
-    for module in ("fitting", "finetuning", "posterior", "plan", "surgery", "pipeline"):
+    for module in ("infer.fit", "train", "posterior", "plan", "surgery", "app.pipeline", "devices"):
         importlib.import_module(f"pyro_dirichlet.{module}")
     for name in pyro_dirichlet.__all__:
         value = getattr(pyro_dirichlet, name)
@@ -25,5 +25,5 @@ def test_star_import_gives_exactly_all():
 
 
 def test_fit_import_in_a_fresh_interpreter():
-    code = "import pyro_dirichlet.fitting; from pyro_dirichlet import fit, finetune; assert callable(fit) and callable(finetune)"
+    code = "import pyro_dirichlet.infer.fit; from pyro_dirichlet import fit, finetune; assert callable(fit) and callable(finetune)"
     subprocess.run([sys.executable, "-c", code], check=True)

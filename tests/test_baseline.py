@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import models.baseline as baseline
-from models import (
+import pyro_dirichlet.models.baseline as baseline
+from pyro_dirichlet.models import (
     CACHE_ENV_VAR,
     LeNet5Caffe,
     load_checkpoint,
@@ -17,7 +17,7 @@ from models import (
     save_checkpoint,
 )
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.training import TrainConfig
+from pyro_dirichlet.train import TrainConfig
 
 TINY = TrainConfig(epochs=1, batch_size=64)
 

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from models.resnet_cifar import resnet20, resnet56
-from models.vgg import VGG16
-from models.wrn import WideResNet10x1, wrn_28_10
+from pyro_dirichlet.models.resnet_cifar import resnet20, resnet56
+from pyro_dirichlet.models.vgg import VGG16
+from pyro_dirichlet.models.wrn import WideResNet10x1, wrn_28_10
 from pyro_dirichlet import serialization
 from pyro_dirichlet.structure import UnsupportedStructureError, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales, mask_channels, prune_channels
@@ -58,7 +58,7 @@ def concat_params(w):
 
 
 def vgg16_params(w):
-    from models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
+    from pyro_dirichlet.models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
 
     total, cin = 0, 3
     for name, full in zip(VGG16_CONV_NAMES, VGG16_WIDTHS):
@@ -311,7 +311,7 @@ def test_fold_scales_on_a_group_scales_every_switch_point():
 
 
 def test_switches_scale_every_member_of_a_group():
-    from pyro_dirichlet.switches import DirichletSwitches
+    from pyro_dirichlet.infer.switches import DirichletSwitches
 
     net, x, _ = built("resnet18")
     switches = DirichletSwitches(copy.deepcopy(net), x, layers=["layer2.0.conv2"])
@@ -366,7 +366,8 @@ def test_unsupported_operations_name_module_and_operation():
     class Grouped(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.g, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Linear(4, 2)
+            # (groups whose outputs are their inputs are followed; 2 inputs -> 4 outputs are not)
+            self.a, self.g, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, groups=2), nn.Linear(8, 2)
 
         def forward(self, x):
             return self.fc(self.g(self.a(x)).mean(dim=(2, 3)))
@@ -377,12 +378,13 @@ def test_unsupported_operations_name_module_and_operation():
             self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.fc((self.a(x) * self.b(x)).mean(dim=(2, 3)))
+            # (a product of two such tensors is a gate, which couples them; a maximum is not)
+            return self.fc(torch.maximum(self.a(x), self.b(x)).mean(dim=(2, 3)))
 
     x = torch.zeros(1, 3, 8, 8)
     with pytest.raises(UnsupportedStructureError, match=r"module 'g' \(Conv2d\).*groups=2"):
         find_prunable_layers(Grouped(), x)
-    with pytest.raises(UnsupportedStructureError, match=r"layer 'a' through 'mul' \(operator\.mul.*another tensor"):
+    with pytest.raises(UnsupportedStructureError, match=r"layer 'a' through 'maximum' \(torch\.maximum.*another tensor"):
         find_prunable_layers(Gated(), x)
 
 

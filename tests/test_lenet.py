@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.fx
 
-from models import MODELS, LeNet300100, LeNet5Caffe, get_model_entry
+from pyro_dirichlet.models import MODELS, LeNet300100, LeNet5Caffe, get_model_entry
 from pyro_dirichlet.measure import count_parameters
 
 

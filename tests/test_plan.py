@@ -47,3 +47,17 @@ def test_bad_targets_raise_naming_the_layer(target, error, message):
 def test_non_finite_scores_raise():
     with pytest.raises(ValueError, match="conv1"):
         plan_keep({"conv1": torch.tensor([1.0, float("nan")])}, {"conv1": 1})
+
+
+def test_blocks_keep_the_best_whole_groups_and_round_counts_to_them():
+    scores = {"conv1": torch.tensor([0.1, 0.9, 0.3, 0.3, 0.5, 0.4]), "fc1": torch.tensor([1.0, 2.0, 3.0])}
+    # blocks [0, 1] (1.0), [2, 3] (0.6), [4, 5] (0.9): 3 channels round to 4, the two best blocks
+    assert plan_keep(scores, {"conv1": 3, "fc1": 2}, blocks={"conv1": 2}) == {"conv1": [0, 1, 4, 5], "fc1": [1, 2]}
+    assert plan_keep(scores, {"conv1": 0.1}, blocks={"conv1": 2}) == {"conv1": [0, 1]}
+    assert keep_counts({"a": 64}, {"a": 0.5}, blocks={"a": 8}) == {"a": 32}
+    assert keep_counts({"a": 64}, {"a": 0.3}, blocks={"a": 8}) == {"a": 16}
+
+
+def test_a_width_that_is_not_whole_blocks_is_rejected():
+    with pytest.raises(ValueError, match=r"layer 'a' has width 6, not a multiple of its block 4"):
+        keep_counts({"a": 6}, {"a": 2}, blocks={"a": 4})

@@ -4,12 +4,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pyro_dirichlet.pooling as pooling
-from models.lenet import LeNet5Caffe
+import pyro_dirichlet.infer._fast as pooling
+from pyro_dirichlet.models.lenet import LeNet5Caffe
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.fitting import FitConfig, fit
-from pyro_dirichlet.pooling import NoGradMaxPool, max_of_slices
-from pyro_dirichlet.switches import DirichletSwitches
+from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer._fast import NoGradMaxPool, max_of_slices
+from pyro_dirichlet.infer.switches import DirichletSwitches
 
 
 @pytest.mark.parametrize("shape, window", [((2, 3, 8, 8), 2), ((2, 3, 9, 7), 2), ((1, 4, 10, 11), 3), ((2, 1, 5, 5), 5)])

@@ -29,3 +29,72 @@ def test_readme_example_is_short_and_runs(small_mnist_everywhere, tmp_path, monk
     example = namespace["example"]
     namespace["small"].eval()
     assert torch.allclose(load_pruned(tmp_path / "lenet5-pruned")(example), namespace["small"](example))
+
+    # The calibration section continues this example.
+    (calibration_block,) = readme_blocks("## Calibration after pruning")
+    exec(compile(calibration_block, str(README), "exec"), namespace)
+    calibration = namespace["calibration"]
+    assert calibration.loss_after < calibration.loss_before and calibration.scales_kept
+    assert "training loss" in capsys.readouterr().out
+    assert namespace["by_l1"] is calibration.network
+    assert (namespace["by_l1"].conv1.out_channels, namespace["by_l1"].fc1.out_features) == (5, 40)
+
+
+def readme_blocks(heading: str) -> list[str]:
+    """Every ```python block of the README section that starts at ``heading``."""
+    text = README.read_text()
+    section = text[text.index(heading):]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_extension_adds_a_criterion_with_one_class():
+    from pyro_dirichlet.importance import CRITERIA
+
+    definition, usage = readme_blocks("## Extending: a new criterion")
+    namespace: dict = {}
+    try:
+        exec(compile(definition, str(README), "exec"), namespace)
+        assert "l2-norm" in CRITERIA
+        exec(compile(usage, str(README), "exec"), namespace)
+    finally:
+        CRITERIA._entries.pop("l2-norm", None)
+    net, small, scores = namespace["net"], namespace["small"], namespace["scores"]
+    assert torch.allclose(scores["conv2"], net.conv2.weight.detach().flatten(1).norm(dim=1).double())
+    assert (small.conv1.out_channels, small.conv2.out_channels, small.fc1.out_features) == (5, 12, 40)
+    kept = scores["conv1"].topk(5).indices.sort().values
+    assert torch.equal(small.conv1.weight, net.conv1.weight[kept])
+
+
+NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "eight": 8}
+
+
+def test_readme_example_comments_state_the_real_defaults():
+    """`finetune(small, data)  # 8 epochs` and `fit(...)  # one epoch` must be what the functions do without arguments."""
+    import inspect
+
+    from pyro_dirichlet.infer.fit import FitConfig
+    from pyro_dirichlet.train import DEFAULT_EPOCHS, finetune
+
+    code = readme_example()
+    finetuned = re.search(r"^finetune\(small, data\)\s*# (\d+) epochs", code, re.M)
+    assert finetuned is not None, "the example's finetune line lost its comment"
+    assert int(finetuned.group(1)) == inspect.signature(finetune).parameters["epochs"].default == DEFAULT_EPOCHS
+    fitted = re.search(r"^result = fit\(.*# (\w+) epochs? of SVI", code, re.M)
+    assert fitted is not None and NUMBERS[fitted.group(1)] == FitConfig().epochs
+
+
+def test_readme_prose_states_the_real_defaults():
+    from pyro_dirichlet.app.steps import FIT_CHECKPOINT_EVERY
+    from pyro_dirichlet.infer.fit import FitConfig
+    from pyro_dirichlet.infer.guide import DEFAULT_INIT_CONCENTRATION
+    from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR
+
+    text = " ".join(README.read_text().split())
+    objective = re.search(r"Adam at lr ([\d.]+), batch (\d+), (\w+) epoch", text)
+    assert (float(objective.group(1)), int(objective.group(2)), NUMBERS[objective.group(3)]) == (
+        FitConfig().lr, FitConfig().batch_size, FitConfig().epochs)
+    tuning = re.search(r"Fine-tuning: (\d+) epochs of Adam at a peak learning rate of ([\de.-]+)", text)
+    assert (int(tuning.group(1)), float(tuning.group(2))) == (DEFAULT_EPOCHS, DEFAULT_LR)
+    assert float(re.search(r"initialised at ([\d.]+) per channel", text).group(1)) == DEFAULT_INIT_CONCENTRATION
+    assert int(re.search(r"atomically every (\d+) SVI steps", text).group(1)) == FIT_CHECKPOINT_EVERY

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from models.lenet import LeNet5Caffe
+from pyro_dirichlet.models.lenet import LeNet5Caffe
 from pyro_dirichlet import serialization
 from pyro_dirichlet.serialization import (
     FORMAT,
@@ -93,7 +93,7 @@ def test_pruned_lenet5_round_trip_gives_identical_outputs(tmp_path, registry):
 
     spec = json.loads(spec_path.read_text())
     assert spec["format"] == FORMAT and spec["format_version"] == 1
-    assert spec["architecture"]["class"] == "models.lenet:LeNet5Caffe"
+    assert spec["architecture"]["class"] == "pyro_dirichlet.models.lenet:LeNet5Caffe"
     assert spec["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert spec["metadata"] == {"kept_channels": {"conv1": 4}}
     assert spec["architecture"]["tensors"]["conv1.weight"] == {"dtype": "float32", "shape": [4, 1, 5, 5]}
@@ -166,7 +166,7 @@ def test_weights_of_another_model_are_rejected(tmp_path):
 
 
 def test_saving_an_unregistered_class_raises(tmp_path, registry):
-    registry.pop("models.lenet:LeNet5Caffe", None)
+    registry.pop("pyro_dirichlet.models.lenet:LeNet5Caffe", None)
     with pytest.raises(ValueError, match=r"model is a LeNet5Caffe.*@register_architecture"):
         save_pruned(pruned_lenet5(), tmp_path / "lenet5")
     assert list(tmp_path.iterdir()) == []
@@ -178,10 +178,19 @@ def test_loading_an_unregistered_class_raises_without_importing_it(tmp_path, reg
     edit_spec(tmp_path / "lenet5", lambda spec: spec["architecture"].update({"class": "no_such_package.evil:Net"}))
     with pytest.raises(ModelFileError, match=r"'no_such_package\.evil:Net', which is not registered"):
         load_pruned(tmp_path / "lenet5")
-    registry.pop("models.lenet:LeNet5Caffe")
-    edit_spec(tmp_path / "lenet5", lambda spec: spec["architecture"].update({"class": "models.lenet:LeNet5Caffe"}))
-    with pytest.raises(ModelFileError, match=r"'models\.lenet:LeNet5Caffe', which is not registered"):
+    registry.pop("pyro_dirichlet.models.lenet:LeNet5Caffe")
+    edit_spec(tmp_path / "lenet5", lambda spec: spec["architecture"].update({"class": "pyro_dirichlet.models.lenet:LeNet5Caffe"}))
+    with pytest.raises(ModelFileError, match=r"'pyro_dirichlet\.models\.lenet:LeNet5Caffe', which is not registered"):
         load_pruned(tmp_path / "lenet5")
+
+
+def test_a_file_saved_before_models_moved_into_the_package_still_loads(tmp_path, registry):
+    register_architecture(LeNet5Caffe)
+    model = pruned_lenet5()
+    save_pruned(model, tmp_path / "lenet5")
+    edit_spec(tmp_path / "lenet5", lambda spec: spec["architecture"].update({"class": "models.lenet:LeNet5Caffe"}))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(output(load_pruned(tmp_path / "lenet5"), x), output(model, x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
