@@ -77,6 +77,7 @@ _EXPORTS = {
     "register_architecture": "serialization",
     "load_dataset": "data",
     "DatasetMissingError": "data",
+    "DatasetError": "data",
     "count_parameters": "measure",
     "count_flops": "measure",
     "accuracy": "measure",

@@ -27,3 +27,21 @@ def test_star_import_gives_exactly_all():
 def test_fit_import_in_a_fresh_interpreter():
     code = "import pyro_dirichlet.infer.fit; from pyro_dirichlet import fit, finetune; assert callable(fit) and callable(finetune)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_type_stub_names_exactly_the_lazy_exports():
+    """``__init__.pyi`` is what IDEs and type checkers see of the lazy ``__getattr__``: it
+    must import every exported name from the module ``_EXPORTS`` says, and nothing else."""
+    import ast
+    from pathlib import Path
+
+    stub = ast.parse((Path(pyro_dirichlet.__file__).with_suffix(".pyi")).read_text())
+    seen = {
+        alias.name: node.module.removeprefix("pyro_dirichlet.")
+        for node in stub.body
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+        for alias in node.names
+    }
+    assert seen == pyro_dirichlet._EXPORTS
+    for name, module in seen.items():
+        assert hasattr(importlib.import_module(f"pyro_dirichlet.{module}"), name), name
