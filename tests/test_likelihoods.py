@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_dirichlet.infer.checkpoint import FitCheckpoint
 from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer.guide import load_guide
 from pyro_dirichlet.infer.likelihoods import SCALE_PARAM, NormalLikelihood, loss_likelihood
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.posterior.calibration import predictive_check
@@ -82,6 +83,13 @@ def test_a_learned_scale_is_checkpointed_and_a_resumed_fit_matches(tmp_path):
     resumed = fit(switches, data, quiet(epochs=2, data_size=256), checkpoint=path)
     assert resumed.elbo == whole.elbo
     assert torch.equal(resumed.concentrations["0"], whole.concentrations["0"])
+    # the saved posterior rebuilds the guide and the learned scale, bit for bit
+    scale = pyro.param(SCALE_PARAM).detach().clone()
+    posterior = resumed.posterior(num_samples=10)
+    pyro.clear_param_store()
+    load_guide(posterior, switches)
+    assert torch.equal(pyro.param(SCALE_PARAM).detach(), scale)
+    assert torch.equal(pyro.param("0.switch.concentration").detach(), resumed.concentrations["0"])
 
 
 def test_a_bernoulli_likelihood_fits_multi_label_targets_and_draws_them():

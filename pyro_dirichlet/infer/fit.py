@@ -549,10 +549,7 @@ def _prepare_guide(
 def _create_params(switches: DirichletSwitches, guide: Callable, example: tuple, kwargs: dict) -> None:
     """:func:`create_params`, and the likelihood's parameters (a learned noise scale) where it may declare some."""
     create_params(switches, guide, example, kwargs)
-    if is_learnable(switches.likelihood):
-        with torch.no_grad(), poutine.block():
-            outputs = switches.network(example[0])
-            switches.likelihood(outputs.float(), example[1])
+    switches.create_likelihood_params(*example)
 
 
 def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:

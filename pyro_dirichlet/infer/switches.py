@@ -12,7 +12,13 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood, LikelihoodSpec, check_batch_shape, resolve_likelihood
+from pyro_dirichlet.infer.likelihoods import (
+    CategoricalLikelihood,
+    LikelihoodSpec,
+    check_batch_shape,
+    is_learnable,
+    resolve_likelihood,
+)
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
@@ -117,6 +123,8 @@ class DirichletSwitches:
         )
         self.priors = resolve_prior(prior, self.layers)
         self.likelihood = resolve_likelihood(likelihood)
+        # One example kept, so a learnable likelihood's parameters can be created without data (load_guide).
+        self.example = example_inputs[:1].detach().clone()
         self._modules = dict(network.named_modules())
 
     @property
@@ -188,6 +196,23 @@ class DirichletSwitches:
             outputs = self.network(images)
             distribution = self.likelihood(outputs.float(), targets)
         check_batch_shape(self.likelihood, distribution, outputs, torch.Size([len(images)]))
+
+    def create_likelihood_params(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> None:
+        """Run the likelihood once, blocked, so any ``pyro.param`` it declares (a learned noise scale) is in the param store.
+
+        Nothing happens for a likelihood without parameters (see
+        :func:`~pyro_dirichlet.infer.likelihoods.is_learnable`).
+
+        Args:
+            inputs: examples on the network's device; ``None``: the example kept from construction.
+            targets: their targets, ``None`` where the likelihood does not need them.
+        """
+        if not is_learnable(self.likelihood):
+            return
+        if inputs is None:
+            inputs = self.example.to(next(iter(self.network.parameters()), self.example).device)
+        with torch.no_grad(), poutine.block():
+            self.likelihood(self.network(inputs).float(), targets)
 
     def switch_prior(
         self,
