@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from fit_process import problem
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.infer.checkpoint import FitCheckpoint
-from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.models.lenet import LeNet5Caffe
 
@@ -144,3 +144,17 @@ def test_data_size_must_agree_with_a_split():
         fit(switches, data, quiet(data_size=10))
     with pytest.raises(ValueError, match="FitConfig.data_size must be None or a positive integer"):
         quiet(data_size=0)
+
+
+def test_a_nan_batch_stops_a_streamed_fit_with_the_last_good_guide():
+    switches, data = problem(64)
+    images = data.images.clone()
+    images[27] = float("nan")  # in the fourth batch of eight
+    batches = [(images[i : i + 8], data.labels[i : i + 8]) for i in range(0, 64, 8)]
+    with pytest.raises(FitDivergedError, match="ELBO became nan at SVI step 3") as caught:
+        fit(switches, batches, quiet(data_size=64))
+    error = caught.value
+    assert error.step == len(error.elbo) == 3
+    for name, concentration in error.concentrations.items():
+        assert torch.isfinite(concentration).all()
+        assert torch.equal(pyro.param(f"{name}.switch.concentration").detach(), concentration)

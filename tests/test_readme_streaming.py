@@ -29,3 +29,25 @@ def test_readme_streaming_example_finds_the_planted_units(capsys):
     printed = capsys.readouterr().out
     assert set(map(int, re.findall(r"\d+", printed))) == SIGNAL
     assert namespace["result"].steps == 4  # the loss likelihood's one epoch of 512 examples in batches of 128
+
+
+def test_readme_memory_figures_are_the_committed_benchmark():
+    import json
+
+    record = json.loads((README.parent / "benchmarks" / "results" / "streaming.json").read_text())
+    figures = record["figures"]
+    text = " ".join(README.read_text().split())
+    stated = re.search(
+        r"was ([\d,]+) MiB against ([\d,]+) MiB preloaded \(([\d.]+)x\), at ([\d.]+)x the step time \(([\d.]+) against ([\d.]+) s\)", text
+    )
+    assert stated is not None, "the README's memory sentence changed its form"
+    numbers = [float(value.replace(",", "")) for value in stated.groups()]
+    assert numbers == [
+        round(figures["loader_peak_rss_mib"]), round(figures["preloaded_peak_rss_mib"]), round(figures["rss_ratio"], 2),
+        round(figures["step_time_ratio"], 2), round(figures["loader_seconds_per_step"], 2), round(figures["preloaded_seconds_per_step"], 2),
+    ]
+    assert f"{round(figures['rss_before_data_mib'])} MiB of either process" in text
+    assert f"needs {figures['rss_above_start_ratio']:.2f}x" in text
+    assert "2 alternating rounds of 50 SVI steps of 128 images" in text and record["runs"]["loader"][0]["steps"] == 50
+    assert len(record["runs"]["loader"]) == 2 and record["runs"]["loader"][0]["batch_size"] == 128
+    assert record["runs"]["loader"][0]["workers"] == 1

@@ -439,7 +439,10 @@ def fit(
     def steps(epoch: int, done: int):
         """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
         if stream is not None:
-            yield from stream.epoch(epoch, skip=done)
+            for step in stream.epoch(epoch, skip=done):
+                if config.channels_last and step.images.dim() == 4:
+                    step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
+                yield step
             return
         batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
         for indices, images, labels in itertools.islice(batches, done, None):
