@@ -27,6 +27,7 @@ __all__ = [
     "layer_costs",
     "median_seconds",
     "peak_memory_bytes",
+    "peak_rss_bytes",
 ]
 
 
@@ -355,3 +356,26 @@ def peak_memory_bytes(fn: Callable[[], object], *, device: torch.device | str | 
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak
+
+
+def peak_rss_bytes(*, current: bool = False) -> int:
+    """This process's peak resident set size in bytes (the kernel's ``VmHWM``), or its resident size now.
+
+    Args:
+        current: the resident size now (``VmRSS``) instead of the peak.
+
+    Resident memory counts everything a process maps and touches (torch's libraries, the
+    C allocator's kept pages), not only tensors; see :func:`peak_memory_bytes` for those.
+
+    Example:
+        >>> peak_rss_bytes() >= peak_rss_bytes(current=True) > 0
+        True
+    """
+    import resource
+
+    field = "VmRSS:" if current else "VmHWM:"
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: the peak is all getrusage says

@@ -3,7 +3,9 @@
 ``python tests/fit_process.py OUT [--checkpoint FILE] ...`` fits the tiny CNN of
 ``conftest.py`` on inputs it labels itself and saves ``{"concentrations", "elbo"}`` to
 ``OUT/rank<r>.pt``. Under ``torchrun`` every rank joins the process group first and writes
-its own file, so a test can check that the ranks agree.
+its own file, so a test can check that the ranks agree. ``--loader`` streams the same data
+from a shuffling ``DataLoader`` instead of the preloaded ``Split`` (under ``torchrun``,
+``fit`` gives it a ``DistributedSampler``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The checkout's package, not whichever one the environment installed (another worktree's).
@@ -47,6 +50,15 @@ def problem(n: int, *, hierarchical: bool = False) -> tuple[DirichletSwitches, S
     return DirichletSwitches(network, images[:2], prior=prior), Split(images, labels)
 
 
+def loader(data: Split, batch_size: int, *, single_process: bool = False) -> DataLoader:
+    """The data as a shuffling DataLoader; ``single_process``: with the order a 2-rank fit's
+    ``DistributedSampler`` (seed 0, ``set_epoch``) deals out, as one process reads it."""
+    dataset = TensorDataset(data.images, data.labels)
+    if single_process:
+        return DataLoader(dataset, batch_size=batch_size, sampler=DistributedSampler(dataset, num_replicas=1, rank=0, seed=0))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+
 def config(epochs: int, batch_size: int, checkpoint_every: int | None = None) -> FitConfig:
     """The fit settings every process of a test shares."""
     return FitConfig(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every, device="cpu", progress=False)
@@ -61,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--hierarchical", action="store_true", help="a shared Gamma concentration as the prior (an autoguide fits it)")
+    parser.add_argument("--loader", action="store_true", help="stream the data from a shuffling DataLoader")
     parser.add_argument("--threads", type=int, help="torch threads; default: conftest's choice, as in the test process")
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep per step, so a test can catch the fit mid-way")
     args = parser.parse_args()
@@ -79,6 +92,8 @@ def main() -> None:
 
         switches.model = slow_model
     pyro.clear_param_store()
+    if args.loader:
+        data = loader(data, args.batch_size)
     result = fit(switches, data, config(args.epochs, args.batch_size, args.checkpoint_every), checkpoint=args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
     params = {name: value.detach().clone() for name, value in pyro.get_param_store().named_parameters()}

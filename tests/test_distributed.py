@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fit_process import config, problem
+from fit_process import config, loader, problem
 from pyro_dirichlet.infer.checkpoint import FitCheckpoint
 from pyro_dirichlet.infer.distributed import DataParallel
 from pyro_dirichlet.infer.fit import fit
@@ -90,3 +90,33 @@ def test_two_gloo_ranks_fit_a_hierarchical_prior_alike(tmp_path):
     torch.testing.assert_close(ranks[0]["elbo"], torch.tensor(single.elbo, dtype=torch.float64), rtol=1e-4, atol=0)
     for name, value in pyro.get_param_store().named_parameters():
         torch.testing.assert_close(ranks[0]["params"][name], value.detach(), rtol=1e-4, atol=1e-6)
+
+
+@needs_gloo
+def test_two_gloo_ranks_stream_a_dataloader_as_one_process_does(tmp_path):
+    # Each rank reads its DistributedSampler shard (16 of every 32 examples); the single
+    # process reads the same permutation whole. 226 examples: the last global batch has 2.
+    n, epochs, batch_size = 226, 2, 32
+    out, checkpoint = tmp_path / "out", tmp_path / "fit.ckpt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(SCRIPT), str(out), "--examples", str(n), "--epochs", str(epochs), "--batch-size", str(batch_size),
+               "--threads", "1", "--checkpoint", str(checkpoint), "--loader"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert torch.equal(ranks[0]["elbo"], ranks[1]["elbo"])
+    for name, concentration in ranks[0]["concentrations"].items():
+        assert torch.equal(concentration, ranks[1]["concentrations"][name])
+    assert FitCheckpoint.load(checkpoint).step == epochs * 8
+
+    pyro.clear_param_store()
+    switches, data = problem(n)
+    single = fit(switches, loader(data, batch_size, single_process=True), config(epochs, batch_size))
+    assert len(single.elbo) == epochs * 8
+    torch.testing.assert_close(ranks[0]["elbo"], torch.tensor(single.elbo, dtype=torch.float64), rtol=1e-4, atol=0)
+    for name, concentration in single.concentrations.items():
+        torch.testing.assert_close(ranks[0]["concentrations"][name], concentration, rtol=1e-4, atol=0)
+    # and the order matters: a single process reading another permutation ends elsewhere
+    pyro.clear_param_store()
+    other = fit(switches, loader(data, batch_size), config(epochs, batch_size))
+    assert not torch.allclose(torch.tensor(other.elbo, dtype=torch.float64), ranks[0]["elbo"], rtol=1e-4, atol=0)

@@ -150,6 +150,12 @@ class DataParallel:
         dist.all_reduce(buffer)
         return float(buffer[0])
 
+    def all_reduce_sum(self, value: float, device: torch.device) -> float:
+        """The sum over ranks of ``value`` (e.g. each rank's batch size, for its share of a streamed minibatch)."""
+        buffer = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(buffer)
+        return float(buffer[0])
+
     def barrier(self) -> None:
         """Wait for every rank (e.g. until all have read a checkpoint rank 0 may overwrite)."""
         dist.barrier()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
-from pyro_dirichlet.data import Split, minibatches
+from pyro_dirichlet.data import BatchSource, Split, count_examples, iterate_batches, minibatches
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
 from pyro_dirichlet.infer.optim import SkipNonFinite
 from pyro_dirichlet.measure import Stopwatch
@@ -36,6 +36,8 @@ from pyro_dirichlet.infer.guide import (
     make_guide,
 )
 from pyro_dirichlet.structure import PrunableLayer
+from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood, is_learnable
+from pyro_dirichlet.infer.stream import StreamedBatches
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
 if TYPE_CHECKING:
@@ -71,6 +73,9 @@ class FitConfig:
         effective_data_size: temper the likelihood by scaling it to this many examples
             instead of the split's size. Smaller values give the prior more weight; at the
             full 55k MNIST examples the likelihood swamps any prior.
+        data_size: the number of training examples, for training data that cannot say it
+            (an iterable without ``len(loader.dataset)``); ``None``: the data's own count.
+            With a ``Split`` it must be ``None`` or the split's length.
         seed: seeds Pyro, torch and the minibatch order.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar with the running ELBO.
@@ -99,6 +104,7 @@ class FitConfig:
     analytic_kl: bool = True
     num_particles: int = 1
     effective_data_size: int | None = None
+    data_size: int | None = None
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -126,6 +132,10 @@ class FitConfig:
             raise ValueError(
                 f"FitConfig.effective_data_size must be None or a positive integer, got {self.effective_data_size!r}."
             )
+        if self.data_size is not None and (
+            isinstance(self.data_size, bool) or not isinstance(self.data_size, int) or self.data_size < 1
+        ):
+            raise ValueError(f"FitConfig.data_size must be None or a positive integer, got {self.data_size!r}.")
         if self.checkpoint_every is not None and (
             isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1
         ):
@@ -166,7 +176,7 @@ class FitResult:
         *,
         num_samples: int = 1000,
         seed: int = 0,
-        validation: Split | None = None,
+        validation: BatchSource | None = None,
         predictive_draws: int = 100,
         validation_size: int = 128,
     ) -> xr.DataTree:
@@ -175,10 +185,14 @@ class FitResult:
         Args:
             num_samples: draws of every switch and latent site from the guide, and from the prior.
             seed: seed of every draw (the global random streams are left as they were).
-            validation: held-out data: with it, the first ``validation_size`` examples become
-                ``observed_data``, and the first ``predictive_draws`` posterior draws give the
-                ``log_likelihood`` and ``posterior_predictive`` groups (``az.loo``,
-                ``az.plot_ppc_dist``). PSIS needs at least ~30 draws.
+            validation: held-out data (a ``Split`` or an iterable of batches): with it, the
+                first ``validation_size`` examples become ``observed_data``, and the first
+                ``predictive_draws`` posterior draws give the ``log_likelihood`` and
+                ``posterior_predictive`` groups (``az.loo``, ``az.plot_ppc_dist``). PSIS
+                needs at least ~30 draws. For a likelihood other than the categorical one
+                there are no class ``probabilities``, the draws run one at a time, and a
+                loss likelihood draws no targets (no ``posterior_predictive``; see
+                :func:`~pyro_dirichlet.infer.predictive.predict_targets`).
             predictive_draws: posterior draws the network is run under.
             validation_size: validation examples predicted.
 
@@ -188,7 +202,7 @@ class FitResult:
         """
         # Imported here: ArviZ takes seconds to import, which every fitting process (each
         # torchrun rank) would otherwise pay without drawing a posterior.
-        from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict
+        from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict, predict_targets
         from pyro_dirichlet.posterior import from_fit, switch_draws
 
         if self.switches is None or self.guide is None or self.example is None:
@@ -200,12 +214,16 @@ class FitResult:
         latents = draw_latents(self.switches, self.guide, example, num_samples=num_samples, seed=seed)
         prior = draw_prior(self.switches, example, num_samples=num_samples, seed=seed)
         labels = predictive = None
-        if validation is not None and len(validation) > 0:
-            images, labels = validation.images[:validation_size].to(device), validation.labels[:validation_size].to(device)
+        held_out = _first_examples(validation, validation_size) if validation is not None else None
+        if held_out is not None:
+            images, labels = held_out[0].to(device), held_out[1].to(device)
             draws, _, _ = switch_draws(self.concentrations, num_samples=num_samples, seed=seed)
             samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
             samples.update({site: value[:predictive_draws] for site, value in latents.items()})
-            predictive = predict(self.switches, samples, images, labels, seed=seed)
+            if isinstance(self.switches.likelihood, CategoricalLikelihood):
+                predictive = predict(self.switches, samples, images, labels, seed=seed)
+            else:
+                predictive = predict_targets(self.switches, samples, images, labels, seed=seed)
             labels = labels.cpu().numpy()
         attrs = {"hyper_guide": self.config.hyper_guide, "init_concentration": self.config.init_concentration}
         return from_fit(
@@ -259,7 +277,7 @@ class FitDivergedError(RuntimeError):
 
 def fit(
     switches: DirichletSwitches,
-    train: Split,
+    train: BatchSource,
     config: FitConfig = FitConfig(),
     *,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -271,15 +289,31 @@ def fit(
     ``pyro.plate(subsample=...)``, and takes one Adam step on the guide's
     log-concentrations. The network stays frozen.
 
+    ``train`` is a preloaded ``Split`` (moved to the device once and sliced; its order is
+    drawn from ``config.seed``) or streamed data: a ``DataLoader`` or any re-iterable of
+    ``(inputs, targets)`` batches, read batch by batch in its own batches and order
+    (``config.batch_size`` does not apply to it), of which nothing is preloaded (see
+    :mod:`pyro_dirichlet.infer.stream`). The data size the likelihood is scaled to is
+    ``len(loader.dataset)``, or ``config.data_size`` for an iterable that cannot say it.
+    The loader draws its shuffles from a stream seeded by ``config.seed``, apart from the
+    switch draws. A checkpoint needs a loader with ``len()`` and replays an interrupted
+    epoch by reading (and skipping) its finished batches again, so a resumed fit is exact
+    when the loader's order comes from torch's random stream (``shuffle=True``, a
+    ``DistributedSampler``) or is fixed.
+
     Under ``torch.distributed`` (launched by ``torchrun``, see
     :mod:`pyro_dirichlet.infer.distributed`) every rank fits on its shard of each minibatch and the
     gradients are all-reduced, so each step equals the single-process step over the whole
     minibatch; only rank 0 shows progress and writes the checkpoint, and every rank returns
-    the same result.
+    the same result. A ``DataLoader`` is rebuilt there around a ``DistributedSampler``
+    seeded by ``config.seed`` (``set_epoch`` each epoch), each rank reading
+    ``batch_size / world_size`` examples a step (see
+    :func:`~pyro_dirichlet.infer.stream.distributed_loader`).
 
     Args:
         switches: the model (a frozen network with switch sites).
-        train: the training split (the validation split stays untouched for model selection).
+        train: the training data: a ``Split``, a ``DataLoader`` or any re-iterable of
+            ``(inputs, targets)`` batches (the validation split stays untouched for model selection).
         config: see :class:`FitConfig`.
         checkpoint: a file to resume from and save to. If it exists and was written by a fit
             of the same layers and settings (``epochs``, ``progress`` and
@@ -302,42 +336,72 @@ def fit(
     Raises:
         FitDivergedError: the ELBO became NaN or infinite (the guide keeps its last good state).
         ValueError: ``checkpoint`` belongs to another fit (the message names the
-            differences), or it has more steps than ``config.epochs`` allow.
+            differences), or it has more steps than ``config.epochs`` allow; the data is
+            empty or its size unknown; the likelihood's batch shape is not the batch.
+        TypeError: ``train`` is not a ``Split`` or a re-iterable of batches.
 
     Example:
         >>> result = fit(DirichletSwitches(net, images[:2]), data.train)  # doctest: +SKIP
         >>> result.posterior()  # an ArviZ DataTree  # doctest: +SKIP
         >>> fit(switches, data.train, FitConfig(checkpoint_every=100), checkpoint="fit.ckpt")  # doctest: +SKIP
+        >>> loader = DataLoader(TensorDataset(images, labels), batch_size=128, shuffle=True)  # doctest: +SKIP
+        >>> fit(switches, loader)  # streamed: the data size is len(loader.dataset)  # doctest: +SKIP
     """
-    if len(train) == 0:
-        raise ValueError("train is empty: the switches need data to fit.")
+    stream = None
+    if isinstance(train, Split):
+        if len(train) == 0:
+            raise ValueError("train is empty: the switches need data to fit.")
+        if config.data_size is not None and config.data_size != len(train):
+            raise ValueError(f"FitConfig.data_size is {config.data_size}, but the train Split holds {len(train)} examples; leave it None for a Split.")
     parallel = DataParallel.current()
     main = parallel is None or parallel.is_main
     device = resolve_device(config.device)
     if parallel is not None:
         device = parallel.device(device)
     switches.to(device)
+    if isinstance(train, Split):
+        train_size = len(train)
+        # Whole split on the device once, so a step only slices (the data is small next to the network).
+        data = train.to(device)
+        if config.channels_last:
+            data = Split(data.images.contiguous(memory_format=torch.channels_last), data.labels)
+        first_images, first_labels = data.images[:2], data.labels[:2]
+        steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        generator = torch.Generator().manual_seed(config.seed)
+    else:
+        if config.data_size is None and not hasattr(getattr(train, "dataset", None), "__len__"):
+            raise ValueError(
+                f"the number of examples of train ({type(train).__name__}) is unknown: give it as FitConfig(data_size=...) "
+                "(a DataLoader over a data set with len() says it itself)."
+            )
+        train_size = count_examples(train, config.data_size)
+        stream = StreamedBatches(train, device=device, seed=config.seed, parallel=parallel)
+        first = stream.first()
+        first_images, first_labels = first.inputs[:2].to(device), first.targets[:2].to(device)
+        steps_per_epoch = stream.steps_per_epoch
+        generator = stream.generator
+        if checkpoint is not None and steps_per_epoch is None:
+            raise ValueError(
+                f"a checkpoint needs the number of batches per epoch, but train ({type(train).__name__}) has no len(); "
+                "fit without checkpoint= or give a loader with a length."
+            )
+    if isinstance(switches.likelihood, CategoricalLikelihood):
+        _check_labels(switches, first_images, data.labels if stream is None else first.targets)
+    switches.check_likelihood(first_images, first_labels)
     pyro.set_rng_seed(config.seed)
-    guide, param_names = _prepare_guide(switches, config, device, train, guide)
+    guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
     # A step whose gradients are not finite changes nothing, so a diverging fit keeps its last
     # good guide; under torchrun the gradients are summed over ranks before that check.
     optim = SkipNonFinite(pyro.optim.Adam({"lr": config.lr}))
     reduce = AllReduceGradients(optim, parallel) if parallel is not None else None
     model = fit_model(switches, config, device)
-    svi = SVI(model, guide, reduce or optim, _elbo(config, vectorize=not switches.priors.latent_sites))
-    size = config.effective_data_size or len(train)
-    generator = torch.Generator().manual_seed(config.seed)
-    # Whole split on the device once, so a step only slices (the data is small next to the network).
-    data = train.to(device)
-    if config.channels_last:
-        data = Split(data.images.contiguous(memory_format=torch.channels_last), data.labels)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
+    svi = SVI(model, guide, reduce or optim, _elbo(config, vectorize=switches.vectorizable))
+    size = config.effective_data_size or train_size
+    total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
     history: list[float] = []
-    _check_labels(switches, data)
 
     layers = [(layer.name, layer.channels) for layer in switches.layers]
-    identity = _checkpoint_identity(config, len(train))
+    identity = _checkpoint_identity(config, train_size)
     resumed = None
     if checkpoint is not None:
         resumed = FitCheckpoint.load_matching(checkpoint, layers=layers, config=identity)
@@ -372,6 +436,22 @@ def fit(
             saved_step=start,
         )
 
+    def steps(epoch: int, done: int):
+        """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
+        if stream is not None:
+            for step in stream.epoch(epoch, skip=done):
+                if config.channels_last and step.images.dim() == 4:
+                    step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
+                yield step
+            return
+        batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
+        for indices, images, labels in itertools.islice(batches, done, None):
+            weight = None
+            if reduce is not None:
+                indices, weight = parallel.shard(indices)
+                images, labels = data.images[indices], data.labels[indices]
+            yield images, labels, indices, weight
+
     # Distribution validation is off inside the loop: it costs time at every step, and a
     # NaN must reach the finiteness check below (which keeps the last good guide) instead
     # of surfacing as a constraint error from the likelihood.
@@ -385,23 +465,21 @@ def fit(
     ):
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
-            for epoch in range(start // steps_per_epoch, config.epochs):
-                # Replaying this state replays the epoch's permutation: a resumed fit sees the same order.
+            for epoch in range(start // steps_per_epoch if steps_per_epoch else 0, config.epochs):
+                # Replaying this state replays the epoch's order: a resumed fit sees the same batches.
                 epoch_start = generator.get_state()
-                batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
-                done_in_epoch = len(history) - epoch * steps_per_epoch
-                for indices, images, labels in itertools.islice(batches, done_in_epoch, None):
+                done_in_epoch = len(history) - epoch * steps_per_epoch if steps_per_epoch else 0
+                for images, labels, subsample, weight in steps(epoch, done_in_epoch):
                     if reduce is not None:
-                        indices, reduce.weight = parallel.shard(indices)
-                        images, labels = data.images[indices], data.labels[indices]
-                    loss = svi.step(images, labels, subsample=indices, size=size)
+                        reduce.weight = weight
+                    loss = svi.step(images, labels, subsample=subsample, size=size)
                     if reduce is not None:
                         loss = parallel.all_reduce_loss(loss, reduce.weight, device)
                     elbo = -loss
                     if not math.isfinite(elbo):
                         # SkipNonFinite skipped the update when the NaN reached the gradients,
                         # so the guide still holds the last good state.
-                        raise FitDivergedError(len(history), elbo, history, _concentrations(guide, switches, data))
+                        raise FitDivergedError(len(history), elbo, history, _concentrations(guide, switches, first_images))
                     history.append(elbo)
                     bar.update()
                     if len(history) % 20 == 0:
@@ -417,7 +495,7 @@ def fit(
             raise
     return FitResult(
         layers=switches.layers,
-        concentrations=_concentrations(guide, switches, data),
+        concentrations=_concentrations(guide, switches, first_images),
         elbo=history,
         epochs=config.epochs,
         steps=len(history),
@@ -427,22 +505,28 @@ def fit(
         switches=switches,
         guide=guide,
         parameters=_unconstrained(param_names),
-        example=train.images[:1].clone(),
+        example=first_images[:1].detach().cpu().clone(),
     )
 
 
 def _prepare_guide(
-    switches: DirichletSwitches, config: FitConfig, device: torch.device, train: Split, guide: Callable | None
+    switches: DirichletSwitches,
+    config: FitConfig,
+    device: torch.device,
+    example: tuple[torch.Tensor, torch.Tensor],
+    train_size: int,
+    guide: Callable | None,
 ) -> tuple[Callable, list[str]]:
-    """The fit's guide with every parameter of it and of the prior in the param store, and their names.
+    """The fit's guide with every parameter of it, of the prior and of the likelihood in the param store, and their names.
 
-    A fixed prior and the built guide have only the concentrations, created at
-    ``init_concentration``. Otherwise the prior and guide are run once (blocked, the random
-    streams put back, so fresh and resumed fits draw alike) to create their parameters;
-    with the built guide, a first run in a scratch store names them, so values a previous
-    fit left in the store are forgotten and this fit starts afresh.
+    A fixed prior, a likelihood without parameters and the built guide have only the
+    concentrations, created at ``init_concentration``. Otherwise the prior, the guide and
+    the likelihood are run once on ``example`` (one example and its target, on the fit
+    device; blocked, the random streams put back, so fresh and resumed fits draw alike) to
+    create their parameters; with the built guide, a first run in a scratch store names
+    them, so values a previous fit left in the store are forgotten and this fit starts afresh.
     """
-    if guide is None and switches.priors.fixed:
+    if guide is None and switches.priors.fixed and not is_learnable(switches.likelihood):
         guide = DirichletGuide(switches.layers, init_concentration=config.init_concentration)
         guide.reset()
         guide.initialise(device)
@@ -450,20 +534,39 @@ def _prepare_guide(
     fresh = guide is None
     if fresh:
         guide = make_guide(switches, init_concentration=config.init_concentration, hyper_guide=config.hyper_guide)
-    example = train.images[:1].to(device), train.labels[:1].to(device)
-    kwargs = {"subsample": torch.zeros(1, dtype=torch.long, device=device), "size": len(train)}
+    kwargs = {"subsample": torch.zeros(1, dtype=torch.long, device=device), "size": train_size}
     store = pyro.get_param_store()
     with store.scope() as scratch:
-        create_params(switches, guide, example, kwargs)
+        _create_params(switches, guide, example, kwargs)
     if fresh:
         for name in scratch["params"]:
             if name in store:
                 del store[name]
-    create_params(switches, guide, example, kwargs)
+    _create_params(switches, guide, example, kwargs)
     if not fresh:
         # A user's guide must cover what the model samples: say so now, not as a KeyError inside the ELBO.
         guide_concentrations(guide, switches.layers, example[0], latent_sites=switches.priors.latent_sites)
     return guide, sorted(scratch["params"])
+
+
+def _create_params(switches: DirichletSwitches, guide: Callable, example: tuple, kwargs: dict) -> None:
+    """:func:`create_params`, and the likelihood's parameters (a learned noise scale) where it may declare some."""
+    create_params(switches, guide, example, kwargs)
+    switches.create_likelihood_params(*example)
+
+
+def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``count`` examples of ``data`` as ``(inputs, targets)``, or ``None`` when it holds none."""
+    inputs, targets, held = [], [], 0
+    for batch in iterate_batches(data, count, shuffle=False, name="validation"):
+        inputs.append(batch.inputs[: count - held])
+        targets.append(batch.targets[: count - held])
+        held += len(inputs[-1])
+        if held >= count:
+            break
+    if held == 0:
+        return None
+    return torch.cat(inputs), torch.cat(targets)
 
 
 def _unconstrained(names: list[str]) -> dict[str, torch.Tensor]:
@@ -472,11 +575,11 @@ def _unconstrained(names: list[str]) -> dict[str, torch.Tensor]:
     return {name: store[name].detach().cpu().clone() for name in names}
 
 
-def _concentrations(guide: Callable, switches: DirichletSwitches, data: Split) -> dict[str, torch.Tensor]:
+def _concentrations(guide: Callable, switches: DirichletSwitches, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """The guide's switch concentrations on the CPU (read from the param store for the Dirichlet guide)."""
     if isinstance(guide, DirichletGuide):
         return guide.concentrations()
-    return guide_concentrations(guide, switches.layers, data.images[:1])
+    return guide_concentrations(guide, switches.layers, images[:1])
 
 
 def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.device | str) -> Callable[..., torch.Tensor]:
@@ -543,10 +646,11 @@ def _network_layout(switches: DirichletSwitches, config: FitConfig):
         switches.network.to(memory_format=torch.contiguous_format)
 
 
-def _check_labels(switches: DirichletSwitches, data: Split) -> None:
-    """Labels must index the network's classes (checked once, since validation is off in the loop)."""
+def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Labels must index the network's classes (checked once, since validation is off in the loop;
+    for streamed data, on the first batch)."""
     with torch.no_grad():
-        classes = switches.network(data.images[:1]).shape[-1]
-    low, high = int(data.labels.min()), int(data.labels.max())
+        classes = switches.network(images[:1]).shape[-1]
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise ValueError(f"train labels must lie in [0, {classes - 1}] for this {classes}-class network, got [{low}, {high}].")

@@ -1,5 +1,10 @@
 """Draws from a fitted switch model for its posterior file: the prior, the prior's latent sites, predictions on held-out data.
 
+Predictions come in two forms: :func:`predict` for the categorical likelihood (class
+probabilities besides the sampled labels, draws run as batches of stacked copies) and
+:func:`predict_targets` for any other likelihood (one draw at a time; no targets are drawn
+from a likelihood that is only a factor, such as a tempered loss).
+
 Every draw goes through ``pyro.infer.Predictive``, seeded on copies of the random streams
 (drawing a posterior never shifts the user's), and comes back as NumPy arrays for
 :func:`pyro_dirichlet.posterior.from_fit`.
@@ -12,14 +17,16 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pyro.util
 import torch
+from pyro import poutine
 from pyro.infer import Predictive
 from pyro.infer.autoguide import AutoCallable, AutoGuideList
 
 from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
 
-__all__ = ["draw_latents", "draw_prior", "predict"]
+__all__ = ["draw_latents", "draw_prior", "predict", "predict_targets"]
 
 #: At most this many switched copies of the examples go through the network at once.
 _MAX_BATCH = 4096
@@ -103,7 +110,7 @@ def predict(
     """
     device = images.device
     draws = len(next(iter(samples.values())))
-    parallel = not switches.priors.latent_sites
+    parallel = switches.vectorizable
     chunk = max(1, _MAX_BATCH // len(images)) if parallel else draws
     switch_names = {switch_site(layer.name) for layer in switches.layers}
     outputs: dict[str, list[np.ndarray]] = {"log_likelihood": [], "obs": [], "probabilities": []}
@@ -120,3 +127,48 @@ def predict(
             outputs["obs"].append(out["obs"].reshape(-1, len(images)).cpu().numpy())
             outputs["probabilities"].append(log_probabilities.exp().cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def predict_targets(
+    switches: DirichletSwitches,
+    samples: Mapping[str, np.ndarray],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per-example log-likelihood of ``targets``, and drawn targets, under each posterior draw, for any likelihood.
+
+    Each draw conditions the model on its switch (and latent) values and traces it twice:
+    with the targets observed, for ``log p(y_i | x_i, s)`` (the event dimensions summed),
+    and without them, for a draw of the targets. A likelihood that is a factor
+    (:class:`pyro.distributions.Unit`, e.g. :func:`~pyro_dirichlet.infer.likelihoods.loss_likelihood`)
+    has no distribution of the targets, so nothing is drawn for it: its log-likelihood is
+    the tempered negative loss.
+
+    Args:
+        switches: the switch model.
+        samples: ``{site: (draws, ...)}`` for every switch and latent site.
+        inputs: held-out inputs (on the model's device).
+        targets: their targets.
+        seed: seed of the drawn targets.
+
+    Returns:
+        ``{"log_likelihood": (draws, examples)}``, plus ``"obs": (draws, *targets.shape)``
+        where targets can be drawn.
+    """
+    device = inputs.device
+    draws = len(next(iter(samples.values())))
+    log_likelihood, drawn = [], []
+    with _seeded(seed, device), torch.no_grad():
+        for draw in range(draws):
+            values = {name: torch.as_tensor(value[draw], dtype=torch.float32, device=device) for name, value in samples.items()}
+            model = poutine.condition(switches.model, data=values)
+            observed = poutine.trace(model).get_trace(inputs, targets).nodes["obs"]
+            log_likelihood.append(observed["fn"].log_prob(observed["value"]).double().cpu().numpy())
+            if not isinstance(observed["fn"], dist.Unit):
+                drawn.append(poutine.trace(model).get_trace(inputs, None).nodes["obs"]["value"].cpu().numpy())
+    outputs = {"log_likelihood": np.stack(log_likelihood)}
+    if drawn:
+        outputs["obs"] = np.stack(drawn)
+    return outputs

@@ -7,10 +7,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import pyro
+from pyro import poutine
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_dirichlet.infer.likelihoods import (
+    CategoricalLikelihood,
+    LikelihoodSpec,
+    check_batch_shape,
+    is_learnable,
+    resolve_likelihood,
+)
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
@@ -41,7 +49,7 @@ def freeze(network: nn.Module) -> nn.Module:
 
 
 class DirichletSwitches:
-    """A frozen classifier with one Dirichlet "importance switch" per prunable layer.
+    """A frozen network with one Dirichlet "importance switch" per prunable layer.
 
     For each prunable layer ``l`` with ``C`` output channels (conv) or features (linear), the
     model draws ``s_l ~ prior_l``, a point on the ``C``-simplex, at the site
@@ -53,9 +61,9 @@ class DirichletSwitches:
     is cheapest with the same result; see ``placement``.)
 
     The network's own weights are frozen (see :func:`freeze`): only the switch posteriors
-    are learned. The observations are class labels, ``Categorical(logits=network(x))``, in
-    a ``pyro.plate("data", size, subsample=indices)`` so a minibatch's log-likelihood is
-    scaled to ``size`` examples.
+    are learned. The observations are the targets under ``likelihood`` -- by default class
+    labels, ``Categorical(logits=network(x))`` -- in a ``pyro.plate("data", size,
+    subsample=indices)`` so a minibatch's log-likelihood is scaled to ``size`` examples.
 
     Args:
         network: a trained classifier; frozen in place.
@@ -78,6 +86,12 @@ class DirichletSwitches:
         on_unsupported: ``"raise"`` (default) or ``"skip"``: switch every layer the structure
             analysis can follow and leave the others out; ``layers.skipped`` then lists them
             with reasons (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
+        likelihood: the distribution of the targets given the network's outputs (see
+            :mod:`pyro_dirichlet.infer.likelihoods`): ``"categorical"`` (default),
+            ``"normal"`` (regression, scale 1; ``NormalLikelihood(scale=None)`` learns it),
+            ``"bernoulli"`` (multi-label), :func:`~pyro_dirichlet.infer.likelihoods.loss_likelihood`
+            (a tempered loss), or any callable ``likelihood(outputs, targets) ->
+            distribution`` whose batch shape is the batch.
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -96,6 +110,7 @@ class DirichletSwitches:
         coupled: str = "skip",
         placement: Literal["input", "output"] = "input",
         on_unsupported: Literal["raise", "skip"] = "raise",
+        likelihood: LikelihoodSpec = "categorical",
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
@@ -107,7 +122,21 @@ class DirichletSwitches:
             network, example_inputs, layers, coupled=coupled, on_unsupported=on_unsupported
         )
         self.priors = resolve_prior(prior, self.layers)
+        self.likelihood = resolve_likelihood(likelihood)
+        # One example kept, so a learnable likelihood's parameters can be created without data (load_guide).
+        self.example = example_inputs[:1].detach().clone()
         self._modules = dict(network.named_modules())
+
+    @property
+    def vectorizable(self) -> bool:
+        """Whether particles and predictive draws may run as one batch of stacked copies.
+
+        Only for a prior without latent sites of its own (rarely written to broadcast over a
+        particle dimension) and the categorical likelihood (a user's likelihood need not
+        broadcast over one either; the built-in regression ones declare every output
+        dimension an event dimension).
+        """
+        return not self.priors.latent_sites and isinstance(self.likelihood, CategoricalLikelihood)
 
     def to(self, device: torch.device | str) -> "DirichletSwitches":
         """Move the frozen network to ``device``; the priors are built on the data's device at every run."""
@@ -151,6 +180,40 @@ class DirichletSwitches:
             for handle in handles:
                 handle.remove()
 
+    def check_likelihood(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Run the network and the likelihood once on a few examples and refuse a wrong likelihood now.
+
+        :meth:`model` checks the same at every run, but inside a Pyro trace, which appends its
+        table of shapes to the message; a fit calls this first, so a mistake reads as one
+        sentence. Nothing is recorded and no parameter is left in the param store.
+
+        Raises:
+            ValueError: the likelihood's batch shape is not the batch (see
+                :func:`~pyro_dirichlet.infer.likelihoods.check_batch_shape`).
+            TypeError: it returned something other than a distribution.
+        """
+        with torch.no_grad(), pyro.get_param_store().scope(), poutine.block():
+            outputs = self.network(images)
+            distribution = self.likelihood(outputs.float(), targets)
+        check_batch_shape(self.likelihood, distribution, outputs, torch.Size([len(images)]))
+
+    def create_likelihood_params(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> None:
+        """Run the likelihood once, blocked, so any ``pyro.param`` it declares (a learned noise scale) is in the param store.
+
+        Nothing happens for a likelihood without parameters (see
+        :func:`~pyro_dirichlet.infer.likelihoods.is_learnable`).
+
+        Args:
+            inputs: examples on the network's device; ``None``: the example kept from construction.
+            targets: their targets, ``None`` where the likelihood does not need them.
+        """
+        if not is_learnable(self.likelihood):
+            return
+        if inputs is None:
+            inputs = self.example.to(next(iter(self.network.parameters()), self.example).device)
+        with torch.no_grad(), poutine.block():
+            self.likelihood(self.network(inputs).float(), targets)
+
     def switch_prior(
         self,
         images: torch.Tensor,
@@ -179,17 +242,20 @@ class DirichletSwitches:
         subsample: torch.Tensor | None = None,
         size: int | None = None,
     ) -> torch.Tensor:
-        """The Pyro model: switch sites, then the labels given the switched network.
+        """The Pyro model: switch sites, then the targets given the switched network.
 
         Args:
             images: a minibatch of inputs.
-            labels: its class labels (``None`` to sample them).
+            labels: its targets, e.g. class labels (``None`` to sample them).
             subsample: the minibatch's indices into the training set.
             size: the number of examples the likelihood is scaled to (the data-set size, or
                 a smaller effective data size to temper the likelihood).
 
         Returns:
-            the switched network's logits.
+            the switched network's outputs (logits for the categorical likelihood).
+
+        Raises:
+            ValueError: the likelihood's distribution does not have the batch as its batch shape.
         """
         # The prior network is frozen, but a user's .train() call must not reach BatchNorm.
         if self.network.training:
@@ -215,7 +281,11 @@ class DirichletSwitches:
                 with self.switched(values) as network:
                     logits = network(images)
             # float() undoes a lower-precision autocast, so the likelihood sums in float32.
-            pyro.sample("obs", dist.Categorical(logits=logits.float()), obs=labels)
+            distribution = self.likelihood(logits.float(), labels)
+            check_batch_shape(self.likelihood, distribution, logits, torch.Size([*particles[:-1], batch]))
+            # A factor (a loss likelihood) observes no value: its log-density is all there is.
+            observed = distribution.sample() if isinstance(distribution, dist.Unit) else labels
+            pyro.sample("obs", distribution, obs=observed)
         return logits
 
 

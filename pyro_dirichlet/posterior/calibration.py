@@ -81,10 +81,13 @@ def predictive_check(posterior: xr.DataTree, *, bins: int = 15) -> PredictiveChe
     """:class:`PredictiveCheck` of a posterior with ``posterior_predictive`` and ``observed_data`` groups.
 
     Raises:
-        ValueError: the posterior has no predictions (fit it with ``validation=``).
+        ValueError: the posterior has no predictions (fit it with ``validation=``), or no
+            class probabilities (a likelihood other than the categorical one).
     """
     if not {"posterior_predictive", "observed_data"} <= set(posterior.children):
         raise ValueError("the posterior has no posterior_predictive/observed_data groups: draw it with FitResult.posterior(validation=...).")
+    if "probabilities" not in posterior["posterior_predictive"].data_vars:
+        raise ValueError("the posterior has no class probabilities to check: only a fit with the categorical likelihood draws them.")
     probabilities = posterior["posterior_predictive"]["probabilities"]
     probabilities = np.asarray(probabilities.stack(sample=("chain", "draw")).transpose("sample", "example", "class").values, float)
     labels = np.asarray(posterior["observed_data"]["obs"].values)

@@ -57,7 +57,12 @@ def from_fit(
         labels: the held-out labels the predictions were made on (``observed_data``).
         predictive: :func:`pyro_dirichlet.infer.predictive.predict`'s arrays for the first
             draws of the posterior: ``log_likelihood`` and ``obs`` (sampled labels) of dims
-            ``(draws, examples)``, ``probabilities`` of ``(draws, examples, classes)``.
+            ``(draws, examples)``, ``probabilities`` of ``(draws, examples, classes)``; or
+            :func:`~pyro_dirichlet.infer.predictive.predict_targets`'s for another
+            likelihood: no ``probabilities``, ``obs`` of the targets' shape (dims
+            ``obs_dim_<i>`` after ``example``) or, for a factor likelihood, absent (then
+            there is no ``posterior_predictive`` group; the ``log_likelihood`` group's
+            ``posterior_predictive`` attribute says why).
         parameters: every fitted parameter, unconstrained, by param-store name.
         attrs: attributes of the ``guide_parameters`` group (how the guide was built).
 
@@ -75,7 +80,7 @@ def from_fit(
     groups: dict[str, dict[str, np.ndarray]] = {"posterior": {**draws, **{name: value[None] for name, value in (latents or {}).items()}}}
     if prior:
         groups["prior"] = {name: value[None] for name, value in prior.items()}
-    if predictive is not None:
+    if predictive is not None and "probabilities" in predictive:
         if labels is None:
             raise ValueError("predictive needs the labels the predictions were made on (labels=...).")
         groups["observed_data"] = {"obs": np.asarray(labels)}
@@ -83,6 +88,8 @@ def from_fit(
         groups["posterior_predictive"] = {"obs": predictive["obs"][None], "probabilities": predictive["probabilities"][None]}
         dims.update({"obs": ["example"], "probabilities": ["example", "class"]})
     tree = az.from_dict(groups, dims=dims, coords=coords)
+    if predictive is not None and "probabilities" not in predictive:
+        _add_target_predictions(tree, np.asarray(labels), predictive)
     variational = {}
     for name, concentration in concentrations.items():
         phi = concentration.detach().cpu()
@@ -100,6 +107,27 @@ def from_fit(
         }
         tree[GUIDE_PARAMETERS] = xr.DataTree(xr.Dataset(stored, attrs=dict(attrs or {})))
     return tree
+
+
+def _add_target_predictions(tree: xr.DataTree, targets: np.ndarray, predictive: Mapping[str, np.ndarray]) -> None:
+    """``observed_data``, ``log_likelihood`` and (where targets were drawn) ``posterior_predictive`` of a non-categorical likelihood.
+
+    Built here rather than by ``az.from_dict``: the targets may have dimensions of their
+    own, which the per-example log-likelihood (its event dimensions summed) does not share.
+    """
+    if targets is None:
+        raise ValueError("predictive needs the targets the predictions were made on (labels=...).")
+    target_dims = ["example", *(f"obs_dim_{i}" for i in range(targets.ndim - 1))]
+    log_likelihood = predictive["log_likelihood"][None]
+    sample = {"chain": [0], "draw": np.arange(log_likelihood.shape[1])}
+    tree["observed_data"] = xr.DataTree(xr.Dataset({"obs": (target_dims, targets)}))
+    attrs = {}
+    if "obs" in predictive:
+        drawn = xr.Dataset({"obs": (["chain", "draw", *target_dims], predictive["obs"][None])}, coords=sample)
+        tree["posterior_predictive"] = xr.DataTree(drawn)
+    else:
+        attrs["posterior_predictive"] = "not drawn: the likelihood is a factor (a tempered loss), not a distribution of the targets"
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({"obs": (["chain", "draw", "example"], log_likelihood)}, coords=sample, attrs=attrs))
 
 
 def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
