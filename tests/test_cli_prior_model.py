@@ -91,3 +91,15 @@ def test_a_config_file_cannot_name_a_prior_model(run_copy, tmp_path, capsys):
     config.write_text('out = "x"\npriorr = 0.5\n')
     assert main(["fit", "--config", str(config)]) == 2
     assert "prior-model" not in capsys.readouterr().err
+
+
+def test_run_hands_the_prior_model_to_the_report(tmp_path, small_run, small_mnist_everywhere):
+    out = tmp_path / "run"
+    # small_run's baseline cache: the same cut and recipe, so nothing is trained again
+    argv = ["run", "--out", str(out), "--subset", "400", "--train-epochs", "1", "--cache-dir", str(small_run.parent / "cache"),
+            "--finetune-epochs", "0", "--latency-batch", "8", "--quiet", "--prior-model", GOOD]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["prior_model"] == GOOD and report["hyper_guide"] == "normal"
+    assert not report["baseline"]["trained_in_this_run"]
+    assert "alpha" in load_posterior(out / "posterior.nc")["posterior"]
