@@ -124,8 +124,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         }
         latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
         report = _assemble(manifest, records, layers, latency, options, device)
-        predictive = _posterior_predictive(run, posterior, switches, {"pruned_before_finetune": before_finetune, "pruned": pruned},
-                                           data.validation, device)
+        predictive, accuracy_per_draw = _posterior_predictive(
+            run, posterior, switches, {"pruned_before_finetune": before_finetune, "pruned": pruned}, data.validation, device)
         graph = render_switch_model(switches, data.validation.images[:2].to(device), data.validation.labels[:2].to(device))
         report["posterior_predictive"] = predictive
         report["model_graph"] = {"figure": None if graph.png is None else "report-model.png", "missing": graph.missing}
@@ -137,7 +137,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         }
         if predictive is not None:
             figures["report-accuracy.png"] = accuracy_histogram_png(
-                predictive.pop("accuracy_per_draw_values"),
+                accuracy_per_draw,
                 {PREDICTIVE_LABELS[name]: row["accuracy"] for name, row in predictive["networks"].items()})
         if graph.png is not None:
             figures["report-model.png"] = graph.png
@@ -172,15 +172,16 @@ PREDICTIVE_LABELS = {
 
 
 def _posterior_predictive(run: RunDirectory, posterior, switches: DirichletSwitches, networks: Mapping[str, nn.Module],
-                          validation: Split, device: torch.device) -> dict[str, Any] | None:
+                          validation: Split, device: torch.device) -> tuple[dict[str, Any] | None, np.ndarray | None]:
     """Accuracy and calibration error on the validation images ``posterior.nc`` predicted, for every network of
-    :data:`PREDICTIVE_LABELS`, and the accuracy across posterior draws; ``None`` for a posterior without predictions.
+    :data:`PREDICTIVE_LABELS`, and the accuracy across posterior draws (summarised, and each draw's for the
+    histogram); ``(None, None)`` for a posterior without predictions.
 
     The draw-averaged figures come from the posterior's ``posterior_predictive`` group (the fit's draws); the
     others run the networks on the same images, the first of the validation split (never the test split).
     """
     if not {"posterior_predictive", "observed_data"} <= set(posterior.children):
-        return None
+        return None, None
     check = predictive_check(posterior)
     labels = np.asarray(posterior["observed_data"]["obs"].values)
     if len(labels) > len(validation) or not np.array_equal(validation.labels[: len(labels)].numpy(), labels):
@@ -194,14 +195,14 @@ def _posterior_predictive(run: RunDirectory, posterior, switches: DirichletSwitc
         probabilities.update({name: torch.softmax(network(images).double(), -1) for name, network in networks.items()})
     rows = {"draw_averaged": {"accuracy": check.accuracy, "calibration_error": check.calibration_error}}
     rows.update({name: check_predictions(value.cpu().numpy(), labels) for name, value in probabilities.items()})
-    return {
+    section = {
         "split": "validation",
         "examples": len(labels),
         "draws": len(check.accuracy_per_draw),
         "networks": rows,
         "accuracy_per_draw": check.to_dict()["accuracy_per_draw"],
-        "accuracy_per_draw_values": check.accuracy_per_draw,  # for the histogram; not written to report.json
     }
+    return section, check.accuracy_per_draw
 
 
 def _assemble(manifest, records, layers, latency, options, device) -> dict[str, Any]:
