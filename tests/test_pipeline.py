@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -32,10 +33,11 @@ def demo_run(tmp_path_factory, mnist_small):
 
 def test_run_writes_every_output(demo_run):
     out, report = demo_run
+    drawn = ["report-model.png"] if shutil.which("dot") else []  # the switch model, where Graphviz can draw it
     assert sorted(p.name for p in out.iterdir()) == [
         ".lock", "baseline.safetensors", "forest.png", "posterior.nc", "pruned-before-finetune.json",
-        "pruned-before-finetune.safetensors", "pruned.json", "pruned.safetensors", "report-elbo.png",
-        "report-forest-conv1.png", "report-forest-conv2.png", "report-forest-fc1.png", "report-mass.png",
+        "pruned-before-finetune.safetensors", "pruned.json", "pruned.safetensors", "report-accuracy.png", "report-elbo.png",
+        "report-forest-conv1.png", "report-forest-conv2.png", "report-forest-fc1.png", "report-mass.png", *drawn,
         "report.html", "report.json", "report.md", "run.json",
     ]
     assert json.loads((out / "run.json").read_text())["steps"].keys() == {"train", "fit", "prune", "finetune", "report"}

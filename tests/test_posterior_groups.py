@@ -178,3 +178,35 @@ def test_expected_calibration_error_on_hand_made_cases():
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
     with pytest.raises(ValueError, match="bins must be a positive integer"):
         expected_calibration_error(np.eye(3), np.arange(3), bins=0)
+
+
+def test_a_per_layer_hyper_prior_fits_with_the_default_elbo_and_moves():
+    """The issue's own example: ``conv1.alpha`` sampled inside a per-layer prior (a KeyError in TraceMeanField_ELBO once)."""
+    import pyro.distributions as dist
+
+    def per_layer(layer):
+        alpha = pyro.sample(f"{layer.name}.alpha", dist.Gamma(2.0, 2.0))
+        return dist.Dirichlet(alpha.expand(layer.channels))
+
+    network, data = planted(512)
+    switches = DirichletSwitches(network, data.images[:2], prior=per_layer)
+    result = fit(switches, data, FitConfig(epochs=5, batch_size=64, progress=False, device="cpu"))
+    assert result.config.analytic_kl  # the default ELBO, TraceMeanField_ELBO
+    tree = result.posterior(num_samples=500)
+    posterior, prior = tree["posterior"]["1.alpha"].values, tree["prior"]["1.alpha"].values
+    assert prior.mean() == pytest.approx(1.0, abs=0.1)
+    assert posterior.mean() < 0.3 and np.quantile(posterior, 0.95) < np.quantile(prior, 0.05) * 2
+
+
+def test_predictions_under_a_hierarchical_prior_are_the_switched_network_at_each_draw():
+    network, data = planted(256)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    result = fit(switches, data, FitConfig(epochs=1, batch_size=64, progress=False, device="cpu"))
+    validation = Split(data.images[:40], data.labels[:40])
+    tree = result.posterior(num_samples=60, validation=validation, predictive_draws=30)
+    probabilities = tree["posterior_predictive"]["probabilities"].values[0]
+    draws = tree["posterior"]["1.switch"].values[0]
+    for index in (0, 17, 29):
+        with torch.no_grad(), switches.switched({"1": torch.as_tensor(draws[index], dtype=torch.float32)}) as switched:
+            expected = torch.softmax(switched(validation.images).double(), -1).numpy()
+        np.testing.assert_allclose(probabilities[index], expected, rtol=1e-5, atol=1e-7)

@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from test_report import IMAGES
+
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -38,7 +40,7 @@ def test_every_report_image_renders(small_run, browser):
         "          naturalHeight: img.naturalHeight, width: box.width, height: box.height};"
         "});"
     )
-    assert len(images) == 5
+    assert len(images) == IMAGES  # every image report.html embeds (test_report.IMAGES)
     for image in images:
         assert image["complete"], image["alt"]
         assert image["naturalWidth"] > 0 and image["naturalHeight"] > 0, image["alt"]

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_dirichlet.app.config import config_values, read_config
+from pyro_dirichlet.app.prior_model import check_prior_model_name
 from pyro_dirichlet.app.report import ReportOptions
 from pyro_dirichlet.app.steps import FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions
 from pyro_dirichlet.infer.fit import FitConfig
+from pyro_dirichlet.infer.guide import HYPER_GUIDES
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.pipeline import RunConfig
@@ -36,8 +38,9 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
     "cache_dir": (TrainOptions, "cache_dir"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
-    "ci_prob": (FitOptions, "ci_prob"),
+    "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
+    "hyper_guide": (FitConfig, "hyper_guide"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
     "finetune_epochs": (FinetuneOptions, "epochs"), "finetune_lr": (FinetuneOptions, "lr"),
     "latency_batch": (ReportOptions, "latency_batch"),
@@ -147,6 +150,27 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help=_help("channels coupled through residual adds: skip (leave unpruned) or group (one shared switch)", "coupled"))
     group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
+    group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),
+                       help=_help("guide of the prior model's own latent sites: normal (AutoNormal) or delta "
+                                  "(AutoDelta, a point estimate: empirical Bayes)", "hyper_guide"))
+
+
+def _prior_model_name(text: str) -> str:
+    try:
+        return check_prior_model_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("prior_model", "--prior-model", 1)) from None
+
+
+_prior_model_name.__name__ = "MODULE:FUNCTION"
+
+
+def _prior_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument_group("prior model (fit, report)").add_argument(
+        "--prior-model", type=_prior_model_name, metavar="MODULE:FUNCTION",
+        help="a Pyro model of every layer's prior, prior_model(layers) -> {layer: distribution}, imported from "
+             "MODULE (the current directory is searched too); replaces --prior. Command line only, never a config "
+             "file; the run directory records it and `report` needs it named again")
 
 
 def _ci(parser: argparse.ArgumentParser) -> None:
@@ -180,17 +204,18 @@ _STEPS: dict[str, tuple[str, str, list[Callable[[argparse.ArgumentParser], None]
               "cache, and store it in the run directory as baseline.safetensors. Starts a run.", [_train]),
     "fit": ("fit the Dirichlet switch posterior", "Fit the Dirichlet switches of the run's baseline by SVI and write "
             "posterior.nc and forest.png. Refitting (e.g. with another --prior) keeps the baseline and forgets the "
-            "later steps.", [_fit, _ci]),
+            "later steps.", [_fit, _prior_model, _ci]),
     "prune": ("prune by posterior mean", "Prune the baseline by posterior mean to --keep, --budget or the model's "
               "default target and write pruned-before-finetune.{safetensors,json}.", [_prune]),
     "finetune": ("fine-tune the pruned network", "Fine-tune the pruned network (best epoch on the validation split) "
                  "and write pruned.{safetensors,json}.", [_finetune]),
     "report": ("write report.html, report.md and report.json", "Compare the baseline with the pruned network layer by "
                "layer (widths, parameters, FLOPs, accuracy, latency), plot the ELBO, the forest plots and mass curves, "
+               "check the switched network's predictions against the validation split, draw the model, "
                "flag the keep decisions the posterior is unsure of; write report.html (self-contained), report.md "
-               "with its PNGs, and report.json.", [_ci, _report]),
+               "with its PNGs, and report.json.", [_prior_model, _ci, _report]),
     "run": ("all steps in sequence: train, fit, prune, finetune, report", "Run every step into --out; the directory "
-            "is written all at once when every step has succeeded.", [_train, _fit, _ci, _prune, _finetune, _report]),
+            "is written all at once when every step has succeeded.", [_train, _fit, _prior_model, _ci, _prune, _finetune, _report]),
 }
 
 
@@ -256,7 +281,8 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
         train=_flagged(TrainOptions, **{**pick(TrainOptions), "model": model, "dataset": dataset}),
         # FitConfig's seed, device and progress are the runtime's; the command line sets only these.
         fit=_flagged(FitOptions, fit=_flagged(FitConfig, **{name: settings[name] for name in
-                                                            ("epochs", "lr", "effective_data_size") if name in settings}),
+                                                            ("epochs", "lr", "effective_data_size", "hyper_guide")
+                                                            if name in settings}),
                      **pick(FitOptions)),
         prune=_flagged(PruneOptions, **pick(PruneOptions)),
         finetune=_flagged(FinetuneOptions, **pick(FinetuneOptions, epochs="finetune_epochs", lr="finetune_lr")),

@@ -17,10 +17,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "MAX_CONFIG_BYTES", "read_config", "config_values"]
+__all__ = ["COMMAND_LINE_ONLY", "ConfigError", "MAX_CONFIG_BYTES", "read_config", "config_values"]
 
 #: A config file holds a few option values; anything larger is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
+#: Options whose value names Python code to import: taken from the command line only, since
+#: a file's contents (a shared config, a downloaded one) must never make the command run code.
+COMMAND_LINE_ONLY = frozenset({"prior_model"})
 
 
 class ConfigError(ValueError):
@@ -82,8 +85,11 @@ def config_values(
     for key, value in table.items():
         action = names.get(key.replace("-", "_"))
         if action is None:
-            valid = ", ".join(sorted(name.replace("_", "-") for name in names))
+            valid = ", ".join(sorted(name.replace("_", "-") for name, known in names.items() if known.dest not in COMMAND_LINE_ONLY))
             raise ConfigError(f"{source} has unknown key {key!r}; valid keys: {valid}.")
+        if action.dest in COMMAND_LINE_ONLY:
+            raise ConfigError(f"{source}: key {key!r} names code to import, which is accepted on the command line only "
+                              f"({action.option_strings[0]}), never from a file.")
         if action.dest in applicable:
             values[action.dest] = _convert(key, value, action, source)
     return values

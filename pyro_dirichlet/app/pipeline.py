@@ -8,6 +8,7 @@ succeeded, so a failed run leaves ``out`` as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -91,7 +92,8 @@ def run(config: RunConfig) -> dict:
             fit_step(staged, config.runtime, config.fit)
             prune_step(staged, config.runtime, config.prune)
             finetune_step(staged, config.runtime, config.finetune)
-            report = report_step(staged, config.runtime, config.report)
+            # The report draws the model, so it needs the prior model the fit was given.
+            report = report_step(staged, config.runtime, dataclasses.replace(config.report, prior_model=config.fit.prior_model))
             replace_run(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The report's matplotlib figures that are not ArviZ's: the ELBO curve and the per-layer posterior mass curves.
+"""The report's matplotlib figures that are not ArviZ's: the ELBO curve, the per-layer posterior mass curves, accuracy across posterior draws.
 
 Each function draws one figure with the Agg backend (no display needed) and returns it as
 PNG bytes, so the report can both embed it and write it next to ``report.md``. The forest
@@ -14,7 +14,7 @@ import numpy as np
 
 from pyro_dirichlet.posterior import LayerSummary
 
-__all__ = ["elbo_curve_png", "mass_curves_png"]
+__all__ = ["accuracy_histogram_png", "elbo_curve_png", "mass_curves_png"]
 
 
 def _pyplot():
@@ -78,4 +78,26 @@ def mass_curves_png(summaries: Mapping[str, LayerSummary], kept: Mapping[str, in
     axes.set_ylabel("share of the switch mass")
     axes.set_title("Posterior mass curves (dots: channels kept)")
     axes.legend(loc="lower right", fontsize="small", ncol=2 if len(summaries) > 8 else 1)
+    return _png(figure)
+
+
+def accuracy_histogram_png(accuracy_per_draw: Sequence[float], references: Mapping[str, float]) -> bytes:
+    """The switched network's accuracy under each posterior draw, as a histogram, with ``references`` as vertical lines.
+
+    Args:
+        accuracy_per_draw: one accuracy per switch draw.
+        references: ``{label: accuracy}`` of single networks to compare with (the network at
+            the posterior mean, the pruned network, ...).
+    """
+    plt = _pyplot()
+    values = np.asarray(accuracy_per_draw, dtype=float)
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    # One bin per distinct accuracy level where there are few (a small validation batch), else 30.
+    axes.hist(values, bins=min(30, max(1, len(np.unique(values)))), color="0.7", edgecolor="0.4", label="posterior draws")
+    for index, (label, value) in enumerate(references.items()):
+        axes.axvline(value, color=f"C{index % 10}", linestyle="--", linewidth=1.2, label=f"{label} ({value:.2%})")
+    axes.set_xlabel("validation accuracy")
+    axes.set_ylabel("posterior draws")
+    axes.set_title("Accuracy of the switched network across posterior draws")
+    axes.legend(loc="upper left", fontsize="small")
     return _png(figure)

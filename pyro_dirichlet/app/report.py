@@ -2,7 +2,9 @@
 
 The report compares the baseline with the pruned network layer by layer (widths,
 parameters, FLOPs) and as a whole (accuracy, inference latency), shows the ELBO curve, each
-layer's forest plot and the posterior mass curves, and lists the keep decisions with the
+layer's forest plot and the posterior mass curves, checks the switched network's predictions
+on validation images (averaged over posterior draws, at the posterior mean, pruned, and
+accuracy draw by draw), draws the switch model, and lists the keep decisions with the
 channels whose credible interval straddles the keep threshold -- the decisions the posterior
 is unsure of. Every number comes from :mod:`pyro_dirichlet.measure` (recorded by the steps
 or measured here); the HTML embeds its images as base64 PNG data URIs and fetches nothing.
@@ -18,16 +20,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json, atomic_write_text
+from pyro_dirichlet.data import Split
 from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs
-from pyro_dirichlet.app.plots import elbo_curve_png, mass_curves_png
-from pyro_dirichlet.posterior import DEFAULT_CI_PROB, layer_summaries, plot_forest
-from pyro_dirichlet.app.rundir import RunDirectory, writing
-from pyro_dirichlet.app.steps import PRUNED, Runtime, load_baseline, load_run_data, load_run_posterior, load_run_pruned
+from pyro_dirichlet.app.model_graph import render_switch_model
+from pyro_dirichlet.app.plots import accuracy_histogram_png, elbo_curve_png, mass_curves_png
+from pyro_dirichlet.app.prior_model import check_prior_model_name, check_recorded, load_prior_model
+from pyro_dirichlet.posterior import DEFAULT_CI_PROB, exact_means, layer_summaries, plot_forest
+from pyro_dirichlet.posterior.calibration import check_predictions, predictive_check
+from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, writing
+from pyro_dirichlet.app.steps import (
+    POSTERIOR, PRUNED, PRUNED_BEFORE_FINETUNE, Runtime, load_baseline, load_run_data, load_run_posterior, load_run_pruned,
+)
 from pyro_dirichlet.posterior.uncertainty import keep_threshold, mass_curve, straddling_channels
 
 __all__ = ["REPORT_FORMAT_VERSION", "ReportOptions", "report_step", "render_html", "render_markdown"]
@@ -45,13 +55,19 @@ class ReportOptions:
         ci_prob: probability mass of the HDIs (forest plots, straddling channels).
         latency_batch: images per forward pass when timing inference.
         latency_repeats: timed forward passes; the median is reported.
+        prior_model: the prior model ``fit`` was given (``package.module:function``), named
+            again: the report rebuilds the switch model to draw it, and never imports a
+            name it reads from the run directory.
     """
 
     ci_prob: float = DEFAULT_CI_PROB
     latency_batch: int = 256
     latency_repeats: int = 5
+    prior_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.prior_model is not None:
+            check_prior_model_name(self.prior_model)
         if not 0 < self.ci_prob < 1:
             raise ValueError(f"ci_prob must be strictly between 0 and 1, got {self.ci_prob}.")
         for name in ("latency_batch", "latency_repeats"):
@@ -67,12 +83,18 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
     """
     with run.lock(), Stopwatch() as watch:
         records = {step: run.record(step) for step in ("train", "fit", "prune", "finetune")}
+        fit_config = records["fit"]["config"]
+        check_recorded(options.prior_model, fit_config.get("prior_model"))
         manifest = run.manifest()
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
         baseline = load_baseline(run).to(device)
         pruned = load_run_pruned(run, PRUNED).to(device).eval()
+        before_finetune = load_run_pruned(run, PRUNED_BEFORE_FINETUNE).to(device).eval()
         posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
+        prior = fit_config["prior"] if options.prior_model is None else load_prior_model(options.prior_model)
+        switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),
+                                     prior=prior, coupled=fit_config.get("coupled", "skip"))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
         keep = records["prune"]["result"]["kept_channels"]
         example = data.test.images[: options.latency_batch].to(device)
@@ -102,13 +124,23 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         }
         latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
         report = _assemble(manifest, records, layers, latency, options, device)
+        predictive, accuracy_per_draw = _posterior_predictive(
+            run, posterior, switches, {"pruned_before_finetune": before_finetune, "pruned": pruned}, data.validation, device)
+        graph = render_switch_model(switches, data.validation.images[:2].to(device), data.validation.labels[:2].to(device))
+        report["posterior_predictive"] = predictive
+        report["model_graph"] = {"figure": None if graph.png is None else "report-model.png", "missing": graph.missing}
 
-        fit_config = records["fit"]["config"]
         steps_per_epoch = records["fit"]["result"]["steps"] // max(1, records["fit"]["result"]["epochs"])
         figures = {
             "report-elbo.png": elbo_curve_png(report["svi"]["elbo"], steps_per_epoch=steps_per_epoch),
             "report-mass.png": mass_curves_png(summaries, {layer: row["kept"] for layer, row in layers.items()}),
         }
+        if predictive is not None:
+            figures["report-accuracy.png"] = accuracy_histogram_png(
+                accuracy_per_draw,
+                {PREDICTIVE_LABELS[name]: row["accuracy"] for name, row in predictive["networks"].items()})
+        if graph.png is not None:
+            figures["report-model.png"] = graph.png
         with writing(run.path), run.stage() as staging:
             for name, png in figures.items():
                 with atomic_write(staging / name, "wb") as handle:
@@ -118,15 +150,59 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
                 name = forests[layer] = f"report-forest-{_file_safe(layer)}.png"
                 plot_forest(posterior, staging / name, ci_prob=options.ci_prob, layers=[layer])
                 figures[name] = (staging / name).read_bytes()
-            report["figures"] = {"elbo": "report-elbo.png", "mass": "report-mass.png", "forest": forests}
+            report["figures"] = {"elbo": "report-elbo.png", "mass": "report-mass.png", "forest": forests,
+                                 "accuracy": "report-accuracy.png" if predictive is not None else None}
             report["total_seconds"] = sum(r["seconds"] for r in records.values()) + watch.elapsed
             atomic_write_text(staging / "report.html", render_html(report, figures))
             atomic_write_text(staging / "report.md", render_markdown(report))
             atomic_write_json(staging / "report.json", report)
             config = {**_public(options), "data_dir": str(runtime.data_dir) if runtime.data_dir else None,
-                      "device": runtime.device, "prior": fit_config.get("prior")}
+                      "device": runtime.device, "prior": fit_config.get("prior"), "prior_model": options.prior_model}
             run.commit("report", staging, config=config, result={"latency": latency}, seconds=watch.elapsed)
     return report
+
+
+#: The networks the posterior predictive check compares, as the report names them.
+PREDICTIVE_LABELS = {
+    "draw_averaged": "switched, averaged over posterior draws",
+    "posterior_mean": "switched at the posterior mean",
+    "pruned_before_finetune": "pruned, before fine-tuning",
+    "pruned": "pruned and fine-tuned",
+}
+
+
+def _posterior_predictive(run: RunDirectory, posterior, switches: DirichletSwitches, networks: Mapping[str, nn.Module],
+                          validation: Split, device: torch.device) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """Accuracy and calibration error on the validation images ``posterior.nc`` predicted, for every network of
+    :data:`PREDICTIVE_LABELS`, and the accuracy across posterior draws (summarised, and each draw's for the
+    histogram); ``(None, None)`` for a posterior without predictions.
+
+    The draw-averaged figures come from the posterior's ``posterior_predictive`` group (the fit's draws); the
+    others run the networks on the same images, the first of the validation split (never the test split).
+    """
+    if not {"posterior_predictive", "observed_data"} <= set(posterior.children):
+        return None, None
+    check = predictive_check(posterior)
+    labels = np.asarray(posterior["observed_data"]["obs"].values)
+    if len(labels) > len(validation) or not np.array_equal(validation.labels[: len(labels)].numpy(), labels):
+        raise RunDirectoryError(f"{run.path / POSTERIOR}: its observed data are not this run's first {len(labels)} validation "
+                                "labels: refit with `pyro-dirichlet fit`.")
+    images = validation.images[: len(labels)].to(device)
+    means = {layer: torch.as_tensor(mean, dtype=torch.float32, device=device) for layer, mean in exact_means(posterior).items()}
+    with torch.no_grad():
+        with switches.switched(means) as network:
+            probabilities = {"posterior_mean": torch.softmax(network(images).double(), -1)}
+        probabilities.update({name: torch.softmax(network(images).double(), -1) for name, network in networks.items()})
+    rows = {"draw_averaged": {"accuracy": check.accuracy, "calibration_error": check.calibration_error}}
+    rows.update({name: check_predictions(value.cpu().numpy(), labels) for name, value in probabilities.items()})
+    section = {
+        "split": "validation",
+        "examples": len(labels),
+        "draws": len(check.accuracy_per_draw),
+        "networks": rows,
+        "accuracy_per_draw": check.to_dict()["accuracy_per_draw"],
+    }
+    return section, check.accuracy_per_draw
 
 
 def _assemble(manifest, records, layers, latency, options, device) -> dict[str, Any]:
@@ -144,6 +220,8 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
         "seed": records["train"]["config"].get("seed"),
         "data": manifest["data"],
         "prior_concentration": fit_config["prior"],
+        "prior_model": fit_config.get("prior_model"),
+        "hyper_guide": fit_config.get("fit", {}).get("hyper_guide"),
         "coupled": fit_config["coupled"],
         "target": prune["target"],
         "ci_prob": options.ci_prob,
@@ -200,6 +278,28 @@ def _layer_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+_PREDICTIVE_HEADER = ("network", "accuracy", "expected calibration error")
+
+
+def _predictive_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(network, accuracy, ECE) rows of the posterior predictive check."""
+    return [(PREDICTIVE_LABELS[name], f"{row['accuracy']:.2%}", f"{row['calibration_error']:.4f}")
+            for name, row in report["posterior_predictive"]["networks"].items()]
+
+
+def _predictive_note(report: Mapping[str, Any]) -> str:
+    check = report["posterior_predictive"]
+    spread = check["accuracy_per_draw"]
+    return (f"On the first {check['examples']} images of the validation split. Averaged over posterior draws: the class "
+            f"probabilities of {check['draws']} switch draws from the posterior, averaged. Across those draws the accuracy "
+            f"has median {spread['median']:.2%}, 95% interval {spread['q2.5']:.2%} to {spread['q97.5']:.2%} "
+            f"(mean {spread['mean']:.2%}, sd {spread['sd']:.2%}). Expected calibration error: the example-weighted "
+            "gap between confidence and accuracy over 15 confidence bins.")
+
+
+_NO_PREDICTIVE = "posterior.nc holds no predictions on validation images (fitted without a validation split)."
+
+
 def _channel_list(channels: list[int], limit: int = 30) -> str:
     shown = ", ".join(str(c) for c in channels[:limit])
     return shown + (f", ... ({len(channels) - limit} more)" if len(channels) > limit else "")
@@ -210,8 +310,11 @@ def _intro(report: Mapping[str, Any]) -> str:
     subset = f", smoke subset of {data['train']:,} training images" if data.get("subset") else ""
     tempered = report["svi"].get("config", {}).get("effective_data_size")
     tempering = f", likelihood tempered to {tempered:,} examples" if tempered else ""
-    return (f"{report['model']} on {report['dataset']}{subset}; symmetric Dirichlet prior with concentration "
-            f"{report['prior_concentration']:g} on every switch{tempering}; {report['svi']['epochs']} SVI epoch(s), "
+    if report.get("prior_model"):
+        prior = f"prior model {report['prior_model']} (its own latent sites under the {report['hyper_guide']} guide)"
+    else:
+        prior = f"symmetric Dirichlet prior with concentration {report['prior_concentration']:g} on every switch"
+    return (f"{report['model']} on {report['dataset']}{subset}; {prior}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
             f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
             f"{report['seed']}; {round(report['ci_prob'] * 100)}% HDIs.")
 
@@ -260,6 +363,16 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
     ]
     for layer, name in report["figures"]["forest"].items():
         parts += [f"<h3>{esc(layer)}</h3>", image(name, f"forest plot of {layer}")]
+    parts.append("<h2>Posterior predictive</h2>")
+    if report["posterior_predictive"] is None:
+        parts.append(f'<p class="note">{esc(_NO_PREDICTIVE)}</p>')
+    else:
+        parts += [table(_PREDICTIVE_HEADER, _predictive_rows(report)), f'<p class="note">{esc(_predictive_note(report))}</p>',
+                  image(report["figures"]["accuracy"], "accuracy across posterior draws")]
+    parts.append("<h2>The switch model</h2>")
+    graph = report["model_graph"]
+    parts.append(image(graph["figure"], "the switch model drawn by pyro.render_model") if graph["figure"]
+                 else f'<p class="note">{esc(graph["missing"])}</p>')
     parts += ["<h2>Keep decisions</h2>", "<ul>"]
     for layer, row in report["layers"].items():
         flagged = row["straddling_channels"]
@@ -287,6 +400,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
              "## Switch posteriors", ""]
     for layer, name in report["figures"]["forest"].items():
         lines += [f"### {layer}", "", f"![forest plot of {layer}]({name})", ""]
+    lines += ["## Posterior predictive", ""]
+    if report["posterior_predictive"] is None:
+        lines += [_NO_PREDICTIVE, ""]
+    else:
+        lines += [*table(_PREDICTIVE_HEADER, _predictive_rows(report)), "", _predictive_note(report), "",
+                  f"![accuracy across posterior draws]({report['figures']['accuracy']})", ""]
+    graph = report["model_graph"]
+    lines += ["## The switch model", "", f"![the switch model drawn by pyro.render_model]({graph['figure']})"
+              if graph["figure"] else graph["missing"], ""]
     lines += ["## Keep decisions", ""]
     for layer, row in report["layers"].items():
         flagged = row["straddling_channels"]

@@ -33,6 +33,7 @@ from pyro_dirichlet.plan import Target
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
+from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, reading, writing
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
@@ -134,18 +135,26 @@ class FitOptions:
         coupled: ``"skip"`` leaves channels coupled through residual adds unpruned,
             ``"group"`` gives each coupling group one shared switch.
         prior: symmetric Dirichlet prior concentration of every switch.
-        fit: the SVI settings (seed, device and progress come from :class:`Runtime`).
+        prior_model: instead of ``prior``, a prior model named ``package.module:function``
+            (:mod:`pyro_dirichlet.app.prior_model`), imported here so a bad name fails before any work.
+        fit: the SVI settings (seed, device and progress come from :class:`Runtime`; its
+            ``hyper_guide`` covers the prior model's own latent sites).
         ci_prob: probability mass of the printed HDIs.
     """
 
     layers: tuple[str, ...] | None = None
     coupled: str = "skip"
     prior: float = DEFAULT_CONCENTRATION
+    prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
 
     def __post_init__(self) -> None:
         _check_number("prior", self.prior, low=0, finite=True)
+        if self.prior_model is not None:
+            if self.prior != DEFAULT_CONCENTRATION:
+                raise ValueError(f"prior_model and prior={self.prior:g} both set: a prior model replaces the symmetric concentration; give one of them.")
+            load_prior_model(self.prior_model)
         _check_probability("ci_prob", self.ci_prob)
         if self.coupled not in ("skip", "group"):
             raise ValueError(f"coupled must be 'skip' or 'group', got {self.coupled!r}.")
@@ -299,7 +308,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         data = load_run_data(run, runtime)
         network = load_baseline(run).to(device)
         example = data.train.images[:2].to(device)
-        switches = DirichletSwitches(network, example, layers=options.layers, prior=options.prior, coupled=options.coupled)
+        prior = options.prior if options.prior_model is None else load_prior_model(options.prior_model)
+        switches = DirichletSwitches(network, example, layers=options.layers, prior=prior, coupled=options.coupled)
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress)
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
@@ -476,7 +486,8 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
 
     Every variable must be ``LAYER.switch`` of a prunable layer of ``network`` with one
     channel coordinate per output channel, and every draw a point of the simplex (finite,
-    non-negative, summing to 1).
+    non-negative, summing to 1), or a latent site of the prior (a variable of the ``prior``
+    group too).
 
     Raises:
         RunDirectoryError: naming ``posterior.nc`` and what is wrong with it.
@@ -488,6 +499,10 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
     with reading(path):
         posterior = load_posterior(path)
         variables = dict(posterior["posterior"].data_vars)
+    # A prior model's own latent sites (a shared concentration) sit beside the switches, in
+    # the prior group as well; any other variable is no part of a fit.
+    prior = set(posterior["prior"].data_vars) if "prior" in posterior.children else set()
+    variables = {name: draws for name, draws in variables.items() if name.endswith(".switch") or name not in prior}
     if not variables:
         raise RunDirectoryError(f"{path} holds no switch variables.")
     layers = {layer.name: layer for layer in find_prunable_layers(network, example, coupled="group")}

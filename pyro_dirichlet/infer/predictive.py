@@ -13,6 +13,7 @@ Every draw goes through ``pyro.infer.Predictive``, seeded on copies of the rando
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -24,6 +25,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from pyro.infer.autoguide import AutoCallable, AutoGuideList
 
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, resolve_prior
 from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
 
 __all__ = ["draw_latents", "draw_prior", "predict", "predict_targets"]
@@ -93,8 +95,8 @@ def predict(
 
     Args:
         switches: the switch model.
-        samples: ``{site: (draws, ...)}`` for every switch and latent site, e.g. the first
-            draws of the posterior.
+        samples: ``{site: (draws, ...)}`` for every switch (other sites are ignored), e.g.
+            the first draws of the posterior.
         images: held-out inputs (on the model's device).
         labels: their labels.
         seed: seed of the sampled labels.
@@ -106,20 +108,27 @@ def predict(
     ``Predictive(parallel=True)`` runs a chunk of draws as one batch of stacked copies (the
     model's particle path): each switch value goes in as ``(draws, 1, channels)``, the
     draws' dimension left of the data plate's, as the model's vectorised run expects.
-    Priors with latent sites run one draw at a time.
+    Given its switches, the network's prediction depends on nothing else the prior
+    samples, so a prior with latent sites of its own (rarely written to broadcast over a
+    batch of draws) is set aside for a fixed one and the draws stay vectorised; a
+    likelihood that does not broadcast over draws runs them unbatched.
     """
     device = images.device
+    switch_names = {switch_site(layer.name) for layer in switches.layers}
+    if switches.priors.latent_sites:
+        switches = copy.copy(switches)
+        switches.priors = resolve_prior(DEFAULT_CONCENTRATION, switches.layers)
+    samples = {name: value for name, value in samples.items() if name in switch_names}
     draws = len(next(iter(samples.values())))
     parallel = switches.vectorizable
     chunk = max(1, _MAX_BATCH // len(images)) if parallel else draws
-    switch_names = {switch_site(layer.name) for layer in switches.layers}
     outputs: dict[str, list[np.ndarray]] = {"log_likelihood": [], "obs": [], "probabilities": []}
     with _seeded(seed, device), torch.no_grad():
         for start in range(0, draws, chunk):
             part = {}
             for name, value in samples.items():
                 value = torch.as_tensor(value[start : start + chunk], dtype=torch.float32, device=device)
-                part[name] = value.unsqueeze(1) if parallel and name in switch_names else value
+                part[name] = value.unsqueeze(1) if parallel else value
             predictive = Predictive(switches.model, posterior_samples=part, parallel=parallel, return_sites=["obs", "_RETURN"])
             out = predictive(images, None)
             log_probabilities = torch.log_softmax(out["_RETURN"].double(), dim=-1).reshape(-1, len(images), out["_RETURN"].shape[-1])

@@ -231,6 +231,9 @@ class SwitchPriors:
         with store.scope(), torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
             try:
                 trace = poutine.trace(self._build).get_trace(None)
+            except ValueError as error:
+                # Pyro's trace appends its table of site shapes to the message; the sentence alone says it.
+                raise ValueError(str(error).split("\nTrace Shapes:")[0]) from None
             except RuntimeError as error:
                 if "Multiple sample sites named" not in str(error):
                     raise

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-__all__ = ["PredictiveCheck", "expected_calibration_error", "predictive_check"]
+__all__ = ["PredictiveCheck", "check_predictions", "expected_calibration_error", "predictive_check"]
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> float:
@@ -44,6 +44,18 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *,
         members = index == b
         gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
     return float(gap / len(labels))
+
+
+def check_predictions(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> dict[str, float]:
+    """``{"accuracy", "calibration_error"}`` of one set of class probabilities ``(examples, classes)`` against ``labels``.
+
+    Example:
+        >>> check_predictions(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 0]))
+        {'accuracy': 0.5, 'calibration_error': 0.45}
+    """
+    calibration_error = expected_calibration_error(probabilities, labels, bins=bins)
+    accuracy = float((np.asarray(probabilities).argmax(1) == np.asarray(labels)).mean())
+    return {"accuracy": accuracy, "calibration_error": calibration_error}
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,6 @@ def predictive_check(posterior: xr.DataTree, *, bins: int = 15) -> PredictiveChe
     probabilities = posterior["posterior_predictive"]["probabilities"]
     probabilities = np.asarray(probabilities.stack(sample=("chain", "draw")).transpose("sample", "example", "class").values, float)
     labels = np.asarray(posterior["observed_data"]["obs"].values)
-    averaged = probabilities.mean(0)
+    averaged = check_predictions(probabilities.mean(0), labels, bins=bins)
     per_draw = (probabilities.argmax(-1) == labels).mean(1)
-    return PredictiveCheck(
-        accuracy=float((averaged.argmax(1) == labels).mean()),
-        calibration_error=expected_calibration_error(averaged, labels, bins=bins),
-        accuracy_per_draw=per_draw,
-    )
+    return PredictiveCheck(**averaged, accuracy_per_draw=per_draw)

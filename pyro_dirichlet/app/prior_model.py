@@ -1,0 +1,83 @@
+"""Prior models named on the command line: ``--prior-model package.module:function`` imported as a :class:`PriorModel`.
+
+Naming a prior model runs the named module's code, so the name is taken only from what a
+user types (``--prior-model``), never from a file's contents: a config file may not set it,
+and a run directory only records it. ``fit`` writes the name into ``run.json``; a later step
+that needs the prior again (``report`` draws the model) must be given the same name again,
+and :func:`check_recorded` compares the two.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+
+from pyro_dirichlet.infer.priors import PriorModel
+
+__all__ = ["check_prior_model_name", "check_recorded", "load_prior_model"]
+
+# A dotted module path, a colon, a dotted attribute path: nothing a shell or a path could smuggle in.
+_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def check_prior_model_name(name: object) -> str:
+    """``name`` if it reads ``package.module:function``, else a ValueError naming ``prior_model``."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise ValueError(f"prior_model must be written package.module:function (e.g. my_priors:shared_alpha), got {name!r}.")
+    return name
+
+
+def load_prior_model(name: str) -> PriorModel:
+    """Import the prior model ``package.module:function``.
+
+    The current directory is searched too (as ``python -m`` would), so a ``my_priors.py``
+    beside the run works without installing it. A function is wrapped in
+    :class:`~pyro_dirichlet.infer.priors.PriorModel` (``fn(layers) -> {layer name:
+    distribution}``); a ``PriorModel`` is taken as it is.
+
+    Raises:
+        ValueError: the name is malformed, the module cannot be imported (its own error is
+            quoted), it has no such attribute, or the attribute is not callable; each
+            message starts with ``prior_model`` and quotes the name.
+
+    Example:
+        >>> load_prior_model("my_priors:shared_alpha")  # doctest: +SKIP
+        PriorModel(fn=<function shared_alpha at ...>)
+    """
+    module_name, _, attribute = check_prior_model_name(name).partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # after the installed packages: a local file never shadows one
+    try:
+        target = importlib.import_module(module_name)
+    except Exception as error:  # the user's module: any failure of its import is bad input
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise ValueError(f"prior_model {name!r}: importing module {module_name!r} failed ({reason}).") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"prior_model {name!r}: module {module_name!r} has no attribute {attribute!r}.")
+        target = getattr(target, part)
+    if isinstance(target, PriorModel):
+        return target
+    if not callable(target):
+        raise ValueError(f"prior_model {name!r} is a {type(target).__name__}, not a function prior_model(layers) -> {{layer: distribution}}.")
+    return PriorModel(target)
+
+
+def check_recorded(given: str | None, recorded: str | None) -> None:
+    """A later step's ``--prior-model`` must name the prior model ``fit`` recorded (or none if it recorded none).
+
+    Raises:
+        ValueError: the run was fitted with a prior model that is not named again, or
+            another (or none) was named.
+    """
+    if given == recorded:
+        return
+    if given is None:
+        raise ValueError(
+            f"prior_model: the run was fitted with --prior-model {recorded}; name it again (--prior-model {recorded}): "
+            "a prior model is imported only when named on the command line, never from the run directory."
+        )
+    fitted = f"--prior-model {recorded}" if recorded else "no prior model (a symmetric Dirichlet --prior)"
+    raise ValueError(f"prior_model {given!r} is not the prior the run was fitted with: {fitted}.")
