@@ -128,6 +128,8 @@ class ModelFactory:
 
     path: str
     args: Mapping[str, ArgValue] = field(default_factory=dict)
+    #: The callable itself once a caller has named it (:meth:`named_again`); else :meth:`build` imports :attr:`path`.
+    function: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not is_factory_path(self.path):
@@ -140,13 +142,13 @@ class ModelFactory:
                                    "argument with a plain value (int, float, bool or string).")
         object.__setattr__(self, "args", dict(self.args))
 
-    def build(self, factory: Callable[..., Any] | None = None) -> nn.Module:
-        """Call the factory (``factory`` if given, else the one :attr:`path` names) with :attr:`args`.
+    def build(self) -> nn.Module:
+        """Call the factory (:attr:`function`, else the one :attr:`path` names, imported now) with :attr:`args`.
 
         Raises:
             FactoryError: the call fails, or returns something other than an ``nn.Module``.
         """
-        factory = import_factory(self.path) if factory is None else factory
+        factory = import_factory(self.path) if self.function is None else self.function
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.args.items())
         try:
             built = factory(**self.args)
@@ -158,8 +160,8 @@ class ModelFactory:
             raise FactoryError(f"model factory {self.path!r} returned a {type(built).__name__}, not an nn.Module.")
         return built
 
-    def named_again(self, named: str | Callable[..., Any] | None, *, where: str) -> Callable[[], nn.Module]:
-        """A builder of this recorded factory, from the factory a caller names again (its path or the callable).
+    def named_again(self, named: str | Callable[..., Any] | None, *, where: str) -> ModelFactory:
+        """This recorded factory bound to the factory a caller names again (its path or the callable).
 
         ``where`` (the file that recorded :attr:`path`) is named in the errors. The named
         factory must be the recorded one: the same ``module:name``, or a callable of that
@@ -170,17 +172,17 @@ class ModelFactory:
             FactoryError: nothing named, a path that does not import, or another factory.
         """
         if named is None:
-            raise FactoryError(f"{where} was saved from the model factory {self.path!r}, which is never imported "
-                               f"because a file names it: name it yourself (--model {self.path}, or "
-                               f"load_pruned(path, factory={self.path!r})).")
+            raise FactoryError(f"{where} records the model factory {self.path!r}, which is never imported because a "
+                               f"file names it: name it again (--model {self.path}, or load_pruned(path, "
+                               f"factory={self.path!r})).")
         found = import_factory(named) if isinstance(named, str) else named
         module, qualname = getattr(found, "__module__", None) or "", getattr(found, "__qualname__", None) or ""
         recorded_module, _, recorded_name = self.path.partition(":")
         if not callable(found) or qualname != recorded_name or not (
                 module == recorded_module or module.startswith(recorded_module + ".")):
             given = named if isinstance(named, str) else f"{module}:{qualname}"
-            raise FactoryError(f"{where} was built by the model factory {self.path!r}, not by {given!r}.")
-        return lambda: self.build(found)
+            raise FactoryError(f"{where} records the model factory {self.path!r}, not {given!r}.")
+        return ModelFactory(self.path, self.args, function=found)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "args": dict(self.args)}

@@ -573,7 +573,7 @@ def _named_factory(recorded: Any, named: str | Callable[..., nn.Module] | None, 
     except (FactoryError, TypeError) as err:
         raise ModelFileError(f"{spec_path} names a model factory it does not describe: {err}") from None
     try:
-        return spec.named_again(named, where=str(spec_path)), f"the factory {spec.path!r}"
+        return spec.named_again(named, where=str(spec_path)).build, f"the factory {spec.path!r}"
     except FactoryError as err:
         raise ModelFileError(str(err).rstrip(".")) from None
 

@@ -109,14 +109,14 @@ def _check_layer_names(config: RunConfig) -> None:
     """Layers named in ``fit.layers`` or ``prune.keep`` must exist in the model: found now, not after training and fitting."""
     from torch import nn
 
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.app.sources import train_model
 
-    entry = get_model_entry(config.train.model)
-    if config.train.dataset != entry.dataset:
-        raise ValueError(f"model {config.train.model!r} is trained on {entry.dataset!r}, not dataset {config.train.dataset!r}.")
+    # A factory is imported and called here, so a wrong path fails before any data are read.
+    factory, entry = train_model(config.train)
+    network = factory.build() if factory is not None else None
     if config.fit.layers is None and config.prune.keep is None:
         return
-    network = entry.build()
+    network = network if network is not None else entry.build()
     names = sorted(name for name, module in network.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear)))
     for option, asked in (("layers", config.fit.layers or ()), ("keep", config.prune.keep or {})):
         unknown = sorted(set(asked) - set(names))

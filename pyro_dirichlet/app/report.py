@@ -70,8 +70,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         manifest = run.manifest()
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
-        baseline = load_baseline(run).to(device)
-        pruned = load_run_pruned(run, PRUNED).to(device).eval()
+        baseline = load_baseline(run, runtime).to(device)
+        pruned = load_run_pruned(run, PRUNED, runtime).to(device).eval()
         posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
         keep = records["prune"]["result"]["kept_channels"]
