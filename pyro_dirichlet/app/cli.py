@@ -95,8 +95,8 @@ def model_name(text: str) -> str:
 
     if text in MODELS or is_factory_path(text):
         return text
-    raise argparse.ArgumentTypeError(f"--model {text!r} is neither a registered model ({', '.join(sorted(MODELS))}) "
-                                     "nor a factory path package.module:callable.")
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
+                                     "or your own factory as package.module:callable.")
 
 
 def dataset_name(text: str) -> str:

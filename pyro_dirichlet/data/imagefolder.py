@@ -103,20 +103,13 @@ def load_image_folder(
     assert validation is not None and test is not None
     splits = [train, validation, test]
     if sizes is not None:
-        generator_seed = subset_seed
         splits = [files if size >= len(files.paths) else files.take(
-            torch.randperm(len(files.paths), generator=torch.Generator().manual_seed(generator_seed))[:size].sort().values)
+            torch.randperm(len(files.paths), generator=torch.Generator().manual_seed(subset_seed))[:size].sort().values)
             for files, size in zip(splits, sizes)]
-    images, mode = [], None
-    for files in splits:  # validation and test in the training images' colour mode
-        decoded, mode = _decode(files.paths, image_size, mode)
-        images.append(decoded)
-    channels = {tensor.shape[1] for tensor in images}
-    shapes = {tuple(tensor.shape[1:]) for tensor in images}
-    if len(shapes) != 1:
-        raise ImageFolderError(root, f"has splits of different image shapes {sorted(shapes)}: pass --image-size")
-    (channels,) = channels
-    normalize = Normalization.of(images[0]) if normalize is None else normalize.for_channels(channels)
+    # One decode for every split: one colour mode (the first training image's) and one size for all.
+    decoded = _decode([path for files in splits for path in files.paths], image_size)
+    images = list(decoded.split([len(files.paths) for files in splits]))
+    normalize = Normalization.of(images[0]) if normalize is None else normalize.for_channels(decoded.shape[1])
     train_split, validation_split, test_split = (Split(normalize.apply(x), files.labels) for x, files in zip(images, splits))
     return ImageFolderSplits(
         train=train_split, validation=validation_split, test=test_split, name=f"imagefolder:{root}",
@@ -155,11 +148,11 @@ def _index(folder: Path, classes: list[str]) -> _Files:
     return _Files([path for path, _ in samples], torch.tensor([label for _, label in samples], dtype=torch.int64))
 
 
-def _decode(paths: list[str], image_size: int | None, mode: str | None) -> tuple[Tensor, str]:
-    """``(N, C, H, W)`` float32 in [0, 1] and its mode: ``mode``, else grayscale when the first image is, else RGB."""
+def _decode(paths: list[str], image_size: int | None) -> Tensor:
+    """``(N, C, H, W)`` float32 in [0, 1]: grayscale when the first image is, else RGB."""
     from PIL import Image
 
-    arrays = []
+    arrays, mode = [], None
     for path in paths:
         try:
             with warnings.catch_warnings():
@@ -181,4 +174,4 @@ def _decode(paths: list[str], image_size: int | None, mode: str | None) -> tuple
         arrays.append(array)
     stacked = torch.from_numpy(np.stack(arrays))
     stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
-    return stacked.float().div_(255.0).contiguous(), mode
+    return stacked.float().div_(255.0).contiguous()
