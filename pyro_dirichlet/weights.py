@@ -65,8 +65,8 @@ def load_weights(network: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load the weights in ``path`` into ``network`` (in place) after checking every key and shape.
 
     Raises:
-        WeightsError: keys missing from the file, keys the network does not have, or shapes
-            that differ; one sentence naming the first few of each.
+        WeightsError: keys missing from the file, keys the network does not have, shapes
+            that differ, or non-finite values; one sentence naming the first few of each.
 
     Example:
         >>> load_weights(torchvision.models.resnet18(num_classes=10), "resnet18-cifar.pt")  # doctest: +SKIP
@@ -81,6 +81,9 @@ def load_weights(network: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         ("missing", missing), ("unknown to the model", unexpected), ("of another shape", reshaped)) if items]
     if problems:
         raise WeightsError(f"weights file {str(path)!r} does not fit the model: keys {'; '.join(problems)}.")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise WeightsError(f"weights file {str(path)!r} holds non-finite values (NaN or infinity) in {_first(broken)}.")
     network.load_state_dict(state, strict=True)
     return network
 

@@ -296,7 +296,6 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
             from pyro_dirichlet.weights import load_weights
 
             load_weights(network, options.weights)
-            _check_finite(network, options.weights)
             weights = {"file": str(Path(options.weights).absolute()), "sha256": file_sha256(Path(options.weights))}
         data_record: dict[str, Any] = {"subset": options.subset, "subset_seed": runtime.seed}
         if is_user_source(options.dataset):
