@@ -8,11 +8,13 @@ succeeded, so a failed run leaves ``out`` as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.measure import Stopwatch
 from pyro_dirichlet.app.report import ReportOptions, report_step
 from pyro_dirichlet.app.rundir import STAGING_PREFIX, RunDirectory, replace_run
@@ -82,6 +84,9 @@ def run(config: RunConfig) -> dict:
     """
     out = Path(config.out)
     _check_layer_names(config)
+    if is_factory_path(config.train.model) and config.runtime.factory is None:
+        # The caller named the factory in TrainOptions: the later steps may rebuild the network from it.
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, factory=config.train.model))
     # The whole run holds out's lock; each step locks the staged copy it builds.
     with RunDirectory(out).lock(), Stopwatch() as watch:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}run-{os.getpid()}-", dir=out))

@@ -38,7 +38,11 @@ class FactoryBaseline:
 
 
 def train_model(options: TrainOptions) -> tuple[ModelFactory | None, Any]:
-    """The user's factory (checked to import and build) or the registry entry; the data set they need."""
+    """``(factory, None)`` for a user's factory path, ``(None, registry entry)`` for a registered model.
+
+    Raises:
+        ValueError: a factory without a data set, or a registered model on another data set than its own.
+    """
     from pyro_dirichlet.models import get_model_entry
 
     if is_factory_path(options.model):
@@ -72,12 +76,18 @@ def load_data(name: str, data_dir: Path | None, record: dict[str, Any]) -> DataS
     """A data set by name, cut as ``record`` says; a user's images resized and normalised as it says."""
     if not is_user_source(name):
         return cut(load_dataset(name, data_dir), record)
-    normalize = record.get("normalize")
-    kwargs: dict[str, Any] = {"image_size": record.get("image_size"),
-                              "normalize": None if normalize is None else Normalization(**{
-                                  key: tuple(values) for key, values in normalize.items()})}
+    normalize, image_size = record.get("normalize"), record.get("image_size")
+    try:
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+            raise ValueError(f"image_size {image_size!r} is not a positive integer")
+        normalization = None if normalize is None else Normalization(
+            tuple(map(float, normalize["mean"])), tuple(map(float, normalize["std"])))
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunDirectoryError(f"the run manifest's data record is malformed: {error}; start a new run with "
+                                "`pyro-dirichlet train`.") from None
+    kwargs: dict[str, Any] = {"image_size": image_size, "normalize": normalization}
     if name.startswith("imagefolder:") and record.get("subset") is not None:
-        # Only the images the run uses are decoded; _cut below then keeps them all.
+        # Only the images the run uses are decoded; cut() below then keeps them all.
         kwargs.update(sizes=subset_sizes(record["subset"]), subset_seed=record["subset_seed"])
     return cut(load_dataset(name, data_dir, **kwargs), record)
 
