@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
+from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
 
 __all__ = [
     "FORMAT",
@@ -39,6 +40,8 @@ __all__ = [
 FORMAT = "pyro-dirichlet.pruned-model"
 FORMAT_VERSION = 1
 _SEQUENTIAL = "torch.nn.Sequential"
+# The spec's class of a model a user's factory builds; the factory's path and arguments sit beside it.
+_FACTORY = "factory"
 
 ModuleClass = TypeVar("ModuleClass", bound=type)
 
@@ -292,6 +295,7 @@ def save_pruned(
     *,
     metadata: Mapping[str, Any] | None = None,
     architecture: str | None = None,
+    factory: ModelFactory | None = None,
 ) -> tuple[Path, Path]:
     """Save a (pruned) model as ``<prefix>.safetensors`` and ``<prefix>.json``, without pickle.
 
@@ -309,6 +313,8 @@ def save_pruned(
         architecture: the key of a factory registered with :func:`register_architecture`
             that builds this model's architecture; None picks the registered class, or the
             factory whose model has the same class and module names.
+        factory: the user's factory (path and keyword arguments) that builds the unpruned
+            model; recorded in the spec, and :func:`load_pruned` then needs it named again.
 
     Returns:
         The paths of the weights file and the spec file.
@@ -325,7 +331,7 @@ def save_pruned(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     metadata = _checked_metadata(metadata)
-    architecture = _describe_architecture(model, architecture)
+    architecture = _describe_architecture(model, architecture, factory)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     architecture["tensors"] = {
         name: {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape)}
@@ -400,8 +406,22 @@ def _architecture_key(model: nn.Module, requested: str | None) -> str:
     )
 
 
-def _describe_architecture(model: nn.Module, requested: str | None = None) -> dict[str, Any]:
-    class_key = _architecture_key(model, requested)
+def _factory_key(model: nn.Module, factory: ModelFactory) -> str:
+    """``_FACTORY`` when ``factory`` builds a model of ``model``'s class and module names (so load_pruned can rebuild it)."""
+    if not isinstance(factory, ModelFactory):
+        raise TypeError(f"factory must be a ModelFactory, got {type(factory).__name__}")
+    built = factory.build()
+    missing, extra = set(_leaf_names(model)) - set(_leaf_names(built)), set(_leaf_names(built)) - set(_leaf_names(model))
+    if type(built) is not type(model) or missing or extra:
+        raise ValueError(f"factory {factory.path!r} builds a {type(built).__qualname__} whose modules differ from "
+                         f"model's ({type(model).__qualname__}): missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}")
+    return _FACTORY
+
+
+def _describe_architecture(
+    model: nn.Module, requested: str | None = None, factory: ModelFactory | None = None
+) -> dict[str, Any]:
+    class_key = _factory_key(model, factory) if factory is not None else _architecture_key(model, requested)
     modules = []
     for name, module in model.named_modules():
         if not name:
@@ -424,6 +444,8 @@ def _describe_architecture(model: nn.Module, requested: str | None = None) -> di
             )
         args = _LEAVES[type_name][1](module)
         modules.append({"name": name, "type": type_name, "args": _jsonable(args)})
+    if factory is not None:
+        return {"class": class_key, "factory": factory.to_dict(), "modules": modules}
     return {"class": class_key, "modules": modules}
 
 
@@ -443,7 +465,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def load_pruned(
-    path_prefix: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    path_prefix: str | os.PathLike[str],
+    *,
+    map_location: str | torch.device = "cpu",
+    factory: str | Callable[..., nn.Module] | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`, in eval mode.
 
@@ -455,9 +480,17 @@ def load_pruned(
     Args:
         path_prefix: the prefix given to :func:`save_pruned`.
         map_location: device to put the parameters and buffers on.
+        factory: for a model saved with ``save_pruned(..., factory=...)``, the factory
+            that builds it, named again by the caller: its ``"package.module:name"`` path or
+            the callable itself. It must be the recorded one (the same name, or a callable
+            of that name defined in a submodule of the recorded module, as
+            ``torchvision.models.resnet.resnet18`` is ``torchvision.models:resnet18``); it
+            is called with the recorded keyword arguments. A factory path read from the
+            spec is never imported.
 
     Raises:
-        ModelFileError: the files are inconsistent, modified, or describe something not allowed.
+        ModelFileError: the files are inconsistent, modified, or describe something not
+            allowed; a factory-built model loaded without ``factory`` or with another one.
         FileNotFoundError: a file is missing.
 
     Example:
@@ -472,6 +505,10 @@ def load_pruned(
             f"({spec_path}): its SHA-256 is {digest}, the spec records {spec['weights_sha256']}"
         )
     architecture = spec["architecture"]
+    if architecture["class"] == _FACTORY:
+        architecture = {**architecture, "build": _named_factory(architecture.get("factory"), factory, spec_path)}
+    elif factory is not None:
+        raise ModelFileError(f"{spec_path} was not saved from a model factory; load it without factory=")
     # Shapes first, on the meta device (no memory): a small spec asking for a huge layer is
     # refused against the weights file's header before anything is allocated.
     with torch.device("meta"):
@@ -527,6 +564,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _named_factory(recorded: Any, named: str | Callable[..., nn.Module] | None, spec_path: Path) -> tuple[Callable[[], nn.Module], str]:
+    """The recorded factory as the caller names it again, with the recorded arguments; never imported from the spec."""
+    try:
+        if not isinstance(recorded, dict):
+            raise FactoryError("no factory path and arguments")
+        spec = ModelFactory(recorded.get("path"), recorded.get("args", {}))
+    except (FactoryError, TypeError) as err:
+        raise ModelFileError(f"{spec_path} names a model factory it does not describe: {err}") from None
+    try:
+        return spec.named_again(named, where=str(spec_path)).build, f"the factory {spec.path!r}"
+    except FactoryError as err:
+        raise ModelFileError(str(err).rstrip(".")) from None
+
+
 def _rebuild(architecture: dict[str, Any]) -> nn.Module:
     entries = architecture["modules"]
     for entry in entries:
@@ -544,6 +595,8 @@ def _rebuild(architecture: dict[str, Any]) -> nn.Module:
             )
     if architecture["class"] == _SEQUENTIAL:
         return _rebuild_sequential(entries)
+    if "build" in architecture:
+        return _rebuild_registered(*architecture["build"], entries)
     return _rebuild_registered(*_constructor(architecture["class"]), entries)
 
 

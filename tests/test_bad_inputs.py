@@ -134,7 +134,114 @@ def victim_file(name_of):
     return change
 
 
+def weights_file(name: str, make):
+    """Write a weights file the user passes with --weights."""
+    def apply(run: Path, tmp: Path) -> None:
+        make(tmp / name)
+    return apply
+
+
+def lenet5_state(change=None):
+    def make(path: Path) -> None:
+        from pyro_dirichlet.models import LeNet5Caffe
+
+        state = LeNet5Caffe().state_dict()
+        if change is not None:
+            change(state)
+        torch.save(state, path)
+    return make
+
+
+def image_folder(classes: dict[str, list[bytes | None]]):
+    """An ImageFolder under tmp/images: per class folder, files of the given bytes (None: a real 8x8 PNG)."""
+    def apply(run: Path, tmp: Path) -> None:
+        import io
+
+        from PIL import Image
+
+        (tmp / "images").mkdir()
+        for name, files in classes.items():
+            folder = tmp / "images" / name
+            folder.mkdir(parents=True)
+            for i, content in enumerate(files):
+                if content is None:
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (8, 8), (i * 40 % 256, 0, 0)).save(buffer, format="PNG")
+                    content = buffer.getvalue()
+                (folder / f"{i}.png").write_bytes(content)
+    return apply
+
+
+FACTORY = ["train", "--out", "{run}", "--model", "torchvision.models:resnet18"]
+IMAGES = ["--dataset", "imagefolder:{tmp}/images"]
+GOOD = [None] * 12
+
 CASES = [
+    # your own model and data (issue 12): refused before anything is written
+    ("factory-module-missing", ["train", "--out", "{run}", "--model", "no_such_package.nets:net", "--dataset", "mnist"], None,
+     "model factory 'no_such_package.nets:net' does not import: module 'no_such_package.nets' fails with ModuleNotFoundError"),
+    ("factory-name-missing", ["train", "--out", "{run}", "--model", "torchvision.models:no_such_net", "--dataset", "mnist"],
+     None, "'torchvision.models' has no 'no_such_net'"),
+    ("factory-not-callable", ["train", "--out", "{run}", "--model", "math:pi", "--dataset", "mnist"], None,
+     "model factory 'math:pi' is a float, not a callable returning an nn.Module"),
+    ("factory-returns-no-module", ["train", "--out", "{run}", "--model", "builtins:dict", "--dataset", "mnist"], None,
+     "model factory 'builtins:dict' returned a dict, not an nn.Module"),
+    ("factory-rejects-its-arguments", [*FACTORY, "--model-arg", "depth=7", "--dataset", "mnist"], None,
+     "failed when called with (depth=7): TypeError"),
+    ("factory-malformed", ["train", "--out", "{run}", "--model", "torchvision.models:", "--dataset", "mnist"], None,
+     "unknown model 'torchvision.models:'"),
+    ("factory-without-dataset", FACTORY, None, "needs --dataset"),
+    ("factory-wrong-class-count", [*FACTORY, *IMAGES], image_folder({"cat": GOOD, "dog": GOOD}),
+     "returns (2, 1000) for 2 images, but imagefolder:"),
+    ("factory-run-fails-before-work", ["run", "--out", "{run}", "--model", "no_such_package.nets:net", "--dataset", "mnist"],
+     None, "does not import"),
+    ("model-arg-without-equals", [*FACTORY, "--model-arg", "num_classes"], None, "--model-arg expects KEY=VALUE, got 'num_classes'"),
+    ("model-arg-bad-key", [*FACTORY, "--model-arg", "num classes=3"], None, "is not a keyword argument name"),
+    ("model-arg-for-registered-model", ["train", "--out", "{run}", "--model-arg", "width=3"], None,
+     "--model-arg is for a model factory"),
+    ("model-arg-on-a-registered-run", ["fit", "--model-arg", "width=3"], None, "--model-arg is for a model factory"),
+    ("config-model-arg-not-a-table", ["train", "--out", "{run}", "--config", "{tmp}/c.toml"], "model-arg = 5\n",
+     "must be a table such as"),
+    ("weights-missing", ["train", "--out", "{run}", "--weights", "{tmp}/none.pt"], None, "none.pt' does not exist"),
+    ("weights-keys-missing", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lenet5_state(lambda state: state.pop("fc2.bias"))), "does not fit the model: keys missing fc2.bias"),
+    ("weights-keys-unknown", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lenet5_state(lambda state: state.update(extra=torch.zeros(1)))), "keys unknown to the model extra"),
+    ("weights-shape", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lenet5_state(lambda state: state.update({"fc1.bias": torch.zeros(7)}))),
+     "keys of another shape fc1.bias (7,) where the model has (500,)"),
+    ("weights-nan", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lenet5_state(lambda state: state["conv2.weight"].fill_(float("nan")))),
+     "holds non-finite values (NaN or infinity) in conv2.weight"),
+    ("weights-not-a-state-dict", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lambda path: torch.save([1, 2, 3], path)), "holds a list, not a state dict"),
+    ("weights-wrapped-checkpoint", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lambda path: torch.save({"epoch": 3, "state_dict": {}}, path)), "entry 'epoch' is not a named tensor"),
+    ("weights-garbage", ["train", "--out", "{run}", "--weights", "{tmp}/w.bin"],
+     weights_file("w.bin", lambda path: path.write_bytes(b"not a model at all")), "neither a safetensors file nor a PyTorch state dict"),
+    ("weights-pickled-object", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
+     weights_file("w.pt", lambda path: torch.save({"conv1.weight": Path("/")}, path)), "weights_only=True"),
+    ("weights-safetensors-truncated", ["train", "--out", "{run}", "--weights", "{tmp}/w.safetensors"],
+     weights_file("w.safetensors", lambda path: path.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": ")),
+     "not a readable safetensors file"),
+    ("imagefolder-missing", [*FACTORY, "--dataset", "imagefolder:{tmp}/nowhere"], None, "nowhere does not exist or is not a folder"),
+    ("imagefolder-one-class", [*FACTORY, *IMAGES], image_folder({"cat": GOOD}),
+     "has 1 class folder (only 'cat'); an ImageFolder needs at least 2 classes"),
+    ("imagefolder-no-class", [*FACTORY, *IMAGES], image_folder({}), "has 0 class folders (none)"),
+    ("imagefolder-corrupt-image", [*FACTORY, *IMAGES], image_folder({"cat": GOOD, "dog": [*GOOD, b"\x89PNG broken"]}),
+     "cannot be decoded as an image"),
+    ("imagefolder-not-images", [*FACTORY, *IMAGES], image_folder({"cat": GOOD, "dog": [b"GIF89a" + b"\x00" * 30]}),
+     "cannot be decoded as an image"),
+    ("imagefolder-empty-path", [*FACTORY, "--dataset", "imagefolder:"], None, "unknown data set name 'imagefolder:'"),
+    ("dataset-unknown", [*FACTORY, "--dataset", "imagenet"], None, "unknown data set name 'imagenet'"),
+    ("torchvision-unknown", [*FACTORY, "--dataset", "torchvision:NoSuchSet", "--data-dir", "{tmp}"], None,
+     "torchvision:NoSuchSet is not a data set of torchvision.datasets"),
+    ("torchvision-files-missing", [*FACTORY, "--dataset", "torchvision:KMNIST", "--data-dir", "{tmp}"], None,
+     "torchvision:KMNIST cannot be read under"),
+    ("image-size-0", [*FACTORY, *IMAGES, "--image-size", "0"], None, "--image-size must be an integer between 1 and 4096"),
+    ("image-size-for-mnist", ["train", "--out", "{run}", "--image-size", "32"], None, "--image-size and --normalize are for"),
+    ("normalize-one-number", [*FACTORY, *IMAGES, "--normalize", "0.5"], None, "--normalize expects MEAN,STD"),
+    ("normalize-std-0", [*FACTORY, *IMAGES, "--normalize", "0.5,0"], None, "positive, finite STD"),
     # option values: refused before any work
     ("fit-ci-prob-above-1", ["fit", "--ci-prob", "1.5"], None, "--ci-prob must be strictly between 0 and 1"),
     ("fit-ci-prob-0", ["fit", "--ci-prob", "0"], None, "--ci-prob"),
@@ -209,6 +316,9 @@ CASES = [
     ("manifest-bad-digest", ["prune"], edit_manifest(lambda m, t: m["steps"]["train"]["sha256"].update(
         {"baseline.safetensors": "xyz"})), "SHA-256 digests"),
     ("manifest-bad-subset", ["prune"], edit_manifest(lambda m, t: m["data"].update(subset="all")), "subset"),
+    ("manifest-bad-normalize", ["prune"], edit_manifest(lambda m, t: (m.update(dataset=f"imagefolder:{t}"),
+                                                                       m["data"].update(normalize={"mean": [0.5]}))),
+     "the run manifest's data record is malformed: 'std'"),
     ("manifest-files-a-string", ["prune"], edit_manifest(lambda m, t: m["steps"]["train"].update(files="baseline")), "'files'"),
     # the files the steps wrote
     ("baseline-truncated", ["prune"], raw("baseline.safetensors", b"\x00" * 10), "baseline.safetensors has changed since the train step"),

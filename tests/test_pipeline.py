@@ -105,7 +105,8 @@ def test_cli_rejects_unknown_model_listing_choices(capsys):
         main(["run", "--model", "resnet9000", "--out", "x"])
     assert caught.value.code == 2
     error = capsys.readouterr().err
-    assert "invalid choice: 'resnet9000'" in error and "lenet5" in error
+    assert "unknown model 'resnet9000'; valid choices: " in error and "lenet5" in error
+    assert "package.module:callable" in error  # or a factory of one's own
 
 
 def test_cli_rejects_unwritable_out(tmp_path, capsys):

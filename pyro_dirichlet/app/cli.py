@@ -36,7 +36,8 @@ COMMANDS = ("train", "fit", "prune", "finetune", "report", "run")
 OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "data_dir": (Runtime, "data_dir"), "device": (Runtime, "device"), "seed": (Runtime, "seed"),
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
-    "cache_dir": (TrainOptions, "cache_dir"),
+    "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
+    "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
@@ -56,7 +57,7 @@ def _field_default(kind: type, name: str) -> Any:
 # what the run directory holds (later steps) or to TrainOptions' (train, run), --quiet is
 # the opposite of Runtime.progress.
 DEFAULTS: dict[str, Any] = {
-    "out": None, "model": None, "dataset": None, "quiet": not _field_default(Runtime, "progress"),
+    "out": None, "model": None, "dataset": None, "model_args": None, "quiet": not _field_default(Runtime, "progress"),
     **{dest: _field_default(*where) for dest, where in OPTION_FIELDS.items()},
 }
 
@@ -90,6 +91,53 @@ def parse_layers(text: str) -> tuple[str, ...]:
     return layers
 
 
+def model_name(text: str) -> str:
+    """A registered model's name or a factory path ``package.module:callable`` (imported only when a step runs)."""
+    from pyro_dirichlet.factories import is_factory_path
+    from pyro_dirichlet.models import MODELS
+
+    if text in MODELS or is_factory_path(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
+                                     "or your own factory as package.module:callable.")
+
+
+def dataset_name(text: str) -> str:
+    """A data set's name, ``imagefolder:DIR`` (made absolute, so every step reads the same folder) or ``torchvision:NAME``."""
+    from pyro_dirichlet.data.catalog import check_dataset_name
+
+    try:
+        check_dataset_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--dataset: {error}") from None
+    if text.startswith("imagefolder:"):
+        folder = text.partition(":")[2]
+        if not folder.strip() or "\0" in folder:
+            raise argparse.ArgumentTypeError(f"--dataset imagefolder:DIR must name a folder, got {text!r}.")
+        return f"imagefolder:{Path(folder).expanduser().absolute()}"
+    return text
+
+
+def model_arg(text: str) -> tuple[str, Any]:
+    """``--model-arg key=value``: one keyword argument of the model factory."""
+    from pyro_dirichlet.factories import parse_model_arg
+
+    try:
+        return parse_model_arg(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def normalize(text: str) -> Any:
+    """``--normalize MEAN,STD``."""
+    from pyro_dirichlet.data.normalization import parse_normalize
+
+    try:
+        return parse_normalize(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _path(flag: str) -> Callable[[str], Path]:
     """An argparse type for a path that refuses the empty string (``Path("")`` would mean the current directory)."""
 
@@ -115,11 +163,20 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
         group.add_argument("--out", "--run", dest="out", type=_path("--run"), metavar="DIR",
                            help="run directory of an earlier `train` (required)")
     starts = command in ("train", "run")
-    group.add_argument("--model", choices=sorted(MODELS),
-                       help=f"network architecture (default: {TrainOptions.model})" if starts else
-                       "check that the run directory holds this model (default: the one it holds)")
-    group.add_argument("--dataset", choices=sorted(DATASETS),
-                       help="data set (default: the model's)" if starts else
+    models = ", ".join(sorted(MODELS))
+    group.add_argument("--model", type=model_name, metavar="NAME|MODULE:FACTORY",
+                       help=f"network: {models}, or your own as package.module:callable returning an nn.Module "
+                            f"(default: {TrainOptions.model})" if starts else
+                       "check that the run directory holds this model (default: the one it holds); a run of your "
+                       "own factory needs it named again, since a path read from a file is never imported")
+    group.add_argument("--model-arg", dest="model_args", type=model_arg, action="append", metavar="KEY=VALUE",
+                       help="keyword argument of the --model factory, repeatable; values are read as int, float, "
+                            "true/false or text" if starts else
+                       "check that the run's model factory had this keyword argument (default: the recorded ones)")
+    group.add_argument("--dataset", type=dataset_name, metavar="NAME|imagefolder:DIR|torchvision:NAME",
+                       help=f"data set: {', '.join(sorted(DATASETS))}, imagefolder:DIR (your images, DIR/CLASS/IMAGE "
+                            "or DIR/{train,val,test}/CLASS/IMAGE) or torchvision:NAME, e.g. torchvision:FashionMNIST "
+                            "(default: the model's)" if starts else
                        "check that the run directory holds this data set (default: the one it holds)")
     group.add_argument("--data-dir", type=_path("--data-dir"), metavar="DIR",
                        help="folder holding the data sets (default: $PYRO_DIRICHLET_DATA, then ./data with download)")
@@ -136,6 +193,14 @@ def _train(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=_path("--cache-dir"), metavar="DIR",
                        help="baseline cache: a baseline trained before on the same data and recipe is reused "
                             "(default: $PYRO_DIRICHLET_CACHE, then ~/.cache/pyro-dirichlet/baselines)")
+    group.add_argument("--weights", type=_path("--weights"), metavar="FILE",
+                       help="the baseline's trained weights instead of training: a safetensors file or a state dict "
+                            "saved with torch.save (read with weights_only=True)")
+    group.add_argument("--image-size", type=int, metavar="N",
+                       help="resize the images of imagefolder:/torchvision: data sets to N x N pixels")
+    group.add_argument("--normalize", type=normalize, metavar="MEAN,STD",
+                       help="normalise imagefolder:/torchvision: images (in [0, 1]) with this mean and std "
+                            "(default: each channel's mean and std over the training images)")
 
 
 def _fit(parser: argparse.ArgumentParser) -> None:
@@ -273,12 +338,17 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
         names = {f.name: renamed.get(f.name, f.name) for f in dataclasses.fields(kind)}
         return {name: settings[setting] for name, setting in names.items() if setting in settings}
 
+    from pyro_dirichlet.factories import is_factory_path
+
     model = settings.get("model") or TrainOptions.model
-    dataset = settings.get("dataset") or get_model_entry(model).dataset
+    factory = model if is_factory_path(model) else None
+    # A factory has no data set of its own: train refuses a missing --dataset, later steps never read this one.
+    dataset = settings.get("dataset") or (None if factory else get_model_entry(model).dataset)
+    model_args = dict(settings["model_args"]) if settings.get("model_args") else None
     return RunConfig(
         out=Path(settings["out"]),
-        runtime=_flagged(Runtime, progress=not settings.get("quiet", False), **pick(Runtime)),
-        train=_flagged(TrainOptions, **{**pick(TrainOptions), "model": model, "dataset": dataset}),
+        runtime=_flagged(Runtime, progress=not settings.get("quiet", False), factory=factory, **pick(Runtime)),
+        train=_flagged(TrainOptions, **{**pick(TrainOptions), "model": model, "dataset": dataset, "model_args": model_args}),
         # FitConfig's seed, device and progress are the runtime's; the command line sets only these.
         fit=_flagged(FitOptions, fit=_flagged(FitConfig, **{name: settings[name] for name in
                                                             ("epochs", "lr", "effective_data_size", "hyper_guide")
@@ -335,6 +405,11 @@ def _check_identity(directory, settings: dict[str, Any]) -> None:
         if settings[key] is not None and key in manifest and manifest[key] != settings[key]:
             raise RunDirectoryError(f"run directory {str(directory.path)!r} holds {key} {manifest[key]!r}, not "
                                     f"{settings[key]!r}: start a new run with `pyro-dirichlet train --out NEWDIR --{key} {settings[key]}`.")
+    given = dict(settings.get("model_args") or ())
+    recorded = manifest.get("model_args") or {}
+    if given and given != recorded:
+        raise RunDirectoryError(f"run directory {str(directory.path)!r} holds a model built with arguments {recorded!r}, "
+                                f"not {given!r}: leave out --model-arg to use the recorded ones.")
 
 
 def main(argv: list[str] | None = None) -> int:

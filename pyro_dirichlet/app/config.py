@@ -95,12 +95,28 @@ def config_values(
     return values
 
 
+def _model_args(value: Any, action: argparse.Action, where: str) -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        bad = {k: v for k, v in value.items() if not k.isidentifier() or not isinstance(v, (bool, int, float, str))}
+        if bad:
+            raise ConfigError(f"{where} must map keyword argument names to numbers, booleans or strings, got {bad!r}.")
+        return list(value.items())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        try:
+            return [action.type(item) for item in value]
+        except (argparse.ArgumentTypeError, ValueError) as error:
+            raise ConfigError(f"{where}: {error}") from None
+    raise ConfigError(f"{where} must be a table such as {{ num_classes = 10 }}, got {value!r}.")
+
+
 def _convert(key: str, value: Any, action: argparse.Action, source: str) -> Any:
     where = f"{source}: key {key!r}"
     if action.nargs == 0:  # a flag such as --quiet
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}.")
         return value
+    if action.dest == "model_args":  # a table {num_classes = 10} or a list of "key=value" strings
+        return _model_args(value, action, where)
     if isinstance(value, bool):
         raise ConfigError(f"{where} must not be a boolean, got {value!r}.")
     if action.dest == "keep" and isinstance(value, Mapping):

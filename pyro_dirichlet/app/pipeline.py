@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.measure import Stopwatch
 from pyro_dirichlet.app.report import ReportOptions, report_step
 from pyro_dirichlet.app.rundir import STAGING_PREFIX, RunDirectory, replace_run
@@ -83,6 +84,9 @@ def run(config: RunConfig) -> dict:
     """
     out = Path(config.out)
     _check_layer_names(config)
+    if is_factory_path(config.train.model) and config.runtime.factory is None:
+        # The caller named the factory in TrainOptions: the later steps may rebuild the network from it.
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, factory=config.train.model))
     # The whole run holds out's lock; each step locks the staged copy it builds.
     with RunDirectory(out).lock(), Stopwatch() as watch:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}run-{os.getpid()}-", dir=out))
@@ -111,14 +115,14 @@ def _check_layer_names(config: RunConfig) -> None:
     """Layers named in ``fit.layers`` or ``prune.keep`` must exist in the model: found now, not after training and fitting."""
     from torch import nn
 
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.app.sources import train_model
 
-    entry = get_model_entry(config.train.model)
-    if config.train.dataset != entry.dataset:
-        raise ValueError(f"model {config.train.model!r} is trained on {entry.dataset!r}, not dataset {config.train.dataset!r}.")
+    # A factory is imported and called here, so a wrong path fails before any data are read.
+    factory, entry = train_model(config.train)
+    network = factory.build() if factory is not None else None
     if config.fit.layers is None and config.prune.keep is None:
         return
-    network = entry.build()
+    network = network if network is not None else entry.build()
     names = sorted(name for name, module in network.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear)))
     for option, asked in (("layers", config.fit.layers or ()), ("keep", config.prune.keep or {})):
         unknown = sorted(set(asked) - set(names))

@@ -88,9 +88,9 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         manifest = run.manifest()
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
-        baseline = load_baseline(run).to(device)
-        pruned = load_run_pruned(run, PRUNED).to(device).eval()
-        before_finetune = load_run_pruned(run, PRUNED_BEFORE_FINETUNE).to(device).eval()
+        baseline = load_baseline(run, runtime).to(device)
+        pruned = load_run_pruned(run, PRUNED, runtime).to(device).eval()
+        before_finetune = load_run_pruned(run, PRUNED_BEFORE_FINETUNE, runtime).to(device).eval()
         posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
         prior = fit_config["prior"] if options.prior_model is None else load_prior_model(options.prior_model)
         switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.data import DataSplits, load_dataset
-from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, finetune
+from pyro_dirichlet.data.catalog import is_user_source
+from pyro_dirichlet.data.normalization import Normalization
+from pyro_dirichlet.factories import is_factory_path
+from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, finetune, train_classifier
+from pyro_dirichlet.data.imagefolder import ImageFolderSplits
+from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, load_data, run_model, train_model
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
@@ -34,7 +39,7 @@ from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.app.prior_model import load_prior_model
-from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, reading, writing
+from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
@@ -58,6 +63,7 @@ __all__ = [
     "finetune_step",
     "load_run_data",
     "load_baseline",
+    "run_model",
     "load_run_pruned",
     "load_run_posterior",
     "format_layer_summary",
@@ -71,6 +77,8 @@ FOREST = "forest.png"  # fit
 FIT_CHECKPOINT_EVERY = 50
 PRUNED_BEFORE_FINETUNE = "pruned-before-finetune"  # prune: .safetensors + .json
 PRUNED = "pruned"  # finetune: .safetensors + .json
+#: What ``prune`` keeps of each switched layer of a user's network when given neither --keep nor --budget.
+FACTORY_KEEP_FRACTION = 0.5
 #: Seeds seed NumPy too, which takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
 #: A smoke subset smaller than this leaves validation and test splits of one image.
@@ -86,17 +94,23 @@ class Runtime:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         seed: seeds the step's randomness (training, SVI, posterior draws, fine-tuning).
         progress: show progress bars and summaries.
+        factory: the model factory (``"package.module:callable"``) named on this command;
+            a step rebuilds a run's user model only from it, never from the path the run
+            directory records (which it must equal).
     """
 
     data_dir: Path | None = None
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    factory: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         _check_int("seed", self.seed, low=0, high=MAX_SEED)
+        if self.factory is not None and not is_factory_path(self.factory):
+            raise ValueError(f"factory must be a 'package.module:callable' path, got {self.factory!r}.")
 
 
 @dataclass(frozen=True)
@@ -104,26 +118,46 @@ class TrainOptions:
     """The baseline: which network on which data, and how long to train it.
 
     Attributes:
-        model: a name from ``models.MODELS``.
-        dataset: the model's data set.
+        model: a name from ``models.MODELS``, or a user's factory ``"package.module:callable"``
+            returning an ``nn.Module`` (:mod:`pyro_dirichlet.factories`).
+        dataset: the model's data set, ``imagefolder:DIR`` or ``torchvision:NAME``; ``None``
+            only where the model has no data set of its own, which ``train`` refuses.
         subset: for smoke runs, cut the training split to this many examples and validation
             and test to a quarter each (seeded by the train step's seed); every later step
             uses the same cut.
-        train_epochs: epochs instead of the model's recipe.
-        cache_dir: the baseline cache (a cached baseline is reused instead of retrained).
+        train_epochs: epochs instead of the model's recipe (a factory's model: :class:`TrainConfig`'s).
+        cache_dir: the baseline cache (a cached baseline is reused instead of retrained;
+            registered models only).
+        model_args: keyword arguments of the factory (plain values).
+        weights: a trained state dict (safetensors, or ``torch.save``'d) used as the baseline
+            instead of training.
+        image_size: resize a user's images to this many pixels square.
+        normalize: mean and std of a user's images; ``None`` measures them on the training split.
     """
 
     model: str = "lenet5"
-    dataset: str = "mnist"
+    dataset: str | None = "mnist"
     subset: int | None = None
     train_epochs: int | None = None
     cache_dir: Path | None = None
+    model_args: dict[str, Any] | None = None
+    weights: Path | None = None
+    image_size: int | None = None
+    normalize: Normalization | None = None
 
     def __post_init__(self) -> None:
         if self.subset is not None:
             _check_int("subset", self.subset, low=MIN_SUBSET)
         if self.train_epochs is not None:
             _check_int("train_epochs", self.train_epochs, low=1)
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, low=1, high=4096)
+        if self.model_args and not is_factory_path(self.model):
+            raise ValueError(f"--model-arg is for a model factory (--model package.module:callable), not the "
+                             f"registered model {self.model!r}.")
+        if (self.image_size is not None or self.normalize is not None) and not is_user_source(self.dataset):
+            raise ValueError(f"--image-size and --normalize are for a user's data set (imagefolder:DIR or "
+                             f"torchvision:NAME), not {self.dataset!r}.")
 
 
 @dataclass(frozen=True)
@@ -251,51 +285,81 @@ def _locked(step: Callable[[RunDirectory, Runtime, Any], dict[str, Any]]) -> Cal
 
 @_locked
 def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> dict[str, Any]:
-    """Train (or take from the cache) the baseline and store it in the run directory as ``baseline.safetensors``.
+    """Train (or take from the cache, or from ``--weights``) the baseline; store it as ``baseline.safetensors``.
 
-    Starts the run: the manifest records the model, data set and data cut every later step uses.
+    Starts the run: the manifest records the model (a registered name, or a factory path
+    with its arguments), the weights' SHA-256, the data set and the data cut every later step uses.
     """
-    from pyro_dirichlet.models import get_model_entry, load_or_train_baseline  # the application layer: library stays model-agnostic
+    from pyro_dirichlet.models import load_or_train_baseline  # the application layer: library stays model-agnostic
     from pyro_dirichlet.models.baseline import save_checkpoint
 
-    entry = get_model_entry(options.model)
-    if options.dataset != entry.dataset:
-        raise ValueError(f"model {options.model!r} is trained on {entry.dataset!r}, not dataset {options.dataset!r}.")
+    factory, entry = train_model(options)
     check_writable(run.path)
     with Stopwatch() as watch:
         device = resolve_device(runtime.device)
-        data_record = {"subset": options.subset, "subset_seed": runtime.seed}
-        data = _cut(load_dataset(options.dataset, runtime.data_dir), data_record)
-        recipe = entry.train if options.train_epochs is None else dataclasses.replace(entry.train, epochs=options.train_epochs)
-        baseline = load_or_train_baseline(
-            options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
-            progress=runtime.progress, train_config=recipe,
-        )
-        network = baseline.model.to(device)
+        # The model and its weights are checked before the data are read: a wrong path fails in a second.
+        torch.manual_seed(runtime.seed)
+        network = factory.build() if factory is not None else entry.build() if options.weights is not None else None
+        weights = None
+        if options.weights is not None:
+            from pyro_dirichlet.weights import load_weights
+
+            load_weights(network, options.weights)
+            weights = {"file": str(Path(options.weights).absolute()), "sha256": file_sha256(Path(options.weights))}
+        data_record: dict[str, Any] = {"subset": options.subset, "subset_seed": runtime.seed}
+        if is_user_source(options.dataset):
+            data_record.update(image_size=options.image_size,
+                               normalize=None if options.normalize is None else options.normalize.to_dict())
+        data = load_data(options.dataset, runtime.data_dir, data_record)
         example = data.train.images[:2].to(device)
+        recipe, baseline = None, None
+        if network is not None:
+            check_outputs(network.to(device), example, options, data)
+            if weights is None:
+                recipe = TrainConfig(**{"seed": runtime.seed, **({"epochs": options.train_epochs} if options.train_epochs else {})})
+                trained = train_classifier(network, data, recipe, device=device, progress=runtime.progress)
+                baseline = FactoryBaseline(trained)
+        else:
+            recipe = entry.train if options.train_epochs is None else dataclasses.replace(entry.train, epochs=options.train_epochs)
+            baseline = load_or_train_baseline(
+                options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
+                progress=runtime.progress, train_config=recipe,
+            )
+            network = baseline.model
+        network = network.to(device).eval()
         result = {
             "test_accuracy": accuracy(network, data.test, device=device),
             "validation_accuracy": accuracy(network, data.validation, device=device),
             "params": count_parameters(network),
             "flops": count_flops(network, example),
-            "trained_in_this_run": baseline.trained_now,
+            "trained_in_this_run": baseline is not None and baseline.trained_now,
+            "baseline_source": "weights" if weights is not None else "trained" if baseline.trained_now else "cache",
         }
-        if baseline.train_result is not None:
+        if baseline is not None and baseline.train_result is not None:
             result["seconds_per_epoch"] = statistics.median(baseline.train_result.seconds_per_epoch)
             result["epochs"] = baseline.train_result.epochs
             result["training"] = baseline.train_result.to_dict()
         _say(runtime, f"baseline {options.model}: test accuracy {result['test_accuracy']:.4f}, "
                       f"{result['params']:,} parameters, {result['flops']:,} FLOPs")
+        if isinstance(data, ImageFolderSplits) and data.normalization is not None:
+            # What was used, measured or given: later steps normalise with exactly these values.
+            data_record["normalize"] = data.normalization.to_dict()
+            data_record["classes"] = list(data.classes)
         identity = {
             "model": options.model,
-            "dataset": options.dataset,
+            "dataset": data.name if is_user_source(options.dataset) else options.dataset,
             "data": {**data_record, "source": data.source or data.name, "train": len(data.train),
                      "validation": len(data.validation), "test": len(data.test)},
+            **({"model_args": dict(factory.args)} if factory is not None else {}),
+            **({"weights": weights} if weights is not None else {}),
         }
+        metadata = {**(baseline.metadata if baseline is not None else {}), "model": options.model,
+                    **{key: identity[key] for key in ("model_args", "weights") if key in identity}}
         with writing(run.path), run.stage() as staging:
-            save_checkpoint(staging / BASELINE, network, {**baseline.metadata, "model": options.model})
-            return run.commit("train", staging, config={**_jsonable(options), **_jsonable(runtime), "train": recipe.to_dict()},
-                              result=result, seconds=watch.elapsed, identity=identity)["steps"]["train"]
+            save_checkpoint(staging / BASELINE, network, metadata)
+            config = {**_jsonable(options), **_jsonable(runtime), "train": None if recipe is None else recipe.to_dict()}
+            return run.commit("train", staging, config=config, result=result, seconds=watch.elapsed,
+                              identity=identity)["steps"]["train"]
 
 
 @_locked
@@ -306,7 +370,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         check_writable(run.path)
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
-        network = load_baseline(run).to(device)
+        network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
         prior = options.prior if options.prior_model is None else load_prior_model(options.prior_model)
         switches = DirichletSwitches(network, example, layers=options.layers, prior=prior, coupled=options.coupled)
@@ -390,7 +454,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         manifest = run.manifest()
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
-        network = load_baseline(run).to(device)
+        network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
         posterior = load_run_posterior(run, network, example)
         scores = posterior_mean(posterior)
@@ -398,6 +462,9 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             target = dict(options.keep)
         elif options.budget is not None:
             target = budget_counts(network, scores, example, budget=options.budget, cost=options.budget_cost)
+        elif is_factory_path(manifest["model"]):
+            # A user's network has no documented target: half of every switched layer's channels.
+            target = {layer: FACTORY_KEEP_FRACTION for layer in scores}
         else:
             default = get_model_entry(manifest["model"]).default_keep
             target = {layer: count for layer, count in default.items() if layer in scores}
@@ -415,7 +482,8 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         _say(runtime, f"pruned to {architecture}: {result['params']:,} parameters, {result['flops']:,} FLOPs, "
                       f"test accuracy {result['test_accuracy_before_finetune']:.4f} before fine-tuning")
         with writing(run.path), run.stage() as staging:
-            save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture))
+            save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture),
+                        factory=run_model(run, runtime)[1])
             return run.commit("prune", staging, config={**_jsonable(options), **_jsonable(runtime)},
                               result=result, seconds=watch.elapsed)["steps"]["prune"]
 
@@ -429,7 +497,7 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         manifest = run.manifest()
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
-        model = load_run_pruned(run, PRUNED_BEFORE_FINETUNE).to(device)
+        model = load_run_pruned(run, PRUNED_BEFORE_FINETUNE, runtime).to(device)
         tuning = finetune(model, data, epochs=options.epochs, lr=options.lr, seed=runtime.seed, device=str(device),
                           progress=runtime.progress)
         model.eval()
@@ -446,36 +514,41 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         _say(runtime, f"fine-tuned for {options.epochs} epochs: test accuracy {before:.4f} -> {result['test_accuracy']:.4f}")
         with writing(run.path), run.stage() as staging:
             architecture = pruned_record["result"]["architecture"]
-            save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture))
+            save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture),
+                        factory=run_model(run, runtime)[1])
             return run.commit("finetune", staging, config={**_jsonable(options), **_jsonable(runtime)},
                               result=result, seconds=watch.elapsed)["steps"]["finetune"]
 
 
 def load_run_data(run: RunDirectory, runtime: Runtime) -> DataSplits:
-    """The run's data set, cut as the train step cut it."""
+    """The run's data set, cut (and for a user's images resized and normalised) as the train step did."""
     manifest = run.manifest()
-    return _cut(load_dataset(manifest["dataset"], runtime.data_dir), manifest["data"])
+    return load_data(manifest["dataset"], runtime.data_dir, manifest["data"])
 
 
-def load_run_pruned(run: RunDirectory, stem: str) -> nn.Module:
+def load_run_pruned(run: RunDirectory, stem: str, runtime: Runtime | None = None) -> nn.Module:
     """A pruned network the run holds (``stem``.json and .safetensors), checked against the manifest's SHA-256."""
+    _, factory = run_model(run, runtime)
     run.input(f"{stem}.json")
     path = run.input(f"{stem}.safetensors")
     with reading(f"{run.path / stem}.json (with {stem}.safetensors)"):
-        network = load_pruned(run.path / stem)
+        network = load_pruned(run.path / stem, factory=None if factory is None else factory.function)
     _check_finite(network, path)
     return network
 
 
-def load_baseline(run: RunDirectory) -> nn.Module:
-    """The run's trained baseline, in eval mode on the CPU, its weights checked to be finite."""
-    from pyro_dirichlet.models import get_model_entry
+def load_baseline(run: RunDirectory, runtime: Runtime | None = None) -> nn.Module:
+    """The run's trained baseline, in eval mode on the CPU, its weights checked to be finite.
+
+    A user's model is built by the factory ``runtime.factory`` names (see :func:`run_model`).
+    """
     from pyro_dirichlet.models.baseline import load_checkpoint
 
+    build, _ = run_model(run, runtime)
     path = run.input(BASELINE)
     with reading(path):
         state, _ = load_checkpoint(path)
-        network = get_model_entry(run.manifest()["model"]).build()
+        network = build()
         network.load_state_dict(state)
     _check_finite(network, path)
     return network.eval()
@@ -546,17 +619,6 @@ def format_layer_summary(summary: LayerSummary, *, count: int = 3) -> str:
         f"  most important:  {describe(order[:count])}\n"
         f"  least important: {describe(order[::-1][:count])}"
     )
-
-
-def _cut(data: DataSplits, record: dict[str, Any]) -> DataSplits:
-    """Seeded subsets for smoke runs: ``subset`` training examples, a quarter of that for validation and test."""
-    size = record.get("subset")
-    if size is None:
-        return data
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"subset must be an integer of at least 8 training examples, got {size!r}.")
-    small = max(2, size // 4)
-    return data.subset(train=size, validation=small, test=small, seed=record["subset_seed"])
 
 
 def _pruned_metadata(manifest: dict[str, Any], architecture: dict[str, int]) -> dict[str, Any]:

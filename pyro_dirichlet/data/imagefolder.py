@@ -1,0 +1,177 @@
+"""A user's images in torchvision's ImageFolder layout (``DIR/<class>/<image>``), read into preloaded splits.
+
+``DIR`` holds either ``train/`` (and optionally ``val/`` or ``validation/``, and ``test/``)
+each in the ImageFolder layout, or the class folders themselves; a split that is not there
+is carved from the training images by a seeded permutation. Only the images a run uses are
+decoded: with ``sizes``, a seeded subset of each split is chosen from the file list first.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_dirichlet.data.errors import DatasetError
+from pyro_dirichlet.data.normalization import Normalization
+from pyro_dirichlet.data.splits import DataSplits, Split, split_indices
+
+__all__ = ["ImageFolderError", "load_image_folder", "VALIDATION_NAMES", "HELD_OUT_FRACTION"]
+
+#: Folder names taken as the validation split, in this order.
+VALIDATION_NAMES = ("val", "validation", "valid")
+#: Share of the training images carved out for a missing validation or test split (each).
+HELD_OUT_FRACTION = 0.1
+#: Larger images are refused unread (decompression bombs).
+MAX_PIXELS = 64_000_000
+
+
+class ImageFolderError(DatasetError):
+    """An image folder is missing, has fewer than two classes, or holds an image that cannot be decoded."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        ValueError.__init__(self, f"image folder {path} {problem}.")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        return type(self), (self.path, self.problem)
+
+
+@dataclass(frozen=True)
+class _Files:
+    paths: list[str]
+    labels: Tensor
+
+    def take(self, indices: Tensor) -> _Files:
+        return _Files([self.paths[i] for i in indices.tolist()], self.labels[indices])
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    image_size: int | None = None,
+    normalize: Normalization | None = None,
+    split_seed: int = 0,
+    sizes: tuple[int, int, int] | None = None,
+    subset_seed: int = 0,
+) -> DataSplits:
+    """Read an ImageFolder tree into train, validation and test splits.
+
+    Args:
+        root: the folder (see the module docstring for the layouts).
+        image_size: resize every image to this many pixels square; ``None`` requires all
+            images to have one size.
+        normalize: per-channel mean and std; ``None`` measures them on the training split
+            (after ``sizes`` cut it). The result's ``normalization`` records which.
+        split_seed: seed of the permutation that carves a missing validation or test split.
+        sizes: decode only seeded subsets of this many train, validation and test images.
+        subset_seed: seed of those subsets.
+
+    Raises:
+        ImageFolderError: a missing folder, fewer than 2 classes, no images in a split, an
+            image that cannot be decoded, or images of different sizes without ``image_size``.
+
+    Example:
+        >>> data = load_image_folder("cifar10-images", image_size=32)  # doctest: +SKIP
+        >>> data.num_classes, data.input_shape  # doctest: +SKIP
+        (10, (3, 32, 32))
+    """
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise ImageFolderError(root, "does not exist or is not a folder")
+    train_dir = root / "train"
+    base = train_dir if train_dir.is_dir() else root
+    classes = _classes(base)
+    train = _index(base, classes)
+    found = [root / name for name in VALIDATION_NAMES if (root / name).is_dir()] if base is train_dir else []
+    validation = _index(found[0], classes) if found else None
+    test = _index(root / "test", classes) if base is train_dir and (root / "test").is_dir() else None
+    for name, held_out in (("test", test), ("validation", validation)):
+        if held_out is None:
+            size = max(1, round(HELD_OUT_FRACTION * len(train.paths)))
+            if size >= len(train.paths):
+                raise ImageFolderError(base, f"has {len(train.paths)} images, too few to carve a {name} split from")
+            keep, carved = split_indices(len(train.paths), size, seed=split_seed)
+            train, carved_files = train.take(keep), train.take(carved)
+            test, validation = (carved_files, validation) if name == "test" else (test, carved_files)
+    assert validation is not None and test is not None
+    splits = [train, validation, test]
+    if sizes is not None:
+        splits = [files if size >= len(files.paths) else files.take(
+            torch.randperm(len(files.paths), generator=torch.Generator().manual_seed(subset_seed))[:size].sort().values)
+            for files, size in zip(splits, sizes)]
+    # One decode for every split: one colour mode (the first training image's) and one size for all.
+    decoded = _decode([path for files in splits for path in files.paths], image_size)
+    images = list(decoded.split([len(files.paths) for files in splits]))
+    normalize = Normalization.of(images[0]) if normalize is None else normalize.for_channels(decoded.shape[1])
+    train_split, validation_split, test_split = (Split(normalize.apply(x), files.labels) for x, files in zip(images, splits))
+    return ImageFolderSplits(
+        train=train_split, validation=validation_split, test=test_split, name=f"imagefolder:{root}",
+        num_classes=len(classes), input_shape=tuple(images[0].shape[1:]), split_seed=split_seed,
+        source="imagefolder", classes=tuple(classes), normalization=normalize,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFolderSplits(DataSplits):
+    """:class:`DataSplits` that also say which class each label is and how the images were normalised."""
+
+    classes: tuple[str, ...] = ()
+    normalization: Normalization | None = None
+
+
+def _classes(folder: Path) -> list[str]:
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise ImageFolderError(folder, f"has {len(classes)} class folder{'s' if len(classes) != 1 else ''} ({found}); "
+                                       "an ImageFolder needs at least 2 classes, one subfolder of images each")
+    return classes
+
+
+def _index(folder: Path, classes: list[str]) -> _Files:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    unknown = sorted(set(_classes(folder)) - set(classes))
+    if unknown:
+        raise ImageFolderError(folder, f"has class folders {unknown} that the training images do not have")
+    samples = make_dataset(str(folder), {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS,
+                           allow_empty=True)
+    if not samples:
+        raise ImageFolderError(folder, f"holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
+    return _Files([path for path, _ in samples], torch.tensor([label for _, label in samples], dtype=torch.int64))
+
+
+def _decode(paths: list[str], image_size: int | None) -> Tensor:
+    """``(N, C, H, W)`` float32 in [0, 1]: grayscale when the first image is, else RGB."""
+    from PIL import Image
+
+    arrays, mode = [], None
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    if image.size[0] * image.size[1] > MAX_PIXELS:
+                        raise ValueError(f"{image.size[0]}x{image.size[1]} pixels is more than {MAX_PIXELS:,}")
+                    mode = mode or ("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
+                    image = image.convert(mode)
+                    if image_size is not None and image.size != (image_size, image_size):
+                        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    array = np.asarray(image, dtype=np.uint8)
+        except Exception as error:  # noqa: BLE001 - Pillow fails on bad files with many error types
+            reason = " ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__
+            raise DatasetError(path, f"cannot be decoded as an image ({type(error).__name__}: {reason})") from None
+        if arrays and array.shape != arrays[0].shape:
+            raise DatasetError(path, f"is {array.shape[1]}x{array.shape[0]} pixels, but {paths[0]} is "
+                                     f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: pass --image-size N to resize them all")
+        arrays.append(array)
+    stacked = torch.from_numpy(np.stack(arrays))
+    stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
+    return stacked.float().div_(255.0).contiguous()

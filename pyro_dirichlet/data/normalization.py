@@ -1,0 +1,78 @@
+"""Per-channel normalisation of a user's images: measured on the training split, or given as one mean and std."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Normalization", "parse_normalize"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``(x - mean[c]) / std[c]`` per channel ``c`` of images scaled to [0, 1].
+
+    Attributes:
+        mean: one value per channel.
+        std: one positive value per channel.
+
+    Example:
+        >>> Normalization.of(torch.rand(8, 3, 4, 4)).std.__len__()
+        3
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"normalize needs one mean and one std per channel, got {self.mean} and {self.std}.")
+        if not all(math.isfinite(m) for m in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError(f"normalize needs finite means and positive, finite stds, got {self.mean} and {self.std}.")
+
+    @classmethod
+    def of(cls, images: Tensor) -> Normalization:
+        """The mean and std of each channel of ``images`` ``(N, C, H, W)``; a constant channel gets std 1."""
+        flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+        std = flat.std(dim=1, unbiased=False)
+        return cls(tuple(flat.mean(dim=1).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()))
+
+    def for_channels(self, channels: int) -> Normalization:
+        """This normalisation for ``channels`` channels: one given value serves every channel."""
+        if len(self.mean) == channels:
+            return self
+        if len(self.mean) == 1:
+            return Normalization(self.mean * channels, self.std * channels)
+        raise ValueError(f"normalize gives {len(self.mean)} channels' values, but the images have {channels} channels.")
+
+    def apply(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def parse_normalize(text: str) -> Normalization:
+    """``"0.5,0.25"`` -> the same mean and std for every channel.
+
+    Raises:
+        ValueError: not two numbers, or a std that is not positive; names ``--normalize``.
+
+    Example:
+        >>> parse_normalize("0.5,0.25")
+        Normalization(mean=(0.5,), std=(0.25,))
+    """
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        mean, std = (float(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"--normalize expects MEAN,STD (two numbers), got {text!r}.") from None
+    try:
+        return Normalization((mean,), (std,))
+    except ValueError:
+        raise ValueError(f"--normalize expects a finite MEAN and a positive, finite STD, got {text!r}.") from None

@@ -1,0 +1,115 @@
+"""torchvision's built-in classification data sets (``torchvision:FashionMNIST``, ...) as preloaded splits.
+
+The files are looked for under the resolved data root (:func:`resolve_data_root`); only
+the ``./data`` fallback may download, as for MNIST. A validation split is carved from the
+training set by a seeded permutation; the set's own test split is the test split.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyro_dirichlet.data.errors import DatasetError
+from pyro_dirichlet.data.normalization import Normalization
+from pyro_dirichlet.data.imagefolder import ImageFolderSplits
+from pyro_dirichlet.data.root import resolve_data_root
+from pyro_dirichlet.data.splits import Split, split_indices
+
+__all__ = ["TorchvisionDatasetError", "load_torchvision_dataset", "VALIDATION_SIZE"]
+
+#: Validation images carved from the training set (at most a tenth of it), as for MNIST and CIFAR-10.
+VALIDATION_SIZE = 5000
+
+
+class TorchvisionDatasetError(DatasetError):
+    """A torchvision data set that does not exist, has no train/test split, or whose files are not found."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        ValueError.__init__(self, f"data set torchvision:{name} {problem}.")
+        self.name, self.path, self.problem = name, Path(f"torchvision:{name}"), problem
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # type: ignore[override]
+        return type(self), (self.name, self.problem)
+
+
+def load_torchvision_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int | None = None,
+    normalize: Normalization | None = None,
+    split_seed: int = 0,
+) -> ImageFolderSplits:
+    """``torchvision.datasets.<name>`` (one taking ``train=True/False``) read into train, validation and test splits.
+
+    Args:
+        name: the class name in ``torchvision.datasets``, e.g. ``"FashionMNIST"``, ``"KMNIST"``, ``"CIFAR100"``.
+        data_dir: the data folder, or ``None`` for ``$PYRO_DIRICHLET_DATA``, then ``./data`` (with download).
+        image_size: resize to this many pixels square.
+        normalize: per-channel mean and std; ``None`` measures them on the training split.
+        split_seed: seed of the permutation that carves the validation split.
+
+    Raises:
+        TorchvisionDatasetError: no such data set, one without a ``train`` argument, or its files not found.
+
+    Example:
+        >>> data = load_torchvision_dataset("FashionMNIST", "/data")  # doctest: +SKIP
+    """
+    import torchvision.datasets as datasets
+
+    kind = getattr(datasets, name, None) if name.isidentifier() else None
+    if not isinstance(kind, type) or not issubclass(kind, datasets.VisionDataset):
+        raise TorchvisionDatasetError(name, "is not a data set of torchvision.datasets (e.g. FashionMNIST, "
+                                                  "KMNIST, CIFAR100); for your own images use imagefolder:DIR")
+    if "train" not in inspect.signature(kind).parameters:
+        raise TorchvisionDatasetError(name, "has no train/test split argument (train=True/False); "
+                                                  "put its images in an ImageFolder and use imagefolder:DIR")
+    root, may_download = resolve_data_root(data_dir)
+    try:
+        train_set, test_set = (kind(str(root), train=train, download=may_download) for train in (True, False))
+    except Exception as error:  # noqa: BLE001 - torchvision says "not found" as RuntimeError, a failed download as URLError
+        reason = " ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__
+        raise TorchvisionDatasetError(name, f"cannot be read under {root.absolute()} ({reason}); put its files "
+                                                  "there, or use --data-dir DIR or $PYRO_DIRICHLET_DATA") from None
+    train_images, train_labels = _tensors(train_set, image_size)
+    test_images, test_labels = _tensors(test_set, image_size)
+    size = min(VALIDATION_SIZE, len(train_labels) // 10)
+    keep, held_out = split_indices(len(train_labels), size, seed=split_seed)
+    train_images, validation_images = train_images[keep], train_images[held_out]
+    train_labels, validation_labels = train_labels[keep], train_labels[held_out]
+    channels = train_images.shape[1]
+    normalize = Normalization.of(train_images) if normalize is None else normalize.for_channels(channels)
+    classes = tuple(str(c) for c in getattr(train_set, "classes", range(int(train_labels.max()) + 1)))
+    return ImageFolderSplits(
+        train=Split(normalize.apply(train_images), train_labels),
+        validation=Split(normalize.apply(validation_images), validation_labels),
+        test=Split(normalize.apply(test_images), test_labels),
+        name=f"torchvision:{name}", num_classes=len(classes), input_shape=tuple(train_images.shape[1:]),
+        split_seed=split_seed, source=f"torchvision:{name}", classes=classes, normalization=normalize,
+    )
+
+
+def _tensors(dataset, image_size: int | None) -> tuple[Tensor, Tensor]:
+    """Images ``(N, C, H, W)`` in [0, 1] and int64 labels: from the ``data``/``targets`` arrays most sets hold, else one by one."""
+    data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    if data is not None and targets is not None and np.asarray(data).dtype == np.uint8 and np.asarray(data).ndim in (3, 4):
+        images = torch.as_tensor(np.asarray(data))
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        images = images.float().div_(255.0)
+        labels = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+    else:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        pairs = [(pil_to_tensor(image), int(label)) for image, label in dataset]
+        images = torch.stack([image for image, _ in pairs]).float().div_(255.0)
+        labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
+    if image_size is not None and images.shape[-2:] != (image_size, image_size):
+        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                                 antialias=True, align_corners=False).clamp_(0, 1)
+    return images.contiguous(), labels

@@ -1,0 +1,97 @@
+"""A user's trained weights: a safetensors file or a PyTorch state dict, checked key by key against a network.
+
+A state dict is read with ``torch.load(weights_only=True)``, which unpickles tensors and
+plain containers only, never arbitrary objects; a safetensors file involves no pickle at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WeightsError", "read_state_dict", "load_weights"]
+
+#: How many mismatching keys a message names before it says "and N more".
+_NAMED = 3
+
+
+class WeightsError(ValueError):
+    """A weights file cannot be read as a state dict, or does not fit the network it is meant for."""
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors in ``path``, a safetensors file or a file written by ``torch.save(model.state_dict(), path)``.
+
+    Raises:
+        WeightsError: the file is missing, is neither format, or holds something other than
+            a mapping of names to tensors; one sentence naming the file.
+
+    Example:
+        >>> state = read_state_dict("resnet18-cifar.pt")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a regular file.")
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{".
+    if len(head) == 9 and head[8:9] == b"{":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # noqa: BLE001 - the Rust parser's errors are of its own types
+            raise WeightsError(f"weights file {str(path)!r} is not a readable safetensors file ({_reason(error)}).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch.load fails with whatever its unpickler or zip reader raises
+        raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
+                           f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict: "
+                           "save model.state_dict().")
+    odd = [key for key, value in state.items() if not isinstance(key, str) or not isinstance(value, Tensor)]
+    if odd:
+        raise WeightsError(f"weights file {str(path)!r} is not a state dict: entry {odd[0]!r} is not a named tensor "
+                           "(a checkpoint wrapping one? save model.state_dict() itself).")
+    return dict(state)
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load the weights in ``path`` into ``network`` (in place) after checking every key and shape.
+
+    Raises:
+        WeightsError: keys missing from the file, keys the network does not have, shapes
+            that differ, or non-finite values; one sentence naming the first few of each.
+
+    Example:
+        >>> load_weights(torchvision.models.resnet18(num_classes=10), "resnet18-cifar.pt")  # doctest: +SKIP
+    """
+    state = read_state_dict(path)
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [f"{key} {tuple(state[key].shape)} where the model has {tuple(value.shape)}"
+                for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    problems = [f"{label} {_first(items)}" for label, items in (
+        ("missing", missing), ("unknown to the model", unexpected), ("of another shape", reshaped)) if items]
+    if problems:
+        raise WeightsError(f"weights file {str(path)!r} does not fit the model: keys {'; '.join(problems)}.")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise WeightsError(f"weights file {str(path)!r} holds non-finite values (NaN or infinity) in {_first(broken)}.")
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+def _first(items: list[str]) -> str:
+    named = ", ".join(items[:_NAMED])
+    return named if len(items) <= _NAMED else f"{named} and {len(items) - _NAMED} more"
+
+
+def _reason(error: Exception) -> str:
+    return (" ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__).replace("\n", " ")
