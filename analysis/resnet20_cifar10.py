@@ -43,7 +43,7 @@ from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.importance import get_criterion
-from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
+from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.baseline import load_checkpoint
 from pyro_dirichlet.plan import plan_keep
@@ -145,12 +145,12 @@ def _scores(name: str, network: nn.Module, layers, data: DataSplits, seed: int, 
 def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callable[[str], None] = print) -> dict:
     """The comparison on ``network`` (never modified) with ``data`` already cut to the protocol's sizes."""
     example = data.train.images[:2]
-    started = time.perf_counter()
+    started = time.perf_counter()  # the whole comparison's wall time, reported as "seconds"
     baseline = {"test_accuracy": accuracy(network, data.test), "validation_accuracy": accuracy(network, data.validation),
                 "params": count_parameters(network), "flops": count_flops(network, example)}
     rows, calibrated_networks, budgets = [], {}, None
     for seed in protocol.seeds:
-        with _timer() as fit_seconds:
+        with Stopwatch() as fit_watch:
             fitted = fit_switches(network, data, seed=seed)
         layers = fitted.switches.layers
         widths = {layer.name: layer.channels for layer in layers}
@@ -162,13 +162,13 @@ def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callab
                 keep = plan_keep(scores[name], counts)
                 pruned = pruned_network(network, keep, example, fold)
                 row = {"seed": seed, "budget": budget, "criterion": name, "params": count_parameters(pruned),
-                       "flops": count_flops(pruned, example), "fit_seconds": fit_seconds(),
+                       "flops": count_flops(pruned, example), "fit_seconds": fit_watch.seconds,
                        "test_pruned": accuracy(pruned, data.test), "validation_pruned": accuracy(pruned, data.validation)}
-                with _timer() as seconds:
+                with Stopwatch() as watch:
                     calibrated = calibrate(pruned, data.train, example, dataclasses.replace(protocol.calibration, seed=seed))
                 row.update({"test_calibrated": accuracy(calibrated.network, data.test),
                             "validation_calibrated": accuracy(calibrated.network, data.validation),
-                            "calibration_seconds": seconds(),
+                            "calibration_seconds": watch.seconds,
                             "calibration_kept": {"batchnorm": calibrated.batchnorm_recalibrated, "scales": calibrated.scales_kept}})
                 calibrated_networks[(seed, budget, name)] = calibrated.network
                 rows.append(row)
@@ -180,10 +180,10 @@ def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callab
         if (row["budget"], row["criterion"]) not in tuned or protocol.finetune_epochs == 0:
             continue
         network_ = calibrated_networks[(row["seed"], row["budget"], row["criterion"])]
-        with _timer() as seconds:
+        with Stopwatch() as watch:
             train_classifier(network_, data, dataclasses.replace(recipe, seed=row["seed"]), progress=False, keep_initial=True)
         network_.eval()
-        row.update({"test_finetuned": accuracy(network_, data.test), "finetune_seconds": seconds()})
+        row.update({"test_finetuned": accuracy(network_, data.test), "finetune_seconds": watch.seconds})
         log(f"seed {row['seed']} {row['budget']} {row['criterion']}: fine-tuned {row['test_finetuned']:.4f}")
     return {
         "model": MODEL, "protocol": _describe(protocol), "data": _describe_data(data),
@@ -245,7 +245,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# ResNet-20 / CIFAR-10 (JPEG copy): criteria at equal budgets", "",
+    lines = ["# ResNet-20 / CIFAR-10 (JPEG copy): criteria at equal budgets", "",
              f"Baseline test accuracy {100 * result['baseline']['test_accuracy']:.2f}% "
              f"({result['baseline']['flops']:,} FLOPs). Data: {result['data']}. Seeds {result['protocol']['seeds']}; "
              f"test accuracy (%), mean ± sd over seeds.", "",
@@ -271,17 +271,6 @@ def _describe(protocol: Protocol) -> dict:
 def _describe_data(data: DataSplits) -> str:
     source = getattr(data, "source", "") or data.name
     return f"{source}, {len(data.train):,} train (fit, Taylor, calibration, fine-tune) / {len(data.validation):,} validation / {len(data.test):,} test"
-
-
-class _timer:
-    """``with _timer() as seconds: ...`` then ``seconds()`` gives the block's wall time."""
-
-    def __enter__(self):
-        self.start, self.end = time.perf_counter(), None
-        return lambda: (self.end or time.perf_counter()) - self.start
-
-    def __exit__(self, *exc):
-        self.end = time.perf_counter()
 
 
 def cut(data: DataSplits, protocol: Protocol) -> DataSplits:
