@@ -109,11 +109,11 @@ def summarise(rows: list[dict], stages=STAGES) -> list[dict]:
     return table
 
 
-def paired_difference(rows: list[dict], budget: str, stage: str, other: str) -> dict:
-    """Method minus ``other`` per seed (same network, same counts): mean, sd and standard error."""
+def paired_difference(rows: list[dict], budget: str, stage: str, other: str, method: str = METHOD) -> dict:
+    """``method`` minus ``other`` per seed (same network, same counts): mean, sd and standard error."""
     by = {(r["seed"], r["criterion"]): r[f"test_{stage}"] for r in rows if r["budget"] == budget}
     seeds = sorted({seed for seed, _ in by})
-    differences = [by[(s, METHOD)] - by[(s, other)] for s in seeds]
+    differences = [by[(s, method)] - by[(s, other)] for s in seeds]
     mean, sd = mean_sd(differences)
     return {"mean": mean, "sd": sd, "se": sd / math.sqrt(len(differences)), "per_seed": differences}
 
@@ -180,3 +180,45 @@ def markdown(result: dict) -> str:
             lines.append(f"| {budget} | {other} | {100 * p['mean']:+.2f} ± {100 * p['se']:.2f} | {calibrated} | {tuned} "
                          f"| {'yes' if v['beats_right_after_pruning'] else 'NO'} | {beats_calibrated} | {not_worse} |")
     return "\n".join(lines) + "\n"
+
+
+def _digits(stage: str) -> int:
+    # After fine-tuning every criterion is within tenths of a point: those columns need hundredths.
+    return 2 if stage.startswith("finetune") else 1
+
+
+#: The README's question per row pair: the posterior as the library uses it (folded), and the ranking alone.
+README_PAIRS = ((METHOD, "l1-norm"), (METHOD, "random"), (METHOD, "taylor"),
+                ("dirichlet mean, no fold", "l1-norm"), ("dirichlet mean, no fold", "random"))
+
+
+def readme_tables(result: dict) -> str:
+    """The two tables README's "Does it work?" quotes, made from ``criteria.json`` (a test keeps them in sync).
+
+    Means over seeds per budget and criterion at every stage, then paired differences
+    (points, mean ± standard error) for :data:`README_PAIRS`; bold where the mean is beyond
+    two standard errors of 0.
+    """
+    stages = result["stages"]
+    headers = stage_headers(stages)
+    lines = ["| budget | criterion | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(stages)]
+    for e in result["summary"]:
+        lines.append(f"| {e['budget']} | {e['criterion']} | " + " | ".join(f"{100 * e[f'{s}_mean']:.{_digits(s)}f}" for s in stages) + " |")
+    lines += ["", "| budget | difference | " + " | ".join(headers) + " |", "|---|---|" + "---|" * len(stages)]
+    present = {r["criterion"] for r in result["rows"]}
+    for budget in result["budgets"]:
+        for method, other in README_PAIRS:
+            if method not in present or other not in present:
+                continue
+            cells = []
+            for stage in stages:
+                d = paired_difference(result["rows"], budget, stage, other, method)
+                mark = "**" if abs(d["mean"]) > 2 * d["se"] else ""
+                cells.append(f"{mark}{100 * d['mean']:+.{_digits(stage)}f} ± {100 * d['se']:.{_digits(stage)}f}{mark}")
+            lines.append(f"| {budget} | {method} − {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _digits(stage: str) -> int:
+    # After fine-tuning every criterion is within tenths of a point: those columns need hundredths.
+    return 2 if stage.startswith("finetune") else 1

@@ -141,3 +141,20 @@ def test_the_import_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
 def test_no_module_over_700_lines(name):
     lines = module_files()[name].read_text().count("\n")
     assert lines <= MAX_LINES, f"{name} has {lines} lines; split it by idea (at most {MAX_LINES})"
+
+
+#: Packages only the analysis scripts use (the ``analysis`` extra); the library must run without them.
+ANALYSIS_ONLY = ("torch_pruning",)
+
+
+def test_no_module_imports_an_analysis_only_package():
+    found = []
+    for name, path in module_files().items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for target, _ in _imported_names(tree, name, path.name == "__init__.py"):
+            if target.split(".")[0] in ANALYSIS_ONLY:
+                found.append(f"{name} imports {target}")
+    assert not found, found
+    # The check can fail: the same walk sees a lazy import inside a function.
+    lazy = ast.parse("def f():\n    import torch_pruning as tp\n")
+    assert [t for t, _ in _imported_names(lazy, "a.b", False)] == ["torch_pruning"]

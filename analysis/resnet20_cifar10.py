@@ -1,0 +1,332 @@
+"""Equal-budget comparison of the criteria on a trained ResNet-20 / CIFAR-10 (JPEG copy): issue 15, item 4.
+
+One trained network (a weights file), several seeds (each its own SVI fit, Taylor and
+calibration shuffle, random scores and fine-tune order). Every criterion keeps the same
+per-layer counts at each budget -- a share of the FLOPs (the largest uniform ratio of every
+inner conv that fits, :func:`pyro_dirichlet.allocation.uniform_counts`) or a per-layer keep
+ratio -- and goes through the same plan and surgery; the Dirichlet row folds ``E[s]*C``
+into the kept weights, as the library does. Each pruned network is scored right after
+pruning and after :func:`pyro_dirichlet.calibrate.calibrate` (BatchNorm statistics and one
+scale per kept channel, on the data the fit sees), then fine-tuned from the calibrated
+network (SGD, Nesterov, cosine, best validation epoch kept). The fit, Taylor and the
+calibration all see the same training images. Writes ``comparison.json`` and
+``comparison.md``: the baseline accuracy, one row per (seed, budget, criterion), the
+summary and the paired differences (Dirichlet minus each other criterion, same seed) with
+standard errors.
+
+    python -m analysis.resnet20_cifar10 --weights resnet20.safetensors --out analysis/results/resnet20-cifar10
+    python -m analysis.resnet20_cifar10 --weights resnet20.safetensors --reduced --out ...   # ~40 min on 2 CPU cores
+
+``--reduced`` fits, calibrates and scores Taylor on 5,000 training images, tests on 2,000
+and validates on 1,000, and fine-tunes (2 epochs on the 5,000) only at 50% of the FLOPs, only
+the Dirichlet row and the other row with the best validation accuracy after calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from analysis.study import fit_switches, mean_sd, pruned_network
+from pyro_dirichlet.allocation import uniform_counts
+from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.data import DataSplits, load_dataset
+from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
+from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.models.baseline import load_checkpoint
+from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.train import TrainConfig, train_classifier
+
+__all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "load_weights", "budget_counts_by_name", "run", "main"]
+
+MODEL = "resnet20"
+#: The method's row; every paired difference is it minus another row.
+METHOD = "dirichlet mean + fold"
+#: ``{row: (registered criterion, fold E[s]*C into the kept weights)}``.
+ROWS: dict[str, tuple[str, bool]] = {
+    METHOD: ("posterior-mean", True),
+    "dirichlet mean, no fold": ("posterior-mean", False),
+    "l1-norm": ("l1-norm", False),
+    "batchnorm |gamma|": ("batchnorm-scale", False),
+    "taylor": ("taylor", False),
+    "random": ("random", False),
+}
+STAGES = ("pruned", "calibrated", "finetuned")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The sizes of one comparison.
+
+    Attributes:
+        seeds: one fit (and Taylor, calibration, random, fine-tune seed) each.
+        fit_images: training images the fit, Taylor and calibration see (``None``: all 45,000).
+        validation_images, test_images: sizes of the seeded validation and test subsets (``None``: whole).
+        flop_budgets: shares of the baseline's FLOPs.
+        keep_ratios: per-layer keep ratios of every inner conv.
+        criteria: rows of :data:`ROWS` to compare.
+        finetune_epochs, finetune_lr: the fine-tune recipe (SGD, momentum 0.9, Nesterov,
+            weight decay 5e-4, cosine, batch 128, best validation epoch), on the fit's images.
+        finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the method and
+            the ``n`` other rows with the best mean validation accuracy after calibration (so
+            the paired difference after fine-tuning is against the strongest competitor);
+            ``None``: every row at every budget.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    fit_images: int | None = None
+    validation_images: int | None = None
+    test_images: int | None = None
+    flop_budgets: tuple[float, ...] = (0.5, 0.3)
+    keep_ratios: tuple[float, ...] = (0.5, 0.25)
+    criteria: tuple[str, ...] = tuple(ROWS)
+    finetune_epochs: int = 5
+    finetune_lr: float = 0.01
+    finetune_only: tuple[str, int] | None = None
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.criteria if name not in ROWS]
+        if unknown:
+            raise ValueError(f"criteria {unknown} are not rows of the comparison; known rows: {list(ROWS)}.")
+        if METHOD not in self.criteria:
+            raise ValueError(f"criteria must include {METHOD!r}: every paired difference is taken against it.")
+
+
+#: ``--reduced``: sized for about 40 minutes of a 2-core CPU.
+REDUCED = Protocol(fit_images=5000, validation_images=1000, test_images=2000, finetune_epochs=2,
+                   criteria=(METHOD, "l1-norm", "batchnorm |gamma|", "taylor", "random"),
+                   finetune_only=("50% FLOPs", 1))
+
+
+def load_weights(path: Path) -> tuple[nn.Module, dict]:
+    """ResNet-20 with the weights of ``path`` (a safetensors checkpoint from ``analysis.train_baseline``), in eval mode.
+
+    Raises:
+        ValueError: the file is not a ResNet-20 checkpoint (names the file).
+    """
+    state, metadata = load_checkpoint(path)
+    if metadata.get("model", MODEL) != MODEL:
+        raise ValueError(f"weights file {path} holds a {metadata.get('model')!r} checkpoint, not {MODEL!r}.")
+    network = get_model_entry(MODEL).build()
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"weights file {path} does not fit ResNet-20: {str(error).splitlines()[0]}") from error
+    return network.eval(), metadata
+
+
+def budget_counts_by_name(network: nn.Module, widths: Mapping[str, int], example: torch.Tensor, protocol: Protocol) -> dict[str, dict[str, int]]:
+    """``{budget name: per-layer keep counts}``: ``"50% FLOPs"``... then ``"keep 0.5"``..."""
+    budgets = {f"{round(100 * share)}% FLOPs": uniform_counts(network, widths, example, budget=share, cost="flops")
+               for share in protocol.flop_budgets}
+    budgets.update({f"keep {ratio:g}": {name: max(1, round(ratio * width)) for name, width in widths.items()}
+                    for ratio in protocol.keep_ratios})
+    return budgets
+
+
+def _scores(name: str, network: nn.Module, layers, data: DataSplits, seed: int, fitted) -> dict[str, torch.Tensor]:
+    registered, _ = ROWS[name]
+    options = {"posterior-mean": {"posterior": fitted.posterior}, "random": {"seed": seed},
+               "taylor": {"seed": seed, "batches": None}}.get(registered, {})
+    return get_criterion(registered, **options)(network, layers, data.train)
+
+
+def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callable[[str], None] = print) -> dict:
+    """The comparison on ``network`` (never modified) with ``data`` already cut to the protocol's sizes."""
+    example = data.train.images[:2]
+    started = time.perf_counter()  # the whole comparison's wall time, reported as "seconds"
+    baseline = {"test_accuracy": accuracy(network, data.test), "validation_accuracy": accuracy(network, data.validation),
+                "params": count_parameters(network), "flops": count_flops(network, example)}
+    rows, calibrated_networks, budgets = [], {}, None
+    for seed in protocol.seeds:
+        with Stopwatch() as fit_watch:
+            fitted = fit_switches(network, data, seed=seed)
+        layers = fitted.switches.layers
+        widths = {layer.name: layer.channels for layer in layers}
+        budgets = budgets or budget_counts_by_name(network, widths, example, protocol)
+        scores = {name: _scores(name, network, layers, data, seed, fitted) for name in protocol.criteria}
+        for budget, counts in budgets.items():
+            for name in protocol.criteria:
+                fold = fitted.means if ROWS[name][1] else None
+                keep = plan_keep(scores[name], counts)
+                pruned = pruned_network(network, keep, example, fold)
+                row = {"seed": seed, "budget": budget, "criterion": name, "params": count_parameters(pruned),
+                       "flops": count_flops(pruned, example), "fit_seconds": fit_watch.seconds,
+                       "test_pruned": accuracy(pruned, data.test), "validation_pruned": accuracy(pruned, data.validation)}
+                with Stopwatch() as watch:
+                    calibrated = calibrate(pruned, data.train, example, dataclasses.replace(protocol.calibration, seed=seed))
+                row.update({"test_calibrated": accuracy(calibrated.network, data.test),
+                            "validation_calibrated": accuracy(calibrated.network, data.validation),
+                            "calibration_seconds": watch.seconds,
+                            "calibration_kept": {"batchnorm": calibrated.batchnorm_recalibrated, "scales": calibrated.scales_kept}})
+                calibrated_networks[(seed, budget, name)] = calibrated.network
+                rows.append(row)
+                log(f"seed {seed} {budget} {name}: pruned {row['test_pruned']:.4f}, calibrated {row['test_calibrated']:.4f}")
+    tuned = _finetune_set(rows, protocol)
+    recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, optimizer="sgd", momentum=0.9,
+                         nesterov=True, weight_decay=5e-4, schedule="cosine")
+    for row in rows:
+        if (row["budget"], row["criterion"]) not in tuned or protocol.finetune_epochs == 0:
+            continue
+        network_ = calibrated_networks[(row["seed"], row["budget"], row["criterion"])]
+        with Stopwatch() as watch:
+            train_classifier(network_, data, dataclasses.replace(recipe, seed=row["seed"]), progress=False, keep_initial=True)
+        network_.eval()
+        row.update({"test_finetuned": accuracy(network_, data.test), "finetune_seconds": watch.seconds})
+        log(f"seed {row['seed']} {row['budget']} {row['criterion']}: fine-tuned {row['test_finetuned']:.4f}")
+    return {
+        "model": MODEL, "protocol": _describe(protocol), "data": _describe_data(data),
+        "baseline": baseline, "budgets": budgets, "finetuned": sorted(map(list, tuned)),
+        "rows": rows, "summary": summarise(rows), "paired": paired_differences(rows),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _finetune_set(rows: list[dict], protocol: Protocol) -> set[tuple[str, str]]:
+    """(budget, criterion) pairs to fine-tune; chosen on validation, never on test."""
+    every = {(row["budget"], row["criterion"]) for row in rows}
+    if protocol.finetune_only is None:
+        return every
+    budget, count = protocol.finetune_only
+    means = {name: mean_sd(r["validation_calibrated"] for r in rows if r["budget"] == budget and r["criterion"] == name)[0]
+             for name in protocol.criteria if name != METHOD}
+    best = sorted(means, key=lambda name: -means[name])[:count]
+    return {(budget, name) for name in (METHOD, *best)}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± sd over seeds per (budget, criterion) and stage (stages a row lacks are left out)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["budget"], row["criterion"]), []).append(row)
+    table = []
+    for (budget, criterion), members in groups.items():
+        entry = {"budget": budget, "criterion": criterion, "params": members[0]["params"], "flops": members[0]["flops"]}
+        for stage in STAGES:
+            if all(f"test_{stage}" in m for m in members):
+                entry[f"{stage}_mean"], entry[f"{stage}_sd"] = mean_sd(m[f"test_{stage}"] for m in members)
+        table.append(entry)
+    return table
+
+
+def paired_differences(rows: list[dict]) -> list[dict]:
+    """Dirichlet minus every other row, per budget and stage, paired by seed: mean, sd, standard error, per seed.
+
+    ``ahead`` / ``behind``: the mean difference is more than two standard errors above / below 0.
+    """
+    by = {(r["seed"], r["budget"], r["criterion"]): r for r in rows}
+    out = []
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        for other in dict.fromkeys(r["criterion"] for r in rows if r["criterion"] != METHOD):
+            for stage in STAGES:
+                key = f"test_{stage}"
+                pairs = [(by[(s, budget, METHOD)], by[(s, budget, other)]) for s in sorted({r["seed"] for r in rows})
+                         if (s, budget, other) in by and (s, budget, METHOD) in by]
+                pairs = [(a[key], b[key]) for a, b in pairs if key in a and key in b]
+                if not pairs:
+                    continue
+                differences = [a - b for a, b in pairs]
+                mean, sd = mean_sd(differences)
+                # One seed has no standard error: such a difference decides nothing.
+                se = sd / math.sqrt(len(differences)) if len(differences) > 1 else None
+                out.append({"budget": budget, "versus": other, "stage": stage, "mean": mean, "sd": sd, "se": se,
+                            "per_seed": differences, "ahead": se is not None and mean > 2 * se,
+                            "behind": se is not None and mean < -2 * se})
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["# ResNet-20 / CIFAR-10 (JPEG copy): criteria at equal budgets", "",
+             f"Baseline test accuracy {100 * result['baseline']['test_accuracy']:.2f}% "
+             f"({result['baseline']['flops']:,} FLOPs). Data: {result['data']}. Seeds {result['protocol']['seeds']}; "
+             f"test accuracy (%), mean ± sd over seeds.", "",
+             "| budget | criterion | FLOPs | right after pruning | after calibration | calibrated + fine-tuned |",
+             "|---|---|---|---|---|---|"]
+    for e in result["summary"]:
+        cells = " | ".join(f"{100 * e[f'{s}_mean']:.2f} ± {100 * e[f'{s}_sd']:.2f}" if f"{s}_mean" in e else "-" for s in STAGES)
+        lines.append(f"| {e['budget']} | {_cell(e['criterion'])} | {e['flops']:,} | {cells} |")
+    lines += ["", f"Paired differences, {METHOD} minus the other row (points, mean ± standard error; "
+              "ahead/behind: beyond 2 standard errors):", "", "| budget | vs | stage | difference | verdict |", "|---|---|---|---|---|"]
+    for p in result["paired"]:
+        verdict = "ahead" if p["ahead"] else "behind" if p["behind"] else "within noise" if p["se"] is not None else "one seed"
+        se = "-" if p["se"] is None else f"{100 * p['se']:.2f}"
+        lines.append(f"| {p['budget']} | {_cell(p['versus'])} | {p['stage']} | {100 * p['mean']:+.2f} ± {se} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    # "batchnorm |gamma|" would split a Markdown table cell.
+    return text.replace("|", "\\|")
+
+
+def _describe(protocol: Protocol) -> dict:
+    described = dataclasses.asdict(protocol)
+    described["calibration"] = dataclasses.asdict(protocol.calibration)
+    return described
+
+
+def _describe_data(data: DataSplits) -> str:
+    source = getattr(data, "source", "") or data.name
+    return f"{source}, {len(data.train):,} train (fit, Taylor, calibration, fine-tune) / {len(data.validation):,} validation / {len(data.test):,} test"
+
+
+def cut(data: DataSplits, protocol: Protocol) -> DataSplits:
+    """The protocol's seeded subsets of ``data`` (sizes left ``None`` keep a split whole)."""
+    return data.subset(train=protocol.fit_images, validation=protocol.validation_images, test=protocol.test_images, seed=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True, help="trained ResNet-20 safetensors checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and comparison.md")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--reduced", action="store_true", help="the CPU-sized protocol (see the module docstring)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    parser.add_argument("--fit-images", type=int, default=None, help="training images for the fit, Taylor, calibration")
+    parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument("--finetune-epochs", type=int, default=None)
+    args = parser.parse_args(argv)
+    if not args.weights.is_file():
+        parser.error(f"--weights {args.weights} is not a file.")
+    for name in ("seeds", "fit_images", "test_images"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+    if args.finetune_epochs is not None and args.finetune_epochs < 0:
+        parser.error(f"--finetune-epochs must be at least 0, got {args.finetune_epochs}.")
+    protocol = REDUCED if args.reduced else Protocol()
+    overrides = {"seeds": None if args.seeds is None else tuple(range(args.seeds)), "fit_images": args.fit_images,
+                 "test_images": args.test_images, "finetune_epochs": args.finetune_epochs}
+    protocol = dataclasses.replace(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        network, metadata = load_weights(args.weights)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    data = cut(load_dataset("cifar10", args.data_dir), protocol)
+    result = run(network, data, protocol, log=lambda line: print(line, flush=True))
+    result["weights"] = {"path": str(args.weights), "sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest(),
+                         "metadata": metadata}
+    result["reduced"] = args.reduced
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "comparison.json", result)
+    atomic_write_text(args.out / "comparison.md", markdown(result))
+    print(markdown(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The equal-budget ResNet-20 comparison, end to end on random weights and random CIFAR-shaped data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from analysis.resnet20_cifar10 import METHOD, Protocol, budget_counts_by_name, load_weights, main, markdown, run
+from pyro_dirichlet.data import DataSplits, Split
+from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.models.baseline import save_checkpoint
+
+
+def cifar_shaped(train: int = 32, validation: int = 16, test: int = 16, size: int = 8) -> DataSplits:
+    """Random CIFAR-10-like splits; 8x8 images (ResNet-20 pools globally) keep a CPU test to seconds."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return Split(torch.randn(n, 3, size, size, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+
+    return DataSplits(split(train), split(validation), split(test), "cifar10", 10, (3, size, size))
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    net = get_model_entry("resnet20").build().eval()
+    with torch.no_grad():  # distinct BatchNorm scales, so BN-gamma is not a tie everywhere
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.2, 1.5)
+    return net
+
+
+CRITERIA = (METHOD, "l1-norm", "batchnorm |gamma|", "random")
+
+
+@pytest.fixture(scope="module")
+def result(network):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    # Small enough for CI: two seeds (a standard error), one budget of each kind, four rows.
+    protocol = Protocol(seeds=(0, 1), flop_budgets=(0.5,), keep_ratios=(0.25,), criteria=CRITERIA,
+                        finetune_epochs=1, finetune_only=("50% FLOPs", 2))
+    yield run(network, cifar_shaped(), protocol, log=lambda line: None)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
+def test_every_criterion_is_scored_at_every_budget_with_equal_counts(result):
+    budgets = result["budgets"]
+    assert list(budgets) == ["50% FLOPs", "keep 0.25"]
+    assert len(result["rows"]) == 2 * len(budgets) * len(CRITERIA)
+    full = result["baseline"]["flops"]
+    for budget in budgets:
+        rows = [r for r in result["rows"] if r["budget"] == budget]
+        assert len({r["flops"] for r in rows}) == 1 and len({r["params"] for r in rows}) == 1  # same counts everywhere
+        assert all(0 <= r[f"test_{stage}"] <= 1 for r in rows for stage in ("pruned", "calibrated"))
+    assert next(r for r in result["rows"] if r["budget"] == "50% FLOPs")["flops"] <= 0.5 * full
+    assert budgets["keep 0.25"]["layer3.0.conv1"] == 16 and budgets["keep 0.25"]["layer1.0.conv1"] == 4
+
+
+def test_flop_budgets_are_the_largest_uniform_ratio_that_fits(network, one_thread):
+    from pyro_dirichlet.allocation import pruned_cost
+    from pyro_dirichlet.measure import count_flops
+    from pyro_dirichlet.structure import find_prunable_layers
+
+    example = torch.zeros(2, 3, 8, 8)
+    widths = {layer.name: layer.channels for layer in find_prunable_layers(network, example)}
+    budgets = budget_counts_by_name(network, widths, example, Protocol())
+    assert list(budgets) == ["50% FLOPs", "30% FLOPs", "keep 0.5", "keep 0.25"]
+    full = count_flops(network, example[:1])
+    for name, share in (("50% FLOPs", 0.5), ("30% FLOPs", 0.3)):
+        assert pruned_cost(network, budgets[name], example, "flops") <= share * full
+        wider = {layer: min(widths[layer], count + 1) for layer, count in budgets[name].items()}
+        assert pruned_cost(network, wider, example, "flops") > share * full  # one more channel each would not fit
+    assert budgets["keep 0.5"] == {name: width // 2 for name, width in widths.items()}
+
+
+@pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
+def test_the_method_and_the_best_others_on_validation_are_finetuned(result):
+    tuned = {(r["budget"], r["criterion"]) for r in result["rows"] if "test_finetuned" in r}
+    assert len(tuned) == 3 and {budget for budget, _ in tuned} == {"50% FLOPs"}
+    assert sorted(map(tuple, result["finetuned"])) == sorted(tuned)
+    means = {}
+    for row in result["rows"]:
+        if row["budget"] == "50% FLOPs" and row["criterion"] != METHOD:
+            means.setdefault(row["criterion"], []).append(row["validation_calibrated"])
+    ranked = sorted(means, key=lambda name: -sum(means[name]))
+    assert {name for _, name in tuned} == {METHOD, *ranked[:2]}
+
+
+@pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
+def test_paired_differences_are_method_minus_other_per_seed(result):
+    by = {(r["seed"], r["budget"], r["criterion"]): r for r in result["rows"]}
+    entry = next(p for p in result["paired"] if p["budget"] == "keep 0.25" and p["versus"] == "l1-norm" and p["stage"] == "pruned")
+    expected = [by[(s, "keep 0.25", METHOD)]["test_pruned"] - by[(s, "keep 0.25", "l1-norm")]["test_pruned"] for s in (0, 1)]
+    assert entry["per_seed"] == pytest.approx(expected)
+    assert entry["se"] == pytest.approx(entry["sd"] / 2 ** 0.5)
+    assert not any(p["stage"] == "finetuned" and p["budget"] != "50% FLOPs" for p in result["paired"])
+    assert {p["versus"] for p in result["paired"]} == set(CRITERIA) - {METHOD}
+    assert {p["versus"] for p in result["paired"] if p["stage"] == "finetuned"} == {name for _, name in tuned(result)} - {METHOD}
+    table = markdown(result)
+    assert "| keep 0.25 | random |" in table and "| keep 0.25 | batchnorm \\|gamma\\| |" in table
+
+
+def tuned(result):
+    return {(r["budget"], r["criterion"]) for r in result["rows"] if "test_finetuned" in r}
+
+
+def test_one_seed_decides_nothing(result):
+    from analysis.resnet20_cifar10 import paired_differences
+
+    one = paired_differences([r for r in result["rows"] if r["seed"] == 0])
+    assert one and all(p["se"] is None and not p["ahead"] and not p["behind"] for p in one)
+
+
+def test_weights_round_trip_and_bad_files_name_themselves(network, tmp_path):
+    path = tmp_path / "resnet20.safetensors"
+    save_checkpoint(path, network, {"model": "resnet20"})
+    loaded, metadata = load_weights(path)
+    assert metadata["model"] == "resnet20"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), network.state_dict().values()))
+    other = tmp_path / "lenet.safetensors"
+    save_checkpoint(other, get_model_entry("lenet5").build(), {"model": "lenet5"})
+    with pytest.raises(ValueError, match="lenet.safetensors holds a 'lenet5' checkpoint"):
+        load_weights(other)
+
+
+def test_cli_refuses_a_missing_weights_file_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--weights", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--weights" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    wrong = tmp_path / "lenet.safetensors"
+    save_checkpoint(wrong, get_model_entry("lenet5").build(), {"model": "lenet5"})
+    assert main(["--weights", str(wrong), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_protocol_refuses_unknown_rows():
+    with pytest.raises(ValueError, match="not rows of the comparison"):
+        Protocol(criteria=(METHOD, "l2-norm"))
+    with pytest.raises(ValueError, match="must include"):
+        dataclasses.replace(Protocol(), criteria=("l1-norm",))
