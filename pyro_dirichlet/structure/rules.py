@@ -24,7 +24,7 @@ from torch import fx, nn
 from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_of
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
-__all__ = ["OPS", "Flow", "NotFoldable", "Op", "Qualified", "Rule", "is_depthwise", "op_of"]
+__all__ = ["OPS", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule", "is_depthwise", "op_of"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,21 @@ class Flow:
 
 class NotFoldable(UnsupportedStructureError):
     """A dropped channel's constant cannot be folded: only an error if the layer is pruned."""
+
+
+class Pinned(UnsupportedStructureError):
+    """The channels reach an operation that ties them together for good (a LayerNorm over
+    them, a concatenation along another dimension): followed, understood, and not prunable
+    exactly, like a classifier's outputs. Not an error: the layer is left unpruned.
+
+    Attributes:
+        where: the operation, as :func:`describe` names it.
+        what: what it does to the channels, as a clause ("normalises over them, ...").
+    """
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"it reaches {where}, which {what}; channels tied like this are left unpruned")
+        self.where, self.what = where, what
 
 
 class Walker(Protocol):
@@ -78,12 +93,15 @@ class Op:
             (ReLU, pooling, Dropout, flatten), so a switch may multiply after it instead.
         scalar_operand: the op multiplies or divides by its second argument, and commutes
             only when that argument is a number, not a tensor.
+        parameters: the op may read the model's own tensors besides the channels (a
+            functional LayerNorm's weight and bias); its rule decides what they mean.
     """
 
     follow: Rule | None
     combines: Literal["sum", "product", "concat"] | None = None
     commutes_with_scale: bool = False
     scalar_operand: bool = False
+    parameters: bool = False
 
     def commutes(self, node: fx.Node) -> bool:
         """Whether this call of the op commutes with a non-negative per-channel scale."""
@@ -236,13 +254,19 @@ def _permute(graph, layer, flow, user, module):
 
 
 def _layernorm(graph, layer, flow, user, module):
-    """LayerNorm over dimensions other than the channels keeps them apart; over the channels
-    it mixes them (every channel shifts the others' mean and variance)."""
+    """LayerNorm (the module, or ``F.layer_norm``) over dimensions other than the channels
+    keeps them apart; over the channels it ties them (every channel shifts the others' mean
+    and variance), so masking one is not removing it: the channels are pinned."""
     ndim = len(shape_of(flow.node))
-    normalized = range(ndim - len(module.normalized_shape), ndim)
+    shape = module.normalized_shape if module is not None else argument(user, 1, "normalized_shape", None)
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(shape, (tuple, list)):
+        raise graph.unknown(layer, user, "its normalised shape is not a constant")
+    normalized = range(ndim - len(shape), ndim)
     if flow.channel_dim in normalized:
-        raise graph.unknown(
-            layer, user, "it normalises over the channels, so removing one changes all the others"
+        raise Pinned(
+            describe(user, graph.modules),
+            "normalises over them, so removing one would change all the others",
         )
     # A dropped channel becomes the LayerNorm's bias, which varies along the normalised dims.
     return replace(flow, node=user, may_be_nonzero=True, uniform=False)
@@ -500,6 +524,7 @@ OPS: dict[Any, Op] = {
         Op(_permute),
     ),
     nn.LayerNorm: Op(_layernorm),
+    F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),
     **_rows((torch.mean, "mean"), Op(_mean)),
