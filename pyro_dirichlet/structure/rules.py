@@ -223,6 +223,12 @@ def _reshape(graph, layer, flow, user, module):
                     features_per_channel=flow.features_per_channel * rest,
                     offset=flow.offset * rest,
                 )
+    if _is_channel_shuffle(flow, user):
+        raise Pinned(
+            describe(user, graph.modules),
+            "starts a channel shuffle (a view to groups, a transpose, a view back), whose order "
+            "depends on the tensor's width, so removing a channel would reorder the others",
+        )
     raise graph.unknown(
         layer,
         user,
@@ -230,6 +236,32 @@ def _reshape(graph, layer, flow, user, module):
         "dimension; only reshapes that keep each channel's values together are followed "
         "(flatten to (N, -1), squeeze, unsqueeze)",
     )
+
+
+def _is_channel_shuffle(flow: Flow, user: fx.Node) -> bool:
+    """``x.view(N, g, C // g, H, W).transpose(1, 2).contiguous().view(N, C, H, W)`` (ShuffleNet):
+    ``user`` splits the channels into groups, and its only reader chain swaps the two and
+    merges them back to the shape before."""
+    before, split = shape_of(flow.node), shape_of(user)
+    if flow.channel_dim != 1 or flow.features_per_channel != 1 or len(split) != len(before) + 1:
+        return False
+    if split[0] != before[0] or split[1] * split[2] != before[1] or split[3:] != before[2:]:
+        return False
+    node, swapped = user, False
+    while len(node.users) == 1:
+        (node,) = node.users
+        if node.target in (torch.transpose, "transpose") and not swapped:
+            dims = {argument(node, 1, "dim0", None), argument(node, 2, "dim1", None)}
+            if dims != {1, 2}:
+                return False
+            swapped = True
+        elif node.target == "contiguous":
+            continue
+        elif swapped and node.target in ("view", "reshape", torch.reshape, torch.flatten, "flatten"):
+            return "shape" in node.meta and tuple(shape_of(node)) == tuple(before)
+        else:
+            return False
+    return False
 
 
 def _permute(graph, layer, flow, user, module):
