@@ -16,7 +16,7 @@ same holds with ``on_unsupported="skip"`` (the layers it cannot follow left unpr
 model runs in a forked child with a time limit, so one giant model cannot stall the run::
 
     python -m benchmarks.coverage --json benchmarks/results/coverage.json
-    python -m benchmarks.coverage --models resnet18 vit_b_16     # a few, printed only
+    python -m benchmarks.coverage --models resnet18 registered:lenet5   # a few, printed only
 """
 
 from __future__ import annotations
@@ -59,10 +59,14 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models), key=size)
 
 
+# Registered models go by "registered:NAME": the registry's CIFAR vgg16 is not torchvision's.
+REGISTERED = "registered:"
+
+
 def registered_names() -> list[str]:
     from pyro_dirichlet.models import MODELS
 
-    return list(MODELS)
+    return [REGISTERED + name for name in MODELS]
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
@@ -70,8 +74,8 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
     torch.manual_seed(SEED)
     from pyro_dirichlet.models import MODELS
 
-    if name in MODELS:
-        entry = MODELS[name]
+    if name.startswith(REGISTERED):
+        entry = MODELS[name.removeprefix(REGISTERED)]
         return entry.build().eval(), torch.randn(BATCH, *_DATASET_INPUT[entry.dataset]), {}
     import torchvision
 
@@ -185,7 +189,7 @@ def check(name: str, send, torch_pruning: bool = True) -> None:
         return
     entry = {
         "model": name,
-        "source": "registry" if name in registered_names() else "torchvision",
+        "source": "registry" if name.startswith(REGISTERED) else "torchvision",
         "builder_options": options,
         "input_shape": list(x.shape),
         "params": count_parameters(model),
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models or known
     unknown = [name for name in names if name not in known]
     if unknown:
-        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models", file=sys.stderr)
+        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5)", file=sys.stderr)
         return 2
     start = time.perf_counter()
     entries = []
