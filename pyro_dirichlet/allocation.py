@@ -84,7 +84,13 @@ class CostModel:
         self.cost = cost
         self.layers = {layer.name: layer for layer in layers}
         self.total = count_parameters(network) if cost == "params" else count_flops(network, example_inputs)
-        names = {n for layer in layers for n in (*layer.members, *(c.name for c in layer.consumers))}
+        # A per-channel scale parameter (kind "scale", a ConvNeXt layer scale) is not priced:
+        # one parameter and one multiply per channel, next to the layers around it.
+        names = {
+            n
+            for layer in layers
+            for n in (*layer.members, *(c.name for c in layer.consumers if c.kind != "scale"))
+        }
         modules = dict(network.named_modules())
         positions = _output_positions(network, {name: modules[name] for name in names}, example_inputs)
         self.modules = {name: _sliced(modules[name], positions[name]) for name in sorted(names)}
@@ -102,6 +108,8 @@ class CostModel:
             for member in layer.members:
                 out_width[member] = count
             for consumer in layer.consumers:
+                if consumer.kind == "scale":
+                    continue
                 if consumer.kind in ("batchnorm", "depthwise", "grouped"):
                     out_width[consumer.name] -= dropped * consumer.features_per_channel
                 else:

@@ -39,6 +39,8 @@ def test_report_json_has_layers_latency_prior_and_decisions(small_run):
     report = json.loads((small_run / "report.json").read_text())
     assert {"model", "dataset", "seed", "baseline", "svi", "pruned", "total_seconds", "layers", "latency"} <= set(report)
     assert report["prior_concentration"] == 1.0
+    assert report["on_unsupported"] == "raise"
+    assert [(row["layer"], row["unsupported"]) for row in report["skipped_layers"]] == [("fc2", False)]
     assert report["pruned"]["architecture"] == {"conv1": 5, "conv2": 12, "fc1": 40}
     assert report["pruned"]["finetune_epochs"] == 1
     assert report["latency"]["batch"] == 32 and report["latency"]["pruned_seconds"] > 0
@@ -71,6 +73,9 @@ def test_report_markdown_references_png_files_beside_it(small_run):
     for name in names:
         assert (small_run / name).read_bytes().startswith(PNG_SIGNATURE)
     assert "| conv1 | 20 | 5 |" in text
+    # LeNet-5's classifier has no switch: the report says so, and why.
+    assert "## Layers left unpruned" in text
+    assert "| fc2 | its output channels reach the network's output" in text and text.rstrip().endswith("| by design |")
 
 
 def test_forest_plot_of_one_layer(tmp_path):

@@ -176,7 +176,7 @@ def test_concatenation_shifts_the_consumer_offsets():
     assert b.consumers == (Consumer("fc", "linear_in", 36, offset=72),)
 
 
-def test_concatenation_along_another_dimension_is_unsupported():
+def test_concatenation_along_another_dimension_pins_the_channels():
     class Stack(nn.Module):
         def __init__(self):
             super().__init__()
@@ -186,8 +186,10 @@ def test_concatenation_along_another_dimension_is_unsupported():
         def forward(self, x):
             return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], dim=2), 1))
 
-    with pytest.raises(UnsupportedStructureError, match=r"'cat' \(torch\.cat in the top-level forward\).*along dimension 2"):
+    # Channel c of a and of b become one channel: followed, tied, left unpruned (no error).
+    with pytest.raises(ValueError, match=r"Stack has no prunable layer \('a': it reaches 'cat' \(torch\.cat in the top-level forward\), which concatenates them with other tensors along dimension 2, tying their channels together") as error:
         find_prunable_layers(Stack(), torch.zeros(1, 1, 8, 8))
+    assert not isinstance(error.value, UnsupportedStructureError)
 
 
 def test_a_layer_feeding_a_grouped_convolution_prunes_in_whole_groups():
@@ -603,7 +605,14 @@ def test_channels_last_permutes_are_followed_into_a_linear(to_last):
     ]
 
 
-def test_layer_norm_over_the_channels_is_unsupported():
-    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2))
-    with pytest.raises(UnsupportedStructureError, match=r"module '1' \(LayerNorm\): it normalises over the channels"):
-        find_prunable_layers(net, torch.zeros(2, 4))
+def test_layer_norm_over_the_channels_pins_them_without_an_error():
+    # Masking a channel before a LayerNorm over the channels still counts it in the mean and
+    # variance; removing it does not: such channels are followed but left unpruned.
+    net = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    layers = find_prunable_layers(net, torch.zeros(2, 4))
+    assert [layer.name for layer in layers] == ["2"]
+    (pinned,) = [layer for layer in layers.skipped if layer.name == "0"]
+    assert not pinned.unsupported
+    assert "it reaches module '1' (LayerNorm), which normalises over them" in pinned.reason
+    with pytest.raises(ValueError, match=r"layer '0' cannot be pruned: it reaches module '1' \(LayerNorm\)"):
+        find_prunable_layers(net, torch.zeros(2, 4), layers=["0"])

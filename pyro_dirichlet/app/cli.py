@@ -39,6 +39,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
+    "on_unsupported": (FitOptions, "on_unsupported"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
     "hyper_guide": (FitConfig, "hyper_guide"),
@@ -213,6 +214,9 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help="layers to switch and prune, e.g. conv1,fc1 (default: every conv and hidden linear layer)")
     group.add_argument("--coupled", choices=["skip", "group"],
                        help=_help("channels coupled through residual adds: skip (leave unpruned) or group (one shared switch)", "coupled"))
+    group.add_argument("--on-unsupported", choices=["raise", "skip"],
+                       help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
+                                  "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
     group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),

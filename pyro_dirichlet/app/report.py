@@ -223,6 +223,9 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
         "prior_model": fit_config.get("prior_model"),
         "hyper_guide": fit_config.get("fit", {}).get("hyper_guide"),
         "coupled": fit_config["coupled"],
+        "on_unsupported": fit_config.get("on_unsupported", "raise"),
+        # Runs fitted before the list was recorded have none.
+        "skipped_layers": fitted.get("skipped_layers", []),
         "target": prune["target"],
         "ci_prob": options.ci_prob,
         "baseline": train,
@@ -298,6 +301,21 @@ def _predictive_note(report: Mapping[str, Any]) -> str:
 
 
 _NO_PREDICTIVE = "posterior.nc holds no predictions on validation images (fitted without a validation split)."
+
+
+def _skipped_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(layer, why, kind) for every Conv2d/Linear the fit left unswitched."""
+    return [
+        (row["layer"], row["reason"], "not followed" if row["unsupported"] else "by design")
+        for row in report.get("skipped_layers", [])
+    ]
+
+
+_SKIPPED_NOTE = (
+    "Conv2d and Linear layers without a switch, left as they are. 'by design': the classifier, "
+    "channels coupled through residual adds or tied by a LayerNorm over them; 'not followed': an "
+    "operation the structure analysis does not know, skipped under --on-unsupported skip."
+)
 
 
 def _channel_list(channels: list[int], limit: int = 30) -> str:
@@ -379,7 +397,11 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         parts.append(f"<li><b>{esc(layer)}</b>: keeps {row['kept']} of {row['width']}: "
                      f"{esc(_channel_list(row['kept_channels'], 60))}"
                      + (f"; <b>unsure</b>: {esc(_channel_list(flagged, 60))}" if flagged else "") + "</li>")
-    parts += ["</ul>", "</body></html>", ""]
+    parts += ["</ul>"]
+    if report.get("skipped_layers"):
+        parts += ["<h2>Layers left unpruned</h2>", f'<p class="note">{esc(_SKIPPED_NOTE)}</p>',
+                  table(("layer", "why", "kind"), _skipped_rows(report))]
+    parts += ["</body></html>", ""]
     return "\n".join(parts)
 
 
@@ -414,4 +436,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         flagged = row["straddling_channels"]
         lines.append(f"- **{layer}**: keeps {row['kept']} of {row['width']}: {_channel_list(row['kept_channels'], 60)}"
                      + (f"; unsure: {_channel_list(flagged, 60)}" if flagged else ""))
+    if report.get("skipped_layers"):
+        lines += ["", "## Layers left unpruned", "", _SKIPPED_NOTE, "",
+                  *table(("layer", "why", "kind"), _skipped_rows(report))]
     return "\n".join(lines) + "\n"

@@ -168,6 +168,9 @@ class FitOptions:
         layers: layers to switch and prune; ``None`` finds every conv and hidden linear layer.
         coupled: ``"skip"`` leaves channels coupled through residual adds unpruned,
             ``"group"`` gives each coupling group one shared switch.
+        on_unsupported: ``"raise"`` refuses a network with layers whose channels the
+            structure analysis cannot follow, listing them all; ``"skip"`` prunes the others
+            (the fit records the skipped layers and why, and the report lists them).
         prior: symmetric Dirichlet prior concentration of every switch.
         prior_model: instead of ``prior``, a prior model named ``package.module:function``
             (:mod:`pyro_dirichlet.app.prior_model`), imported here so a bad name fails before any work.
@@ -178,6 +181,7 @@ class FitOptions:
 
     layers: tuple[str, ...] | None = None
     coupled: str = "skip"
+    on_unsupported: str = "raise"
     prior: float = DEFAULT_CONCENTRATION
     prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
@@ -192,6 +196,8 @@ class FitOptions:
         _check_probability("ci_prob", self.ci_prob)
         if self.coupled not in ("skip", "group"):
             raise ValueError(f"coupled must be 'skip' or 'group', got {self.coupled!r}.")
+        if self.on_unsupported not in ("raise", "skip"):
+            raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {self.on_unsupported!r}.")
         if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n for n in self.layers)):
             raise ValueError(f"layers must be None or a non-empty list of layer names, got {self.layers!r}.")
         if not isinstance(self.fit, FitConfig):
@@ -373,7 +379,11 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
         prior = options.prior if options.prior_model is None else load_prior_model(options.prior_model)
-        switches = DirichletSwitches(network, example, layers=options.layers, prior=prior, coupled=options.coupled)
+        switches = DirichletSwitches(network, example, layers=options.layers, prior=prior,
+                                     coupled=options.coupled, on_unsupported=options.on_unsupported)
+        # Every layer left unswitched, and why, for the report (the classifier, coupled
+        # channels, and under on_unsupported="skip" the layers the analysis cannot follow).
+        skipped = [{"layer": s.name, "reason": s.reason, "unsupported": s.unsupported} for s in switches.layers.skipped]
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress)
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
@@ -403,7 +413,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
             save_posterior(posterior, staging / POSTERIOR)
             plot_forest(posterior, staging / FOREST, ci_prob=options.ci_prob)
             config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime)}
-            record = run.commit("fit", staging, config=config, result=result.to_dict(), seconds=watch.elapsed)["steps"]["fit"]
+            record = run.commit("fit", staging, config=config, result={**result.to_dict(), "skipped_layers": skipped},
+                                seconds=watch.elapsed)["steps"]["fit"]
         # The posterior is in place; the checkpoint only served to resume this fit.
         checkpoint.unlink(missing_ok=True)
         return record
@@ -578,7 +589,8 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
     variables = {name: draws for name, draws in variables.items() if name.endswith(".switch") or name not in prior}
     if not variables:
         raise RunDirectoryError(f"{path} holds no switch variables.")
-    layers = {layer.name: layer for layer in find_prunable_layers(network, example, coupled="group")}
+    # Skip mode: the posterior names the layers; one the analysis cannot follow is not among them.
+    layers = {layer.name: layer for layer in find_prunable_layers(network, example, coupled="group", on_unsupported="skip")}
     widths = {name: layer.channels for name, layer in layers.items()}
     for name, draws in variables.items():
         layer = name.removesuffix(".switch")

@@ -19,6 +19,12 @@ dimension (``F.pad``, option-A ResNet shortcuts) shifts channels; an add that mi
 and unshifted channels ties them in a way a single switch cannot describe, so such channels
 are never pruned.
 
+Pinned channels. Some operations tie channels together for good: a LayerNorm over them
+(removing a channel changes every other one's normalisation, so masking is not removing), a
+concatenation along another dimension (a ViT class token), a channel shuffle (its order
+depends on the width). The walk follows them and leaves such channels unpruned, like a
+classifier's outputs; layers coupled to them are left unpruned whatever else they reach.
+
 Unsupported structure. By default an operation the analysis cannot follow raises one
 :class:`UnsupportedStructureError` listing every layer it stops;
 ``find_prunable_layers(..., on_unsupported="skip")`` prunes the others and lists the skipped

@@ -45,8 +45,11 @@ def find_prunable_layers(
     prune in whole groups, ``PrunableLayer.block``), spatial slicing (``x[:, :, ::2, ::2]``),
     padding (``F.pad``, also of the channel dimension), concatenation along the channel
     dimension, residual adds and squeeze-and-excitation products (which couple layers, see the
-    module docstring), permutes that move the channel dimension, and reshapes that keep each
-    channel's values together (flatten to ``(N, -1)``, squeeze, unsqueeze).
+    module docstring), per-channel parameter scales (a ConvNeXt layer scale, also sliced),
+    permutes that move the channel dimension, and reshapes that keep each channel's values
+    together (flatten to ``(N, -1)``, squeeze, unsqueeze). A LayerNorm over the channels, a
+    concatenation along another dimension and a channel shuffle are followed too, but pin the
+    channels: such a layer (and any layer coupled to it) is skipped by design, not unsupported.
 
     The model is not modified: a copy is traced in eval mode, without gradients.
 

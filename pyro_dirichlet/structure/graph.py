@@ -33,7 +33,7 @@ from pyro_dirichlet.structure.layers import (
     UnsupportedStructureError,
 )
 from pyro_dirichlet.structure.placement import find_switch_input
-from pyro_dirichlet.structure.rules import Flow, NotFoldable, is_depthwise, op_of
+from pyro_dirichlet.structure.rules import Flow, NotFoldable, Pinned, is_depthwise, op_of
 
 __all__ = ["PARAMETRIZED", "NotPrunable", "TracedModel", "brief"]
 
@@ -66,6 +66,8 @@ class _Walk:
     consumers: list[Consumer]
     reaches_output: bool = False
     problem: UnsupportedStructureError | None = None
+    # The channels reach an operation that ties them (a LayerNorm over them): not prunable.
+    pinned: Pinned | None = None
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,11 @@ class TracedModel:
         for node in gm.graph.nodes:
             if node.op == "call_module":
                 self.calls.setdefault(node.target, []).append(node)
+        # Consumers are modules or, for a per-channel scale, a parameter (a get_attr node).
         self.order = {
-            node.target: i for i, node in enumerate(gm.graph.nodes) if node.op == "call_module"
+            node.target: i
+            for i, node in enumerate(gm.graph.nodes)
+            if node.op in ("call_module", "get_attr")
         }
         # Candidates come from the model, not the graph, so that an unused layer can be
         # reported as unused rather than as unknown.
@@ -150,11 +155,13 @@ class TracedModel:
         group stands for the group whatever the policy.
         """
         walk = self._walk(name)
-        if isinstance(walk, UnsupportedStructureError):
-            raise walk
         if isinstance(walk, NotPrunable):
             return walk
         groups = self._coupling()
+        # Channels coupled to fixed ones are never pruned, so what stops their walk further
+        # on (a Swin stage's last block reaching the patch merging) does not matter.
+        if isinstance(walk, UnsupportedStructureError) and not groups.is_fixed(name):
+            raise walk
         root = groups.find(name)
         members = sorted(
             (m for m in self._walks if m != _Groups.FIXED and groups.find(m) == root),
@@ -248,6 +255,7 @@ class TracedModel:
         self._walking = name
         seen = set()
         stack = [start]
+        unsupported = None
         while stack:
             flow = stack.pop()
             if flow in seen:
@@ -258,6 +266,14 @@ class TracedModel:
                     outcome = self._follow(name, flow, user)
                 except NotFoldable as err:
                     walk.problem = walk.problem or err
+                    continue
+                except Pinned as err:
+                    walk.pinned = walk.pinned or err
+                    continue
+                except UnsupportedStructureError as err:
+                    # Kept going: if the channels are pinned elsewhere, the layer is not
+                    # prunable anyway and what stopped this path does not matter.
+                    unsupported = unsupported or err
                     continue
                 if outcome == "output":
                     walk.reaches_output = True
@@ -270,12 +286,14 @@ class TracedModel:
                 elif isinstance(outcome, Flow):
                     stack.append(outcome)
 
-        if walk.reaches_output:
+        if walk.pinned is not None or walk.reaches_output:
             return walk
+        if unsupported is not None:
+            raise unsupported
         if len(walk.consumers) == (1 if bn is not None else 0):
             return NotPrunable("no layer reads its output")
         for consumer in walk.consumers:
-            if len(self.calls[consumer.name]) > 1:
+            if consumer.kind != "scale" and len(self.calls[consumer.name]) > 1:
                 raise UnsupportedStructureError(
                     f"layer '{name}': its consumer '{consumer.name}' is called "
                     f"{len(self.calls[consumer.name])} times in forward; a shared module "
@@ -294,6 +312,8 @@ class TracedModel:
     def _single(self, walk: _Walk) -> PrunableLayer | NotPrunable:
         if walk.reaches_output:
             return NotPrunable(self._REACHES_OUTPUT)
+        if walk.pinned is not None:
+            return NotPrunable(str(walk.pinned))
         if walk.problem is not None:
             raise walk.problem
         (node,) = self.calls[walk.switch_at]
@@ -357,6 +377,8 @@ class TracedModel:
             groups.find(name)
             if isinstance(walk, _Walk) and walk.reaches_output:
                 groups.fix(name, f"'{name}' reaches the network's output")
+            elif isinstance(walk, _Walk) and walk.pinned is not None:
+                groups.fix(name, f"'{name}' reaches {walk.pinned.where}, which {walk.pinned.what}")
         for node, arrivals in self._arrivals.items():
             inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
             covered = {arrival.input_node for arrival in arrivals}
@@ -425,6 +447,8 @@ class TracedModel:
         ]
         if others and op is not None and op.combines == "product":
             return self._product(layer, flow, user, others)
+        if others and op is not None and op.parameters and all(n.op == "get_attr" for n in others):
+            others = []  # the op's rule reads its own weights (F.layer_norm)
         if others:
             raise UnsupportedStructureError(
                 f"cannot follow the output channels of layer '{layer}' through "
@@ -469,6 +493,8 @@ class TracedModel:
             raise self.unknown(layer, user, "it multiplies more than two tensors, or the tensor by itself")
         shape, mine, theirs = shape_of(user), shape_of(flow.node), shape_of(others[0])
         d = flow.channel_dim
+        if others[0].op == "get_attr":
+            return self._parameter_scale(layer, flow, user, others[0])
         if flow.features_per_channel != 1 or not len(mine) == len(theirs) == len(shape):
             raise self.unknown(layer, user, "it multiplies flattened channels or tensors of different ranks")
         if mine[d] != shape[d] or theirs[d] not in (1, shape[d]):
@@ -487,6 +513,31 @@ class TracedModel:
         )
         return replace(flow, node=user)
 
+    def _parameter_scale(self, layer: str, flow: Flow, user: fx.Node, parameter: fx.Node) -> Any:
+        """``gamma * x`` with a parameter of the model holding one factor per channel (a
+        ConvNeXt layer scale of shape ``(C, 1, 1)``): the factor goes with its channel, sliced
+        like a BatchNorm; a single factor scales every channel alike."""
+        shape, theirs = shape_of(user), shape_of(parameter)
+        if math.prod(theirs) == 1:
+            return replace(flow, node=user)
+        # Broadcasting aligns the parameter's dimensions with the output's from the right.
+        dim = flow.channel_dim - (len(shape) - len(theirs))
+        if (
+            flow.features_per_channel != 1
+            or dim < 0
+            or theirs[dim] != shape[flow.channel_dim]
+            or math.prod(theirs) != theirs[dim]
+        ):
+            raise self.unknown(
+                layer, user,
+                f"it multiplies by the parameter '{parameter.target}' of shape {theirs}, which "
+                "is not one factor per channel",
+            )
+        consumer = Consumer(
+            parameter.target, "scale", 1, not flow.may_be_nonzero, flow.offset, dim=dim
+        )
+        return consumer, replace(flow, node=user)
+
     def width(self, layer: str) -> int:
         """Layer ``layer``'s output channels."""
         module = self.modules[layer]
@@ -498,11 +549,18 @@ class TracedModel:
         if user.target not in (torch.cat, torch.concat) or not isinstance(tensors, (list, tuple)):
             raise self.unknown(layer, user, "only torch.cat along the channel dimension is supported")
         ndim = len(shape_of(flow.node))
-        if not isinstance(dim, int) or dim % ndim != flow.channel_dim:
+        if isinstance(dim, int) and dim % ndim != flow.channel_dim:
+            # Each channel of every input goes on in the same channel of the result (a class
+            # token joining the patch tokens): removing it means cutting all of them.
+            raise Pinned(
+                describe(user, self.modules),
+                f"concatenates them with other tensors along dimension {dim}, tying "
+                "their channels together",
+            )
+        if not isinstance(dim, int):
             raise self.unknown(
                 layer, user,
-                f"it concatenates along dimension {dim}, not the channel dimension "
-                f"{flow.channel_dim}, which ties channels of different tensors together",
+                f"its dimension {dim!r} is not a constant",
             )
         positions = [i for i, t in enumerate(tensors) if t is flow.node]
         if len(positions) != 1:

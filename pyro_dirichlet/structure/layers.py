@@ -97,7 +97,10 @@ class Consumer:
             ``"depthwise"`` (a depthwise Conv2d: filter ``c`` reads and writes channel ``c``,
             so its input channels, filters and bias are all sliced) or ``"grouped"`` (a
             grouped Conv2d with as many outputs as inputs per group: whole groups of input
-            channels, with their filters and bias, are sliced; see ``PrunableLayer.block``).
+            channels, with their filters and bias, are sliced; see ``PrunableLayer.block``)
+            or ``"scale"`` (a parameter multiplying the channels one factor each, such as a
+            ConvNeXt layer scale: ``name`` is the parameter's qualified name and ``dim`` its
+            dimension holding the factors).
         features_per_channel: how many of the consumer's input features one channel of the
             layer owns: 1 normally; ``H*W`` when a conv's ``C×H×W`` output is flattened into a
             Linear, so that channel ``c`` owns features ``[c*H*W, (c+1)*H*W)``.
@@ -109,6 +112,7 @@ class Consumer:
             normally; after ``torch.cat([a, b], dim=1)``, ``b``'s channels start at
             ``a``'s width (times the features per channel once flattened); after a channel
             zero-padding, at the number of channels padded in front.
+        dim: for a ``"scale"`` consumer, the parameter's dimension that indexes channels.
 
     Example:
         >>> Consumer("fc1", "linear_in", features_per_channel=16).feature_indices([0, 2]).tolist()[:3]
@@ -118,10 +122,11 @@ class Consumer:
     """
 
     name: str
-    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise", "grouped"]
+    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise", "grouped", "scale"]
     features_per_channel: int = 1
     zero_preserved: bool = True
     offset: int = 0
+    dim: int = 0
 
     def feature_indices(self, channels: Sequence[int] | Tensor) -> Tensor:
         """The consumer's input-feature indices that belong to the given layer channels.

@@ -24,7 +24,7 @@ from torch import fx, nn
 from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_of
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
-__all__ = ["OPS", "Flow", "NotFoldable", "Op", "Qualified", "Rule", "is_depthwise", "op_of"]
+__all__ = ["OPS", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule", "is_depthwise", "op_of"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,21 @@ class Flow:
 
 class NotFoldable(UnsupportedStructureError):
     """A dropped channel's constant cannot be folded: only an error if the layer is pruned."""
+
+
+class Pinned(UnsupportedStructureError):
+    """The channels reach an operation that ties them together for good (a LayerNorm over
+    them, a concatenation along another dimension): followed, understood, and not prunable
+    exactly, like a classifier's outputs. Not an error: the layer is left unpruned.
+
+    Attributes:
+        where: the operation, as :func:`describe` names it.
+        what: what it does to the channels, as a clause ("normalises over them, ...").
+    """
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"it reaches {where}, which {what}; channels tied like this are left unpruned")
+        self.where, self.what = where, what
 
 
 class Walker(Protocol):
@@ -78,12 +93,15 @@ class Op:
             (ReLU, pooling, Dropout, flatten), so a switch may multiply after it instead.
         scalar_operand: the op multiplies or divides by its second argument, and commutes
             only when that argument is a number, not a tensor.
+        parameters: the op may read the model's own tensors besides the channels (a
+            functional LayerNorm's weight and bias); its rule decides what they mean.
     """
 
     follow: Rule | None
     combines: Literal["sum", "product", "concat"] | None = None
     commutes_with_scale: bool = False
     scalar_operand: bool = False
+    parameters: bool = False
 
     def commutes(self, node: fx.Node) -> bool:
         """Whether this call of the op commutes with a non-negative per-channel scale."""
@@ -205,6 +223,12 @@ def _reshape(graph, layer, flow, user, module):
                     features_per_channel=flow.features_per_channel * rest,
                     offset=flow.offset * rest,
                 )
+    if _is_channel_shuffle(flow, user):
+        raise Pinned(
+            describe(user, graph.modules),
+            "starts a channel shuffle (a view to groups, a transpose, a view back), whose order "
+            "depends on the tensor's width, so removing a channel would reorder the others",
+        )
     raise graph.unknown(
         layer,
         user,
@@ -212,6 +236,32 @@ def _reshape(graph, layer, flow, user, module):
         "dimension; only reshapes that keep each channel's values together are followed "
         "(flatten to (N, -1), squeeze, unsqueeze)",
     )
+
+
+def _is_channel_shuffle(flow: Flow, user: fx.Node) -> bool:
+    """``x.view(N, g, C // g, H, W).transpose(1, 2).contiguous().view(N, C, H, W)`` (ShuffleNet):
+    ``user`` splits the channels into groups, and its only reader chain swaps the two and
+    merges them back to the shape before."""
+    before, split = shape_of(flow.node), shape_of(user)
+    if flow.channel_dim != 1 or flow.features_per_channel != 1 or len(split) != len(before) + 1:
+        return False
+    if split[0] != before[0] or split[1] * split[2] != before[1] or split[3:] != before[2:]:
+        return False
+    node, swapped = user, False
+    while len(node.users) == 1:
+        (node,) = node.users
+        if node.target in (torch.transpose, "transpose") and not swapped:
+            dims = {argument(node, 1, "dim0", None), argument(node, 2, "dim1", None)}
+            if dims != {1, 2}:
+                return False
+            swapped = True
+        elif node.target == "contiguous":
+            continue
+        elif swapped and node.target in ("view", "reshape", torch.reshape, torch.flatten, "flatten"):
+            return "shape" in node.meta and tuple(shape_of(node)) == tuple(before)
+        else:
+            return False
+    return False
 
 
 def _permute(graph, layer, flow, user, module):
@@ -236,13 +286,19 @@ def _permute(graph, layer, flow, user, module):
 
 
 def _layernorm(graph, layer, flow, user, module):
-    """LayerNorm over dimensions other than the channels keeps them apart; over the channels
-    it mixes them (every channel shifts the others' mean and variance)."""
+    """LayerNorm (the module, or ``F.layer_norm``) over dimensions other than the channels
+    keeps them apart; over the channels it ties them (every channel shifts the others' mean
+    and variance), so masking one is not removing it: the channels are pinned."""
     ndim = len(shape_of(flow.node))
-    normalized = range(ndim - len(module.normalized_shape), ndim)
+    shape = module.normalized_shape if module is not None else argument(user, 1, "normalized_shape", None)
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(shape, (tuple, list)):
+        raise graph.unknown(layer, user, "its normalised shape is not a constant")
+    normalized = range(ndim - len(shape), ndim)
     if flow.channel_dim in normalized:
-        raise graph.unknown(
-            layer, user, "it normalises over the channels, so removing one changes all the others"
+        raise Pinned(
+            describe(user, graph.modules),
+            "normalises over them, so removing one would change all the others",
         )
     # A dropped channel becomes the LayerNorm's bias, which varies along the normalised dims.
     return replace(flow, node=user, may_be_nonzero=True, uniform=False)
@@ -500,6 +556,7 @@ OPS: dict[Any, Op] = {
         Op(_permute),
     ),
     nn.LayerNorm: Op(_layernorm),
+    F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),
     **_rows((torch.mean, "mean"), Op(_mean)),

@@ -19,6 +19,7 @@ from pyro_dirichlet.surgery.slicing import (
     slice_grouped_conv2d,
     slice_linear_in,
     slice_linear_out,
+    slice_parameter,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "slice_batchnorm",
     "slice_depthwise_conv2d",
     "slice_grouped_conv2d",
+    "slice_parameter",
     "scale_output_channels",
     "scale_batchnorm",
     "add_to_bias",

@@ -27,6 +27,7 @@ from pyro_dirichlet.surgery.slicing import (
     slice_grouped_conv2d,
     slice_linear_in,
     slice_linear_out,
+    slice_parameter,
 )
 
 __all__ = ["prune_channels", "mask_channels", "fold_scales"]
@@ -445,6 +446,7 @@ def _slice_selection(
     inputs are collected first, so that slicing for one layer cannot shift the next one's.
     """
     dropped: dict[str, tuple[str, list[Tensor]]] = {}
+    dims: dict[str, int] = {}
     for layer, kept in selection:
         if len(kept) == layer.channels:
             continue
@@ -452,9 +454,17 @@ def _slice_selection(
             (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(modules[member], kept)
         removed = _complement(kept, layer.channels)
         for consumer in layer.consumers:
+            dims[consumer.name] = consumer.dim
             entry = dropped.setdefault(consumer.name, (consumer.kind, []))
             entry[1].append(consumer.feature_indices(removed))
     for name, (kind, parts) in dropped.items():
+        if kind == "scale":  # a parameter, not a module: its owner gets the sliced copy
+            owner, _, attribute = name.rpartition(".")
+            dim = dims[name]
+            parameter = getattr(modules[owner], attribute)
+            keep = _complement(torch.cat(parts), parameter.shape[dim])
+            setattr(modules[owner], attribute, slice_parameter(parameter, dim, keep))
+            continue
         module = modules[name]
         size = {
             "batchnorm": lambda m: m.num_features,

@@ -18,6 +18,7 @@ __all__ = [
     "slice_batchnorm",
     "slice_depthwise_conv2d",
     "slice_grouped_conv2d",
+    "slice_parameter",
     "scale_output_channels",
     "scale_batchnorm",
     "add_to_bias",
@@ -121,6 +122,20 @@ def slice_grouped_conv2d(conv: nn.Conv2d, keep: Tensor) -> None:
         conv.bias = _sliced(conv.bias, 0, rows)
     conv.in_channels = conv.out_channels = len(rows)
     conv.groups = len(groups)
+
+
+def slice_parameter(parameter: nn.Parameter, dim: int, keep: Tensor) -> nn.Parameter:
+    """A new parameter holding only entries ``keep`` of ``parameter`` along ``dim`` (a
+    per-channel factor such as a ConvNeXt layer scale); assign it where the old one was.
+
+    Example:
+        >>> gamma = nn.Parameter(torch.arange(4.0).reshape(4, 1, 1))
+        >>> slice_parameter(gamma, 0, torch.tensor([1, 3])).flatten().tolist()
+        [1.0, 3.0]
+    """
+    if not isinstance(parameter, Tensor):
+        raise TypeError(f"parameter must be a Tensor, got {type(parameter).__name__}")
+    return _sliced(parameter, dim, keep)
 
 
 def slice_linear_out(linear: nn.Linear, keep: Tensor) -> None:
