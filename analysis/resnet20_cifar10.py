@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from analysis.study import fit_switches, mean_sd, pruned_network
+from analysis.study import fit_switches, mean_sd, pruned_network, stage_summary
 from pyro_dirichlet.allocation import uniform_counts
 from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
@@ -215,9 +215,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     table = []
     for (budget, criterion), members in groups.items():
         entry = {"budget": budget, "criterion": criterion, "params": members[0]["params"], "flops": members[0]["flops"]}
-        for stage in STAGES:
-            if all(f"test_{stage}" in m for m in members):
-                entry[f"{stage}_mean"], entry[f"{stage}_sd"] = mean_sd(m[f"test_{stage}"] for m in members)
+        entry.update(stage_summary(members, [stage for stage in STAGES if all(f"test_{stage}" in m for m in members)]))
         table.append(entry)
     return table
 

@@ -8,6 +8,7 @@ one module at a time.
 from __future__ import annotations
 
 from pyro_dirichlet.surgery.channels import fold_scales, mask_channels, prune_channels
+from pyro_dirichlet.surgery import slicing
 from pyro_dirichlet.surgery.slicing import (
     add_to_bias,
     scale_batchnorm,
@@ -22,19 +23,4 @@ from pyro_dirichlet.surgery.slicing import (
     slice_parameter,
 )
 
-__all__ = [
-    "prune_channels",
-    "mask_channels",
-    "fold_scales",
-    "slice_conv2d_out",
-    "slice_conv2d_in",
-    "slice_linear_out",
-    "slice_linear_in",
-    "slice_batchnorm",
-    "slice_depthwise_conv2d",
-    "slice_grouped_conv2d",
-    "slice_parameter",
-    "scale_output_channels",
-    "scale_batchnorm",
-    "add_to_bias",
-]
+__all__ = ["prune_channels", "mask_channels", "fold_scales", *slicing.__all__]
