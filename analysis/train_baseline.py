@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=_positive, help="replace the recipe's epoch count")
+    parser.add_argument("--lr", type=float, help="replace the recipe's peak learning rate (a warm restart wants less)")
     parser.add_argument("--subset", type=_positive, help="train on a seeded subset of this size")
     parser.add_argument(
         "--eval-subset", type=_positive, help="cut validation and test to this size (smoke runs)"
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the metadata here")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--threads", type=_positive, help="torch CPU threads")
+    parser.add_argument(
+        "--init-from", type=Path, help="start from this checkpoint (a warm restart) instead of a seeded init"
+    )
     parser.add_argument("--channels-last", action="store_true", help="train in channels-last memory format")
     return parser.parse_args(argv)
 
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(dataset, args.data_dir)
     load_seconds = time.perf_counter() - started
     data = data.subset(train=args.subset, validation=args.eval_subset, test=args.eval_subset, seed=0)
-    config = entry.train if args.epochs is None else dataclasses.replace(entry.train, epochs=args.epochs)
+    changes = {name: value for name, value in (("epochs", args.epochs), ("lr", args.lr)) if value is not None}
+    config = dataclasses.replace(entry.train, **changes)
     baseline = load_or_train_baseline(
         args.model,
         data,
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         train_config=config,
         channels_last=args.channels_last,
+        init_from=args.init_from,
     )
     report = {
         **baseline.metadata,

@@ -141,7 +141,20 @@ class Baseline:
     train_result: TrainResult | None
 
 
-def _cache_key(name: str, data: DataSplits, config: TrainConfig) -> str:
+def _read_init(path: str | os.PathLike[str], build: Callable[[], nn.Module]) -> tuple[dict[str, Tensor], str]:
+    # Checked here, before any training, so a wrong file fails in a second, not an hour in.
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint file at {path}")
+    state, _ = load_checkpoint(path)
+    try:
+        build().load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"init_from: {path} does not hold this model's weights ({error})") from None
+    return state, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cache_key(name: str, data: DataSplits, config: TrainConfig, init_sha256: str | None = None) -> str:
     # Labels pin down which examples each split holds (and in what order) without hashing
     # every pixel; float sums of the images would vary in the last bits between machines.
     labels = hashlib.sha256()
@@ -164,6 +177,8 @@ def _cache_key(name: str, data: DataSplits, config: TrainConfig) -> str:
         description["source"] = data.source
     if data.augment is not None:
         description["augment"] = repr(data.augment)
+    if init_sha256 is not None:
+        description["init_from_sha256"] = init_sha256
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
@@ -192,6 +207,7 @@ def load_or_train_baseline(
     progress: bool = True,
     train_config: TrainConfig | None = None,
     channels_last: bool = False,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> Baseline:
     """The trained baseline of model ``name``: from the cache if present, else trained now.
 
@@ -210,6 +226,10 @@ def load_or_train_baseline(
             it is part of the cache key.
         channels_last: train in the channels-last memory format (about 15% faster on a
             CPU for convolutional networks; same recipe, so the same cache entry).
+        init_from: a checkpoint (:func:`save_checkpoint` format) of the same model to start
+            from instead of a seeded initialisation: a second one-cycle run over a trained
+            baseline (a warm restart) when one run of a CPU-sized recipe falls short. Its
+            SHA-256 is part of the cache key and recorded in the metadata.
 
     Returns:
         A :class:`Baseline` whose model is in eval mode on ``device``.
@@ -227,7 +247,8 @@ def load_or_train_baseline(
     if train_config is not None and not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig or None, got {type(train_config).__name__}")
     config = dataclasses.replace(entry.train if train_config is None else train_config, seed=seed)
-    key = _cache_key(name, data, config)
+    init_state, init_sha256 = (None, None) if init_from is None else _read_init(init_from, entry.build)
+    key = _cache_key(name, data, config, init_sha256)
     path = resolve_cache_dir(cache_dir) / f"{name}-{data.name}-{key[:16]}.safetensors"
 
     if path.exists():
@@ -245,6 +266,8 @@ def load_or_train_baseline(
     # Seeding before building makes the initial weights, not only the training, reproducible.
     torch.manual_seed(seed)
     model = entry.build()
+    if init_state is not None:
+        model.load_state_dict(init_state)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # A long CPU training (CIFAR ResNets) is killed and rerun: it continues from here.
@@ -261,6 +284,7 @@ def load_or_train_baseline(
         "data_source": data.source or data.name,
         "augment": None if data.augment is None else repr(data.augment),
         "train": config.to_dict(),
+        "init_from_sha256": init_sha256,
         "seed": seed,
         "split_seed": data.split_seed,
         "validation_accuracy": result.best_validation_accuracy,

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -148,6 +149,24 @@ def test_changing_config_or_seed_retrains(tiny_mnist, tmp_path):
     assert other_config.trained_now and other_seed.trained_now
     assert other_seed.metadata["seed"] == 1 and other_seed.metadata["train"]["seed"] == 1
     assert len(files_in(tmp_path)) == 3
+
+
+def test_a_warm_restart_starts_from_the_given_weights_and_is_its_own_cache_entry(tiny_mnist, tmp_path):
+    first = load_or_train_baseline("lenet300", tiny_mnist, cache_dir=tmp_path, train_config=TINY, progress=False)
+    (start,) = (tmp_path / name for name in files_in(tmp_path))
+    zero = dataclasses.replace(TINY, epochs=0)  # no training: the result is the starting point itself
+    restarted = load_or_train_baseline(
+        "lenet300", tiny_mnist, cache_dir=tmp_path / "warm", train_config=zero, progress=False, init_from=start
+    )
+    assert same_weights(first.model, restarted.model)
+    assert restarted.metadata["init_from_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    cold = load_or_train_baseline("lenet300", tiny_mnist, cache_dir=tmp_path / "cold", train_config=zero, progress=False)
+    assert cold.metadata["cache_key"] != restarted.metadata["cache_key"] and cold.metadata["init_from_sha256"] is None
+    assert not same_weights(first.model, cold.model)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        load_or_train_baseline("lenet300", tiny_mnist, cache_dir=tmp_path, train_config=TINY, init_from=tmp_path / "none")
+    with pytest.raises(ValueError, match="init_from: .* does not hold this model's weights"):
+        load_or_train_baseline("lenet5", tiny_mnist, cache_dir=tmp_path, train_config=TINY, init_from=start)
 
 
 def test_corrupt_cache_file_is_retrained_with_warning(tiny_mnist, tmp_path):
