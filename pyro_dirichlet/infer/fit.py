@@ -36,7 +36,7 @@ from pyro_dirichlet.infer.guide import (
     make_guide,
 )
 from pyro_dirichlet.structure import PrunableLayer
-from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood, is_learnable
+from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood
 from pyro_dirichlet.infer.stream import StreamedBatches
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
@@ -526,7 +526,7 @@ def _prepare_guide(
     create their parameters; with the built guide, a first run in a scratch store names
     them, so values a previous fit left in the store are forgotten and this fit starts afresh.
     """
-    if guide is None and switches.priors.fixed and not is_learnable(switches.likelihood):
+    if guide is None and switches.priors.fixed and not switches.has_params:
         guide = DirichletGuide(switches.layers, init_concentration=config.init_concentration)
         guide.reset()
         guide.initialise(device)
@@ -552,7 +552,7 @@ def _prepare_guide(
 def _create_params(switches: DirichletSwitches, guide: Callable, example: tuple, kwargs: dict) -> None:
     """:func:`create_params`, and the likelihood's parameters (a learned noise scale) where it may declare some."""
     create_params(switches, guide, example, kwargs)
-    switches.create_likelihood_params(*example)
+    switches.create_model_params(*example)
 
 
 def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -263,7 +263,7 @@ def load_guide(posterior, switches: DirichletSwitches) -> DirichletGuide | AutoG
         guide.initialise(device)
     else:
         create_params(switches, guide, example, {})
-    switches.create_likelihood_params()  # a learned noise scale was saved with the guide's parameters
+    switches.create_model_params()  # layer gains and a learned noise scale were saved with the guide's parameters
     state = store.get_state()
     unknown = sorted(set(values) - set(state["params"]))
     missing = sorted(name for name in state["params"] if name.startswith(tuple(f"{switch_site(l.name)}." for l in switches.layers)) and name not in values)

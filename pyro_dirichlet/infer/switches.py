@@ -11,6 +11,7 @@ from pyro import poutine
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 from pyro_dirichlet.infer.likelihoods import (
     CategoricalLikelihood,
@@ -23,7 +24,7 @@ from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolv
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
 
-__all__ = ["DirichletSwitches", "switch_site", "freeze"]
+__all__ = ["DirichletSwitches", "switch_site", "gain_param", "freeze"]
 
 
 def switch_site(layer_name: str) -> str:
@@ -33,6 +34,11 @@ def switch_site(layer_name: str) -> str:
     and the ArviZ posterior, so a user follows one name through the whole workflow.
     """
     return f"{layer_name}.switch"
+
+
+def gain_param(layer_name: str) -> str:
+    """The param-store name of a layer's learned gain (``layer_gain=True``), e.g. ``"conv1.switch.gain"``."""
+    return f"{switch_site(layer_name)}.gain"
 
 
 def freeze(network: nn.Module) -> nn.Module:
@@ -92,6 +98,15 @@ class DirichletSwitches:
             ``"bernoulli"`` (multi-label), :func:`~pyro_dirichlet.infer.likelihoods.loss_likelihood`
             (a tempered loss), or any callable ``likelihood(outputs, targets) ->
             distribution`` whose batch shape is the batch.
+        layer_gain: also learn one positive gain per switched layer (a ``pyro.param``
+            point estimate, :func:`gain_param`, initialised at 1) that multiplies the
+            layer's ``s_l * C``. Why: on the simplex the channel scales always sum to ``C``,
+            so a network that would do better with a layer's output scaled down (as a
+            network does after some of its units are damaged) can only do so by moving mass
+            onto channels nothing reads, and those dead channels then rank *high*. The gain
+            takes over that role, so the switch mass says which channels matter, not how
+            loud the layer should be. Neither the ranking nor the fold uses the gain (it
+            scales every kept channel alike). Measured in ``analysis/planted.py``.
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -111,6 +126,7 @@ class DirichletSwitches:
         placement: Literal["input", "output"] = "input",
         on_unsupported: Literal["raise", "skip"] = "raise",
         likelihood: LikelihoodSpec = "categorical",
+        layer_gain: bool = False,
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
@@ -123,6 +139,9 @@ class DirichletSwitches:
         )
         self.priors = resolve_prior(prior, self.layers)
         self.likelihood = resolve_likelihood(likelihood)
+        if not isinstance(layer_gain, bool):
+            raise TypeError(f"layer_gain must be True or False, got {layer_gain!r}.")
+        self.layer_gain = layer_gain
         # One example kept, so a learnable likelihood's parameters can be created without data (load_guide).
         self.example = example_inputs[:1].detach().clone()
         self._modules = dict(network.named_modules())
@@ -197,22 +216,42 @@ class DirichletSwitches:
             distribution = self.likelihood(outputs.float(), targets)
         check_batch_shape(self.likelihood, distribution, outputs, torch.Size([len(images)]))
 
-    def create_likelihood_params(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> None:
-        """Run the likelihood once, blocked, so any ``pyro.param`` it declares (a learned noise scale) is in the param store.
+    def create_model_params(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> None:
+        """Create the model's own ``pyro.param`` sites in the param store: the layer gains
+        (``layer_gain=True``), and whatever the likelihood declares (a learned noise scale),
+        by running it once, blocked.
 
-        Nothing happens for a likelihood without parameters (see
+        Nothing happens without gains and for a likelihood without parameters (see
         :func:`~pyro_dirichlet.infer.likelihoods.is_learnable`).
 
         Args:
             inputs: examples on the network's device; ``None``: the example kept from construction.
             targets: their targets, ``None`` where the likelihood does not need them.
         """
+        if self.layer_gain:
+            device = next(iter(self.network.parameters()), self.example).device
+            with torch.no_grad(), poutine.block():
+                self.gains(device)
         if not is_learnable(self.likelihood):
             return
         if inputs is None:
             inputs = self.example.to(next(iter(self.network.parameters()), self.example).device)
         with torch.no_grad(), poutine.block():
             self.likelihood(self.network(inputs).float(), targets)
+
+    @property
+    def has_params(self) -> bool:
+        """Whether the model itself declares ``pyro.param`` sites (layer gains, a learned likelihood scale)."""
+        return self.layer_gain or is_learnable(self.likelihood)
+
+    def gains(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """``{layer name: learned gain}`` (``pyro.param`` sites, created at 1); empty without ``layer_gain``."""
+        if not self.layer_gain:
+            return {}
+        return {
+            layer.name: pyro.param(gain_param(layer.name), lambda: torch.ones((), device=device), constraint=constraints.positive)
+            for layer in self.layers
+        }
 
     def switch_prior(
         self,
@@ -261,6 +300,8 @@ class DirichletSwitches:
         if self.network.training:
             self.network.eval()
         values = self.switch_prior(images)
+        gains = self.gains(images.device)
+        values = {name: value * gains[name] if gains else value for name, value in values.items()}
         # Predictive(parallel=True) hands given draws over as (draws, channels): it counts the
         # channel dimension as a batch one and leaves out the data plate's. One row per draw all
         # the same, so they get the data plate's size-1 dimension back.
