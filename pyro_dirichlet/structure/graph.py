@@ -26,6 +26,7 @@ from pyro_dirichlet.structure._fx import (
     trace,
     uses,
 )
+from pyro_dirichlet.structure.attention import attention_site
 from pyro_dirichlet.structure.layers import (
     Consumer,
     CouplingPolicy,
@@ -136,9 +137,13 @@ class TracedModel:
         candidates = [
             name
             for name, module in model.named_modules()
-            if name and type(module) in (nn.Conv2d, nn.Linear)
+            if name and type(module) in (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
         ]
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
+        # An attention's value channels never leave it: it has a site, but no walk.
+        self.attentions = {
+            name for name in candidates if type(model.get_submodule(name)) is nn.MultiheadAttention
+        }
         self._walks: dict[str, _Walk | NotPrunable | UnsupportedStructureError] = {}
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
         self._groups: _Groups | None = None
@@ -154,6 +159,8 @@ class TracedModel:
         ``named``: the caller asked for this layer by name, so the first member of a coupling
         group stands for the group whatever the policy.
         """
+        if name in self.attentions:
+            return self._attention(name, named)
         walk = self._walk(name)
         if isinstance(walk, NotPrunable):
             return walk
@@ -204,6 +211,19 @@ class TracedModel:
             if named:
                 raise
             return NotPrunable(str(err))
+
+    def _attention(self, name: str, named: bool) -> PrunableLayer | NotPrunable:
+        """The value channels of attention ``name``; an unsupported one is reported, not
+        raised, in automatic mode (attention was never pruned before it could be)."""
+        module = self.modules[name] if name in self.modules else self.model.get_submodule(name)
+        if parametrize.is_parametrized(module):
+            return NotPrunable(PARAMETRIZED)
+        try:
+            return attention_site(name, module, self.calls.get(name, []))
+        except UnsupportedStructureError as err:
+            if named:
+                raise
+            return NotPrunable(str(err), unsupported=True)
 
     # --- one layer's walk ---------------------------------------------------------------------
 
@@ -373,6 +393,8 @@ class TracedModel:
             return self._groups
         groups = _Groups()
         for name in self.candidates:
+            if name in self.attentions:
+                continue
             walk = self._walk(name)
             groups.find(name)
             if isinstance(walk, _Walk) and walk.reaches_output:
