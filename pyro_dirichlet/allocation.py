@@ -45,10 +45,10 @@ def pruned_cost(network: nn.Module, counts: Mapping[str, int], example_inputs: t
 class _Sliced:
     """One module that shrinks with some layers: what its weight and bias hold, and where."""
 
-    kind: Literal["conv", "grouped", "linear", "batchnorm"]
+    kind: Literal["conv", "grouped", "linear", "batchnorm", "attention"]
     out_width: int  # output channels/features (a BatchNorm's or depthwise conv's channels)
     in_width: int  # input channels/features per group (1 for a depthwise conv; 0 for a BatchNorm)
-    window: int  # kernel positions of a conv, 1 otherwise
+    window: int  # kernel positions of a conv; 2 for attention (value rows in, out_proj columns out); 1 otherwise
     positions: int  # output positions per example that each weight is applied at (FLOPs)
     biases: int  # bias-like vectors of length out_width (conv/linear bias; BN weight and bias)
 
@@ -133,6 +133,11 @@ def _sliced(module: nn.Module, positions: int) -> _Sliced:
         return _Sliced("conv", module.out_channels, module.in_channels, window, positions, biases)
     if isinstance(module, nn.Linear):
         return _Sliced("linear", module.out_features, module.in_features, 1, positions, biases)
+    if isinstance(module, nn.MultiheadAttention):
+        # A value channel is a row of the input projection (and its bias) and a column of
+        # out_proj, each embed_dim wide: its "out width" is the value channels.
+        biases = int(module.in_proj_bias is not None)
+        return _Sliced("attention", module.embed_dim, module.embed_dim, 2, positions, biases)
     raise TypeError(f"cannot price module {type(module).__name__}")  # structure slices no other
 
 
@@ -149,6 +154,10 @@ def _output_positions(network: nn.Module, modules: dict[str, nn.Module], example
 
     def record(name):
         def hook(module, args, output):
+            if isinstance(module, nn.MultiheadAttention):
+                # (output, weights): every token of the one example, whichever layout
+                positions[name] = math.prod(output[0].shape[:-1])
+                return
             shape = output.shape
             per_channel = shape[2:] if not isinstance(module, nn.Linear) else shape[1:-1]
             positions[name] = math.prod(per_channel)

@@ -22,7 +22,7 @@ from pyro_dirichlet.infer.likelihoods import (
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
-from pyro_dirichlet.surgery.attention import PrunedMultiheadAttention
+from pyro_dirichlet.surgery.attention import AttentionValuesHook
 
 __all__ = ["DirichletSwitches", "switch_site", "freeze"]
 
@@ -155,7 +155,8 @@ class DirichletSwitches:
         ``placement="input"`` a single layer's multiply runs at ``layer.switch_input``'s input
         where there is one: the network's output is the same, its intermediate tensors
         between the layer and that module are not scaled. An attention site's switch scales
-        the attention's value channels, inside the module (see :class:`_ValueSwitch`).
+        the attention's value channels, inside the module (see
+        :class:`~pyro_dirichlet.surgery.attention.AttentionValuesHook`).
 
         A value may also be a ``(particles, channels)`` matrix, one switch vector per
         particle; the network's input batch must then be ``particles`` copies of the
@@ -169,7 +170,7 @@ class DirichletSwitches:
                     continue
                 scale = values[layer.name] * layer.channels
                 if layer.kind == "attention":
-                    handles.append(_ValueSwitch(self._modules[layer.switch_at], scale, layer))
+                    handles.append(AttentionValuesHook(self._modules[layer.switch_at], _scale_output(scale, layer)))
                     continue
                 if self.placement == "input" and layer.switch_input is not None:
                     # First among the pre-hooks, so any other hook sees what the module reads.
@@ -318,32 +319,6 @@ def _scale_output(scale: torch.Tensor, layer: PrunableLayer):
         return _multiply(output, scale.reshape(*scale.shape[:-1], *shape))
 
     return hook
-
-
-class _ValueSwitch:
-    """An ``nn.MultiheadAttention`` running with its value channels scaled, until :meth:`remove`.
-
-    The values exist only inside ``nn.MultiheadAttention``'s forward, so for the block the
-    module's ``forward`` is a :class:`~pyro_dirichlet.surgery.attention.PrunedMultiheadAttention`
-    holding the same parameters (the same function), whose values pass an ``nn.Identity`` that
-    a forward hook scales like a Linear's output (per particle too). Overriding the instance's
-    ``forward`` keeps the module tree, its names and its own hooks as they are; scaling the
-    weights instead could not give each particle its own switch.
-    """
-
-    def __init__(self, attention: nn.Module, scale: torch.Tensor, layer: PrunableLayer) -> None:
-        shared = PrunedMultiheadAttention.sharing(attention)
-        shared.values.register_forward_hook(_scale_output(scale, layer))
-
-        def forward(*args, **kwargs):
-            shared.train(attention.training)
-            return shared(*args, **kwargs)
-
-        attention.forward = forward
-        self.attention = attention
-
-    def remove(self) -> None:
-        del self.attention.forward
 
 
 def _scale_input(scale: torch.Tensor, point: SwitchInput):

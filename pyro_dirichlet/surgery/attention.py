@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from pyro_dirichlet.structure.attention import attention_problem
 
 __all__ = [
+    "AttentionValuesHook",
     "PrunedMultiheadAttention",
     "check_prunable_attention",
     "scale_attention_values",
@@ -138,23 +139,37 @@ class PrunedMultiheadAttention(nn.Module):
         batch, tokens, sources = q.shape[0], q.shape[1], k.shape[1]
         q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(batch, sources, self.num_heads, self.head_dim).transpose(1, 2)
-        # nn.MultiheadAttention scales the queries before the product, as here.
-        weights = torch.softmax((q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1), dim=-1)
-        if self.training and self.dropout > 0:
-            weights = F.dropout(weights, p=self.dropout)
-        if len(set(self.value_widths)) == 1:
-            width = self.value_widths[0]
-            heads = weights @ v.reshape(batch, sources, self.num_heads, width).transpose(1, 2)
-            output = heads.transpose(1, 2).reshape(batch, tokens, -1)
-        else:  # ragged heads: each reads its own slice of the value channels
-            parts = v.split(self.value_widths, dim=-1)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            # nn.MultiheadAttention computes the weights explicitly when it returns them.
+            weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+            if dropout > 0:
+                weights = F.dropout(weights, p=dropout)
+            parts = v.split(self.value_widths, dim=-1)  # each head reads its own value channels
             output = torch.cat([weights[:, h] @ part for h, part in enumerate(parts)], dim=-1)
+        else:
+            # Without weights it calls scaled_dot_product_attention with heads as wide as the
+            # queries, as here: the values are zero-padded to that width, and the padding
+            # dropped after. So both run the same kernel, and count the same FLOPs.
+            width = max(self.head_dim, *self.value_widths)
+            slots = torch.cat(
+                [h * width + torch.arange(w, device=v.device) for h, w in enumerate(self.value_widths)]
+            )
+            if len(slots) != self.num_heads * width:
+                v = v.new_zeros(batch, sources, self.num_heads * width).index_copy(-1, slots, v)
+            values = v.reshape(batch, sources, self.num_heads, width).transpose(1, 2)
+            heads = F.scaled_dot_product_attention(q, k, values, dropout_p=dropout, scale=scale)
+            output = heads.transpose(1, 2).reshape(batch, tokens, -1)
+            if len(slots) != self.num_heads * width:
+                output = output.index_select(-1, slots)
         output = self.out_proj(output)
         if transposed:
             output = output.transpose(0, 1)
         if unbatched:
             output = output.squeeze(0)
-        if not need_weights:
+        if weights is None:
             return output, None
         if average_attn_weights:
             weights = weights.mean(dim=1)
@@ -165,6 +180,47 @@ class PrunedMultiheadAttention(nn.Module):
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
             f"value_widths={self.value_widths}, batch_first={self.batch_first}"
         )
+
+
+class AttentionValuesHook:
+    """A forward hook on an ``nn.MultiheadAttention``'s values, until :meth:`remove`.
+
+    The values exist only inside ``nn.MultiheadAttention``'s forward, so while the hook is on,
+    the module's ``forward`` is :meth:`PrunedMultiheadAttention.sharing`'s (the same function,
+    the same parameters), whose values pass an ``nn.Identity`` that carries ``hook``: it sees
+    the ``(batch, tokens, channels)`` values and may return them scaled, as a hook on a
+    Linear's output would. Overriding the instance's ``forward`` keeps the module tree, its
+    names and its own hooks as they are; the hook may scale each example of the batch by its
+    own factors (a fit's particles), which scaling the weights could not.
+
+    Args:
+        attention: an ``nn.MultiheadAttention`` (see :func:`check_prunable_attention`).
+        hook: ``hook(module, inputs, values) -> values or None``, as ``register_forward_hook`` takes.
+
+    Example:
+        >>> attention = nn.MultiheadAttention(4, 2, batch_first=True).eval()
+        >>> x = torch.randn(1, 3, 4)
+        >>> handle = AttentionValuesHook(attention, lambda module, inputs, values: values * 0)
+        >>> bool(attention(x, x, x)[0].eq(attention.out_proj.bias).all())
+        True
+        >>> handle.remove()
+    """
+
+    def __init__(self, attention: nn.Module, hook) -> None:
+        shared = PrunedMultiheadAttention.sharing(attention)
+        shared.values.register_forward_hook(hook)
+
+        def forward(*args, **kwargs):
+            shared.train(attention.training)
+            return shared(*args, **kwargs)
+
+        attention.forward = forward
+        self.attention = attention
+
+    def remove(self) -> None:
+        """Give the module its own forward back."""
+        if "forward" in vars(self.attention):
+            del self.attention.forward
 
 
 def check_prunable_attention(attention: nn.Module) -> None:
