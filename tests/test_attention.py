@@ -240,3 +240,36 @@ def test_vit_b_16_loses_at_least_40_percent_of_its_parameters_at_half_width():
     kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
     assert kept <= 0.6
     assert relative_difference(output(pruned, x), output(mask_channels(model, keep, x, layers=layers), x)) <= 1e-4
+
+
+def test_the_cost_model_prices_attention_value_channels_exactly():
+    from pyro_dirichlet.allocation import CostModel
+    from pyro_dirichlet.measure import count_flops, count_parameters
+
+    for model, x in (small_vit(), (Block(batch_first=False).eval(), torch.randn(5, 2, 16))):
+        layers = find_prunable_layers(model, x, coupled="group")
+        generator = torch.Generator().manual_seed(0)
+        scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
+        keep = plan_keep(scores, dict.fromkeys(scores, 0.3))
+        pruned = prune_channels(model, keep, x, layers=layers)
+        counts = {name: len(kept) for name, kept in keep.items()}
+        assert CostModel(model, layers, x, "params")(counts) == count_parameters(pruned)
+        assert CostModel(model, layers, x, "flops")(counts) == count_flops(pruned, x)
+        assert count_flops(pruned, x) < count_flops(model, x)  # attention's projections are counted
+
+
+def test_criteria_and_calibration_scales_reach_the_values():
+    from pyro_dirichlet.calibrate import _scaled
+    from pyro_dirichlet.importance import get_criterion
+
+    torch.manual_seed(4)
+    model, x = Block().eval(), torch.randn(4, 5, 16)
+    layers = find_prunable_layers(model, x)
+    l1 = get_criterion("l1-norm")(model, layers)["attention"]
+    assert torch.allclose(l1, model.attention.in_proj_weight[32:].abs().sum(1).double())
+    taylor = get_criterion("taylor", batches=1, batch_size=4)(model, layers, [(x, torch.tensor([0, 1, 2, 0]))])
+    assert taylor["attention"].shape == (16,) and bool(taylor["attention"].gt(0).any())
+    scales = {"attention": torch.rand(16)}
+    with _scaled(model, layers, scales):
+        got = output(model, x)
+    assert relative_difference(got, output(fold_scales(model, scales, x), x)) <= 1e-5
