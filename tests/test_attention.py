@@ -20,7 +20,7 @@ from pyro_dirichlet.surgery import (
     fold_scales,
     mask_channels,
     prune_channels,
-    slice_attention_values,
+    slice_attention,
 )
 
 
@@ -94,7 +94,7 @@ def test_the_replacement_computes_what_multihead_attention_computes_at_full_widt
     if not batch_first:
         query, key = query.transpose(0, 1), key.transpose(0, 1)
     expected = attention(query, key, key, need_weights=need_weights, average_attn_weights=average)
-    for replacement in (PrunedMultiheadAttention.sharing(attention), slice_attention_values(attention, torch.arange(16))):
+    for replacement in (PrunedMultiheadAttention.sharing(attention), slice_attention(attention)):
         got = replacement.eval()(query, key, key, need_weights=need_weights, average_attn_weights=average)
         assert relative_difference(got[0], expected[0]) <= 1e-6
         if need_weights:
@@ -102,15 +102,34 @@ def test_the_replacement_computes_what_multihead_attention_computes_at_full_widt
         else:
             assert got[1] is None
     unbatched = torch.randn(5, 16)
-    got, expected = slice_attention_values(attention, torch.arange(16)).eval()(unbatched, unbatched, unbatched), attention(unbatched, unbatched, unbatched)
+    got, expected = slice_attention(attention).eval()(unbatched, unbatched, unbatched), attention(unbatched, unbatched, unbatched)
     assert relative_difference(got[0], expected[0]) <= 1e-6 and torch.allclose(got[1], expected[1], atol=1e-6)
+
+
+def test_sliced_queries_and_keys_equal_attention_with_the_dropped_queries_zeroed():
+    torch.manual_seed(5)
+    attention = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    keep = torch.tensor([1, 2, 3, 6, 12, 14])  # head 2 keeps none: its weights are uniform
+    pruned = slice_attention(attention, query_key=keep)
+    masked = copy.deepcopy(attention)
+    with torch.no_grad():
+        dropped = torch.ones(16, dtype=torch.bool)
+        dropped[keep] = False
+        masked.in_proj_weight[:16][dropped] = 0  # the queries alone: keys meet zeros
+        masked.in_proj_bias[:16][dropped] = 0
+    x = torch.randn(2, 6, 16)
+    assert pruned.query_widths == (3, 1, 0, 2) and pruned.in_proj_weight.shape == (2 * 6 + 16, 16)
+    for need_weights in (False, True):
+        got, expected = pruned(x, x, x, need_weights=need_weights), masked(x, x, x, need_weights=need_weights)
+        assert relative_difference(got[0], expected[0]) <= 1e-6
+    assert torch.allclose(got[1], expected[1], atol=1e-6)
 
 
 def test_sliced_attention_equals_attention_with_the_dropped_values_zeroed():
     torch.manual_seed(1)
     attention = nn.MultiheadAttention(16, 4, batch_first=True).eval()
     keep = torch.tensor([0, 1, 2, 5, 9, 10, 11])  # head 3 keeps none: it contributes nothing
-    pruned = slice_attention_values(attention, keep)
+    pruned = slice_attention(attention, values=keep)
     masked = copy.deepcopy(attention)
     with torch.no_grad():
         dropped = torch.ones(16, dtype=torch.bool)
@@ -130,12 +149,20 @@ def test_a_hand_built_attention_block_prunes_exactly(batch_first, seed):
     x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
     before = fingerprint(model)
     layers = find_prunable_layers(model, x)
-    assert [(layer.name, layer.kind, layer.channels) for layer in layers] == [("attention", "attention", 16)]
+    assert [(layer.name, layer.kind, layer.channels) for layer in layers] == [
+        ("attention", "attention", 16), ("attention.query_key", "query_key", 16)
+    ]
     generator = torch.Generator().manual_seed(seed)
-    keep = {"attention": torch.randperm(16, generator=generator)[: 1 + seed * 5]}
-    pruned = prune_channels(model, keep, x)
+    keep = {
+        "attention": torch.randperm(16, generator=generator)[: 1 + seed * 5],
+        "attention.query_key": torch.randperm(16, generator=generator)[: 12 - seed * 5],
+    }
+    for chosen in ({"attention": keep["attention"]}, {"attention.query_key": keep["attention.query_key"]}, keep):
+        pruned = prune_channels(model, chosen, x)
+        assert relative_difference(output(pruned, x), output(mask_channels(model, chosen, x), x)) <= 1e-4
     assert isinstance(pruned.attention, PrunedMultiheadAttention)
     assert sum(pruned.attention.value_widths) == len(keep["attention"])
+    assert sum(pruned.attention.query_widths) == len(keep["attention.query_key"])
     assert relative_difference(output(pruned, x), output(mask_channels(model, keep, x), x)) <= 1e-4
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     assert type(model.attention) is nn.MultiheadAttention
@@ -147,14 +174,17 @@ def test_a_bad_keep_set_for_an_attention_is_refused_with_its_name():
         prune_channels(model, {"attention": [0, 16]}, x)
     with pytest.raises(ValueError, match=r"keep\['attention'\] is empty"):
         prune_channels(model, {"attention": []}, x)
+    with pytest.raises(ValueError, match=r"keep\['attention.query_key'\] lists channels \[3\]"):
+        prune_channels(model, {"attention.query_key": [3, 3]}, x)
 
 
 def test_attention_called_with_a_mask_is_reported_not_raised_and_refused_by_name():
     model, x = MaskedBlock().eval(), torch.randn(2, 5, 16)
     found = find_prunable_layers(model, x, on_unsupported="raise")
-    assert "attention" not in [layer.name for layer in found]
-    (skipped,) = [layer for layer in found.skipped if layer.name == "attention"]
-    assert skipped.unsupported and "attn_mask" in skipped.reason
+    assert [layer.name for layer in found] == ["hidden"]
+    skipped = [layer for layer in found.skipped if layer.name.startswith("attention")]
+    assert [layer.name for layer in skipped] == ["attention", "attention.query_key"]
+    assert all(layer.unsupported and "attn_mask" in layer.reason for layer in skipped)
     with pytest.raises(UnsupportedStructureError, match="attn_mask"):
         find_prunable_layers(model, x, layers=["attention"])
 
@@ -164,15 +194,17 @@ def test_the_switch_scales_the_values_as_folding_the_scales_does():
     model, x = Block().eval(), torch.randn(2, 5, 16)
     expected = output(model, x)
     switches = DirichletSwitches(model, x)
-    neutral = {"attention": torch.full((16,), 1 / 16)}
+    sites = ["attention", "attention.query_key"]
+    neutral = dict.fromkeys(sites, torch.full((16,), 1 / 16))
     with switches.switched(neutral) as network:
         assert relative_difference(network(x), expected) <= 1e-5
-    values = torch.distributions.Dirichlet(torch.ones(16)).sample()
-    with switches.switched({"attention": values}) as network:
-        got = network(x)
-    folded = fold_scales(model, {"attention": values * 16}, x)
-    assert relative_difference(got, output(folded, x)) <= 1e-5
-    assert relative_difference(got, expected) > 1e-3  # the switch reached the values
+    for chosen in ([sites[0]], [sites[1]], sites):
+        values = {site: torch.distributions.Dirichlet(torch.ones(16)).sample() for site in chosen}
+        with switches.switched(values) as network:
+            got = network(x)
+        folded = fold_scales(model, {site: value * 16 for site, value in values.items()}, x)
+        assert relative_difference(got, output(folded, x)) <= 1e-5
+        assert relative_difference(got, expected) > 1e-3  # the switch reached the channels
     assert "forward" not in vars(model.attention)  # the module is itself again after the block
 
 
@@ -180,11 +212,11 @@ def test_the_switch_gives_each_particle_its_own_values():
     torch.manual_seed(3)
     model, x = Block().eval(), torch.randn(2, 5, 16)
     switches = DirichletSwitches(model, x)
-    rows = torch.distributions.Dirichlet(torch.ones(16)).sample((3,))
-    with switches.switched({"attention": rows}) as network:
+    rows = {site: torch.distributions.Dirichlet(torch.ones(16)).sample((3,)) for site in ("attention", "attention.query_key")}
+    with switches.switched(rows) as network:
         stacked = network(x.repeat(3, 1, 1))
     for particle in range(3):
-        with switches.switched({"attention": rows[particle]}) as network:
+        with switches.switched({site: row[particle] for site, row in rows.items()}) as network:
             assert relative_difference(stacked[2 * particle: 2 * particle + 2], network(x)) <= 1e-5
 
 
@@ -193,6 +225,7 @@ def test_a_small_vit_prunes_attention_and_mlps_exactly_and_round_trips_its_state
     layers = find_prunable_layers(model, x, coupled="group")  # raise mode
     kinds = {layer.name: layer.kind for layer in layers}
     assert kinds["encoder.layers.encoder_layer_0.self_attention"] == "attention"
+    assert kinds["encoder.layers.encoder_layer_0.self_attention.query_key"] == "query_key"
     assert kinds["encoder.layers.encoder_layer_1.mlp.0"] == "linear"
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
@@ -224,7 +257,7 @@ def test_a_small_vit_switched_at_the_prior_mean_is_the_network():
 
 
 @pytest.mark.slow
-def test_vit_b_16_loses_at_least_40_percent_of_its_parameters_at_half_width():
+def test_vit_b_16_loses_at_least_45_percent_of_its_parameters_at_half_width():
     import torchvision
 
     torch.manual_seed(0)
@@ -238,7 +271,7 @@ def test_vit_b_16_loses_at_least_40_percent_of_its_parameters_at_half_width():
     keep = plan_keep(scores, dict.fromkeys(scores, 0.5))
     pruned = prune_channels(model, keep, x, layers=layers)
     kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
-    assert kept <= 0.6
+    assert kept <= 0.55  # values alone: 0.587; with queries and keys: about half
     assert relative_difference(output(pruned, x), output(mask_channels(model, keep, x, layers=layers), x)) <= 1e-4
 
 
@@ -265,11 +298,15 @@ def test_criteria_and_calibration_scales_reach_the_values():
     torch.manual_seed(4)
     model, x = Block().eval(), torch.randn(4, 5, 16)
     layers = find_prunable_layers(model, x)
-    l1 = get_criterion("l1-norm")(model, layers)["attention"]
-    assert torch.allclose(l1, model.attention.in_proj_weight[32:].abs().sum(1).double())
+    l1 = get_criterion("l1-norm")(model, layers)
+    weight = model.attention.in_proj_weight.detach().abs().double()
+    assert torch.allclose(l1["attention"], weight[32:].sum(1))
+    assert torch.allclose(l1["attention.query_key"], weight[:16].sum(1) + weight[16:32].sum(1))
     taylor = get_criterion("taylor", batches=1, batch_size=4)(model, layers, [(x, torch.tensor([0, 1, 2, 0]))])
-    assert taylor["attention"].shape == (16,) and bool(taylor["attention"].gt(0).any())
-    scales = {"attention": torch.rand(16)}
+    for site in ("attention", "attention.query_key"):
+        assert taylor[site].shape == (16,) and bool(taylor[site].gt(0).any())
+    assert "forward" not in vars(model.attention)
+    scales = {"attention": torch.rand(16), "attention.query_key": torch.rand(16)}
     with _scaled(model, layers, scales):
         got = output(model, x)
     assert relative_difference(got, output(fold_scales(model, scales, x), x)) <= 1e-5

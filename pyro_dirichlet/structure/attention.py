@@ -1,13 +1,18 @@
-"""Attention as a switch site: the value channels of an ``nn.MultiheadAttention``.
+"""Attention as switch sites: the value channels, and the query/key channels, of an ``nn.MultiheadAttention``.
 
 An attention's output, ``out_proj(concat_h softmax(Q_h K_h^T / sqrt(d)) V_h)``, is linear in each
 value channel, so value channel ``j`` can be scaled (by the switch), zeroed (masked) or removed
-(its rows of the packed input projection, with ``out_proj``'s input column ``j``) exactly, with
-nothing outside the module involved: the site's consumers are inside it. Its queries and keys
-are not pruned. The module is a leaf of the traced graph; what is checked is the module (one
-packed projection, no extra key/value token) and each call (no masks), since the replacement
-surgery builds (:class:`~pyro_dirichlet.surgery.attention.PrunedMultiheadAttention`) computes
-attention without masks.
+(its rows of the packed input projection, with ``out_proj``'s input column ``j``) exactly. A
+score ``sum_j q_j k_j / sqrt(d)`` is linear in each query channel, so query channel ``j`` can be
+scaled or zeroed, and removed with key channel ``j`` (keeping the scale of the unpruned width
+``d``), exactly too. Both are sites of the module, with nothing outside it involved: their
+consumers are inside it. The value site is named after the module (``kind="attention"``), the
+query/key site after it with :data:`QUERY_KEY` appended (``kind="query_key"``).
+
+The module is a leaf of the traced graph; what is checked is the module (one packed
+projection, no extra key/value token) and each call (no masks), since the replacement surgery
+builds (:class:`~pyro_dirichlet.surgery.attention.PrunedMultiheadAttention`) computes attention
+without masks.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from torch import fx, nn
 from pyro_dirichlet.structure._fx import argument
 from pyro_dirichlet.structure.layers import PrunableLayer, UnsupportedStructureError
 
-__all__ = ["attention_problem", "attention_site"]
+__all__ = ["ATTENTION_PARTS", "QUERY_KEY", "attention_problem", "attention_site"]
+
+#: The attention site kinds, and which channels of the module each one is.
+ATTENTION_PARTS = {"attention": "values", "query_key": "query_key"}
+
+#: Appended to an attention's module name to name its query/key site.
+QUERY_KEY = ".query_key"
 
 # Positions in nn.MultiheadAttention.forward(query, key, value, key_padding_mask, need_weights,
 # attn_mask, average_attn_weights, is_causal).
@@ -39,13 +50,15 @@ def attention_problem(module: nn.Module) -> str | None:
     return None
 
 
-def attention_site(name: str, module: nn.MultiheadAttention, calls: list[fx.Node]) -> PrunableLayer:
-    """The switch site of ``module``'s value channels (``kind="attention"``).
+def attention_site(name: str, module: nn.MultiheadAttention, calls: list[fx.Node], part: str = "values") -> PrunableLayer:
+    """A switch site of ``module``: its value channels (``kind="attention"``, named ``name``)
+    or its query/key channels (``kind="query_key"``, named ``name + QUERY_KEY``).
 
     Args:
         name: the module's qualified name.
         module: an ``nn.MultiheadAttention``.
         calls: its ``call_module`` nodes in the traced graph.
+        part: ``"values"`` or ``"query_key"``.
 
     Raises:
         UnsupportedStructureError: the module or one of its calls is not supported (masks).
@@ -57,8 +70,11 @@ def attention_site(name: str, module: nn.MultiheadAttention, calls: list[fx.Node
         for position, keyword in _MASKS:
             if problem is None and argument(node, position, keyword, None) not in (None, False):
                 problem = f"it is called with {keyword}, and only attention without masks is pruned"
+    what = "value" if part == "values" else "query/key"
     if problem is not None:
-        raise UnsupportedStructureError(f"cannot prune the value channels of attention '{name}': {problem}")
-    # The switch multiplies the values inside the module (see DirichletSwitches.switched); the
-    # only reader of the value channels is the module's own out_proj.
-    return PrunableLayer(name, "attention", module.embed_dim, name, ())
+        raise UnsupportedStructureError(f"cannot prune the {what} channels of attention '{name}': {problem}")
+    # The switch multiplies the values (queries) inside the module (see
+    # DirichletSwitches.switched); only the module itself reads them.
+    if part == "values":
+        return PrunableLayer(name, "attention", module.embed_dim, name, ())
+    return PrunableLayer(name + QUERY_KEY, "query_key", module.embed_dim, name, (), members=(name,))

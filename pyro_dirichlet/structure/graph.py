@@ -26,7 +26,7 @@ from pyro_dirichlet.structure._fx import (
     trace,
     uses,
 )
-from pyro_dirichlet.structure.attention import attention_site
+from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
 from pyro_dirichlet.structure.layers import (
     Consumer,
     CouplingPolicy,
@@ -139,11 +139,16 @@ class TracedModel:
             for name, module in model.named_modules()
             if name and type(module) in (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
         ]
+        # An attention's channels never leave it: its two sites (values, queries/keys) need
+        # no walk. The query/key site is named after the module, suffixed.
+        self.attentions: dict[str, tuple[str, str]] = {}
+        for name in candidates:
+            if type(model.get_submodule(name)) is nn.MultiheadAttention:
+                self.attentions[name] = (name, "values")
+                self.attentions[name + QUERY_KEY] = (name, "query_key")
+                self.order[name + QUERY_KEY] = self.order.get(name, math.inf) + 0.5
+        candidates += [name for name, (_, part) in self.attentions.items() if part == "query_key"]
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
-        # An attention's value channels never leave it: it has a site, but no walk.
-        self.attentions = {
-            name for name in candidates if type(model.get_submodule(name)) is nn.MultiheadAttention
-        }
         self._walks: dict[str, _Walk | NotPrunable | UnsupportedStructureError] = {}
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
         self._groups: _Groups | None = None
@@ -213,13 +218,14 @@ class TracedModel:
             return NotPrunable(str(err))
 
     def _attention(self, name: str, named: bool) -> PrunableLayer | NotPrunable:
-        """The value channels of attention ``name``; an unsupported one is reported, not
-        raised, in automatic mode (attention was never pruned before it could be)."""
-        module = self.modules[name] if name in self.modules else self.model.get_submodule(name)
+        """A site of an attention (its values, or queries/keys); an unsupported one is
+        reported, not raised, in automatic mode (attention was never pruned before it could be)."""
+        owner, part = self.attentions[name]
+        module = self.modules[owner] if owner in self.modules else self.model.get_submodule(owner)
         if parametrize.is_parametrized(module):
             return NotPrunable(PARAMETRIZED)
         try:
-            return attention_site(name, module, self.calls.get(name, []))
+            return attention_site(owner, module, self.calls.get(owner, []), part)
         except UnsupportedStructureError as err:
             if named:
                 raise

@@ -157,9 +157,11 @@ class PrunableLayer:
         kind: ``"conv"`` or ``"linear"`` (all members are of this kind), or ``"attention"``:
             the value channels of an ``nn.MultiheadAttention`` named ``name`` (its
             ``embed_dim`` of them; see :mod:`pyro_dirichlet.structure.attention`), scaled,
-            masked and removed inside the module, so with no consumers outside it.
-        channels: number of output channels (conv), output features (linear) or value
-            channels (attention).
+            masked and removed inside the module, so with no consumers outside it; or
+            ``"query_key"``: its query channels and the key channels paired with them, a site
+            named ``<module>.query_key`` whose member and switch point are the module.
+        channels: number of output channels (conv), output features (linear), value
+            channels (attention) or query/key pairs (query_key).
         switch_at: ``switch_points[0]``.
         consumers: the modules whose inputs (or, for a BatchNorm or depthwise conv, features)
             shrink with the channels, in forward order. BatchNorms at switch points are
@@ -187,7 +189,7 @@ class PrunableLayer:
     """
 
     name: str
-    kind: Literal["conv", "linear", "attention"]
+    kind: Literal["conv", "linear", "attention", "query_key"]
     channels: int
     switch_at: str
     consumers: tuple[Consumer, ...]

@@ -2,7 +2,7 @@
 
 :mod:`.channels` cuts whole layers with everything their channels reach
 (:func:`prune_channels`, :func:`mask_channels`, :func:`fold_scales`); :mod:`.slicing` cuts
-one module at a time; :mod:`.attention` is the attention module value pruning leaves behind.
+one module at a time; :mod:`.attention` is the attention module that pruning leaves behind.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pyro_dirichlet.surgery.channels import fold_scales, mask_channels, prune_ch
 from pyro_dirichlet.surgery import slicing
 from pyro_dirichlet.surgery.attention import (
     PrunedMultiheadAttention,
-    scale_attention_values,
-    slice_attention_values,
+    scale_attention_channels,
+    slice_attention,
 )
 from pyro_dirichlet.surgery.slicing import (
     add_to_bias,
@@ -33,7 +33,7 @@ __all__ = [
     "mask_channels",
     "fold_scales",
     "PrunedMultiheadAttention",
-    "scale_attention_values",
-    "slice_attention_values",
+    "scale_attention_channels",
+    "slice_attention",
     *slicing.__all__,
 ]
