@@ -310,3 +310,23 @@ def test_criteria_and_calibration_scales_reach_the_values():
     with _scaled(model, layers, scales):
         got = output(model, x)
     assert relative_difference(got, output(fold_scales(model, scales, x), x)) <= 1e-5
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_fit_learns_the_attention_switches(vectorize):
+    from pyro_dirichlet.infer.fit import FitConfig, fit
+
+    torch.manual_seed(6)
+    model, x = Block().eval(), torch.randn(8, 5, 16)
+    labels = output(model, x).argmax(-1)
+    switches = DirichletSwitches(model, x[:2])
+    config = FitConfig(
+        epochs=2, batch_size=8, lr=0.1, num_particles=2, vectorize_particles=vectorize, data_size=8,
+        seed=0, device="cpu", progress=False,
+    )
+    result = fit(switches, [(x, labels)], config)
+    assert all(torch.isfinite(torch.as_tensor(value)) for value in result.elbo)
+    for site in ("attention", "attention.query_key"):
+        concentration = result.concentrations[site]
+        assert concentration.shape == (16,) and not torch.allclose(concentration, concentration[0].expand(16))
+    assert "forward" not in vars(model.attention)

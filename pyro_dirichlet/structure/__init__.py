@@ -44,7 +44,7 @@ naming another member is an error that names the group.
 The package, one idea a module: :mod:`.layers` (the data types), :mod:`.rules` (the op table:
 what each operation does to channels), :mod:`.graph` (the walk and the coupling groups),
 :mod:`.placement` (where a switch may multiply instead), :mod:`.attention` (an
-``nn.MultiheadAttention``'s value channels as a site), :mod:`.find` (the public entry),
+``nn.MultiheadAttention``'s values and queries/keys as sites), :mod:`.find` (the public entry),
 :mod:`._fx` (torch.fx plumbing they share).
 """
 

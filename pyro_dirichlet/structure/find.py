@@ -36,10 +36,11 @@ def find_prunable_layers(
     """Find the layers whose output channels can be pruned, and what each one couples to.
 
     Automatic mode (``layers=None``) returns every Conv2d with ``groups=1`` and every Linear
-    whose output does not reach the network's output (so never the classifier), and the value
-    channels of every ``nn.MultiheadAttention`` called without masks (``kind="attention"``, see
-    :mod:`pyro_dirichlet.structure.attention`; one it cannot prune is listed in ``skipped`` as
-    unsupported, never raised). Between a layer
+    whose output does not reach the network's output (so never the classifier), and two sites of
+    every ``nn.MultiheadAttention`` called without masks: its value channels (``kind="attention"``,
+    named after the module) and its query/key channels (``kind="query_key"``, named
+    ``<module>.query_key``); see :mod:`pyro_dirichlet.structure.attention`. An attention it
+    cannot prune is listed in ``skipped`` as unsupported, never raised. Between a layer
     and its consumers only operations in the op table (:mod:`pyro_dirichlet.structure.rules`)
     may appear: element-wise activations (modules, ``F.*`` and ``torch.*`` functions, tensor
     methods, products with a number), Dropout and stochastic depth (identities in eval mode),
