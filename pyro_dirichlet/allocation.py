@@ -23,6 +23,7 @@ from torch import nn
 from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
+from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery import prune_channels
 
 __all__ = ["Cost", "CostModel", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]
@@ -45,10 +46,10 @@ def pruned_cost(network: nn.Module, counts: Mapping[str, int], example_inputs: t
 class _Sliced:
     """One module that shrinks with some layers: what its weight and bias hold, and where."""
 
-    kind: Literal["conv", "grouped", "linear", "batchnorm"]
+    kind: Literal["conv", "grouped", "linear", "batchnorm", "attention", "query_key"]
     out_width: int  # output channels/features (a BatchNorm's or depthwise conv's channels)
     in_width: int  # input channels/features per group (1 for a depthwise conv; 0 for a BatchNorm)
-    window: int  # kernel positions of a conv, 1 otherwise
+    window: int  # kernel positions of a conv; 2 for attention (two rows or columns a channel); 1 otherwise
     positions: int  # output positions per example that each weight is applied at (FLOPs)
     biases: int  # bias-like vectors of length out_width (conv/linear bias; BN weight and bias)
 
@@ -86,14 +87,20 @@ class CostModel:
         self.total = count_parameters(network) if cost == "params" else count_flops(network, example_inputs)
         # A per-channel scale parameter (kind "scale", a ConvNeXt layer scale) is not priced:
         # one parameter and one multiply per channel, next to the layers around it.
-        names = {
-            n
-            for layer in layers
-            for n in (*layer.members, *(c.name for c in layer.consumers if c.kind != "scale"))
-        }
+        # Priced units by name: modules, and an attention's sites (its values, its queries and
+        # keys), each a separate unit of the one module.
+        owners: dict[str, tuple[str, str | None]] = {}
+        for layer in layers:
+            for name in _priced(layer):
+                owners[name] = (layer.switch_at, ATTENTION_PARTS[layer.kind]) if layer.kind in ATTENTION_PARTS else (name, None)
+            for consumer in layer.consumers:
+                if consumer.kind != "scale":
+                    owners[consumer.name] = (consumer.name, None)
         modules = dict(network.named_modules())
-        positions = _output_positions(network, {name: modules[name] for name in names}, example_inputs)
-        self.modules = {name: _sliced(modules[name], positions[name]) for name in sorted(names)}
+        positions = _output_positions(network, {name: modules[owner] for name, (owner, _) in owners.items()}, example_inputs)
+        self.modules = {
+            name: _sliced(modules[owner], positions[name], part) for name, (owner, part) in sorted(owners.items())
+        }
 
     def __call__(self, counts: Mapping[str, int]) -> int:
         """The cost of the network with layer ``l`` keeping ``counts[l]`` channels."""
@@ -105,8 +112,8 @@ class CostModel:
         for name, count in counts.items():
             layer = self.layers[name]
             dropped = layer.channels - count
-            for member in layer.members:
-                out_width[member] = count
+            for name in _priced(layer):
+                out_width[name] = count
             for consumer in layer.consumers:
                 if consumer.kind == "scale":
                     continue
@@ -121,7 +128,12 @@ class CostModel:
         return self.total - lost
 
 
-def _sliced(module: nn.Module, positions: int) -> _Sliced:
+def _priced(layer: PrunableLayer) -> tuple[str, ...]:
+    """The units whose output width is the layer's channel count: its members, or an attention site."""
+    return (layer.name,) if layer.kind in ATTENTION_PARTS else layer.members
+
+
+def _sliced(module: nn.Module, positions: int, part: str | None = None) -> _Sliced:
     biases = int(getattr(module, "bias", None) is not None)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         affine = sum(getattr(module, p) is not None for p in ("weight", "bias"))
@@ -133,6 +145,14 @@ def _sliced(module: nn.Module, positions: int) -> _Sliced:
         return _Sliced("conv", module.out_channels, module.in_channels, window, positions, biases)
     if isinstance(module, nn.Linear):
         return _Sliced("linear", module.out_features, module.in_features, 1, positions, biases)
+    if isinstance(module, nn.MultiheadAttention):
+        # A value channel is a row of the input projection (and its bias) and a column of
+        # out_proj; a query/key channel a query row and a key row (and their biases); each
+        # embed_dim wide. The site's "out width" is its channels.
+        bias = int(module.in_proj_bias is not None)
+        if part == "query_key":
+            return _Sliced("query_key", module.embed_dim, module.embed_dim, 2, positions, 2 * bias)
+        return _Sliced("attention", module.embed_dim, module.embed_dim, 2, positions, bias)
     raise TypeError(f"cannot price module {type(module).__name__}")  # structure slices no other
 
 
@@ -149,6 +169,10 @@ def _output_positions(network: nn.Module, modules: dict[str, nn.Module], example
 
     def record(name):
         def hook(module, args, output):
+            if isinstance(module, nn.MultiheadAttention):
+                # (output, weights): every token of the one example, whichever layout
+                positions[name] = math.prod(output[0].shape[:-1])
+                return
             shape = output.shape
             per_channel = shape[2:] if not isinstance(module, nn.Linear) else shape[1:-1]
             positions[name] = math.prod(per_channel)

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales
+from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.surgery.attention import AttentionTapHook
 
 __all__ = ["CalibrationConfig", "Calibration", "calibrate", "recalibrate_batchnorm", "mean_loss"]
 
@@ -148,15 +150,22 @@ def _scaled(network: nn.Module, layers: Sequence[PrunableLayer], scales: dict[st
     """Multiply channel ``c`` at each layer's switch points by ``scales[layer][c]`` -- what fold_scales bakes in."""
     modules = dict(network.named_modules())
 
-    def hook(scale: Tensor):
+    def hook(layer: PrunableLayer, scale: Tensor):
         def multiply(module, inputs, output):
-            return output * scale.view(1, -1, *([1] * (output.dim() - 2)))
+            # Channels are dimension 1 of a conv's output, the last of a Linear's (also of
+            # its (N, T, C) token outputs) and of an attention's values and queries.
+            return output * scale.view(layer.broadcast_shape(output.dim()))
 
         return multiply
 
-    handles = [
-        modules[point].register_forward_hook(hook(scales[layer.name])) for layer in layers for point in layer.switch_points
-    ]
+    handles = []
+    for layer in layers:
+        for point in layer.switch_points:
+            if layer.kind in ATTENTION_PARTS:
+                part = ATTENTION_PARTS[layer.kind]
+                handles.append(AttentionTapHook(modules[point], hook(layer, scales[layer.name]), part))
+            else:
+                handles.append(modules[point].register_forward_hook(hook(layer, scales[layer.name])))
     try:
         yield network
     finally:

@@ -27,6 +27,8 @@ from torch import nn
 
 from pyro_dirichlet.data import BatchSource, iterate_batches
 from pyro_dirichlet.structure import PrunableLayer
+from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.surgery.attention import AttentionTapHook
 
 __all__ = [
     "CRITERIA",
@@ -137,6 +139,17 @@ def _modules(network: nn.Module) -> dict[str, nn.Module]:
     return dict(network.named_modules())
 
 
+def _output_weight(module: nn.Module, layer: PrunableLayer) -> torch.Tensor:
+    """The weight rows that make each channel: a layer's own, an attention's value rows, or
+    its query and key rows side by side (a query/key channel is the pair)."""
+    if layer.kind == "attention":
+        return module.in_proj_weight[2 * module.embed_dim:]
+    if layer.kind == "query_key":
+        queries, keys, _ = module.in_proj_weight.chunk(3)
+        return torch.cat([queries, keys], dim=1)
+    return module.weight
+
+
 @register_criterion("random")
 @dataclass(frozen=True)
 class RandomScores:
@@ -157,7 +170,7 @@ class L1Norm:
     def __call__(self, network: nn.Module, layers: Sequence[PrunableLayer], data: BatchSource | None = None) -> Scores:
         modules = _modules(network)
         return {
-            layer.name: modules[layer.name].weight.detach().abs().flatten(1).sum(1).to(torch.float64).cpu()
+            layer.name: _output_weight(modules[layer.switch_at if layer.kind in ATTENTION_PARTS else layer.name], layer).detach().abs().flatten(1).sum(1).to(torch.float64).cpu()
             for layer in layers
         }
 
@@ -219,7 +232,12 @@ class Taylor:
 
             return hook
 
-        handles = [modules[layer.switch_at].register_forward_hook(keep(layer.name)) for layer in layers]
+        handles = [
+            AttentionTapHook(modules[layer.switch_at], keep(layer.name), ATTENTION_PARTS[layer.kind])
+            if layer.kind in ATTENTION_PARTS
+            else modules[layer.switch_at].register_forward_hook(keep(layer.name))
+            for layer in layers
+        ]
         seen = 0
         try:
             generator = torch.Generator().manual_seed(self.seed)
@@ -232,7 +250,8 @@ class Taylor:
                 loss.backward()
                 for layer in layers:
                     a = activations[layer.name]
-                    contribution = (a * a.grad).flatten(2).sum(2) if a.dim() > 2 else a * a.grad
+                    product = (a * a.grad).movedim(layer.channel_dim, 1)  # a Linear's channels are last
+                    contribution = product.flatten(2).sum(2) if a.dim() > 2 else product
                     sums[layer.name] += contribution.abs().sum(0).detach().to(torch.float64).cpu()
                 seen += len(labels)
         finally:

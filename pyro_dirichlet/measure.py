@@ -61,7 +61,8 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     """FLOPs of one forward pass on a single example, as ``FlopCounterMode`` counts them.
 
     A multiply-accumulate counts as two FLOPs; convolutions and matrix products are counted,
-    while bias additions, activations and pooling are not (PyTorch's convention). The model
+    while bias additions, activations and pooling are not (PyTorch's convention); nor is
+    ``scaled_dot_product_attention`` on the CPU, so an attention counts its projections. The model
     runs in eval mode under ``torch.no_grad()``; its training flag is restored afterwards.
 
     Args:
@@ -84,11 +85,17 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     example = example_input[:1].to(_model_device(model))
     was_training = model.training
     model.eval()
+    # nn.MultiheadAttention's eval-mode fast path is one fused op FlopCounterMode does not
+    # count (its projections would count 0); its regular path is what a pruned attention
+    # (PrunedMultiheadAttention) runs, so both are counted alike.
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
             model(example)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
     return int(counter.get_total_flops())
 

@@ -121,7 +121,7 @@ def test_bad_layer_names_raise(requested, message):
 
 
 def test_naming_a_module_without_channels_says_why():
-    with pytest.raises(ValueError, match=r"'2' is a ReLU, not a Conv2d or Linear.*prunable layers are: 0, 4, 9"):
+    with pytest.raises(ValueError, match=r"'2' is a ReLU, not a Conv2d, Linear or MultiheadAttention.*prunable layers are: 0, 4, 9"):
         find_prunable_layers(conv_bn_net(), torch.zeros(1, 3, 16, 16), layers=["2"])
 
 

@@ -376,7 +376,7 @@ TORCHVISION = [
     pytest.param("regnet_y_400mf", "skip", id="regnet_y-grouped-and-gated"),
     pytest.param("resnext50_32x4d", "group", id="resnext-grouped", marks=pytest.mark.slow),
     pytest.param("convnext_tiny", "skip", id="convnext-partial-channels-last", marks=pytest.mark.slow),
-    pytest.param("vit_b_16", "skip", id="vit-partial-mlp", marks=pytest.mark.slow),
+    pytest.param("vit_b_16", "skip", id="vit-attention-and-mlp", marks=pytest.mark.slow),
     pytest.param("shufflenet_v2_x0_5", "skip", id="shufflenet-partial", marks=pytest.mark.slow),
     pytest.param("densenet121", "skip", id="densenet-concat", marks=pytest.mark.slow),
 ]

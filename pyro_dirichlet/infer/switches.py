@@ -23,6 +23,8 @@ from pyro_dirichlet.infer.likelihoods import (
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
+from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.surgery.attention import AttentionTapHook
 
 __all__ = ["DirichletSwitches", "switch_site", "gain_param", "freeze"]
 
@@ -172,7 +174,9 @@ class DirichletSwitches:
         a plain module (and a deep copy of it never inherits a switch). With
         ``placement="input"`` a single layer's multiply runs at ``layer.switch_input``'s input
         where there is one: the network's output is the same, its intermediate tensors
-        between the layer and that module are not scaled.
+        between the layer and that module are not scaled. An attention site's switch scales
+        the attention's value (or query) channels, inside the module (see
+        :class:`~pyro_dirichlet.surgery.attention.AttentionTapHook`).
 
         A value may also be a ``(particles, channels)`` matrix, one switch vector per
         particle; the network's input batch must then be ``particles`` copies of the
@@ -185,6 +189,10 @@ class DirichletSwitches:
                 if layer.name not in values:
                     continue
                 scale = values[layer.name] * layer.channels
+                if layer.kind in ATTENTION_PARTS:
+                    part = ATTENTION_PARTS[layer.kind]
+                    handles.append(AttentionTapHook(self._modules[layer.switch_at], _scale_output(scale, layer), part))
+                    continue
                 if self.placement == "input" and layer.switch_input is not None:
                     # First among the pre-hooks, so any other hook sees what the module reads.
                     module = self._modules[layer.switch_input.module]

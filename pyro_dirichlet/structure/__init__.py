@@ -43,7 +43,8 @@ naming another member is an error that names the group.
 
 The package, one idea a module: :mod:`.layers` (the data types), :mod:`.rules` (the op table:
 what each operation does to channels), :mod:`.graph` (the walk and the coupling groups),
-:mod:`.placement` (where a switch may multiply instead), :mod:`.find` (the public entry),
+:mod:`.placement` (where a switch may multiply instead), :mod:`.attention` (an
+``nn.MultiheadAttention``'s values and queries/keys as sites), :mod:`.find` (the public entry),
 :mod:`._fx` (torch.fx plumbing they share).
 """
 

@@ -36,7 +36,11 @@ def find_prunable_layers(
     """Find the layers whose output channels can be pruned, and what each one couples to.
 
     Automatic mode (``layers=None``) returns every Conv2d with ``groups=1`` and every Linear
-    whose output does not reach the network's output (so never the classifier). Between a layer
+    whose output does not reach the network's output (so never the classifier), and two sites of
+    every ``nn.MultiheadAttention`` called without masks: its value channels (``kind="attention"``,
+    named after the module) and its query/key channels (``kind="query_key"``, named
+    ``<module>.query_key``); see :mod:`pyro_dirichlet.structure.attention`. An attention it
+    cannot prune is listed in ``skipped`` as unsupported, never raised. Between a layer
     and its consumers only operations in the op table (:mod:`pyro_dirichlet.structure.rules`)
     may appear: element-wise activations (modules, ``F.*`` and ``torch.*`` functions, tensor
     methods, products with a number), Dropout and stochastic depth (identities in eval mode),
@@ -181,8 +185,8 @@ def _not_a_candidate_message(model: nn.Module, graph: TracedModel, name: str) ->
     if parametrize.is_parametrized(module):
         return f"layer '{name}' cannot be pruned: {PARAMETRIZED}"
     return (
-        f"layer '{name}' is a {type(module).__name__}, not a Conv2d or Linear, so it has no "
-        f"output channels to prune; {listing}"
+        f"layer '{name}' is a {type(module).__name__}, not a Conv2d, Linear or "
+        f"MultiheadAttention, so it has no channels to prune; {listing}"
     )
 
 

@@ -26,6 +26,7 @@ from pyro_dirichlet.structure._fx import (
     trace,
     uses,
 )
+from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
 from pyro_dirichlet.structure.layers import (
     Consumer,
     CouplingPolicy,
@@ -136,8 +137,17 @@ class TracedModel:
         candidates = [
             name
             for name, module in model.named_modules()
-            if name and type(module) in (nn.Conv2d, nn.Linear)
+            if name and type(module) in (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
         ]
+        # An attention's channels never leave it: its two sites (values, queries/keys) need
+        # no walk. The query/key site is named after the module, suffixed.
+        self.attentions: dict[str, tuple[str, str]] = {}
+        for name in candidates:
+            if type(model.get_submodule(name)) is nn.MultiheadAttention:
+                self.attentions[name] = (name, "values")
+                self.attentions[name + QUERY_KEY] = (name, "query_key")
+                self.order[name + QUERY_KEY] = self.order.get(name, math.inf) + 0.5
+        candidates += [name for name, (_, part) in self.attentions.items() if part == "query_key"]
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
         self._walks: dict[str, _Walk | NotPrunable | UnsupportedStructureError] = {}
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
@@ -154,6 +164,8 @@ class TracedModel:
         ``named``: the caller asked for this layer by name, so the first member of a coupling
         group stands for the group whatever the policy.
         """
+        if name in self.attentions:
+            return self._attention(name, named)
         walk = self._walk(name)
         if isinstance(walk, NotPrunable):
             return walk
@@ -204,6 +216,20 @@ class TracedModel:
             if named:
                 raise
             return NotPrunable(str(err))
+
+    def _attention(self, name: str, named: bool) -> PrunableLayer | NotPrunable:
+        """A site of an attention (its values, or queries/keys); an unsupported one is
+        reported, not raised, in automatic mode (attention was never pruned before it could be)."""
+        owner, part = self.attentions[name]
+        module = self.modules[owner] if owner in self.modules else self.model.get_submodule(owner)
+        if parametrize.is_parametrized(module):
+            return NotPrunable(PARAMETRIZED)
+        try:
+            return attention_site(owner, module, self.calls.get(owner, []), part)
+        except UnsupportedStructureError as err:
+            if named:
+                raise
+            return NotPrunable(str(err), unsupported=True)
 
     # --- one layer's walk ---------------------------------------------------------------------
 
@@ -373,6 +399,8 @@ class TracedModel:
             return self._groups
         groups = _Groups()
         for name in self.candidates:
+            if name in self.attentions:
+                continue
             walk = self._walk(name)
             groups.find(name)
             if isinstance(walk, _Walk) and walk.reaches_output:

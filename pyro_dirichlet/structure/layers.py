@@ -154,8 +154,14 @@ class PrunableLayer:
     Args:
         name: the site's name: the layer's qualified module name, or for a group the name of
             its first member in forward order.
-        kind: ``"conv"`` or ``"linear"`` (all members are of this kind).
-        channels: number of output channels (conv) or output features (linear).
+        kind: ``"conv"`` or ``"linear"`` (all members are of this kind), or ``"attention"``:
+            the value channels of an ``nn.MultiheadAttention`` named ``name`` (its
+            ``embed_dim`` of them; see :mod:`pyro_dirichlet.structure.attention`), scaled,
+            masked and removed inside the module, so with no consumers outside it; or
+            ``"query_key"``: its query channels and the key channels paired with them, a site
+            named ``<module>.query_key`` whose member and switch point are the module.
+        channels: number of output channels (conv), output features (linear), value
+            channels (attention) or query/key pairs (query_key).
         switch_at: ``switch_points[0]``.
         consumers: the modules whose inputs (or, for a BatchNorm or depthwise conv, features)
             shrink with the channels, in forward order. BatchNorms at switch points are
@@ -183,7 +189,7 @@ class PrunableLayer:
     """
 
     name: str
-    kind: Literal["conv", "linear"]
+    kind: Literal["conv", "linear", "attention", "query_key"]
     channels: int
     switch_at: str
     consumers: tuple[Consumer, ...]

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
+from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.surgery.attention import scale_attention_channels, slice_attention
 from pyro_dirichlet.surgery.slicing import (
     add_to_bias,
     scale_batchnorm,
@@ -48,7 +50,11 @@ def prune_channels(
     loses the same features, and every consumer loses the matching input channels (or, after a
     flatten, the matching blocks of input features; after a concatenation, the channels at the
     layer's offset). A depthwise convolution reading the channels loses the matching filters.
-    Layers not in ``keep`` are untouched.
+    An attention site (an ``nn.MultiheadAttention``'s values, ``kind="attention"``, or its
+    queries and keys, ``kind="query_key"``) keeps the given channels: the module is replaced by
+    a :class:`~pyro_dirichlet.surgery.attention.PrunedMultiheadAttention` with the same
+    parameter names, whose heads keep the channels of ``keep`` in their range (so heads may
+    differ in width). Layers not in ``keep`` are untouched.
 
     Coupled layers are handled automatically: the name of a coupling group (its first member,
     see :mod:`pyro_dirichlet.structure`) prunes every member of the residual stream, their
@@ -72,7 +78,8 @@ def prune_channels(
             widths), so that the model is not traced again; None to trace it here.
 
     Returns:
-        A new module of the same classes, with the same training mode as ``model``.
+        A new module of the same classes (but for pruned attention, above), with the same
+        training mode as ``model``.
 
     Raises:
         ValueError: a layer is unknown or not prunable (or a member of a coupling group other
@@ -121,7 +128,8 @@ def mask_channels(
 
     This is the reference :func:`prune_channels` is equivalent to: forward hooks on each
     layer's switch points (every member's, for a coupling group) zero the channels not in
-    ``keep``; no weight changes shape.
+    ``keep`` (an attention's dropped value or query channels, inside the module, are zeroed
+    through their rows of the copy's input projection); no weight changes shape.
 
     Args:
         model: the network; it is not modified.
@@ -154,7 +162,8 @@ def fold_scales(
 
     The scale is folded into weights at each switch point (every member's, for a coupling
     group): the layer's weight rows and bias when the switch sits on the layer, the
-    BatchNorm's affine weight and bias when it sits on a BatchNorm. The copy computes what
+    BatchNorm's affine weight and bias when it sits on a BatchNorm, an attention's value (or
+    query) rows of its input projection for an attention site. The copy computes what
     ``model`` computes with forward hooks multiplying channel ``c`` at the switch points by
     ``scales[name][c]``. Used to fold the posterior-mean
     switch values (``s_c * C``) into the weights before pruning.
@@ -191,7 +200,9 @@ def fold_scales(
     modules = dict(folded.named_modules())
     for layer, factors in selection:
         for member, point in zip(layer.members, layer.switch_points):
-            if point == member:
+            if layer.kind in ATTENTION_PARTS:
+                scale_attention_channels(modules[point], factors, ATTENTION_PARTS[layer.kind])
+            elif point == member:
                 scale_output_channels(modules[point], factors)
             else:
                 scale_batchnorm(modules[point], factors)
@@ -254,6 +265,8 @@ def _given_layers(
         for member in layer.members:
             module = modules.get(member)
             width = getattr(module, "out_channels", getattr(module, "out_features", None))
+            if layer.kind in ATTENTION_PARTS:
+                width = getattr(module, "embed_dim", None)
             if width != layer.channels:
                 raise ValueError(
                     f"layers do not describe this model: layer '{layer.name}' has "
@@ -347,7 +360,10 @@ def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]
         factors = torch.zeros(layer.channels)
         factors[kept] = 1.0
         for point in layer.switch_points:
-            modules[point].register_forward_hook(_multiply_channels_hook(layer, factors))
+            if layer.kind in ATTENTION_PARTS:  # the channels are inside the module: zero their weights
+                scale_attention_channels(modules[point], factors, ATTENTION_PARTS[layer.kind])
+            else:
+                modules[point].register_forward_hook(_multiply_channels_hook(layer, factors))
     return masked
 
 
@@ -444,11 +460,16 @@ def _slice_selection(
 
     A consumer after a concatenation reads several layers at different offsets; its dropped
     inputs are collected first, so that slicing for one layer cannot shift the next one's.
+    An attention is replaced in its parent by its pruned copy, built once for both its sites.
     """
     dropped: dict[str, tuple[str, list[Tensor]]] = {}
     dims: dict[str, int] = {}
+    attentions: dict[str, dict[str, Tensor]] = {}
     for layer, kept in selection:
         if len(kept) == layer.channels:
+            continue
+        if layer.kind in ATTENTION_PARTS:
+            attentions.setdefault(layer.switch_at, {})[ATTENTION_PARTS[layer.kind]] = kept
             continue
         for member in layer.members:
             (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(modules[member], kept)
@@ -457,6 +478,9 @@ def _slice_selection(
             dims[consumer.name] = consumer.dim
             entry = dropped.setdefault(consumer.name, (consumer.kind, []))
             entry[1].append(consumer.feature_indices(removed))
+    for name, kept_channels in attentions.items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(modules[parent], attribute, slice_attention(modules[name], **kept_channels))
     for name, (kind, parts) in dropped.items():
         if kind == "scale":  # a parameter, not a module: its owner gets the sliced copy
             owner, _, attribute = name.rpartition(".")
