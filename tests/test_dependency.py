@@ -413,7 +413,12 @@ def test_save_load_round_trip(name, tmp_path, factories):
     serialization.save_pruned(pruned, tmp_path / name)
     loaded = serialization.load_pruned(tmp_path / name)
     assert type(loaded) is type(pruned)
-    assert torch.equal(output(loaded, x), output(pruned, x))
+    # Bit for bit in the weights; the outputs only to float rounding, because a loaded tensor's
+    # memory layout may differ and with it the kernel (measured: mobilenet_v2 differs in the last
+    # bits at one thread, not at two).
+    saved, restored = pruned.state_dict(), loaded.state_dict()
+    assert saved.keys() == restored.keys() and all(torch.equal(saved[k], restored[k]) for k in saved)
+    torch.testing.assert_close(output(loaded, x), output(pruned, x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_factory_that_is_not_registered_at_load_time_is_named(tmp_path, factories):
