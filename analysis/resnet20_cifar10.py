@@ -5,7 +5,9 @@ calibration shuffle, random scores and fine-tune order). Every criterion keeps t
 per-layer counts at each budget -- a share of the FLOPs (the largest uniform ratio of every
 inner conv that fits, :func:`pyro_dirichlet.allocation.uniform_counts`) or a per-layer keep
 ratio -- and goes through the same plan and surgery; the Dirichlet row folds ``E[s]*C``
-into the kept weights, as the library does. Each pruned network is scored right after
+into the kept weights, as the library does. A second Dirichlet row comes from a fit with
+``DirichletSwitches(layer_gain=True)`` (issue 15, item 3: the gain is what ranks planted
+dead channels below every useful one, see ``analysis/planted.py``). Each pruned network is scored right after
 pruning and after :func:`pyro_dirichlet.calibrate.calibrate` (BatchNorm statistics and one
 scale per kept channel, on the data the fit sees), then fine-tuned from the calibrated
 network (SGD, Nesterov, cosine, best validation epoch kept). The fit, Taylor and the
@@ -15,11 +17,14 @@ summary and the paired differences (Dirichlet minus each other criterion, same s
 standard errors.
 
     python -m analysis.resnet20_cifar10 --weights resnet20.safetensors --out analysis/results/resnet20-cifar10
-    python -m analysis.resnet20_cifar10 --weights resnet20.safetensors --reduced --out ...   # ~40 min on 2 CPU cores
+    python -m analysis.resnet20_cifar10 --weights resnet20.safetensors --reduced --out ...   # ~45 min on 2 CPU cores
 
-``--reduced`` fits, calibrates and scores Taylor on 5,000 training images, tests on 2,000
-and validates on 1,000, and fine-tunes (2 epochs on the 5,000) only at 50% of the FLOPs, only
-the Dirichlet row and the other row with the best validation accuracy after calibration.
+``--reduced`` fits (one epoch, 118 steps), calibrates (as many steps) and scores Taylor on
+15,000 training images, tests on 2,000 and validates on 1,000, compares at 50% and 30% of
+the FLOPs and a keep ratio of 0.5, and fine-tunes (2 epochs on the 15,000) only at 50% of
+the FLOPs, only the default Dirichlet row and the two other rows with the best validation
+accuracy after calibration. (5,000 images, 40 steps, leave a fit mid-way: on the planted
+MLP the dead units then rank *highest*.)
 """
 
 from __future__ import annotations
@@ -49,14 +54,17 @@ from pyro_dirichlet.models.baseline import load_checkpoint
 from pyro_dirichlet.plan import plan_keep
 from pyro_dirichlet.train import TrainConfig, train_classifier
 
-__all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "load_weights", "budget_counts_by_name", "run", "main"]
+__all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "load_weights", "budget_counts_by_name", "run", "main"]
 
 MODEL = "resnet20"
 #: The method's row; every paired difference is it minus another row.
 METHOD = "dirichlet mean + fold"
+#: The row of the fit with a learned gain per layer (``DirichletSwitches(layer_gain=True)``).
+GAIN_METHOD = "dirichlet mean + gain + fold"
 #: ``{row: (registered criterion, fold E[s]*C into the kept weights)}``.
 ROWS: dict[str, tuple[str, bool]] = {
     METHOD: ("posterior-mean", True),
+    GAIN_METHOD: ("posterior-mean", True),
     "dirichlet mean, no fold": ("posterior-mean", False),
     "l1-norm": ("l1-norm", False),
     "batchnorm |gamma|": ("batchnorm-scale", False),
@@ -105,10 +113,10 @@ class Protocol:
             raise ValueError(f"criteria must include {METHOD!r}: every paired difference is taken against it.")
 
 
-#: ``--reduced``: sized for about 40 minutes of a 2-core CPU.
-REDUCED = Protocol(fit_images=5000, validation_images=1000, test_images=2000, finetune_epochs=2,
-                   criteria=(METHOD, "l1-norm", "batchnorm |gamma|", "taylor", "random"),
-                   finetune_only=("50% FLOPs", 1))
+#: ``--reduced``: sized for about 45 minutes of a 2-core CPU.
+REDUCED = Protocol(fit_images=15000, validation_images=1000, test_images=2000, keep_ratios=(0.5,), finetune_epochs=2,
+                   criteria=(METHOD, GAIN_METHOD, "l1-norm", "batchnorm |gamma|", "taylor", "random"),
+                   finetune_only=("50% FLOPs", 2))
 
 
 def load_weights(path: Path) -> tuple[nn.Module, dict]:
@@ -139,6 +147,7 @@ def budget_counts_by_name(network: nn.Module, widths: Mapping[str, int], example
 
 def _scores(name: str, network: nn.Module, layers, data: DataSplits, seed: int, fitted) -> dict[str, torch.Tensor]:
     registered, _ = ROWS[name]
+    fitted = fitted[name == GAIN_METHOD]
     options = {"posterior-mean": {"posterior": fitted.posterior}, "random": {"seed": seed},
                "taylor": {"seed": seed, "batches": None}}.get(registered, {})
     return get_criterion(registered, **options)(network, layers, data.train)
@@ -154,13 +163,17 @@ def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callab
     for seed in protocol.seeds:
         with Stopwatch() as fit_watch:
             fitted = fit_switches(network, data, seed=seed)
+        # {layer_gain: fit}; the gain fit only where its row is compared.
+        fits = {False: fitted}
+        if GAIN_METHOD in protocol.criteria:
+            fits[True] = fit_switches(network, data, seed=seed, layer_gain=True)
         layers = fitted.switches.layers
         widths = {layer.name: layer.channels for layer in layers}
         budgets = budgets or budget_counts_by_name(network, widths, example, protocol)
-        scores = {name: _scores(name, network, layers, data, seed, fitted) for name in protocol.criteria}
+        scores = {name: _scores(name, network, layers, data, seed, fits) for name in protocol.criteria}
         for budget, counts in budgets.items():
             for name in protocol.criteria:
-                fold = fitted.means if ROWS[name][1] else None
+                fold = fits[name == GAIN_METHOD].means if ROWS[name][1] else None
                 keep = plan_keep(scores[name], counts)
                 pruned = pruned_network(network, keep, example, fold)
                 row = {"seed": seed, "budget": budget, "criterion": name, "params": count_parameters(pruned),
@@ -221,18 +234,21 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def paired_differences(rows: list[dict]) -> list[dict]:
-    """Dirichlet minus every other row, per budget and stage, paired by seed: mean, sd, standard error, per seed.
+    """Each Dirichlet row (:data:`METHOD`, :data:`GAIN_METHOD` where present) minus every
+    non-Dirichlet row, per budget and stage, paired by seed: mean, sd, standard error, per seed.
 
     ``ahead`` / ``behind``: the mean difference is more than two standard errors above / below 0.
     """
     by = {(r["seed"], r["budget"], r["criterion"]): r for r in rows}
+    present = dict.fromkeys(r["criterion"] for r in rows)
+    methods = [name for name in (METHOD, GAIN_METHOD) if name in present]
     out = []
-    for budget in dict.fromkeys(r["budget"] for r in rows):
-        for other in dict.fromkeys(r["criterion"] for r in rows if r["criterion"] != METHOD):
+    for budget, method in ((b, m) for b in dict.fromkeys(r["budget"] for r in rows) for m in methods):
+        for other in (name for name in present if ROWS[name][0] != "posterior-mean"):
             for stage in STAGES:
                 key = f"test_{stage}"
-                pairs = [(by[(s, budget, METHOD)], by[(s, budget, other)]) for s in sorted({r["seed"] for r in rows})
-                         if (s, budget, other) in by and (s, budget, METHOD) in by]
+                pairs = [(by[(s, budget, method)], by[(s, budget, other)]) for s in sorted({r["seed"] for r in rows})
+                         if (s, budget, other) in by and (s, budget, method) in by]
                 pairs = [(a[key], b[key]) for a, b in pairs if key in a and key in b]
                 if not pairs:
                     continue
@@ -240,7 +256,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
                 mean, sd = mean_sd(differences)
                 # One seed has no standard error: such a difference decides nothing.
                 se = sd / math.sqrt(len(differences)) if len(differences) > 1 else None
-                out.append({"budget": budget, "versus": other, "stage": stage, "mean": mean, "sd": sd, "se": se,
+                out.append({"budget": budget, "method": method, "versus": other, "stage": stage, "mean": mean, "sd": sd, "se": se,
                             "per_seed": differences, "ahead": se is not None and mean > 2 * se,
                             "behind": se is not None and mean < -2 * se})
     return out
@@ -256,12 +272,12 @@ def markdown(result: dict) -> str:
     for e in result["summary"]:
         cells = " | ".join(f"{100 * e[f'{s}_mean']:.2f} ± {100 * e[f'{s}_sd']:.2f}" if f"{s}_mean" in e else "-" for s in STAGES)
         lines.append(f"| {e['budget']} | {_cell(e['criterion'])} | {e['flops']:,} | {cells} |")
-    lines += ["", f"Paired differences, {METHOD} minus the other row (points, mean ± standard error; "
-              "ahead/behind: beyond 2 standard errors):", "", "| budget | vs | stage | difference | verdict |", "|---|---|---|---|---|"]
+    lines += ["", "Paired differences, a Dirichlet row minus another row (points, mean ± standard error; "
+              "ahead/behind: beyond 2 standard errors):", "", "| budget | row | vs | stage | difference | verdict |", "|---|---|---|---|---|---|"]
     for p in result["paired"]:
         verdict = "ahead" if p["ahead"] else "behind" if p["behind"] else "within noise" if p["se"] is not None else "one seed"
         se = "-" if p["se"] is None else f"{100 * p['se']:.2f}"
-        lines.append(f"| {p['budget']} | {_cell(p['versus'])} | {p['stage']} | {100 * p['mean']:+.2f} ± {se} | {verdict} |")
+        lines.append(f"| {p['budget']} | {p['method']} | {_cell(p['versus'])} | {p['stage']} | {100 * p['mean']:+.2f} ± {se} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

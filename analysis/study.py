@@ -63,14 +63,23 @@ def baseline(model: str, data: DataSplits, seed: int, train_epochs: int | None =
 
 
 def fit_switches(
-    network: nn.Module, data: DataSplits, *, seed: int, prior=1.0, train: Split | None = None, device: str = "cpu", **fit_options
+    network: nn.Module,
+    data: DataSplits,
+    *,
+    seed: int,
+    prior=1.0,
+    train: Split | None = None,
+    device: str = "cpu",
+    layer_gain: bool = False,
+    **fit_options,
 ) -> Fitted:
     """Fit switches on a copy of ``network`` (never modified) with :class:`FitConfig` defaults overridden by ``fit_options``.
 
-    ``train`` replaces the training split, e.g. by one class's examples.
+    ``train`` replaces the training split, e.g. by one class's examples; ``layer_gain`` is
+    :class:`DirichletSwitches`' option of that name.
     """
     example = data.train.images[:2].to(device)
-    switches = DirichletSwitches(copy.deepcopy(network), example, prior=prior)
+    switches = DirichletSwitches(copy.deepcopy(network), example, prior=prior, layer_gain=layer_gain)
     config = FitConfig(**{"seed": seed, "device": device, "progress": False, **fit_options})
     result = fit(switches, data.train if train is None else train, config)
     posterior = result.posterior(seed=seed)

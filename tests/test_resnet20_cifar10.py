@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from analysis.resnet20_cifar10 import METHOD, Protocol, budget_counts_by_name, load_weights, main, markdown, run
+from analysis.resnet20_cifar10 import GAIN_METHOD, METHOD, Protocol, budget_counts_by_name, load_weights, main, markdown, run
 from pyro_dirichlet.data import DataSplits, Split
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.baseline import save_checkpoint
@@ -35,14 +35,14 @@ def network():
     return net
 
 
-CRITERIA = (METHOD, "l1-norm", "batchnorm |gamma|", "random")
+CRITERIA = (METHOD, GAIN_METHOD, "l1-norm", "batchnorm |gamma|", "random")
 
 
 @pytest.fixture(scope="module")
 def result(network):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # Small enough for CI: two seeds (a standard error), one budget of each kind, four rows.
+    # Small enough for CI: two seeds (a standard error), one budget of each kind, five rows.
     protocol = Protocol(seeds=(0, 1), flop_budgets=(0.5,), keep_ratios=(0.25,), criteria=CRITERIA,
                         finetune_epochs=1, finetune_only=("50% FLOPs", 2))
     yield run(network, cifar_shaped(), protocol, log=lambda line: None)
@@ -96,13 +96,20 @@ def test_the_method_and_the_best_others_on_validation_are_finetuned(result):
 @pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
 def test_paired_differences_are_method_minus_other_per_seed(result):
     by = {(r["seed"], r["budget"], r["criterion"]): r for r in result["rows"]}
-    entry = next(p for p in result["paired"] if p["budget"] == "keep 0.25" and p["versus"] == "l1-norm" and p["stage"] == "pruned")
+    entry = next(p for p in result["paired"] if p["budget"] == "keep 0.25" and p["method"] == METHOD
+                 and p["versus"] == "l1-norm" and p["stage"] == "pruned")
     expected = [by[(s, "keep 0.25", METHOD)]["test_pruned"] - by[(s, "keep 0.25", "l1-norm")]["test_pruned"] for s in (0, 1)]
     assert entry["per_seed"] == pytest.approx(expected)
     assert entry["se"] == pytest.approx(entry["sd"] / 2 ** 0.5)
     assert not any(p["stage"] == "finetuned" and p["budget"] != "50% FLOPs" for p in result["paired"])
-    assert {p["versus"] for p in result["paired"]} == set(CRITERIA) - {METHOD}
-    assert {p["versus"] for p in result["paired"] if p["stage"] == "finetuned"} == {name for _, name in tuned(result)} - {METHOD}
+    assert {p["versus"] for p in result["paired"]} == set(CRITERIA) - {METHOD, GAIN_METHOD}
+    assert {p["method"] for p in result["paired"]} == {METHOD, GAIN_METHOD}
+    assert {p["versus"] for p in result["paired"] if p["stage"] == "finetuned" and p["method"] == METHOD} == (
+        {name for _, name in tuned(result)} - {METHOD, GAIN_METHOD})
+    gain = next(p for p in result["paired"] if p["method"] == GAIN_METHOD and p["budget"] == "keep 0.25"
+                and p["versus"] == "random" and p["stage"] == "calibrated")
+    assert gain["per_seed"] == pytest.approx([by[(s, "keep 0.25", GAIN_METHOD)]["test_calibrated"]
+                                              - by[(s, "keep 0.25", "random")]["test_calibrated"] for s in (0, 1)])
     table = markdown(result)
     assert "| keep 0.25 | random |" in table and "| keep 0.25 | batchnorm \\|gamma\\| |" in table
 
