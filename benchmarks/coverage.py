@@ -22,6 +22,7 @@ model runs in a forked child with a time limit, so one giant model cannot stall 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import platform
 import sys
@@ -310,9 +311,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-gb", type=float, default=8.0, help="resident memory one model may take (default 8)")
     parser.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning yardstick")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--update", type=Path, default=None,
+        help="rerun only --models and replace their rows in this JSON from a full run (totals recomputed, the rerun recorded)",
+    )
     args = parser.parse_args(argv)
     if min(args.timeout, args.tp_timeout, args.memory_gb) <= 0:
         parser.error("--timeout, --tp-timeout and --memory-gb must be positive")
+    if args.update is not None and (args.models is None or args.json is not None):
+        parser.error("--update reruns the models named by --models and rewrites its own file: give --models, not --json")
+    if args.update is not None and not args.update.is_file():
+        parser.error(f"--update {args.update} is not a file")
     return args
 
 
@@ -324,6 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5)", file=sys.stderr)
         return 2
+    if args.update is not None:
+        try:
+            previous = {entry["model"] for entry in json.loads(args.update.read_text())["models"]}
+        except (ValueError, KeyError, TypeError) as error:
+            print(f"error: --update {args.update} is not a coverage JSON ({error})", file=sys.stderr)
+            return 2
+        missing = sorted(set(names) - previous)
+        if missing:
+            print(f"error: --update {args.update} has no rows for {missing}; run them in a full run first", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     entries = []
     for name in names:
@@ -350,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "totals": totals(entries),
         "models": entries,
     }
+    if args.update is not None:
+        report = _updated(args.update, report)
     summary = report["totals"]
     print(
         f"{summary['models']} models: {summary['raise']} prune in raise mode, {summary['skip']} in skip mode, "
@@ -358,7 +379,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.json, report)
+    if args.update is not None:
+        atomic_write_json(args.update, report)
     return 0
+
+
+def _updated(path: Path, rerun: dict) -> dict:
+    """The full run in ``path`` with the rows of ``rerun``'s models replaced and its totals
+    recomputed; ``reruns`` records each partial rerun (command, models, versions, seconds),
+    so a reader sees which rows are newer than the full run's command."""
+    report = json.loads(path.read_text())
+    fresh = {entry["model"]: entry for entry in rerun["models"]}
+    report["models"] = [fresh.get(entry["model"], entry) for entry in report["models"]]
+    report["totals"] = totals(report["models"])
+    report.setdefault("reruns", []).append(
+        {key: rerun[key] for key in ("command", "torch", "torchvision", "torch_pruning", "seconds")} | {"models": sorted(fresh)}
+    )
+    return report
 
 
 if __name__ == "__main__":

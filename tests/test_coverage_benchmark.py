@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.coverage import main
 
 
@@ -27,3 +29,35 @@ def test_coverage_refuses_an_unknown_model_by_name(tmp_path, capsys):
     assert main(["--models", "lenet5", "--json", str(path)]) == 2  # registered ones are "registered:lenet5"
     assert "--models names ['lenet5']" in capsys.readouterr().err
     assert not path.exists()
+
+
+def test_update_replaces_the_rerun_rows_recomputes_the_totals_and_records_the_rerun(tmp_path, capsys):
+    path = tmp_path / "coverage.json"
+    assert main(["--models", "registered:lenet5", "registered:lenet300", "--no-torch-pruning", "--json", str(path)]) == 0
+    full = json.loads(path.read_text())
+    # a stale row, as an older full run would have left it
+    full["models"][0]["ours"]["skip"]["params_kept"] = 0.99
+    full["totals"]["skip"] = 0
+    path.write_text(json.dumps(full))
+    assert main(["--models", "registered:lenet5", "--no-torch-pruning", "--update", str(path)]) == 0
+    updated = json.loads(path.read_text())
+    assert [entry["model"] for entry in updated["models"]] == ["registered:lenet5", "registered:lenet300"]
+    assert updated["models"][0]["ours"]["skip"]["params_kept"] < 0.3  # rerun
+    assert updated["models"][1] == full["models"][1]  # left as the full run wrote it
+    assert updated["totals"]["models"] == 2 and updated["totals"]["skip"] == 2
+    assert updated["command"] == full["command"]
+    (rerun,) = updated["reruns"]
+    assert rerun["models"] == ["registered:lenet5"] and "--update" in rerun["command"]
+
+
+def test_update_refuses_models_the_full_run_lacks_and_a_missing_file(tmp_path, capsys):
+    path = tmp_path / "coverage.json"
+    assert main(["--models", "registered:lenet5", "--no-torch-pruning", "--json", str(path)]) == 0
+    before = path.read_text()
+    assert main(["--models", "registered:lenet300", "--no-torch-pruning", "--update", str(path)]) == 2
+    assert "has no rows for ['registered:lenet300']" in capsys.readouterr().err
+    assert path.read_text() == before
+    for argv in (["--update", str(path)], ["--models", "registered:lenet5", "--update", str(tmp_path / "none.json")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
