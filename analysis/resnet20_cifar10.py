@@ -54,7 +54,7 @@ from pyro_dirichlet.models.baseline import load_checkpoint
 from pyro_dirichlet.plan import plan_keep
 from pyro_dirichlet.train import TrainConfig, train_classifier
 
-__all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "load_weights", "budget_counts_by_name", "run", "main"]
+__all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "readme_tables", "load_weights", "budget_counts_by_name", "run", "main"]
 
 MODEL = "resnet20"
 #: The method's row; every paired difference is it minus another row.
@@ -278,6 +278,42 @@ def markdown(result: dict) -> str:
         verdict = "ahead" if p["ahead"] else "behind" if p["behind"] else "within noise" if p["se"] is not None else "one seed"
         se = "-" if p["se"] is None else f"{100 * p['se']:.2f}"
         lines.append(f"| {p['budget']} | {p['method']} | {_cell(p['versus'])} | {p['stage']} | {100 * p['mean']:+.2f} ± {se} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+#: The paired differences README quotes: each Dirichlet row against these.
+README_VERSUS = ("l1-norm", "random", "taylor")
+
+
+def readme_tables(result: dict) -> str:
+    """The two tables README's "Does it work?" quotes, made from ``comparison.json`` (a test keeps them in sync).
+
+    Test accuracy (%) per budget and row, mean over seeds ("-": not fine-tuned), then the
+    paired differences (points, mean ± standard error) of both Dirichlet rows against
+    :data:`README_VERSUS`; bold where beyond two standard errors of 0.
+    """
+    headers = "right after pruning | after calibration | calibrated + fine-tuned"
+    lines = [f"| budget | criterion | {headers} |", "|---|---|---|---|---|"]
+    for e in result["summary"]:
+        cells = [f"{100 * e[f'{s}_mean']:.{2 if s == 'finetuned' else 1}f}" if f"{s}_mean" in e else "-" for s in STAGES]
+        lines.append(f"| {e['budget']} | {_cell(e['criterion'])} | " + " | ".join(cells) + " |")
+    lines += ["", f"| budget | difference | {headers} |", "|---|---|---|---|---|"]
+    paired = {(p["budget"], p["method"], p["versus"], p["stage"]): p for p in result["paired"]}
+    for budget in result["budgets"]:
+        for method in (METHOD, GAIN_METHOD):
+            for other in README_VERSUS:
+                if (budget, method, other, "pruned") not in paired:
+                    continue
+                cells = []
+                for stage in STAGES:
+                    p = paired.get((budget, method, other, stage))
+                    if p is None or p["se"] is None:
+                        cells.append("-")
+                        continue
+                    mark = "**" if p["ahead"] or p["behind"] else ""
+                    digits = 2 if stage == "finetuned" else 1
+                    cells.append(f"{mark}{100 * p['mean']:+.{digits}f} ± {100 * p['se']:.{digits}f}{mark}")
+                lines.append(f"| {budget} | {method} − {other} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,13 +20,20 @@ def test_recall_counts_dead_units_among_the_lowest_scores():
     assert recall(torch.tensor([0.5, 0.2, 0.1, 0.9]), [1]) == 0.0
 
 
-@pytest.fixture(scope="module")
-def recovered(mnist):
+def recovered_case(mnist, seed: int, kill: str = "after"):
+    """A planted case (8 of 32 units, 5,000 images) and its recovery row, at one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=1)
-    yield case, recover(case, seed=1)
-    torch.set_num_threads(threads)
+    try:
+        case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=seed, kill=kill)
+        return case, recover(case, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recovered(mnist):
+    return recovered_case(mnist, seed=1)
 
 
 def test_planted_units_are_dead_and_the_network_still_classifies(recovered):
@@ -65,11 +72,7 @@ def test_posterior_ranks_dead_channels_last(recovered):
 
 @pytest.fixture(scope="module")
 def recovered_off_optimum(mnist):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=2)
-    yield case, recover(case, seed=2)
-    torch.set_num_threads(threads)
+    return recovered_case(mnist, seed=2)
 
 
 def test_the_layer_gain_ranks_dead_units_below_every_useful_one_where_the_default_does_not(recovered_off_optimum):
@@ -89,11 +92,7 @@ def test_the_layer_gain_ranks_dead_units_below_every_useful_one_where_the_defaul
 
 @pytest.fixture(scope="module")
 def recovered_before(mnist):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    case = dead_unit_case(mnist.train.subset(5000, seed=0), width=32, dead=8, seed=1, kill="before")
-    yield case, recover(case, seed=1)
-    torch.set_num_threads(threads)
+    return recovered_case(mnist, seed=1, kill="before")
 
 
 def test_units_dead_throughout_training_stay_dead_and_rank_last(recovered_before):

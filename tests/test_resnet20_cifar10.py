@@ -153,3 +153,17 @@ def test_the_protocol_refuses_unknown_rows():
         Protocol(criteria=(METHOD, "l2-norm"))
     with pytest.raises(ValueError, match="must include"):
         dataclasses.replace(Protocol(), criteria=("l1-norm",))
+
+
+@pytest.mark.slow  # the shared fixture
+def test_readme_tables_quote_the_summary_and_bold_only_verdicts(result):
+    from analysis.resnet20_cifar10 import readme_tables
+
+    tables = readme_tables(result)
+    first = next(e for e in result["summary"] if e["budget"] == "keep 0.25" and e["criterion"] == "l1-norm")
+    assert f"| keep 0.25 | l1-norm | {100 * first['pruned_mean']:.1f} | {100 * first['calibrated_mean']:.1f} | - |" in tables
+    for p in result["paired"]:
+        if p["versus"] == "l1-norm" and p["stage"] == "pruned":
+            cell = f"{100 * p['mean']:+.1f} ± {100 * p['se']:.1f}"
+            assert (f"**{cell}**" in tables) == (p["ahead"] or p["behind"]), p
+    assert f"{GAIN_METHOD} − random" in tables and "batchnorm" not in tables.split("| budget | difference |")[1]
