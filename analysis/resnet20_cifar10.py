@@ -30,6 +30,7 @@ MLP the dead units then rank *highest*.)
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import math
@@ -72,6 +73,8 @@ ROWS: dict[str, tuple[str, bool]] = {
     "random": ("random", False),
 }
 STAGES = ("pruned", "calibrated", "finetuned")
+#: The rows every paired difference is taken from (each against every non-Dirichlet row).
+DIRICHLET_ROWS = (METHOD, GAIN_METHOD)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,10 @@ class Protocol:
         criteria: rows of :data:`ROWS` to compare.
         finetune_epochs, finetune_lr: the fine-tune recipe (SGD, momentum 0.9, Nesterov,
             weight decay 5e-4, cosine, batch 128, best validation epoch), on the fit's images.
-        finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the method and
-            the ``n`` other rows with the best mean validation accuracy after calibration (so
-            the paired difference after fine-tuning is against the strongest competitor);
-            ``None``: every row at every budget.
+        finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the Dirichlet
+            rows and the ``n`` other rows with the best mean validation accuracy after
+            calibration (so the paired difference after fine-tuning is against the strongest
+            competitors); ``None``: every row at every budget.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -109,8 +112,15 @@ class Protocol:
         unknown = [name for name in self.criteria if name not in ROWS]
         if unknown:
             raise ValueError(f"criteria {unknown} are not rows of the comparison; known rows: {list(ROWS)}.")
-        if METHOD not in self.criteria:
-            raise ValueError(f"criteria must include {METHOD!r}: every paired difference is taken against it.")
+        if not set(self.criteria) & set(DIRICHLET_ROWS):
+            raise ValueError(f"criteria must include {METHOD!r} or {GAIN_METHOD!r}: every paired difference is taken against one.")
+        if self.finetune_only is not None and self.finetune_only[0] not in self.budget_names:
+            raise ValueError(f"finetune_only names budget {self.finetune_only[0]!r}, which is not one of {self.budget_names}.")
+
+    @property
+    def budget_names(self) -> tuple[str, ...]:
+        """``"50% FLOPs"``... then ``"keep 0.5"``...: the keys of :func:`budget_counts_by_name`."""
+        return (*(f"{round(100 * share)}% FLOPs" for share in self.flop_budgets), *(f"keep {ratio:g}" for ratio in self.keep_ratios))
 
 
 #: ``--reduced``: sized for about 45 minutes of a 2-core CPU.
@@ -138,49 +148,88 @@ def load_weights(path: Path) -> tuple[nn.Module, dict]:
 
 def budget_counts_by_name(network: nn.Module, widths: Mapping[str, int], example: torch.Tensor, protocol: Protocol) -> dict[str, dict[str, int]]:
     """``{budget name: per-layer keep counts}``: ``"50% FLOPs"``... then ``"keep 0.5"``..."""
-    budgets = {f"{round(100 * share)}% FLOPs": uniform_counts(network, widths, example, budget=share, cost="flops")
-               for share in protocol.flop_budgets}
-    budgets.update({f"keep {ratio:g}": {name: max(1, round(ratio * width)) for name, width in widths.items()}
-                    for ratio in protocol.keep_ratios})
-    return budgets
+    counts = [uniform_counts(network, widths, example, budget=share, cost="flops") for share in protocol.flop_budgets]
+    counts += [{name: max(1, round(ratio * width)) for name, width in widths.items()} for ratio in protocol.keep_ratios]
+    return dict(zip(protocol.budget_names, counts, strict=True))
 
 
 def _scores(name: str, network: nn.Module, layers, data: DataSplits, seed: int, fitted) -> dict[str, torch.Tensor]:
     registered, _ = ROWS[name]
-    fitted = fitted[name == GAIN_METHOD]
-    options = {"posterior-mean": {"posterior": fitted.posterior}, "random": {"seed": seed},
-               "taylor": {"seed": seed, "batches": None}}.get(registered, {})
+    options = {"random": {"seed": seed}, "taylor": {"seed": seed, "batches": None}}.get(registered, {})
+    if registered == "posterior-mean":
+        options = {"posterior": fitted[name == GAIN_METHOD].posterior}
     return get_criterion(registered, **options)(network, layers, data.train)
 
 
-def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callable[[str], None] = print) -> dict:
-    """The comparison on ``network`` (never modified) with ``data`` already cut to the protocol's sizes."""
-    example = data.train.images[:2]
+def _on(device: torch.device, data: DataSplits) -> DataSplits:
+    # Each split goes to the device once: the fit, Taylor, calibration and fine-tune then only slice.
+    return dataclasses.replace(data, train=data.train.to(device), validation=data.validation.to(device), test=data.test.to(device))
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu() for name, tensor in tensors.items()}
+
+
+def run(
+    network: nn.Module,
+    data: DataSplits,
+    protocol: Protocol,
+    *,
+    log: Callable[[str], None] = print,
+    device: torch.device | str = "cpu",
+    partial: Callable[[dict], None] | None = None,
+) -> dict:
+    """The comparison on ``network`` (never modified) with ``data`` already cut to the protocol's sizes.
+
+    ``device``: where the fits, Taylor, calibration, fine-tuning and scoring run; the surgery
+    runs on a CPU copy (the pruned network then moves), so a pruned network is the same
+    on any device. ``partial``, if given, receives the result so far (its ``"complete"`` is
+    ``False``) after each seed and each fine-tune, so a run stopped early still leaves rows.
+    """
+    device = torch.device(device)
+    network = copy.deepcopy(network).cpu().eval()
+    on_device = copy.deepcopy(network).to(device)
+    data = _on(device, data)
+    example = data.train.images[:2].cpu()
     started = time.perf_counter()  # the whole comparison's wall time, reported as "seconds"
-    baseline = {"test_accuracy": accuracy(network, data.test), "validation_accuracy": accuracy(network, data.validation),
+    baseline = {"test_accuracy": accuracy(on_device, data.test), "validation_accuracy": accuracy(on_device, data.validation),
                 "params": count_parameters(network), "flops": count_flops(network, example)}
     rows, calibrated_networks, budgets = [], {}, None
+    tuned: set[tuple[str, str]] = set()
+
+    def result(complete: bool) -> dict:
+        return {
+            "model": MODEL, "protocol": _describe(protocol), "data": _describe_data(data), "device": str(device),
+            "baseline": baseline, "budgets": budgets, "finetuned": sorted(map(list, tuned)),
+            # Copies: the rows go on gaining fine-tuned scores after a partial result is reported.
+            "rows": [dict(row) for row in rows], "summary": summarise(rows), "paired": paired_differences(rows),
+            "seconds": time.perf_counter() - started, "complete": complete,
+        }
+
     for seed in protocol.seeds:
-        with Stopwatch() as fit_watch:
-            fitted = fit_switches(network, data, seed=seed)
-        # {layer_gain: fit}; the gain fit only where its row is compared.
-        fits = {False: fitted}
-        if GAIN_METHOD in protocol.criteria:
-            fits[True] = fit_switches(network, data, seed=seed, layer_gain=True)
-        layers = fitted.switches.layers
+        # {layer_gain: (fit, seconds)}, each fit only where a row of the protocol reads it.
+        fits, fit_seconds = {}, {}
+        for gain in sorted({name == GAIN_METHOD for name in protocol.criteria if ROWS[name][0] == "posterior-mean"}):
+            with Stopwatch(device) as fit_watch:
+                fits[gain] = fit_switches(on_device, data, seed=seed, layer_gain=gain, device=str(device))
+            fit_seconds[gain] = fit_watch.seconds
+        layers = next(iter(fits.values())).switches.layers
         widths = {layer.name: layer.channels for layer in layers}
         budgets = budgets or budget_counts_by_name(network, widths, example, protocol)
-        scores = {name: _scores(name, network, layers, data, seed, fits) for name in protocol.criteria}
+        # Taylor's gradients on the device; every score to the CPU, where the plan and surgery run.
+        scores = {name: _cpu(_scores(name, on_device if ROWS[name][0] == "taylor" else network, layers, data, seed, fits))
+                  for name in protocol.criteria}
         for budget, counts in budgets.items():
             for name in protocol.criteria:
-                fold = fits[name == GAIN_METHOD].means if ROWS[name][1] else None
+                fold = _cpu(fits[name == GAIN_METHOD].means) if ROWS[name][1] else None
                 keep = plan_keep(scores[name], counts)
                 pruned = pruned_network(network, keep, example, fold)
                 row = {"seed": seed, "budget": budget, "criterion": name, "params": count_parameters(pruned),
-                       "flops": count_flops(pruned, example), "fit_seconds": fit_watch.seconds,
-                       "test_pruned": accuracy(pruned, data.test), "validation_pruned": accuracy(pruned, data.validation)}
-                with Stopwatch() as watch:
-                    calibrated = calibrate(pruned, data.train, example, dataclasses.replace(protocol.calibration, seed=seed))
+                       "flops": count_flops(pruned, example), "fit_seconds": fit_seconds.get(name == GAIN_METHOD)}
+                pruned = pruned.to(device)
+                row.update({"test_pruned": accuracy(pruned, data.test), "validation_pruned": accuracy(pruned, data.validation)})
+                with Stopwatch(device) as watch:
+                    calibrated = calibrate(pruned, data.train, example.to(device), dataclasses.replace(protocol.calibration, seed=seed))
                 row.update({"test_calibrated": accuracy(calibrated.network, data.test),
                             "validation_calibrated": accuracy(calibrated.network, data.validation),
                             "calibration_seconds": watch.seconds,
@@ -188,24 +237,26 @@ def run(network: nn.Module, data: DataSplits, protocol: Protocol, *, log: Callab
                 calibrated_networks[(seed, budget, name)] = calibrated.network
                 rows.append(row)
                 log(f"seed {seed} {budget} {name}: pruned {row['test_pruned']:.4f}, calibrated {row['test_calibrated']:.4f}")
-    tuned = _finetune_set(rows, protocol)
+        if partial is not None:
+            partial(result(complete=False))
+    tuned = _finetune_set(rows, protocol) if protocol.finetune_epochs > 0 else set()
     recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, optimizer="sgd", momentum=0.9,
                          nesterov=True, weight_decay=5e-4, schedule="cosine")
-    for row in rows:
-        if (row["budget"], row["criterion"]) not in tuned or protocol.finetune_epochs == 0:
+    # Seed by seed, so a run stopped early has whole seeds of every fine-tuned row.
+    for row in sorted(rows, key=lambda r: r["seed"]):
+        if (row["budget"], row["criterion"]) not in tuned:
             continue
         network_ = calibrated_networks[(row["seed"], row["budget"], row["criterion"])]
-        with Stopwatch() as watch:
-            train_classifier(network_, data, dataclasses.replace(recipe, seed=row["seed"]), progress=False, keep_initial=True)
+        with Stopwatch(device) as watch:
+            train_classifier(network_, data, dataclasses.replace(recipe, seed=row["seed"]), device=device, progress=False,
+                             keep_initial=True)
         network_.eval()
-        row.update({"test_finetuned": accuracy(network_, data.test), "finetune_seconds": watch.seconds})
+        row.update({"test_finetuned": accuracy(network_, data.test), "validation_finetuned": accuracy(network_, data.validation),
+                    "finetune_seconds": watch.seconds})
         log(f"seed {row['seed']} {row['budget']} {row['criterion']}: fine-tuned {row['test_finetuned']:.4f}")
-    return {
-        "model": MODEL, "protocol": _describe(protocol), "data": _describe_data(data),
-        "baseline": baseline, "budgets": budgets, "finetuned": sorted(map(list, tuned)),
-        "rows": rows, "summary": summarise(rows), "paired": paired_differences(rows),
-        "seconds": time.perf_counter() - started,
-    }
+        if partial is not None:
+            partial(result(complete=False))
+    return result(complete=True)
 
 
 def _finetune_set(rows: list[dict], protocol: Protocol) -> set[tuple[str, str]]:
@@ -214,10 +265,11 @@ def _finetune_set(rows: list[dict], protocol: Protocol) -> set[tuple[str, str]]:
     if protocol.finetune_only is None:
         return every
     budget, count = protocol.finetune_only
+    methods = [name for name in protocol.criteria if name in DIRICHLET_ROWS]
     means = {name: mean_sd(r["validation_calibrated"] for r in rows if r["budget"] == budget and r["criterion"] == name)[0]
-             for name in protocol.criteria if name != METHOD}
+             for name in protocol.criteria if name not in methods}
     best = sorted(means, key=lambda name: -means[name])[:count]
-    return {(budget, name) for name in (METHOD, *best)}
+    return {(budget, name) for name in (*methods, *best)}
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -241,7 +293,7 @@ def paired_differences(rows: list[dict]) -> list[dict]:
     """
     by = {(r["seed"], r["budget"], r["criterion"]): r for r in rows}
     present = dict.fromkeys(r["criterion"] for r in rows)
-    methods = [name for name in (METHOD, GAIN_METHOD) if name in present]
+    methods = [name for name in DIRICHLET_ROWS if name in present]
     out = []
     for budget, method in ((b, m) for b in dict.fromkeys(r["budget"] for r in rows) for m in methods):
         for other in (name for name in present if ROWS[name][0] != "posterior-mean"):
@@ -300,7 +352,7 @@ def readme_tables(result: dict) -> str:
     lines += ["", f"| budget | difference | {headers} |", "|---|---|---|---|---|"]
     paired = {(p["budget"], p["method"], p["versus"], p["stage"]): p for p in result["paired"]}
     for budget in result["budgets"]:
-        for method in (METHOD, GAIN_METHOD):
+        for method in DIRICHLET_ROWS:
             for other in README_VERSUS:
                 if (budget, method, other, "pruned") not in paired:
                     continue
@@ -347,35 +399,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     parser.add_argument("--fit-images", type=int, default=None, help="training images for the fit, Taylor, calibration")
     parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument("--validation-images", type=int, default=None)
     parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--finetune-only", default=None, metavar="BUDGET:N",
+                        help="fine-tune only at BUDGET (e.g. '50%% FLOPs'), the Dirichlet rows and the N other rows best on "
+                             "validation; 'all': every row at every budget")
+    parser.add_argument("--criterion", action="append", choices=list(ROWS), default=None,
+                        help="a row to compare, repeatable (default: every row; at least one Dirichlet row)")
+    parser.add_argument("--flop-budgets", type=_shares, default=None, metavar="S,S", help="shares of the FLOPs, e.g. 0.5,0.3")
+    parser.add_argument("--keep-ratios", type=_shares, default=None, metavar="R,R",
+                        help="per-layer keep ratios, e.g. 0.5,0.25 ('' for none)")
+    parser.add_argument("--device", default="cpu", help="where fits, calibration, fine-tuning and scoring run (cpu, cuda)")
     args = parser.parse_args(argv)
     if not args.weights.is_file():
         parser.error(f"--weights {args.weights} is not a file.")
-    for name in ("seeds", "fit_images", "test_images"):
+    for name in ("seeds", "fit_images", "test_images", "validation_images"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     if args.finetune_epochs is not None and args.finetune_epochs < 0:
         parser.error(f"--finetune-epochs must be at least 0, got {args.finetune_epochs}.")
+    finetune_only = None if args.finetune_only is None else _parse_finetune_only(parser, args.finetune_only)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no CUDA device.")
     protocol = REDUCED if args.reduced else Protocol()
     overrides = {"seeds": None if args.seeds is None else tuple(range(args.seeds)), "fit_images": args.fit_images,
-                 "test_images": args.test_images, "finetune_epochs": args.finetune_epochs}
-    protocol = dataclasses.replace(protocol, **{k: v for k, v in overrides.items() if v is not None})
+                 "test_images": args.test_images, "validation_images": args.validation_images,
+                 "finetune_epochs": args.finetune_epochs, "finetune_only": finetune_only,
+                 "criteria": None if args.criterion is None else tuple(dict.fromkeys(args.criterion)),
+                 "flop_budgets": args.flop_budgets, "keep_ratios": args.keep_ratios}
+    if finetune_only == "all":
+        overrides["finetune_only"], finetune_only = None, None
+        protocol = dataclasses.replace(protocol, finetune_only=None)
+    try:
+        protocol = dataclasses.replace(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:
+        parser.error(f"the protocol the flags ask for: {error}")
     try:
         network, metadata = load_weights(args.weights)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     data = cut(load_dataset("cifar10", args.data_dir), protocol)
-    result = run(network, data, protocol, log=lambda line: print(line, flush=True))
-    result["weights"] = {"path": str(args.weights), "sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest(),
-                         "metadata": metadata}
-    result["reduced"] = args.reduced
+    weights = {"path": str(args.weights), "sha256": hashlib.sha256(args.weights.read_bytes()).hexdigest(), "metadata": metadata}
     args.out.mkdir(parents=True, exist_ok=True)
+    partial_path = args.out / "comparison.partial.json"
+
+    def write_partial(result: dict) -> None:
+        atomic_write_json(partial_path, {**result, "weights": weights, "reduced": args.reduced})
+
+    result = run(network, data, protocol, log=lambda line: print(line, flush=True), device=args.device, partial=write_partial)
+    result["weights"] = weights
+    result["reduced"] = args.reduced
     atomic_write_json(args.out / "comparison.json", result)
     atomic_write_text(args.out / "comparison.md", markdown(result))
+    partial_path.unlink(missing_ok=True)
     print(markdown(result), flush=True)
     return 0
+
+
+def _shares(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not all(0 < value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"every share must lie strictly between 0 and 1, got {text!r}")
+    return values
+
+
+def _parse_finetune_only(parser: argparse.ArgumentParser, text: str) -> tuple[str, int] | str:
+    if text == "all":
+        return "all"
+    budget, _, count = text.rpartition(":")
+    if not budget or not count.isdigit():
+        parser.error(f"--finetune-only must be 'BUDGET:N' (e.g. '50% FLOPs:2') or 'all', got {text!r}.")
+    return budget, int(count)
 
 
 if __name__ == "__main__":

@@ -39,14 +39,35 @@ CRITERIA = (METHOD, GAIN_METHOD, "l1-norm", "batchnorm |gamma|", "random")
 
 
 @pytest.fixture(scope="module")
-def result(network):
+def recorded(network):
+    """The comparison's result and every partial result it reported on the way."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     # Small enough for CI: two seeds (a standard error), one budget of each kind, five rows.
     protocol = Protocol(seeds=(0, 1), flop_budgets=(0.5,), keep_ratios=(0.25,), criteria=CRITERIA,
                         finetune_epochs=1, finetune_only=("50% FLOPs", 2))
-    yield run(network, cifar_shaped(), protocol, log=lambda line: None)
+    partials: list[dict] = []
+    yield run(network, cifar_shaped(), protocol, log=lambda line: None, partial=partials.append), partials
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def result(recorded):
+    return recorded[0]
+
+
+@pytest.mark.slow  # the shared fixture
+def test_partial_results_come_after_each_seed_and_each_finetune(recorded, network):
+    result, partials = recorded
+    assert result["complete"] and not any(p["complete"] for p in partials)
+    # Two seeds, then four fine-tuned rows per seed, seed 0's first.
+    assert len(partials) == 2 + 2 * 4
+    assert {r["seed"] for r in partials[0]["rows"]} == {0} and len(partials[1]["rows"]) == len(result["rows"])
+    assert not any("test_finetuned" in r for r in partials[1]["rows"])
+    assert [sum("test_finetuned" in r for r in p["rows"]) for p in partials[2:]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert all(r["seed"] == 0 for r in partials[5]["rows"] if "test_finetuned" in r)
+    assert result["device"] == "cpu"
+    assert next(network.parameters()).device.type == "cpu"  # the caller's network stays where it was
 
 
 @pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
@@ -83,14 +104,14 @@ def test_flop_budgets_are_the_largest_uniform_ratio_that_fits(network, one_threa
 @pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
 def test_the_method_and_the_best_others_on_validation_are_finetuned(result):
     tuned = {(r["budget"], r["criterion"]) for r in result["rows"] if "test_finetuned" in r}
-    assert len(tuned) == 3 and {budget for budget, _ in tuned} == {"50% FLOPs"}
+    assert len(tuned) == 4 and {budget for budget, _ in tuned} == {"50% FLOPs"}
     assert sorted(map(tuple, result["finetuned"])) == sorted(tuned)
     means = {}
     for row in result["rows"]:
-        if row["budget"] == "50% FLOPs" and row["criterion"] != METHOD:
+        if row["budget"] == "50% FLOPs" and row["criterion"] not in (METHOD, GAIN_METHOD):
             means.setdefault(row["criterion"], []).append(row["validation_calibrated"])
     ranked = sorted(means, key=lambda name: -sum(means[name]))
-    assert {name for _, name in tuned} == {METHOD, *ranked[:2]}
+    assert {name for _, name in tuned} == {METHOD, GAIN_METHOD, *ranked[:2]}
 
 
 @pytest.mark.slow  # the shared fixture: two SVI fits, 16 calibrations, two fine-tunes (~15 s of CPU)
@@ -148,11 +169,38 @@ def test_cli_refuses_a_missing_weights_file_and_writes_nothing(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_an_unknown_finetune_budget_and_a_missing_cuda(network, tmp_path, capsys):
+    weights = tmp_path / "resnet20.safetensors"
+    save_checkpoint(weights, network, {"model": "resnet20"})
+    out = tmp_path / "out"
+    for bad in ("40% FLOPs:2", "50% FLOPs", "50% FLOPs:two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--weights", str(weights), "--out", str(out), "--finetune-only", bad])
+        assert exit_.value.code == 2
+        assert "finetune" in capsys.readouterr().err
+    for flag, bad in (("--flop-budgets", "0.5,1.5"), ("--keep-ratios", "half"), ("--criterion", "l2-norm")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--weights", str(weights), "--out", str(out), flag, bad])
+        assert exit_.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # no Dirichlet row: nothing to take differences from
+        main(["--weights", str(weights), "--out", str(out), "--criterion", "l1-norm"])
+    assert exit_.value.code == 2 and "must include" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exit_:
+            main(["--weights", str(weights), "--out", str(out), "--device", "cuda"])
+        assert exit_.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_protocol_refuses_unknown_rows():
     with pytest.raises(ValueError, match="not rows of the comparison"):
         Protocol(criteria=(METHOD, "l2-norm"))
     with pytest.raises(ValueError, match="must include"):
         dataclasses.replace(Protocol(), criteria=("l1-norm",))
+    assert Protocol(criteria=(GAIN_METHOD, "l1-norm")).criteria == (GAIN_METHOD, "l1-norm")  # one Dirichlet row is enough
+    with pytest.raises(ValueError, match="not one of"):
+        Protocol(finetune_only=("keep 0.3", 1))
+    assert Protocol().budget_names == ("50% FLOPs", "30% FLOPs", "keep 0.5", "keep 0.25")
 
 
 @pytest.mark.slow  # the shared fixture
@@ -167,3 +215,16 @@ def test_readme_tables_quote_the_summary_and_bold_only_verdicts(result):
             cell = f"{100 * p['mean']:+.1f} ± {100 * p['se']:.1f}"
             assert (f"**{cell}**" in tables) == (p["ahead"] or p["behind"]), p
     assert f"{GAIN_METHOD} − random" in tables and "batchnorm" not in tables.split("| budget | difference |")[1]
+
+
+def test_a_comparison_of_the_gain_row_alone_fits_only_with_a_gain(network, one_thread, monkeypatch):
+    import analysis.resnet20_cifar10 as comparison
+
+    gains = []
+    real = comparison.fit_switches
+    monkeypatch.setattr(comparison, "fit_switches", lambda *args, **kwargs: gains.append(kwargs["layer_gain"]) or real(*args, **kwargs))
+    protocol = Protocol(seeds=(0,), flop_budgets=(), keep_ratios=(0.5,), criteria=(GAIN_METHOD, "l1-norm"), finetune_epochs=0)
+    result = run(network, cifar_shaped(), protocol, log=lambda line: None)
+    assert gains == [True]  # no default fit: no row reads it
+    assert [(r["criterion"], r["fit_seconds"] is not None) for r in result["rows"]] == [(GAIN_METHOD, True), ("l1-norm", False)]
+    assert {p["method"] for p in result["paired"]} == {GAIN_METHOD} and result["finetuned"] == []
