@@ -86,14 +86,14 @@ def test_a_sigkilled_fit_resumes_to_the_uninterrupted_result(tmp_path):
                "--step-delay", "0.01", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a safety net, not a timing bar: a starved CPU is slow to reach step 40
         while True:
             if path.exists() and FitCheckpoint.load(path).step >= kill_at:
                 break
             if process.poll() is not None:
                 pytest.fail(f"the fit ended (rc {process.returncode}) before step {kill_at}: {process.stderr.read().decode()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"no checkpoint at step >= {kill_at} within 60 s")
+                pytest.fail(f"no checkpoint at step >= {kill_at} within 240 s")
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)

@@ -31,3 +31,39 @@ def test_readme_tables_bold_only_differences_beyond_two_standard_errors():
     assert "| b | dirichlet mean + fold − l1-norm | **+11.0 ± 0.6** |" in tables
     assert "| b | dirichlet mean, no fold − l1-norm | -5.0 ± 7.6 |" in tables  # within 2 se: not bold
     assert "− random" not in tables  # rows not in the run are left out
+
+
+RESNET20 = ROOT / "analysis" / "results" / "resnet20-cifar10-h200" / "comparison.partial.json"
+
+
+def test_readme_resnet20_tables_and_figures_are_the_committed_json():
+    from analysis.resnet20_cifar10 import GAIN_METHOD, METHOD
+    from analysis.resnet20_cifar10 import readme_tables as resnet20_tables
+
+    result = json.loads(RESNET20.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert resnet20_tables(result) in readme, "README's ResNet-20 tables differ from readme_tables(comparison.partial.json)"
+    # The baseline the comparison ran on is the committed one, and README quotes its accuracy.
+    recipe = json.loads((ROOT / "analysis" / "baselines" / "resnet20-cifar10.json").read_text())
+    assert result["weights"]["sha256"] == recipe["sha256"]
+    assert f"{100 * result['baseline']['test_accuracy']:.2f}% test accuracy" in readme
+    # The fine-tuned runs the GPU call finished before its limit, as README quotes them.
+    tuned = {r["criterion"]: r["test_finetuned"] for r in result["rows"] if "test_finetuned" in r}
+    assert f"Dirichlet row {100 * tuned[METHOD]:.2f}%, L1-norm {100 * tuned['l1-norm']:.2f}%" in readme
+    paired = {(p["budget"], p["method"], p["versus"], p["stage"]): p for p in result["paired"]}
+    for budget in ("30% FLOPs", "keep 0.25"):  # the bar README says is met there
+        assert all(paired[(budget, GAIN_METHOD, other, "calibrated")]["ahead"] for other in ("l1-norm", "random"))
+
+
+def test_readme_resnet20_finetuned_comparison_is_the_committed_json():
+    from analysis.resnet20_cifar10 import readme_tables as resnet20_tables
+
+    result = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-30pct-finetune" / "comparison.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert resnet20_tables(result) in readme
+    calibrated = next(p for p in result["paired"] if p["stage"] == "calibrated")
+    per_seed = ", ".join(f"{100 * d:+.1f}" for d in calibrated["per_seed"])
+    assert f"(per seed {per_seed} here" in readme
+    finetuned = next(p for p in result["paired"] if p["stage"] == "finetuned")
+    assert finetuned["behind"] and f"L1-norm is ahead by {-100 * finetuned['mean']:.1f} points" in readme
+
