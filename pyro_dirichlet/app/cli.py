@@ -39,7 +39,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
-    "on_unsupported": (FitOptions, "on_unsupported"),
+    "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
     "hyper_guide": (FitConfig, "hyper_guide"),
@@ -217,6 +217,9 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--on-unsupported", choices=["raise", "skip"],
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
+    group.add_argument("--layer-gain", action="store_true",
+                       help=_help("fit one gain per layer beside its switch, so the switches rank channels instead of also "
+                                  "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
     group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
     group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),

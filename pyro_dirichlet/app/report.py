@@ -95,7 +95,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         prior = fit_config["prior"] if options.prior_model is None else load_prior_model(options.prior_model)
         switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),
                                      prior=prior, coupled=fit_config.get("coupled", "skip"),
-                                     on_unsupported=fit_config.get("on_unsupported", "raise"))
+                                     on_unsupported=fit_config.get("on_unsupported", "raise"),
+                                     layer_gain=fit_config.get("layer_gain", False))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
         keep = records["prune"]["result"]["kept_channels"]
         example = data.test.images[: options.latency_batch].to(device)
@@ -225,6 +226,8 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
         "hyper_guide": fit_config.get("fit", {}).get("hyper_guide"),
         "coupled": fit_config["coupled"],
         "on_unsupported": fit_config.get("on_unsupported", "raise"),
+        # Runs fitted before the option existed had no gain.
+        "layer_gain": fit_config.get("layer_gain", False),
         # Runs fitted before the list was recorded have none.
         "skipped_layers": fitted.get("skipped_layers", []),
         "target": prune["target"],
@@ -333,7 +336,8 @@ def _intro(report: Mapping[str, Any]) -> str:
         prior = f"prior model {report['prior_model']} (its own latent sites under the {report['hyper_guide']} guide)"
     else:
         prior = f"symmetric Dirichlet prior with concentration {report['prior_concentration']:g} on every switch"
-    return (f"{report['model']} on {report['dataset']}{subset}; {prior}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
+    gain = ", a learned gain per layer" if report.get("layer_gain") else ""
+    return (f"{report['model']} on {report['dataset']}{subset}; {prior}{gain}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
             f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
             f"{report['seed']}; {round(report['ci_prob'] * 100)}% HDIs.")
 

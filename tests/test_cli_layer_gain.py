@@ -1,0 +1,41 @@
+"""`--layer-gain` on the command line: fitted with a gain per layer, recorded, used again by the report."""
+
+import json
+import shutil
+
+import pytest
+
+from pyro_dirichlet.app.cli import main
+from pyro_dirichlet.posterior import load_posterior
+from test_cli import manifest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    return shutil.copytree(small_run, tmp_path / "run")
+
+
+def test_layer_gain_is_fitted_recorded_and_rebuilt_by_the_report(run_copy, small_mnist_everywhere, capsys):
+    common = ["--run", str(run_copy), "--quiet"]
+    plain = load_posterior(run_copy / "posterior.nc")
+    assert not any(name.endswith(".switch.gain") for name in plain["guide_parameters"].data_vars)
+    assert main(["fit", *common, "--layer-gain"]) == 0
+    assert manifest(run_copy)["steps"]["fit"]["config"]["layer_gain"] is True
+    gains = [name for name in load_posterior(run_copy / "posterior.nc")["guide_parameters"].data_vars if name.endswith(".switch.gain")]
+    assert sorted(gains) == sorted(f"{layer}.switch.gain" for layer in ("conv1", "conv2", "fc1"))
+    assert main(["prune", *common]) == 0 and main(["finetune", *common, "--finetune-epochs", "0"]) == 0
+    assert main(["report", *common]) == 0
+    report = json.loads((run_copy / "report.json").read_text())
+    assert report["layer_gain"] is True and "a learned gain per layer" in (run_copy / "report.md").read_text()
+    capsys.readouterr()
+
+
+def test_layer_gain_from_a_config_file_must_be_a_boolean(run_copy, small_mnist_everywhere, tmp_path, capsys):
+    config = tmp_path / "fit.toml"
+    config.write_text('layer_gain = "yes"\n')
+    before = manifest(run_copy)
+    assert main(["fit", "--run", str(run_copy), "--quiet", "--config", str(config)]) == 2
+    assert "'layer_gain' must be true or false" in capsys.readouterr().err
+    assert manifest(run_copy) == before  # nothing rewritten
