@@ -67,3 +67,10 @@ def test_readme_resnet20_finetuned_comparison_is_the_committed_json():
     finetuned = next(p for p in result["paired"] if p["stage"] == "finetuned")
     assert finetuned["behind"] and f"L1-norm is ahead by {-100 * finetuned['mean']:.1f} points" in readme
 
+
+def test_readme_quotes_the_fifteen_epoch_finetune():
+    result = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-50pct-15epochs" / "comparison.json").read_text())
+    assert result["protocol"]["finetune_epochs"] == 15 and result["protocol"]["seeds"] == [0]
+    (tuned,) = [r["test_finetuned"] for r in result["rows"] if "test_finetuned" in r]
+    assert f"fine-tuned 15 epochs on this CPU reaches {100 * tuned:.2f}%" in " ".join((ROOT / "README.md").read_text().split())
+
