@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pyro
@@ -109,7 +110,7 @@ def small_mnist_everywhere(monkeypatch, mnist_small, tmp_path):
 def small_run(tmp_path_factory, mnist_small):
     """A run directory built step by step with the CLI on 400 MNIST images (1 training epoch, 1 fine-tune epoch).
 
-    Tests that change a run directory copy it first (``shutil.copytree``).
+    Tests that change a run directory work on ``run_copy``.
     """
     from pyro_dirichlet import data
     from pyro_dirichlet.app.cli import main
@@ -129,3 +130,9 @@ def small_run(tmp_path_factory, mnist_small):
         for argv in steps:
             assert main(argv) == 0, argv
     return out
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    """A private copy of the session's small run directory, to change."""
+    return shutil.copytree(small_run, tmp_path / "run")

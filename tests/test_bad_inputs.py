@@ -8,7 +8,6 @@ wrote. README.md's "Errors" paragraph quotes how many there are (``test_the_read
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,6 @@ def invoke(argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as exit:  # argparse's own errors: usage line, then one error sentence
         code = exit.code
     return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    return Path(shutil.copytree(small_run, tmp_path / "run"))
 
 
 # --- how to break a run directory ----------------------------------------------------------------

@@ -10,12 +10,6 @@ from pyro_dirichlet.app.cli import build_parser, main
 from pyro_dirichlet.app.rundir import FORMAT_VERSION, STEPS
 
 
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    """A private copy of the session's small run directory, to change."""
-    return shutil.copytree(small_run, tmp_path / "run")
-
-
 def snapshot(directory):
     """Every file under ``directory`` (hidden ones too) and the SHA-256 of its content."""
     import hashlib

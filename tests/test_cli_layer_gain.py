@@ -1,7 +1,6 @@
 """`--layer-gain` on the command line: fitted with a gain per layer, recorded, used again by the report."""
 
 import json
-import shutil
 
 import pytest
 
@@ -10,11 +9,6 @@ from pyro_dirichlet.posterior import load_posterior
 from test_cli import manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    return shutil.copytree(small_run, tmp_path / "run")
 
 
 def test_layer_gain_is_fitted_recorded_and_rebuilt_by_the_report(run_copy, small_mnist_everywhere, capsys):

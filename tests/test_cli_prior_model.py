@@ -1,7 +1,6 @@
 """A prior model named on the command line: fitted, recorded, named again by the report, refused from files and when wrong."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,11 +12,6 @@ from test_cli import manifest, snapshot
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 GOOD = "cli_priors:shared_alpha"
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    return shutil.copytree(small_run, tmp_path / "run")
 
 
 def test_a_named_prior_model_is_fitted_recorded_and_named_again_by_the_report(run_copy, small_mnist_everywhere, capsys):

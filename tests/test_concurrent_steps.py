@@ -4,18 +4,12 @@ manifest's steps always agree with each other and with the files (a deliberately
 import hashlib
 import json
 import os
-import shutil
 import threading
 
 import pytest
 
 from pyro_dirichlet.app import steps
 from pyro_dirichlet.app.cli import main
-
-
-@pytest.fixture
-def run_copy(small_run, tmp_path):
-    return shutil.copytree(small_run, tmp_path / "run")
 
 
 def assert_consistent(run):
