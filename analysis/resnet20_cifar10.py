@@ -423,16 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this machine has no CUDA device.")
     protocol = REDUCED if args.reduced else Protocol()
+    # None: the flag was not given. "all" is given, and sets finetune_only to None.
     overrides = {"seeds": None if args.seeds is None else tuple(range(args.seeds)), "fit_images": args.fit_images,
                  "test_images": args.test_images, "validation_images": args.validation_images,
-                 "finetune_epochs": args.finetune_epochs, "finetune_only": finetune_only,
+                 "finetune_epochs": args.finetune_epochs,
                  "criteria": None if args.criterion is None else tuple(dict.fromkeys(args.criterion)),
                  "flop_budgets": args.flop_budgets, "keep_ratios": args.keep_ratios}
-    if finetune_only == "all":
-        overrides["finetune_only"], finetune_only = None, None
-        protocol = dataclasses.replace(protocol, finetune_only=None)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if finetune_only is not None:
+        overrides["finetune_only"] = None if finetune_only == "all" else finetune_only
     try:
-        protocol = dataclasses.replace(protocol, **{k: v for k, v in overrides.items() if v is not None})
+        protocol = dataclasses.replace(protocol, **overrides)
     except ValueError as error:
         parser.error(f"the protocol the flags ask for: {error}")
     try:

@@ -228,3 +228,25 @@ def test_a_comparison_of_the_gain_row_alone_fits_only_with_a_gain(network, one_t
     assert gains == [True]  # no default fit: no row reads it
     assert [(r["criterion"], r["fit_seconds"] is not None) for r in result["rows"]] == [(GAIN_METHOD, True), ("l1-norm", False)]
     assert {p["method"] for p in result["paired"]} == {GAIN_METHOD} and result["finetuned"] == []
+
+
+def test_cli_finetune_only_all_clears_the_reduced_protocols_choice(network, tmp_path, monkeypatch):
+    import analysis.resnet20_cifar10 as comparison
+
+    weights = tmp_path / "resnet20.safetensors"
+    save_checkpoint(weights, network, {"model": "resnet20"})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def cut(data, protocol):
+        seen.append(protocol)
+        raise Stop
+
+    monkeypatch.setattr(comparison, "load_dataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr(comparison, "cut", cut)
+    for flags in (["--reduced", "--finetune-only", "all"], ["--reduced"], ["--finetune-only", "keep 0.5:1"]):
+        with pytest.raises(Stop):
+            main(["--weights", str(weights), "--out", str(tmp_path / "out"), *flags])
+    assert [p.finetune_only for p in seen] == [None, ("50% FLOPs", 2), ("keep 0.5", 1)]
