@@ -53,6 +53,7 @@ from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_param
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.baseline import load_checkpoint
 from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.train import TrainConfig, train_classifier
 
 __all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "readme_tables", "load_weights", "budget_counts_by_name", "run", "main"]
@@ -87,9 +88,10 @@ class Protocol:
         validation_images, test_images: sizes of the seeded validation and test subsets (``None``: whole).
         flop_budgets: shares of the baseline's FLOPs.
         keep_ratios: per-layer keep ratios of every inner conv.
-        criteria: rows of :data:`ROWS` to compare.
-        finetune_epochs, finetune_lr: the fine-tune recipe (SGD, momentum 0.9, Nesterov,
-            weight decay 5e-4, cosine, batch 128, best validation epoch), on the fit's images.
+        criteria: rows of :data:`ROWS` to compare (without a Dirichlet row there are no paired
+            differences: e.g. how far the best cheap criterion recovers after fine-tuning).
+        finetune_epochs, finetune_lr, finetune_batch_size: the fine-tune recipe (SGD, momentum
+            0.9, Nesterov, weight decay 5e-4, cosine, best validation epoch), on the fit's images.
         finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the Dirichlet
             rows and the ``n`` other rows with the best mean validation accuracy after
             calibration (so the paired difference after fine-tuning is against the strongest
@@ -105,6 +107,7 @@ class Protocol:
     criteria: tuple[str, ...] = tuple(ROWS)
     finetune_epochs: int = 5
     finetune_lr: float = 0.01
+    finetune_batch_size: int = 128
     finetune_only: tuple[str, int] | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -112,8 +115,6 @@ class Protocol:
         unknown = [name for name in self.criteria if name not in ROWS]
         if unknown:
             raise ValueError(f"criteria {unknown} are not rows of the comparison; known rows: {list(ROWS)}.")
-        if not set(self.criteria) & set(DIRICHLET_ROWS):
-            raise ValueError(f"criteria must include {METHOD!r} or {GAIN_METHOD!r}: every paired difference is taken against one.")
         if self.finetune_only is not None and self.finetune_only[0] not in self.budget_names:
             raise ValueError(f"finetune_only names budget {self.finetune_only[0]!r}, which is not one of {self.budget_names}.")
 
@@ -194,7 +195,11 @@ def run(
     started = time.perf_counter()  # the whole comparison's wall time, reported as "seconds"
     baseline = {"test_accuracy": accuracy(on_device, data.test), "validation_accuracy": accuracy(on_device, data.validation),
                 "params": count_parameters(network), "flops": count_flops(network, example)}
-    rows, calibrated_networks, budgets = [], {}, None
+    rows, calibrated_networks = [], {}
+    # The layers DirichletSwitches finds by default, so every row, fitted or not, prunes the same ones.
+    layers = find_prunable_layers(network, example)
+    widths = {layer.name: layer.channels for layer in layers}
+    budgets = budget_counts_by_name(network, widths, example, protocol)
     tuned: set[tuple[str, str]] = set()
 
     def result(complete: bool) -> dict:
@@ -213,9 +218,6 @@ def run(
             with Stopwatch(device) as fit_watch:
                 fits[gain] = fit_switches(on_device, data, seed=seed, layer_gain=gain, device=str(device))
             fit_seconds[gain] = fit_watch.seconds
-        layers = next(iter(fits.values())).switches.layers
-        widths = {layer.name: layer.channels for layer in layers}
-        budgets = budgets or budget_counts_by_name(network, widths, example, protocol)
         # Taylor's gradients on the device; every score to the CPU, where the plan and surgery run.
         scores = {name: _cpu(_scores(name, on_device if ROWS[name][0] == "taylor" else network, layers, data, seed, fits))
                   for name in protocol.criteria}
@@ -240,8 +242,8 @@ def run(
         if partial is not None:
             partial(result(complete=False))
     tuned = _finetune_set(rows, protocol) if protocol.finetune_epochs > 0 else set()
-    recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, optimizer="sgd", momentum=0.9,
-                         nesterov=True, weight_decay=5e-4, schedule="cosine")
+    recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, batch_size=protocol.finetune_batch_size,
+                         optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine")
     # Seed by seed, so a run stopped early has whole seeds of every fine-tuned row.
     for row in sorted(rows, key=lambda r: r["seed"]):
         if (row["budget"], row["criterion"]) not in tuned:
@@ -396,11 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for comparison.json and comparison.md")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--reduced", action="store_true", help="the CPU-sized protocol (see the module docstring)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help="number of seeds: 0..N-1 (default 3)")
+    seeds.add_argument("--seed", type=int, action="append", default=None,
+                       help="run this seed only, repeatable (parts of one comparison run in parallel, then "
+                            "analysis.merge_comparisons joins them)")
     parser.add_argument("--fit-images", type=int, default=None, help="training images for the fit, Taylor, calibration")
     parser.add_argument("--test-images", type=int, default=None)
     parser.add_argument("--validation-images", type=int, default=None)
     parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="peak learning rate of the fine-tune (default 0.01)")
+    parser.add_argument("--finetune-batch-size", type=int, default=None, help="default 128")
     parser.add_argument("--finetune-only", default=None, metavar="BUDGET:N",
                         help="fine-tune only at BUDGET (e.g. '50%% FLOPs'), the Dirichlet rows and the N other rows best on "
                              "validation; 'all': every row at every budget")
@@ -413,10 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.weights.is_file():
         parser.error(f"--weights {args.weights} is not a file.")
-    for name in ("seeds", "fit_images", "test_images", "validation_images"):
+    for name in ("seeds", "fit_images", "test_images", "validation_images", "finetune_batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+    if args.seed is not None and min(args.seed) < 0:
+        parser.error(f"--seed must be at least 0, got {min(args.seed)}.")
+    if args.finetune_lr is not None and not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
+        parser.error(f"--finetune-lr must be a positive number, got {args.finetune_lr}.")
     if args.finetune_epochs is not None and args.finetune_epochs < 0:
         parser.error(f"--finetune-epochs must be at least 0, got {args.finetune_epochs}.")
     finetune_only = None if args.finetune_only is None else _parse_finetune_only(parser, args.finetune_only)
@@ -424,9 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device}: this machine has no CUDA device.")
     protocol = REDUCED if args.reduced else Protocol()
     # None: the flag was not given. "all" is given, and sets finetune_only to None.
-    overrides = {"seeds": None if args.seeds is None else tuple(range(args.seeds)), "fit_images": args.fit_images,
+    seeds = tuple(dict.fromkeys(args.seed)) if args.seed is not None else None if args.seeds is None else tuple(range(args.seeds))
+    overrides = {"seeds": seeds, "fit_images": args.fit_images,
                  "test_images": args.test_images, "validation_images": args.validation_images,
-                 "finetune_epochs": args.finetune_epochs,
+                 "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+                 "finetune_batch_size": args.finetune_batch_size,
                  "criteria": None if args.criterion is None else tuple(dict.fromkeys(args.criterion)),
                  "flop_budgets": args.flop_budgets, "keep_ratios": args.keep_ratios}
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -136,3 +136,28 @@ def small_run(tmp_path_factory, mnist_small):
 def run_copy(small_run, tmp_path):
     """A private copy of the session's small run directory, to change."""
     return shutil.copytree(small_run, tmp_path / "run")
+
+
+def cifar_shaped(train: int = 32, validation: int = 16, test: int = 16, size: int = 8):
+    """Random CIFAR-10-like splits; 8x8 images (ResNet-20 pools globally) keep a CPU test to seconds."""
+    from pyro_dirichlet.data import DataSplits, Split
+
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n):
+        return Split(torch.randn(n, 3, size, size, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+
+    return DataSplits(split(train), split(validation), split(test), "cifar10", 10, (3, size, size))
+
+
+def random_resnet20() -> nn.Module:
+    """The registry's ResNet-20 at a fixed random initialisation, in eval mode."""
+    from pyro_dirichlet.models import get_model_entry
+
+    torch.manual_seed(0)
+    net = get_model_entry("resnet20").build().eval()
+    with torch.no_grad():  # distinct BatchNorm scales, so BN-gamma is not a tie everywhere
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.2, 1.5)
+    return net
