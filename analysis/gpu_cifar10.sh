@@ -6,10 +6,7 @@
 #   cmp/comparison.json, cmp/comparison.md  the comparison (cmp/comparison.partial.json while it runs)
 #   log                                     this script's output
 #
-# The data travels xz-compressed (.gpudata/{train,test}.zip.xz: the JPEG zips store every
-# file's identical Huffman and quantisation tables, so xz takes 62 MB to 19 MB) and is checked
-# against the SHA-256 sums in ../shared/data/README.md after unpacking. Pyro and ArviZ travel
-# as wheels in .whl/ (see /work/.library/device/README.md); the project runs from the checkout.
+# The data and the Pyro/ArviZ wheels travel as analysis/gpu_setup.sh says.
 #
 #   SMOKE=1 DEVICE=cpu OUT=/tmp/out bash analysis/gpu_cifar10.sh    # the same steps, CPU-sized
 set -uo pipefail
@@ -18,29 +15,9 @@ DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-570}  # seconds for everything, so the call ends inside its 600 s
 started=$SECONDS
 mkdir -p "$OUT/cmp"
+source analysis/gpu_setup.sh
 {
-export PYTHONUNBUFFERED=1 PYRO_DIRICHLET_CACHE=${PYRO_DIRICHLET_CACHE:-/tmp/pd-cache}
-export PYRO_DIRICHLET_DATA=${PYRO_DIRICHLET_DATA:-/tmp/pd-data}
-
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:.
-else
-  export PYTHONPATH=.
-fi
-python3 -c "import torch, pyro, arviz; print('torch', torch.__version__, 'pyro', pyro.__version__, 'arviz', arviz.__version__, 'cuda', torch.cuda.is_available())" || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-
-folder="$PYRO_DIRICHLET_DATA/cifar10-jpeg"
-if [ ! -f "$folder/test.zip" ]; then
-  mkdir -p "$folder"
-  for split in train test; do xz -dc ".gpudata/$split.zip.xz" > "$folder/$split.zip" || exit 1; done
-  (cd "$folder" && sha256sum -c <<'SUMS'
-f0d92cb73726f256a7679d91a48ed270463cdaa30e407b3a6290fc190085f3e5  train.zip
-42dfb3d79fdf69453f3d317ce18d8da8e68a1100443aa1626db87202d63c1662  test.zip
-SUMS
-  ) || exit 1
-fi
+gpu_setup || exit 1
 
 # The baseline: 100 epochs of the registry's one-cycle recipe at batch 512 (88 steps an epoch;
 # the peak learning rate scaled from 0.2 at 128 to 0.4, not linearly: one-cycle's warm-up

@@ -247,6 +247,22 @@ def test_a_small_vit_prunes_attention_and_mlps_exactly_and_round_trips_its_state
     assert torch.equal(output(rebuilt, x), output(pruned, x))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_small_vit_on_cuda_prunes_there_and_equals_its_mask():
+    model, x = small_vit()
+    model, x = model.cuda(), x.cuda()
+    layers = find_prunable_layers(model, x, coupled="group")
+    generator = torch.Generator().manual_seed(0)
+    scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
+    keep = plan_keep(scores, dict.fromkeys(scores, 0.5))
+    pruned = prune_channels(model, keep, x, layers=layers)
+    assert {parameter.device.type for parameter in pruned.parameters()} == {"cuda"}
+    assert any(isinstance(module, PrunedMultiheadAttention) for module in pruned.modules())
+    expected = output(mask_channels(model, keep, x, layers=layers), x)
+    # cuDNN and cuBLAS may sum in TF32 on this device: a looser bound than the CPU's 1e-4.
+    assert relative_difference(output(pruned, x), expected) <= 1e-3
+
+
 def test_a_small_vit_switched_at_the_prior_mean_is_the_network():
     model, x = small_vit()
     switches = DirichletSwitches(model, x, coupled="group")

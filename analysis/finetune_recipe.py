@@ -1,0 +1,107 @@
+"""Choose the ResNet-20 fine-tune recipe on the validation split, from one comparison per candidate.
+
+Each candidate is a run of ``analysis.resnet20_cifar10`` that differs only in its fine-tune
+recipe (``--finetune-epochs``, ``--finetune-lr``, ``--finetune-batch-size``): the same
+weights, seed, budget and rows. The chosen recipe has the highest mean validation accuracy
+over every fine-tuned row; the test accuracy is listed for information and decides nothing.
+``analysis/gpu_finetune.sh`` runs the candidates side by side on a lent GPU with the
+gain row and L1-norm at 50% of the FLOPs, so the recipe serves the method and its strongest
+competitor alike.
+
+    python -m analysis.finetune_recipe --json analysis/results/X/recipe.json probe-*/comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from pyro_dirichlet.atomic import atomic_write_json
+
+__all__ = ["RECIPE_FIELDS", "choose", "main"]
+
+#: The protocol fields a candidate sets; every other field must agree across candidates.
+RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size")
+
+
+def choose(results: list[dict], names: list[str] | None = None) -> dict:
+    """The candidates' validation and test means, and the recipe with the best validation mean.
+
+    Ties go to fewer epochs, then the smaller learning rate (the cheaper, gentler recipe).
+
+    Raises:
+        ValueError: no candidates; a candidate with no fine-tuned row; candidates that differ
+            in anything but :data:`RECIPE_FIELDS` or fine-tune other rows; two with one recipe.
+    """
+    if not results:
+        raise ValueError("no candidates to choose from.")
+    names = names or [f"candidate {index}" for index in range(len(results))]
+    candidates, reference = [], None
+    for name, result in zip(names, results):
+        rows = [row for row in result["rows"] if "validation_finetuned" in row]
+        if not rows:
+            raise ValueError(f"{name}: no row was fine-tuned, so it says nothing about its recipe.")
+        protocol = result["protocol"]
+        setting = ({k: v for k, v in protocol.items() if k not in RECIPE_FIELDS},
+                   sorted((row["seed"], row["budget"], row["criterion"]) for row in rows),
+                   result.get("weights", {}).get("sha256"))
+        if reference is None:
+            reference = (name, setting)
+        elif setting != reference[1]:
+            raise ValueError(f"{name}: differs from {reference[0]} in more than the recipe ({', '.join(RECIPE_FIELDS)}) "
+                             "or fine-tunes other rows; candidates must be alike but for the recipe.")
+        candidates.append({
+            "source": name, **{field: protocol[field] for field in RECIPE_FIELDS},
+            "validation_mean": statistics.fmean(row["validation_finetuned"] for row in rows),
+            "test_mean": statistics.fmean(row["test_finetuned"] for row in rows),
+            "rows": [{"seed": r["seed"], "budget": r["budget"], "criterion": r["criterion"],
+                      "validation_finetuned": r["validation_finetuned"], "test_finetuned": r["test_finetuned"],
+                      "finetune_seconds": r.get("finetune_seconds")} for r in rows],
+        })
+    recipes = [tuple(c[field] for field in RECIPE_FIELDS) for c in candidates]
+    if len(set(recipes)) < len(recipes):
+        raise ValueError("two candidates share one recipe: nothing tells them apart.")
+    chosen = max(candidates, key=lambda c: (c["validation_mean"], -c["finetune_epochs"], -c["finetune_lr"]))
+    return {"rule": "highest mean validation accuracy over the fine-tuned rows (test: information only)",
+            "candidates": candidates, "chosen": {"source": chosen["source"], **{field: chosen[field] for field in RECIPE_FIELDS}}}
+
+
+def flags(recipe: dict) -> str:
+    """The chosen recipe as ``analysis.resnet20_cifar10`` flags."""
+    return " ".join(f"--{field.replace('_', '-')} {recipe[field]}" for field in RECIPE_FIELDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("candidates", nargs="+", type=Path, help="comparison.json (or .partial.json) of each candidate")
+    parser.add_argument("--json", type=Path, default=None, help="write the candidates and the choice here")
+    args = parser.parse_args(argv)
+    results = []
+    for path in args.candidates:
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"error: candidate {path} cannot be read as JSON: {error}", file=sys.stderr)
+            return 2
+    try:
+        choice = choose(results, [str(path) for path in args.candidates])
+    except (ValueError, KeyError) as error:
+        detail = f"a candidate lacks {error}" if isinstance(error, KeyError) else str(error)
+        print(f"error: {detail}", file=sys.stderr)
+        return 2
+    print(f"{'epochs':>6s} {'lr':>7s} {'batch':>5s} {'validation':>10s} {'test (info)':>11s}")
+    for c in choice["candidates"]:
+        mark = "  <- chosen" if all(c[f] == choice["chosen"][f] for f in RECIPE_FIELDS) else ""
+        print(f"{c['finetune_epochs']:6d} {c['finetune_lr']:7g} {c['finetune_batch_size']:5d} "
+              f"{100 * c['validation_mean']:10.2f} {100 * c['test_mean']:11.2f}{mark}")
+    print(f"chosen: {flags(choice['chosen'])}")
+    if args.json:
+        atomic_write_json(args.json, choice)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
