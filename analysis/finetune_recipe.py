@@ -14,11 +14,11 @@ competitor alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from analysis.comparison_files import read_comparisons
 from pyro_dirichlet.atomic import atomic_write_json
 
 __all__ = ["RECIPE_FIELDS", "choose", "main"]
@@ -79,15 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("candidates", nargs="+", type=Path, help="comparison.json (or .partial.json) of each candidate")
     parser.add_argument("--json", type=Path, default=None, help="write the candidates and the choice here")
     args = parser.parse_args(argv)
-    results = []
-    for path in args.candidates:
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            print(f"error: candidate {path} cannot be read as JSON: {error}", file=sys.stderr)
-            return 2
     try:
-        choice = choose(results, [str(path) for path in args.candidates])
+        choice = choose(read_comparisons(args.candidates, "candidate"), [str(path) for path in args.candidates])
     except (ValueError, KeyError) as error:
         detail = f"a candidate lacks {error}" if isinstance(error, KeyError) else str(error)
         print(f"error: {detail}", file=sys.stderr)

@@ -14,10 +14,10 @@ marked incomplete.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from analysis.comparison_files import read_comparisons
 from analysis.resnet20_cifar10 import markdown, paired_differences, summarise
 from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
 
@@ -104,13 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("parts", nargs="+", type=Path, help="comparison.json or comparison.partial.json of each part")
     parser.add_argument("--out", type=Path, required=True, help="folder for the joined comparison.json and comparison.md")
     args = parser.parse_args(argv)
-    loaded = []
-    for path in args.parts:
-        try:
-            loaded.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            print(f"error: part {path} cannot be read as JSON: {error}", file=sys.stderr)
-            return 2
+    try:
+        loaded = read_comparisons(args.parts, "part")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         result = merge(loaded, [str(path) for path in args.parts])
     except (ValueError, KeyError, TypeError) as error:

@@ -104,6 +104,9 @@ def test_the_cli_refuses_an_unreadable_part_and_writes_nothing(tmp_path, capsys)
     bad.write_text("{not json")
     assert main([str(bad), "--out", str(tmp_path / "out")]) == 2
     assert f"part {bad} cannot be read as JSON" in capsys.readouterr().err
+    bad.write_text("[1, 2]")
+    assert main([str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert f"part {bad} holds a JSON list, not a comparison" in capsys.readouterr().err
     bad.write_text(json.dumps({"model": "resnet20"}))
     assert main([str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "do not make one comparison: a part lacks" in capsys.readouterr().err

@@ -74,3 +74,26 @@ def test_readme_quotes_the_fifteen_epoch_finetune():
     (tuned,) = [r["test_finetuned"] for r in result["rows"] if "test_finetuned" in r]
     assert f"fine-tuned 15 epochs on this CPU reaches {100 * tuned:.2f}%" in " ".join((ROOT / "README.md").read_text().split())
 
+
+
+def test_readme_resnet20_finetune_with_a_chosen_recipe_is_the_committed_json():
+    from analysis.finetune_recipe import choose
+    from analysis.resnet20_cifar10 import readme_tables as resnet20_tables
+
+    folder = ROOT / "analysis" / "results" / "resnet20-cifar10-h200-finetune"
+    result = json.loads((folder / "comparison.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert resnet20_tables(result) in readme
+    flat = " ".join(readme.split())
+    # The recipe README names is what analysis.finetune_recipe chooses from the committed candidates.
+    probes = [json.loads((folder / "parts" / name / "comparison.json").read_text()) for name in ("probe-lr0.05", "probe-lr0.2")]
+    choice = choose(probes)
+    assert choice["chosen"]["finetune_lr"] == result["protocol"]["finetune_lr"] == 0.05
+    means = {c["finetune_lr"]: c["validation_mean"] for c in choice["candidates"]}
+    assert f"mean validation accuracy {100 * means[0.05]:.2f}% against {100 * means[0.2]:.2f}%" in flat
+    l1 = next(e for e in result["summary"] if e["budget"] == "50% FLOPs" and e["criterion"] == "l1-norm")
+    gap = 100 * (result["baseline"]["test_accuracy"] - l1["finetuned_mean"])
+    assert f"L1-norm recovers to {100 * l1['finetuned_mean']:.2f} ± {100 * l1['finetuned_sd']:.2f}%" in flat
+    assert gap > 1.5 and f"is missed by {gap - 1.5:.2f} points" in flat
+    paired = next(p for p in result["paired"] if p["budget"] == "50% FLOPs" and p["stage"] == "finetuned")
+    assert paired["behind"] and f"behind L1-norm by {-100 * paired['mean']:.2f} ± {100 * paired['se']:.2f} points" in flat
