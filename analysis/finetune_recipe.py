@@ -23,38 +23,46 @@ from pyro_dirichlet.atomic import atomic_write_json
 
 __all__ = ["RECIPE_FIELDS", "choose", "main"]
 
-#: The protocol fields a candidate sets; every other field must agree across candidates.
+#: The protocol fields a candidate sets.
 RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size")
+#: Protocol fields that only say which rows a run holds; the rows themselves are compared instead.
+ROW_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "criteria", "finetune_only")
 
 
-def choose(results: list[dict], names: list[str] | None = None) -> dict:
+def choose(results: list[dict], names: list[str] | None = None, *, criterion: str | None = None,
+           budget: str | None = None) -> dict:
     """The candidates' validation and test means, and the recipe with the best validation mean.
 
-    Ties go to fewer epochs, then the smaller learning rate (the cheaper, gentler recipe).
+    Only the fine-tuned rows count, and of those only ``criterion``'s and ``budget``'s where
+    given: a run holding more rows can then stand beside a run of those rows alone. Ties go
+    to fewer epochs, then the smaller learning rate (the cheaper, gentler recipe). A
+    candidate's ``device`` is recorded: the same seed draws other random numbers on another.
 
     Raises:
-        ValueError: no candidates; a candidate with no fine-tuned row; candidates that differ
-            in anything but :data:`RECIPE_FIELDS` or fine-tune other rows; two with one recipe.
+        ValueError: no candidates; a candidate with no such fine-tuned row; candidates whose
+            counted rows, weights, data or protocol (but for :data:`RECIPE_FIELDS` and
+            :data:`ROW_FIELDS`) differ; two with one recipe.
     """
     if not results:
         raise ValueError("no candidates to choose from.")
     names = names or [f"candidate {index}" for index in range(len(results))]
     candidates, reference = [], None
     for name, result in zip(names, results):
-        rows = [row for row in result["rows"] if "validation_finetuned" in row]
+        rows = [row for row in result["rows"] if "validation_finetuned" in row
+                and criterion in (None, row["criterion"]) and budget in (None, row["budget"])]
         if not rows:
-            raise ValueError(f"{name}: no row was fine-tuned, so it says nothing about its recipe.")
+            raise ValueError(f"{name}: no such row was fine-tuned, so it says nothing about its recipe.")
         protocol = result["protocol"]
-        setting = ({k: v for k, v in protocol.items() if k not in RECIPE_FIELDS},
+        setting = ({k: v for k, v in protocol.items() if k not in (*RECIPE_FIELDS, *ROW_FIELDS)},
                    sorted((row["seed"], row["budget"], row["criterion"]) for row in rows),
-                   result.get("weights", {}).get("sha256"))
+                   result.get("weights", {}).get("sha256"), result.get("data"))
         if reference is None:
             reference = (name, setting)
         elif setting != reference[1]:
             raise ValueError(f"{name}: differs from {reference[0]} in more than the recipe ({', '.join(RECIPE_FIELDS)}) "
                              "or fine-tunes other rows; candidates must be alike but for the recipe.")
         candidates.append({
-            "source": name, **{field: protocol[field] for field in RECIPE_FIELDS},
+            "source": name, "device": result.get("device"), **{field: protocol[field] for field in RECIPE_FIELDS},
             "validation_mean": statistics.fmean(row["validation_finetuned"] for row in rows),
             "test_mean": statistics.fmean(row["test_finetuned"] for row in rows),
             "rows": [{"seed": r["seed"], "budget": r["budget"], "criterion": r["criterion"],
@@ -65,7 +73,8 @@ def choose(results: list[dict], names: list[str] | None = None) -> dict:
     if len(set(recipes)) < len(recipes):
         raise ValueError("two candidates share one recipe: nothing tells them apart.")
     chosen = max(candidates, key=lambda c: (c["validation_mean"], -c["finetune_epochs"], -c["finetune_lr"]))
-    return {"rule": "highest mean validation accuracy over the fine-tuned rows (test: information only)",
+    counted = " of " + ", ".join(filter(None, (criterion, budget))) if criterion or budget else ""
+    return {"rule": f"highest mean validation accuracy over the fine-tuned rows{counted} (test: information only)",
             "candidates": candidates, "chosen": {"source": chosen["source"], **{field: chosen[field] for field in RECIPE_FIELDS}}}
 
 
@@ -78,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("candidates", nargs="+", type=Path, help="comparison.json (or .partial.json) of each candidate")
     parser.add_argument("--json", type=Path, default=None, help="write the candidates and the choice here")
+    parser.add_argument("--criterion", default=None, help="count only this row's fine-tunes (e.g. l1-norm)")
+    parser.add_argument("--budget", default=None, help="count only this budget's fine-tunes (e.g. '50%% FLOPs')")
     args = parser.parse_args(argv)
     try:
-        choice = choose(read_comparisons(args.candidates, "candidate"), [str(path) for path in args.candidates])
+        choice = choose(read_comparisons(args.candidates, "candidate"), [str(path) for path in args.candidates],
+                        criterion=args.criterion, budget=args.budget)
     except (ValueError, KeyError) as error:
         detail = f"a candidate lacks {error}" if isinstance(error, KeyError) else str(error)
         print(f"error: {detail}", file=sys.stderr)

@@ -63,7 +63,7 @@ def test_candidates_that_differ_in_more_than_the_recipe_are_refused(probes):
     other = copy.deepcopy(probes[1])
     for row in other["rows"]:
         del row["validation_finetuned"]
-    with pytest.raises(ValueError, match="candidate 1: no row was fine-tuned"):
+    with pytest.raises(ValueError, match="candidate 1: no such row was fine-tuned"):
         choose([probes[0], other])
 
 
@@ -78,3 +78,25 @@ def test_the_cli_writes_the_choice_and_refuses_bad_files(tmp_path, capsys):
     assert main([str(paths[0]), str(broken), "--json", str(tmp_path / "again.json")]) == 2
     assert f"candidate {broken} cannot be read as JSON" in capsys.readouterr().err
     assert not (tmp_path / "again.json").exists()
+
+
+def test_only_the_named_rows_count_so_a_larger_run_can_stand_beside_a_smaller_one(probes):
+    """The committed whole comparison (both rows, 3 seeds, two budgets) against a run of L1-norm alone."""
+    whole = json.loads((PROBES.parent / "comparison.json").read_text())
+    alone = copy.deepcopy(whole)
+    alone["protocol"].update(criteria=["l1-norm"], flop_budgets=[0.5], finetune_epochs=30)
+    alone["rows"] = [row for row in alone["rows"] if row["criterion"] == "l1-norm" and row["budget"] == "50% FLOPs"]
+    for row in alone["rows"]:
+        row["validation_finetuned"] += 0.001
+    with pytest.raises(ValueError, match="fine-tunes other rows"):
+        choose([whole, alone])
+    choice = choose([whole, alone], criterion="l1-norm", budget="50% FLOPs")
+    assert [len(c["rows"]) for c in choice["candidates"]] == [3, 3] and choice["chosen"]["finetune_epochs"] == 30
+    assert choice["candidates"][0]["device"] == "cuda" and "of l1-norm, 50% FLOPs" in choice["rule"]
+    expected = statistics.fmean(r["validation_finetuned"] for r in whole["rows"]
+                                if r["criterion"] == "l1-norm" and r["budget"] == "50% FLOPs")
+    assert choice["candidates"][0]["validation_mean"] == pytest.approx(expected)
+    other = copy.deepcopy(alone)
+    other["protocol"]["calibration"]["steps"] = 10  # a protocol field beyond the rows and the recipe
+    with pytest.raises(ValueError, match="more than the recipe"):
+        choose([whole, other], criterion="l1-norm", budget="50% FLOPs")
