@@ -1,7 +1,8 @@
 """Choose the ResNet-20 fine-tune recipe on the validation split, from one comparison per candidate.
 
 Each candidate is a run of ``analysis.resnet20_cifar10`` that differs only in its fine-tune
-recipe (``--finetune-epochs``, ``--finetune-lr``, ``--finetune-batch-size``): the same
+recipe (``--finetune-epochs``, ``--finetune-lr``, ``--finetune-batch-size``,
+``--finetune-distillation``): the same
 weights, seed, budget and rows. The chosen recipe has the highest mean validation accuracy
 over every fine-tuned row; the test accuracy is listed for information and decides nothing.
 ``analysis/gpu_finetune.sh`` runs the candidates side by side on a lent GPU with the
@@ -24,7 +25,9 @@ from pyro_dirichlet.atomic import atomic_write_json
 __all__ = ["RECIPE_FIELDS", "choose", "main"]
 
 #: The protocol fields a candidate sets.
-RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size")
+RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_distillation")
+#: Values of recipe fields that runs made before the field existed leave out.
+RECIPE_DEFAULTS = {"finetune_distillation": 0.0}
 #: Protocol fields that only say which rows a run holds; the rows themselves are compared instead.
 ROW_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "criteria", "finetune_only")
 
@@ -35,7 +38,8 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
 
     Only the fine-tuned rows count, and of those only ``criterion``'s and ``budget``'s where
     given: a run holding more rows can then stand beside a run of those rows alone. Ties go
-    to fewer epochs, then the smaller learning rate (the cheaper, gentler recipe). A
+    to fewer epochs, then the smaller learning rate, then no distillation (the cheaper,
+    gentler recipe). A
     candidate's ``device`` is recorded: the same seed draws other random numbers on another.
 
     Raises:
@@ -62,7 +66,9 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
             raise ValueError(f"{name}: differs from {reference[0]} in more than the recipe ({', '.join(RECIPE_FIELDS)}) "
                              "or fine-tunes other rows; candidates must be alike but for the recipe.")
         candidates.append({
-            "source": name, "device": result.get("device"), **{field: protocol[field] for field in RECIPE_FIELDS},
+            "source": name, "device": result.get("device"),
+            **{field: protocol.get(field, RECIPE_DEFAULTS.get(field)) if field in RECIPE_DEFAULTS else protocol[field]
+               for field in RECIPE_FIELDS},
             "validation_mean": statistics.fmean(row["validation_finetuned"] for row in rows),
             "test_mean": statistics.fmean(row["test_finetuned"] for row in rows),
             "rows": [{"seed": r["seed"], "budget": r["budget"], "criterion": r["criterion"],
@@ -72,15 +78,17 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
     recipes = [tuple(c[field] for field in RECIPE_FIELDS) for c in candidates]
     if len(set(recipes)) < len(recipes):
         raise ValueError("two candidates share one recipe: nothing tells them apart.")
-    chosen = max(candidates, key=lambda c: (c["validation_mean"], -c["finetune_epochs"], -c["finetune_lr"]))
+    chosen = max(candidates, key=lambda c: (c["validation_mean"], -c["finetune_epochs"], -c["finetune_lr"],
+                                            -c["finetune_distillation"]))
     counted = " of " + ", ".join(filter(None, (criterion, budget))) if criterion or budget else ""
     return {"rule": f"highest mean validation accuracy over the fine-tuned rows{counted} (test: information only)",
             "candidates": candidates, "chosen": {"source": chosen["source"], **{field: chosen[field] for field in RECIPE_FIELDS}}}
 
 
 def flags(recipe: dict) -> str:
-    """The chosen recipe as ``analysis.resnet20_cifar10`` flags."""
-    return " ".join(f"--{field.replace('_', '-')} {recipe[field]}" for field in RECIPE_FIELDS)
+    """The chosen recipe as ``analysis.resnet20_cifar10`` flags (those at the command line's default left out)."""
+    return " ".join(f"--{field.replace('_', '-')} {recipe[field]}" for field in RECIPE_FIELDS
+                    if field not in RECIPE_DEFAULTS or recipe[field] != RECIPE_DEFAULTS[field])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         detail = f"a candidate lacks {error}" if isinstance(error, KeyError) else str(error)
         print(f"error: {detail}", file=sys.stderr)
         return 2
-    print(f"{'epochs':>6s} {'lr':>7s} {'batch':>5s} {'validation':>10s} {'test (info)':>11s}")
+    print(f"{'epochs':>6s} {'lr':>7s} {'batch':>5s} {'distil':>6s} {'validation':>10s} {'test (info)':>11s}")
     for c in choice["candidates"]:
         mark = "  <- chosen" if all(c[f] == choice["chosen"][f] for f in RECIPE_FIELDS) else ""
-        print(f"{c['finetune_epochs']:6d} {c['finetune_lr']:7g} {c['finetune_batch_size']:5d} "
+        print(f"{c['finetune_epochs']:6d} {c['finetune_lr']:7g} {c['finetune_batch_size']:5d} {c['finetune_distillation']:6g} "
               f"{100 * c['validation_mean']:10.2f} {100 * c['test_mean']:11.2f}{mark}")
     print(f"chosen: {flags(choice['chosen'])}")
     if args.json:

@@ -92,6 +92,9 @@ class Protocol:
             differences: e.g. how far the best cheap criterion recovers after fine-tuning).
         finetune_epochs, finetune_lr, finetune_batch_size: the fine-tune recipe (SGD, momentum
             0.9, Nesterov, weight decay 5e-4, cosine, best validation epoch), on the fit's images.
+        finetune_distillation: share of the fine-tune loss that matches the unpruned
+            network's class probabilities at temperature 4 (``TrainConfig.distillation``);
+            0 fine-tunes on the labels alone.
         finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the Dirichlet
             rows and the ``n`` other rows with the best mean validation accuracy after
             calibration (so the paired difference after fine-tuning is against the strongest
@@ -108,6 +111,7 @@ class Protocol:
     finetune_epochs: int = 5
     finetune_lr: float = 0.01
     finetune_batch_size: int = 128
+    finetune_distillation: float = 0.0
     finetune_only: tuple[str, int] | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -243,7 +247,10 @@ def run(
             partial(result(complete=False))
     tuned = _finetune_set(rows, protocol) if protocol.finetune_epochs > 0 else set()
     recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, batch_size=protocol.finetune_batch_size,
-                         optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine")
+                         optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
+                         distillation=protocol.finetune_distillation)
+    # The unpruned network on the device; the pruned ones were cut from another copy, so none shares its weights.
+    teacher = on_device if protocol.finetune_distillation > 0 else None
     # Seed by seed, so a run stopped early has whole seeds of every fine-tuned row.
     for row in sorted(rows, key=lambda r: r["seed"]):
         if (row["budget"], row["criterion"]) not in tuned:
@@ -251,7 +258,7 @@ def run(
         network_ = calibrated_networks[(row["seed"], row["budget"], row["criterion"])]
         with Stopwatch(device) as watch:
             train_classifier(network_, data, dataclasses.replace(recipe, seed=row["seed"]), device=device, progress=False,
-                             keep_initial=True)
+                             keep_initial=True, teacher=teacher)
         network_.eval()
         row.update({"test_finetuned": accuracy(network_, data.test), "validation_finetuned": accuracy(network_, data.validation),
                     "finetune_seconds": watch.seconds})
@@ -378,6 +385,9 @@ def _cell(text: str) -> str:
 
 def _describe(protocol: Protocol) -> dict:
     described = dataclasses.asdict(protocol)
+    # Left out at its default, so runs made before the option stay comparable (merged, chosen among).
+    if not protocol.finetune_distillation:
+        del described["finetune_distillation"]
     described["calibration"] = dataclasses.asdict(protocol.calibration)
     return described
 
@@ -409,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=None)
     parser.add_argument("--finetune-lr", type=float, default=None, help="peak learning rate of the fine-tune (default 0.01)")
     parser.add_argument("--finetune-batch-size", type=int, default=None, help="default 128")
+    parser.add_argument("--finetune-distillation", type=float, default=None, metavar="SHARE",
+                        help="share of the fine-tune loss that matches the unpruned network (in [0, 1]; default 0)")
     parser.add_argument("--finetune-only", default=None, metavar="BUDGET:N",
                         help="fine-tune only at BUDGET (e.g. '50%% FLOPs'), the Dirichlet rows and the N other rows best on "
                              "validation; 'all': every row at every budget")
@@ -429,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed must be at least 0, got {min(args.seed)}.")
     if args.finetune_lr is not None and not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
         parser.error(f"--finetune-lr must be a positive number, got {args.finetune_lr}.")
+    if args.finetune_distillation is not None and not 0 <= args.finetune_distillation <= 1:
+        parser.error(f"--finetune-distillation must be in [0, 1], got {args.finetune_distillation}.")
     if args.finetune_epochs is not None and args.finetune_epochs < 0:
         parser.error(f"--finetune-epochs must be at least 0, got {args.finetune_epochs}.")
     finetune_only = None if args.finetune_only is None else _parse_finetune_only(parser, args.finetune_only)
@@ -440,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"seeds": seeds, "fit_images": args.fit_images,
                  "test_images": args.test_images, "validation_images": args.validation_images,
                  "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
-                 "finetune_batch_size": args.finetune_batch_size,
+                 "finetune_batch_size": args.finetune_batch_size, "finetune_distillation": args.finetune_distillation,
                  "criteria": None if args.criterion is None else tuple(dict.fromkeys(args.criterion)),
                  "flop_budgets": args.flop_budgets, "keep_ratios": args.keep_ratios}
     overrides = {k: v for k, v in overrides.items() if v is not None}

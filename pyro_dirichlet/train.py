@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pyro_dirichlet.atomic import atomic_write
+from pyro_dirichlet.distillation import check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
 
@@ -54,6 +55,10 @@ class TrainConfig:
             then cosine decay; SGD momentum cycles inversely), all stepped per minibatch.
         nesterov: Nesterov momentum for SGD.
         label_smoothing: cross-entropy label smoothing, in ``[0, 1)``.
+        distillation: share of the loss that matches a ``teacher``'s softened class
+            probabilities (:func:`pyro_dirichlet.distillation.distillation_loss`), in
+            ``[0, 1]``; 0 trains on the labels alone and takes no teacher.
+        temperature: softmax temperature of that matching term, positive.
         seed: seeds the shuffling and torch's global generator.
 
     Example:
@@ -70,6 +75,8 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     nesterov: bool = False
     label_smoothing: float = 0.0
+    distillation: float = 0.0
+    temperature: float = 4.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +100,10 @@ class TrainConfig:
             raise ValueError("nesterov=True needs optimizer='sgd' with a positive momentum")
         if not _is_real(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not _is_real(self.distillation) or not 0 <= self.distillation <= 1:
+            raise ValueError(f"distillation must be in [0, 1], got {self.distillation!r}")
+        if not _is_real(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
@@ -110,7 +121,7 @@ class TrainConfig:
 
 
 # Options added after baselines were first cached, with their defaults.
-_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0}
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": 4.0}
 
 
 @dataclass
@@ -119,7 +130,8 @@ class TrainResult:
 
     Args:
         epochs: epochs run.
-        train_loss: mean cross-entropy over each epoch's minibatches (weighted by size).
+        train_loss: mean training loss over each epoch's minibatches (weighted by size): the
+            cross-entropy, or the distillation loss when distilling.
         validation_accuracy: validation accuracy after each epoch.
         best_epoch: 0-based index of the epoch whose weights the model holds now, so
             ``validation_accuracy[best_epoch]`` is its validation accuracy; -1 when no
@@ -227,6 +239,7 @@ def train_classifier(
     progress: bool = True,
     keep_initial: bool = False,
     resume_from: str | os.PathLike[str] | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy; keep the best validation epoch.
 
@@ -262,6 +275,11 @@ def train_classifier(
             epoch; when it exists and was written for the same ``config``, training
             continues from it, so a killed run resumes where it stopped and ends with the
             same weights. It is deleted when training returns.
+        teacher: the network whose class probabilities the model also learns to match when
+            ``config.distillation`` is above 0 (for a pruned network: the unpruned one). It
+            is moved to ``device``, scored in eval mode on the same augmented minibatches,
+            never trained, and returned to the mode it had; it must not share parameters
+            with ``model``.
 
     Returns:
         The per-epoch losses, validation accuracies and timings.
@@ -283,6 +301,7 @@ def train_classifier(
         _check_batch_source("validation", validation, "a Split")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_teacher(teacher, model, config.distillation)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not trainable:
         raise ValueError("model has no parameter with requires_grad=True, so nothing to train")
@@ -297,6 +316,10 @@ def train_classifier(
     augment_generator = torch.Generator().manual_seed(config.seed + 1)
     was_training = model.training
     model.to(device)
+    teacher_was_training = None
+    if teacher is not None:
+        teacher_was_training = teacher.training
+        teacher.to(device).eval()
     augment = None
     if isinstance(data, DataSplits):
         train, validation, augment = data.train, data.validation, data.augment
@@ -357,7 +380,13 @@ def train_classifier(
                 if augment is not None:
                     images = augment(images, augment_generator)
                 scores = model(images)
-                loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
+                if teacher is None:
+                    loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
+                else:
+                    with torch.no_grad():
+                        teacher_scores = teacher(images)
+                    loss = distillation_loss(scores, teacher_scores, labels, weight=config.distillation,
+                                             temperature=config.temperature, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -406,6 +435,8 @@ def train_classifier(
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     model.train(was_training)
+    if teacher is not None:
+        teacher.train(teacher_was_training)
     return result
 
 #: Fine-tune epochs of the command line's prune -> fine-tune. 8 was chosen among 3, 5 and 8
@@ -428,6 +459,9 @@ def finetune(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    teacher: nn.Module | None = None,
+    distillation: float = 0.0,
+    temperature: float = 4.0,
 ) -> TrainResult:
     """Fine-tune a pruned network in place with Adam and a cosine schedule.
 
@@ -452,6 +486,10 @@ def finetune(
         seed: seeds the shuffling and torch's global generator.
         device: where to train.
         progress: show a progress bar per epoch.
+        teacher: the unpruned network, to distil from (see ``distillation``); never trained.
+        distillation: share of the loss that matches the teacher's softened class
+            probabilities, in ``[0, 1]``; 0 (the default) fine-tunes on the labels alone.
+        temperature: softmax temperature of the matching term.
 
     Returns:
         The per-epoch record from :func:`train_classifier`.
@@ -464,11 +502,13 @@ def finetune(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # Built first so a bad epochs/lr/batch_size raises before the model is touched.
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, distillation=distillation,
+                         temperature=temperature)
+    check_teacher(teacher, model, distillation)
     if epochs == 0:
         return TrainResult(epochs=0)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return train_classifier(
-        model, data, config, validation=validation, device=device, progress=progress, keep_initial=True
+        model, data, config, validation=validation, device=device, progress=progress, keep_initial=True, teacher=teacher
     )

@@ -5,6 +5,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from pyro_dirichlet.app.cli import build_parser, main
 from pyro_dirichlet.app.rundir import FORMAT_VERSION, STEPS
@@ -114,6 +115,26 @@ def test_quiet_silences_everything_and_progress_shows_loss_and_accuracy(run_copy
     printed = capsys.readouterr()
     assert "loss=" in printed.err and "accuracy=" in printed.err
     assert "fine-tuned for 1 epochs" in printed.out and "finetune: wrote pruned.json" in printed.out
+
+
+def test_finetune_distils_from_the_runs_baseline_and_refuses_a_share_outside_0_1(run_copy, small_mnist_everywhere, capsys):
+    from pyro_dirichlet.app.steps import load_baseline
+    from pyro_dirichlet.app.rundir import RunDirectory
+
+    before = {name: value.clone() for name, value in load_baseline(RunDirectory(run_copy)).state_dict().items()}
+    pruned = (run_copy / "pruned.safetensors").read_bytes()
+    assert main(["finetune", "--run", str(run_copy), "--finetune-epochs", "1", "--finetune-distillation", "0.5", "--quiet"]) == 0
+    step = manifest(run_copy)["steps"]["finetune"]
+    assert step["config"]["distillation"] == 0.5 and step["result"]["finetune_distillation"] == 0.5
+    assert len(step["result"]["finetune"]["train_loss"]) == 1
+    # The baseline taught and stayed as it was; the pruned network was written anew.
+    after = load_baseline(RunDirectory(run_copy)).state_dict()
+    assert all(torch.equal(before[name], value) for name, value in after.items())
+    assert (run_copy / "pruned.safetensors").read_bytes() != pruned
+    for bad in ("1.5", "-0.1"):
+        assert main(["finetune", "--run", str(run_copy), "--finetune-distillation", bad, "--quiet"]) == 2
+        assert "--finetune-distillation" in capsys.readouterr().err
+    assert manifest(run_copy)["steps"]["finetune"]["config"]["distillation"] == 0.5  # nothing half-written
 
 
 def test_train_reports_a_missing_data_set_and_writes_nothing(tmp_path, capsys):

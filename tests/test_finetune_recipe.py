@@ -28,7 +28,7 @@ def test_the_committed_probes_choose_the_best_validation_mean(probes):
         assert candidate["finetune_lr"] == probe["protocol"]["finetune_lr"] and len(candidate["rows"]) == 2
     best = max(choice["candidates"], key=lambda c: c["validation_mean"])
     assert choice["chosen"] == {"source": best["source"], "finetune_epochs": 20, "finetune_lr": best["finetune_lr"],
-                                "finetune_batch_size": 512}
+                                "finetune_batch_size": 512, "finetune_distillation": 0.0}
     assert flags(choice["chosen"]) == f"--finetune-epochs 20 --finetune-lr {best['finetune_lr']} --finetune-batch-size 512"
     # The test accuracy is carried for information only: making it favour the other candidate changes nothing.
     flipped = copy.deepcopy(probes)
@@ -45,6 +45,22 @@ def test_ties_go_to_the_cheaper_gentler_recipe(probes):
     for row in tied[0]["rows"]:
         row["validation_finetuned"] = 0.5
     assert choose(tied)["chosen"]["finetune_lr"] == min(p["protocol"]["finetune_lr"] for p in probes)
+
+
+def test_a_distilling_candidate_competes_as_a_recipe(probes):
+    # Runs made before --finetune-distillation leave it out of their protocol: they are 0.
+    distilled = copy.deepcopy(probes[0])
+    distilled["protocol"]["finetune_distillation"] = 0.5
+    for row in distilled["rows"]:
+        row["validation_finetuned"] += 0.01
+    choice = choose([*probes, distilled], ["lr0.05", "lr0.2", "distilled"])
+    assert [c["finetune_distillation"] for c in choice["candidates"]] == [0.0, 0.0, 0.5]
+    assert choice["chosen"]["source"] == "distilled"
+    assert flags(choice["chosen"]).endswith("--finetune-batch-size 512 --finetune-distillation 0.5")
+    # Level on validation, the recipe without a teacher wins: it is the cheaper one.
+    for row in distilled["rows"]:
+        row["validation_finetuned"] -= 0.01
+    assert choose([probes[0], distilled], ["plain", "distilled"])["chosen"]["source"] == "plain"
 
 
 def test_candidates_that_differ_in_more_than_the_recipe_are_refused(probes):

@@ -164,7 +164,8 @@ def test_cli_refuses_an_unknown_finetune_budget_and_a_missing_cuda(network, tmp_
         assert exit_.value.code == 2
         assert "finetune" in capsys.readouterr().err
     for flag, bad in (("--flop-budgets", "0.5,1.5"), ("--keep-ratios", "half"), ("--criterion", "l2-norm"), ("--seed", "-1"),
-                      ("--finetune-lr", "0"), ("--finetune-lr", "nan"), ("--finetune-batch-size", "0")):
+                      ("--finetune-lr", "0"), ("--finetune-lr", "nan"), ("--finetune-batch-size", "0"),
+                      ("--finetune-distillation", "1.5"), ("--finetune-distillation", "nan")):
         with pytest.raises(SystemExit) as exit_:
             main(["--weights", str(weights), "--out", str(out), flag, bad])
         assert exit_.value.code == 2 and flag in capsys.readouterr().err
@@ -252,3 +253,32 @@ def test_a_comparison_without_a_dirichlet_row_fits_nothing_and_pairs_nothing(net
     assert [(r["seed"], r["budget"], r["criterion"]) for r in result["rows"]] == [(2, "50% FLOPs", "l1-norm")]
     assert "test_finetuned" in result["rows"][0] and result["paired"] == []
     assert (result["protocol"]["finetune_lr"], result["protocol"]["finetune_batch_size"]) == (0.05, 8)
+    # At its default the distillation share is left out of the protocol, as runs made before it have it.
+    assert "finetune_distillation" not in result["protocol"]
+
+
+def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it_was(network, one_thread, monkeypatch):
+    import analysis.resnet20_cifar10 as comparison
+
+    teachers = []
+    real = comparison.train_classifier
+
+    def spy(model, data, config, **kwargs):
+        teachers.append((config.distillation, kwargs["teacher"]))
+        return real(model, data, config, **kwargs)
+
+    monkeypatch.setattr(comparison, "train_classifier", spy)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    protocol = Protocol(seeds=(0,), flop_budgets=(0.5,), keep_ratios=(), criteria=("l1-norm",), finetune_epochs=1,
+                        finetune_batch_size=8, finetune_distillation=0.5)
+    result = run(network, cifar_shaped(), protocol, log=lambda line: None)
+    (share, teacher), = teachers
+    assert share == 0.5 and result["protocol"]["finetune_distillation"] == 0.5
+    # The teacher is the unpruned network (every channel), scoring as the caller's does.
+    assert sum(p.numel() for p in teacher.parameters()) == sum(p.numel() for p in network.parameters())
+    assert result["rows"][0]["params"] < sum(p.numel() for p in network.parameters())
+    images = cifar_shaped().test.images
+    with torch.no_grad():
+        assert torch.equal(teacher.eval()(images), network(images))
+    assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+    assert "test_finetuned" in result["rows"][0]

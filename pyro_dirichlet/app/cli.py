@@ -45,6 +45,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "hyper_guide": (FitConfig, "hyper_guide"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
     "finetune_epochs": (FinetuneOptions, "epochs"), "finetune_lr": (FinetuneOptions, "lr"),
+    "finetune_distillation": (FinetuneOptions, "distillation"),
     "latency_batch": (ReportOptions, "latency_batch"),
 }
 
@@ -264,6 +265,9 @@ def _finetune(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fine-tuning (finetune)")
     group.add_argument("--finetune-epochs", type=int, metavar="N", help=_help("fine-tune epochs after pruning; 0 skips", "finetune_epochs"))
     group.add_argument("--finetune-lr", type=float, metavar="LR", help=_help("peak Adam learning rate of fine-tuning", "finetune_lr"))
+    group.add_argument("--finetune-distillation", type=float, metavar="SHARE",
+                       help=_help("share of the fine-tune loss that matches the baseline's class probabilities "
+                                  "(knowledge distillation, temperature 4), in [0, 1]", "finetune_distillation"))
 
 
 def _report(parser: argparse.ArgumentParser) -> None:
@@ -362,7 +366,8 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
                                                             if name in settings}),
                      **pick(FitOptions)),
         prune=_flagged(PruneOptions, **pick(PruneOptions)),
-        finetune=_flagged(FinetuneOptions, **pick(FinetuneOptions, epochs="finetune_epochs", lr="finetune_lr")),
+        finetune=_flagged(FinetuneOptions, **pick(FinetuneOptions, epochs="finetune_epochs", lr="finetune_lr",
+                                                                  distillation="finetune_distillation")),
         report=_flagged(ReportOptions, **pick(ReportOptions)),
     )
 

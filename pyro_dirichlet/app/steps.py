@@ -254,14 +254,21 @@ class FinetuneOptions:
         epochs: 0 keeps the pruned network as it is (default: see
             :data:`pyro_dirichlet.train.DEFAULT_EPOCHS` for how it was chosen).
         lr: peak learning rate (:data:`pyro_dirichlet.train.DEFAULT_LR`).
+        distillation: share of the loss that matches the run's baseline (the unpruned
+            network, the teacher) at temperature 4, in ``[0, 1]``; 0 fine-tunes on the
+            labels alone (:func:`pyro_dirichlet.train.finetune`).
     """
 
     epochs: int = DEFAULT_EPOCHS
     lr: float = DEFAULT_LR
+    distillation: float = 0.0
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, low=0)
         _check_number("lr", self.lr, low=0, finite=True)
+        if isinstance(self.distillation, bool) or not isinstance(self.distillation, (int, float)) \
+                or not 0 <= self.distillation <= 1:
+            raise ValueError(f"distillation must be a number in [0, 1], got {self.distillation!r}.")
 
 
 def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
@@ -517,8 +524,10 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
         model = load_run_pruned(run, PRUNED_BEFORE_FINETUNE, runtime).to(device)
+        # The teacher is the network the pruned one was cut from, read afresh: it shares no weight with it.
+        teacher = load_baseline(run, runtime) if options.distillation > 0 else None
         tuning = finetune(model, data, epochs=options.epochs, lr=options.lr, seed=runtime.seed, device=str(device),
-                          progress=runtime.progress)
+                          progress=runtime.progress, teacher=teacher, distillation=options.distillation)
         model.eval()
         result = {
             "params": count_parameters(model),
@@ -527,6 +536,7 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
             "validation_accuracy": accuracy(model, data.validation, device=device),
             "finetune_epochs": options.epochs,
             "finetune_lr": options.lr,
+            "finetune_distillation": options.distillation,
             "finetune": tuning.to_dict(),
         }
         before = pruned_record["result"]["test_accuracy_before_finetune"]
