@@ -23,8 +23,9 @@ from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
 
 __all__ = ["merge", "main"]
 
-#: Protocol fields the parts may differ in: what the parts were split along.
-SPLIT_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "finetune_only")
+#: Protocol fields the parts may differ in: what the parts were split along (a part per
+#: criterion too, e.g. one row fine-tuned while another process fine-tunes the other).
+SPLIT_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "criteria", "finetune_only")
 #: Two processes score the same baseline on the same device; a larger difference means other weights or data.
 BASELINE_TOLERANCE = 1e-3
 
@@ -62,7 +63,8 @@ def merge(parts: list[dict], names: list[str] | None = None) -> dict:
             if budgets.setdefault(budget, counts) != counts:
                 raise ValueError(f"{name}: budget {budget!r} keeps other counts than an earlier part.")
     budgets = {budget: budgets[budget] for budget in sorted(budgets, key=_budget_order)}
-    # The order one process writes: seed, then budget, then criterion.
+    # The order one process writes: seed, then budget, then criterion (parts split by
+    # criterion: in the order the parts are given).
     criteria = list(dict.fromkeys(name for part in parts for name in part["protocol"]["criteria"]))
     order = {budget: index for index, budget in enumerate(budgets)}
     rows, seen = [], {}
@@ -76,6 +78,7 @@ def merge(parts: list[dict], names: list[str] | None = None) -> dict:
     rows.sort(key=lambda r: (r["seed"], order[r["budget"]], criteria.index(r["criterion"])))
     protocol = dict(first["protocol"])
     protocol["seeds"] = sorted({seed for part in parts for seed in part["protocol"]["seeds"]})
+    protocol["criteria"] = criteria
     for key in ("flop_budgets", "keep_ratios"):
         protocol[key] = sorted({value for part in parts for value in part["protocol"][key]}, reverse=True)
     if any(part["protocol"]["finetune_only"] != first["protocol"]["finetune_only"] for part in parts):

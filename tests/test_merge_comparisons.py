@@ -57,6 +57,23 @@ def test_parts_merge_into_the_comparison_one_process_makes(whole_and_parts):
 
 
 @pytest.mark.slow
+def test_parts_split_by_criterion_merge_with_their_paired_differences(whole_and_parts):
+    # One process fine-tunes the gain row while another fine-tunes the rest, as on a 2-core CPU.
+    whole, _ = whole_and_parts
+    parts = []
+    for criteria in ((GAIN_METHOD,), CRITERIA[1:]):
+        part = copy.deepcopy(whole)
+        part["protocol"]["criteria"] = list(criteria)
+        part["rows"] = [row for row in part["rows"] if row["criterion"] in criteria]
+        parts.append(part)
+    merged = merge(parts)
+    assert list(map(_untimed, merged["rows"])) == list(map(_untimed, whole["rows"]))
+    assert merged["protocol"]["criteria"] == list(CRITERIA)
+    assert merged["paired"] == whole["paired"] and merged["summary"] == whole["summary"]
+    assert {p["versus"] for p in merged["paired"]} == {"l1-norm", "random"}
+
+
+@pytest.mark.slow
 def test_parts_that_do_not_belong_together_are_refused_by_name(whole_and_parts):
     _, parts = whole_and_parts
     with pytest.raises(ValueError, match="no parts"):

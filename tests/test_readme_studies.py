@@ -97,3 +97,33 @@ def test_readme_resnet20_finetune_with_a_chosen_recipe_is_the_committed_json():
     assert gap > 1.5 and f"is missed by {gap - 1.5:.2f} points" in flat
     paired = next(p for p in result["paired"] if p["budget"] == "50% FLOPs" and p["stage"] == "finetuned")
     assert paired["behind"] and f"behind L1-norm by {-100 * paired['mean']:.2f} ± {100 * paired['se']:.2f} points" in flat
+
+
+def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
+    from analysis.finetune_recipe import RECIPE_FIELDS, choose
+    from analysis.resnet20_cifar10 import GAIN_METHOD
+
+    folder = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
+    flat = " ".join((ROOT / "README.md").read_text().split())
+    probes = {share: json.loads((folder / "parts" / f"probe-lr0.05-distil{share}" / "comparison.json").read_text())
+              for share in ("0", "0.9")}
+    choice = choose(list(probes.values()))
+    # Validation decides, and it keeps the labels alone: README must not say distillation won.
+    assert choice["chosen"]["finetune_distillation"] == 0.0
+    committed = json.loads((folder / "recipe.json").read_text())["chosen"]
+    assert all(committed[field] == choice["chosen"][field] for field in RECIPE_FIELDS)
+    means = {c["finetune_distillation"]: c for c in choice["candidates"]}
+    assert (f"reaches {100 * means[0.9]['validation_mean']:.2f}% validation accuracy against "
+            f"{100 * means[0.0]['validation_mean']:.2f}% on the labels alone") in flat
+    assert f"test {100 * means[0.9]['test_mean']:.2f}% and {100 * means[0.0]['test_mean']:.2f}%" in flat
+    # The 30% pair on this CPU, one seed of each row, joined by analysis.merge_comparisons.
+    result = json.loads((folder / "comparison.json").read_text())
+    assert result["device"] == "cpu" and result["protocol"]["finetune_epochs"] == 20
+    tuned = {(r["budget"], r["criterion"]): r["test_finetuned"] for r in result["rows"]}
+    assert (f"L1-norm {100 * tuned[('30% FLOPs', 'l1-norm')]:.2f}%, the gain row "
+            f"{100 * tuned[('30% FLOPs', GAIN_METHOD)]:.2f}%") in flat
+    calibrated = {r["criterion"]: r["test_calibrated"] for r in result["rows"] if r["budget"] == "30% FLOPs"}
+    assert f"after calibration {100 * calibrated['l1-norm']:.1f}% and {100 * calibrated[GAIN_METHOD]:.1f}%" in flat
+    paired = {p["stage"]: p["mean"] for p in result["paired"]}
+    assert f"row leads by {100 * paired['pruned']:.1f} points" in flat
+    assert paired["finetuned"] < 0 and f"by {-100 * paired['finetuned']:.1f} points on one seed" in flat
