@@ -2,7 +2,8 @@
 
 A lent GPU runs a ResNet-20 fine-tune far below its capacity (a step is bound by kernel
 launches, not arithmetic), so ``analysis/gpu_finetune.sh`` runs one process per (seed,
-budget) -- ``python -m analysis.resnet20_cifar10 --seed S --flop-budgets B ...`` -- and this
+budget) -- ``python -m analysis.resnet20_cifar10 --seed S --flop-budgets B ...``, or per
+criterion with ``--criterion C`` -- and this
 joins what they wrote: the rows side by side, the summary and the paired differences
 recomputed over all of them, exactly as one process running every seed and budget would
 report them. Parts stopped early (``comparison.partial.json``) join too; the result is then
