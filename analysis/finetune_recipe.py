@@ -2,7 +2,7 @@
 
 Each candidate is a run of ``analysis.resnet20_cifar10`` that differs only in its fine-tune
 recipe (``--finetune-epochs``, ``--finetune-lr``, ``--finetune-batch-size``,
-``--finetune-distillation``): the same
+``--finetune-distillation``, ``--finetune-label-smoothing``): the same
 weights, seed, budget and rows. The chosen recipe has the highest mean validation accuracy
 over every fine-tuned row; the test accuracy is listed for information and decides nothing.
 ``analysis/gpu_finetune.sh`` runs the candidates side by side on a lent GPU with the
@@ -25,9 +25,9 @@ from pyro_dirichlet.atomic import atomic_write_json
 __all__ = ["RECIPE_FIELDS", "choose", "main"]
 
 #: The protocol fields a candidate sets.
-RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_distillation")
+RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_distillation", "finetune_label_smoothing")
 #: Values of recipe fields that runs made before the field existed leave out.
-RECIPE_DEFAULTS = {"finetune_distillation": 0.0}
+RECIPE_DEFAULTS = {"finetune_distillation": 0.0, "finetune_label_smoothing": 0.0}
 #: Protocol fields that only say which rows a run holds; the rows themselves are compared instead.
 ROW_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "criteria", "finetune_only")
 
@@ -38,8 +38,8 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
 
     Only the fine-tuned rows count, and of those only ``criterion``'s and ``budget``'s where
     given: a run holding more rows can then stand beside a run of those rows alone. Ties go
-    to fewer epochs, then the smaller learning rate, then no distillation (the cheaper,
-    gentler recipe). A
+    to fewer epochs, then the smaller learning rate, then no distillation, then no label
+    smoothing (the cheaper, gentler recipe, the one that changes less). A
     candidate's ``device`` is recorded: the same seed draws other random numbers on another.
 
     Raises:
@@ -79,7 +79,7 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
     if len(set(recipes)) < len(recipes):
         raise ValueError("two candidates share one recipe: nothing tells them apart.")
     chosen = max(candidates, key=lambda c: (c["validation_mean"], -c["finetune_epochs"], -c["finetune_lr"],
-                                            -c["finetune_distillation"]))
+                                            -c["finetune_distillation"], -c["finetune_label_smoothing"]))
     counted = " of " + ", ".join(filter(None, (criterion, budget))) if criterion or budget else ""
     return {"rule": f"highest mean validation accuracy over the fine-tuned rows{counted} (test: information only)",
             "candidates": candidates, "chosen": {"source": chosen["source"], **{field: chosen[field] for field in RECIPE_FIELDS}}}
@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         detail = f"a candidate lacks {error}" if isinstance(error, KeyError) else str(error)
         print(f"error: {detail}", file=sys.stderr)
         return 2
-    print(f"{'epochs':>6s} {'lr':>7s} {'batch':>5s} {'distil':>6s} {'validation':>10s} {'test (info)':>11s}")
+    print(f"{'epochs':>6s} {'lr':>7s} {'batch':>5s} {'distil':>6s} {'smooth':>6s} {'validation':>10s} {'test (info)':>11s}")
     for c in choice["candidates"]:
         mark = "  <- chosen" if all(c[f] == choice["chosen"][f] for f in RECIPE_FIELDS) else ""
-        print(f"{c['finetune_epochs']:6d} {c['finetune_lr']:7g} {c['finetune_batch_size']:5d} {c['finetune_distillation']:6g} "
+        print(f"{c['finetune_epochs']:6d} {c['finetune_lr']:7g} {c['finetune_batch_size']:5d} {c['finetune_distillation']:6g} {c['finetune_label_smoothing']:6g} "
               f"{100 * c['validation_mean']:10.2f} {100 * c['test_mean']:11.2f}{mark}")
     print(f"chosen: {flags(choice['chosen'])}")
     if args.json:

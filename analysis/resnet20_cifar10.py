@@ -95,6 +95,8 @@ class Protocol:
         finetune_distillation: share of the fine-tune loss that matches the unpruned
             network's class probabilities at temperature 4 (``TrainConfig.distillation``);
             0 fine-tunes on the labels alone.
+        finetune_label_smoothing: label smoothing of the fine-tune's cross-entropy on the
+            labels (``TrainConfig.label_smoothing``), as the baseline was trained with; 0: none.
         finetune_only: ``(budget name, n)``: fine-tune only at that budget, only the Dirichlet
             rows and the ``n`` other rows with the best mean validation accuracy after
             calibration (so the paired difference after fine-tuning is against the strongest
@@ -112,6 +114,7 @@ class Protocol:
     finetune_lr: float = 0.01
     finetune_batch_size: int = 128
     finetune_distillation: float = 0.0
+    finetune_label_smoothing: float = 0.0
     finetune_only: tuple[str, int] | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -248,7 +251,7 @@ def run(
     tuned = _finetune_set(rows, protocol) if protocol.finetune_epochs > 0 else set()
     recipe = TrainConfig(epochs=protocol.finetune_epochs, lr=protocol.finetune_lr, batch_size=protocol.finetune_batch_size,
                          optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
-                         distillation=protocol.finetune_distillation)
+                         distillation=protocol.finetune_distillation, label_smoothing=protocol.finetune_label_smoothing)
     # The unpruned network on the device; the pruned ones were cut from another copy, so none shares its weights.
     teacher = on_device if protocol.finetune_distillation > 0 else None
     # Seed by seed, so a run stopped early has whole seeds of every fine-tuned row.
@@ -386,8 +389,9 @@ def _cell(text: str) -> str:
 def _describe(protocol: Protocol) -> dict:
     described = dataclasses.asdict(protocol)
     # Left out at its default, so runs made before the option stay comparable (merged, chosen among).
-    if not protocol.finetune_distillation:
-        del described["finetune_distillation"]
+    for name in ("finetune_distillation", "finetune_label_smoothing"):
+        if not getattr(protocol, name):
+            del described[name]
     described["calibration"] = dataclasses.asdict(protocol.calibration)
     return described
 
@@ -421,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-batch-size", type=int, default=None, help="default 128")
     parser.add_argument("--finetune-distillation", type=float, default=None, metavar="SHARE",
                         help="share of the fine-tune loss that matches the unpruned network (in [0, 1]; default 0)")
+    parser.add_argument("--finetune-label-smoothing", type=float, default=None, metavar="EPS",
+                        help="label smoothing of the fine-tune's cross-entropy (in [0, 1); default 0)")
     parser.add_argument("--finetune-only", default=None, metavar="BUDGET:N",
                         help="fine-tune only at BUDGET (e.g. '50%% FLOPs'), the Dirichlet rows and the N other rows best on "
                              "validation; 'all': every row at every budget")
@@ -443,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--finetune-lr must be a positive number, got {args.finetune_lr}.")
     if args.finetune_distillation is not None and not 0 <= args.finetune_distillation <= 1:
         parser.error(f"--finetune-distillation must be in [0, 1], got {args.finetune_distillation}.")
+    if args.finetune_label_smoothing is not None and not 0 <= args.finetune_label_smoothing < 1:
+        parser.error(f"--finetune-label-smoothing must be in [0, 1), got {args.finetune_label_smoothing}.")
     if args.finetune_epochs is not None and args.finetune_epochs < 0:
         parser.error(f"--finetune-epochs must be at least 0, got {args.finetune_epochs}.")
     finetune_only = None if args.finetune_only is None else _parse_finetune_only(parser, args.finetune_only)
@@ -455,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                  "test_images": args.test_images, "validation_images": args.validation_images,
                  "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
                  "finetune_batch_size": args.finetune_batch_size, "finetune_distillation": args.finetune_distillation,
+                 "finetune_label_smoothing": args.finetune_label_smoothing,
                  "criteria": None if args.criterion is None else tuple(dict.fromkeys(args.criterion)),
                  "flop_budgets": args.flop_budgets, "keep_ratios": args.keep_ratios}
     overrides = {k: v for k, v in overrides.items() if v is not None}

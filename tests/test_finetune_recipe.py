@@ -28,7 +28,7 @@ def test_the_committed_probes_choose_the_best_validation_mean(probes):
         assert candidate["finetune_lr"] == probe["protocol"]["finetune_lr"] and len(candidate["rows"]) == 2
     best = max(choice["candidates"], key=lambda c: c["validation_mean"])
     assert choice["chosen"] == {"source": best["source"], "finetune_epochs": 20, "finetune_lr": best["finetune_lr"],
-                                "finetune_batch_size": 512, "finetune_distillation": 0.0}
+                                "finetune_batch_size": 512, "finetune_distillation": 0.0, "finetune_label_smoothing": 0.0}
     assert flags(choice["chosen"]) == f"--finetune-epochs 20 --finetune-lr {best['finetune_lr']} --finetune-batch-size 512"
     # The test accuracy is carried for information only: making it favour the other candidate changes nothing.
     flipped = copy.deepcopy(probes)
@@ -61,6 +61,21 @@ def test_a_distilling_candidate_competes_as_a_recipe(probes):
     for row in distilled["rows"]:
         row["validation_finetuned"] -= 0.01
     assert choose([probes[0], distilled], ["plain", "distilled"])["chosen"]["source"] == "plain"
+
+
+def test_label_smoothing_competes_as_a_recipe_and_loses_ties(probes):
+    # Runs made before --finetune-label-smoothing leave it out of their protocol: they smooth nothing.
+    smoothed = copy.deepcopy(probes[0])
+    smoothed["protocol"]["finetune_label_smoothing"] = 0.1
+    for row in smoothed["rows"]:
+        row["validation_finetuned"] += 0.002
+    choice = choose([probes[0], smoothed], ["plain", "smoothed"])
+    assert [c["finetune_label_smoothing"] for c in choice["candidates"]] == [0.0, 0.1]
+    assert choice["chosen"]["source"] == "smoothed"
+    assert flags(choice["chosen"]).endswith("--finetune-batch-size 512 --finetune-label-smoothing 0.1")
+    for row in smoothed["rows"]:
+        row["validation_finetuned"] -= 0.002
+    assert choose([smoothed, probes[0]], ["smoothed", "plain"])["chosen"]["source"] == "plain"
 
 
 def test_candidates_that_differ_in_more_than_the_recipe_are_refused(probes):

@@ -165,7 +165,8 @@ def test_cli_refuses_an_unknown_finetune_budget_and_a_missing_cuda(network, tmp_
         assert "finetune" in capsys.readouterr().err
     for flag, bad in (("--flop-budgets", "0.5,1.5"), ("--keep-ratios", "half"), ("--criterion", "l2-norm"), ("--seed", "-1"),
                       ("--finetune-lr", "0"), ("--finetune-lr", "nan"), ("--finetune-batch-size", "0"),
-                      ("--finetune-distillation", "1.5"), ("--finetune-distillation", "nan")):
+                      ("--finetune-distillation", "1.5"), ("--finetune-distillation", "nan"),
+                      ("--finetune-label-smoothing", "1"), ("--finetune-label-smoothing", "-0.1")):
         with pytest.raises(SystemExit) as exit_:
             main(["--weights", str(weights), "--out", str(out), flag, bad])
         assert exit_.value.code == 2 and flag in capsys.readouterr().err
@@ -254,7 +255,7 @@ def test_a_comparison_without_a_dirichlet_row_fits_nothing_and_pairs_nothing(net
     assert "test_finetuned" in result["rows"][0] and result["paired"] == []
     assert (result["protocol"]["finetune_lr"], result["protocol"]["finetune_batch_size"]) == (0.05, 8)
     # At its default the distillation share is left out of the protocol, as runs made before it have it.
-    assert "finetune_distillation" not in result["protocol"]
+    assert "finetune_distillation" not in result["protocol"] and "finetune_label_smoothing" not in result["protocol"]
 
 
 def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it_was(network, one_thread, monkeypatch):
@@ -281,4 +282,23 @@ def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it
     with torch.no_grad():
         assert torch.equal(teacher.eval()(images), network(images))
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+    assert "test_finetuned" in result["rows"][0]
+
+
+def test_the_finetune_label_smoothing_reaches_the_training_loop_and_the_protocol(network, one_thread, monkeypatch):
+    import analysis.resnet20_cifar10 as comparison
+
+    smoothings = []
+    real = comparison.train_classifier
+
+    def spy(model, data, config, **kwargs):
+        smoothings.append((config.label_smoothing, kwargs["teacher"]))
+        return real(model, data, config, **kwargs)
+
+    monkeypatch.setattr(comparison, "train_classifier", spy)
+    protocol = Protocol(seeds=(0,), flop_budgets=(0.5,), keep_ratios=(), criteria=("l1-norm",), finetune_epochs=1,
+                        finetune_batch_size=8, finetune_label_smoothing=0.1)
+    result = run(network, cifar_shaped(), protocol, log=lambda line: None)
+    assert smoothings == [(0.1, None)]  # smoothing the labels needs no teacher
+    assert result["protocol"]["finetune_label_smoothing"] == 0.1 and "finetune_distillation" not in result["protocol"]
     assert "test_finetuned" in result["rows"][0]
