@@ -105,13 +105,18 @@ def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
 
     folder = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
     flat = " ".join((ROOT / "README.md").read_text().split())
-    choice = choose([json.loads((folder / "parts" / f"probe-lr0.05-distil{share}" / "comparison.json").read_text())
-                     for share in ("0", "0.9")])
-    # Validation decides, and it keeps the labels alone: README must not say distillation won.
-    assert choice["chosen"]["finetune_distillation"] == 0.0
+    probes = ("distil0", "distil0.9", "epochs30", "smoothing0.1")
+    choice = choose([json.loads((folder / "parts" / f"probe-lr0.05-{name}" / "comparison.json").read_text()) for name in probes])
+    # Validation decides: 30 epochs on the labels alone, neither distillation nor label smoothing.
+    assert (choice["chosen"]["finetune_epochs"], choice["chosen"]["finetune_distillation"],
+            choice["chosen"]["finetune_label_smoothing"]) == (30, 0.0, 0.0)
     committed = json.loads((folder / "recipe.json").read_text())["chosen"]
     assert all(committed[field] == choice["chosen"][field] for field in RECIPE_FIELDS)
-    means = {c["finetune_distillation"]: c for c in choice["candidates"]}
+    by_name = dict(zip(probes, choice["candidates"]))
+    assert (f"30 epochs reach {100 * by_name['epochs30']['validation_mean']:.2f}% validation (test "
+            f"{100 * by_name['epochs30']['test_mean']:.2f}%), label smoothing 0.1 "
+            f"{100 * by_name['smoothing0.1']['validation_mean']:.2f}% (test {100 * by_name['smoothing0.1']['test_mean']:.2f}%)") in flat
+    means = {c["finetune_distillation"]: c for c in choice["candidates"][:2]}
     assert (f"reaches {100 * means[0.9]['validation_mean']:.2f}% validation accuracy against "
             f"{100 * means[0.0]['validation_mean']:.2f}% on the labels alone") in flat
     assert f"test {100 * means[0.9]['test_mean']:.2f}% and {100 * means[0.0]['test_mean']:.2f}%" in flat
