@@ -131,3 +131,30 @@ def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
     paired = {p["stage"]: p["mean"] for p in result["paired"]}
     assert f"row leads by {100 * paired['pruned']:.1f} points" in flat
     assert paired["finetuned"] < 0 and f"by {-100 * paired['finetuned']:.1f} points on one seed" in flat
+
+
+def test_readme_quotes_the_30_epoch_recipe_over_three_seeds():
+    # Validation chose 30 epochs on seed 0; seeds 1 and 2 ran with it, and
+    # analysis.merge_comparisons joined the three parts into epochs30/comparison.json.
+    folder = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
+    result = json.loads((folder / "epochs30" / "comparison.json").read_text())
+    recipe = json.loads((folder / "recipe.json").read_text())["chosen"]
+    assert result["device"] == "cpu" and result["complete"] and result["protocol"]["seeds"] == [0, 1, 2]
+    assert all(result["protocol"][field] == recipe[field] for field in ("finetune_epochs", "finetune_lr", "finetune_batch_size"))
+    l1 = next(e for e in result["summary"] if e["budget"] == "50% FLOPs" and e["criterion"] == "l1-norm")
+    seeds = [100 * r["test_finetuned"] for r in sorted(result["rows"], key=lambda r: r["seed"])]
+    flat = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"L1-norm reaches {100 * l1['finetuned_mean']:.2f} ± {100 * l1['finetuned_sd']:.2f}% (per seed "
+            + ", ".join(f"{s:.2f}" for s in seeds) + ")") in flat
+    gap = 100 * (result["baseline"]["test_accuracy"] - l1["finetuned_mean"])
+    assert f"{gap:.2f} points under the {100 * result['baseline']['test_accuracy']:.2f}% baseline" in flat
+    assert f"by {gap - 1.5:.2f} with the validation-chosen 30" in flat
+    # The four learning-rate-0.05 candidates on seed 0 (this CPU) span what README says.
+    from analysis.finetune_recipe import choose
+    probes = [json.loads((folder / "parts" / f"probe-lr0.05-{name}" / "comparison.json").read_text())
+              for name in ("distil0", "distil0.9", "epochs30", "smoothing0.1")]
+    tests = [100 * c["test_mean"] for c in choose(probes)["candidates"]]
+    assert f"within {max(tests) - min(tests):.2f} points of each other on test ({min(tests):.2f}-{max(tests):.2f}%)" in flat
+    h200 = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-h200-finetune" / "parts" / "probe-lr0.2" / "comparison.json").read_text())
+    l1_at_02 = next(r for r in h200["rows"] if r["criterion"] == "l1-norm")["test_finetuned"]
+    assert f"0.2 is worse ({100 * l1_at_02:.2f}% on the H200)" in flat
