@@ -258,23 +258,29 @@ def test_a_comparison_without_a_dirichlet_row_fits_nothing_and_pairs_nothing(net
     assert "finetune_distillation" not in result["protocol"] and "finetune_label_smoothing" not in result["protocol"]
 
 
-def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it_was(network, one_thread, monkeypatch):
+def finetune_calls(monkeypatch) -> list[tuple]:
+    """Record ``(TrainConfig, teacher)`` of every fine-tune the comparison runs, which still runs."""
     import analysis.resnet20_cifar10 as comparison
 
-    teachers = []
+    calls = []
     real = comparison.train_classifier
 
     def spy(model, data, config, **kwargs):
-        teachers.append((config.distillation, kwargs["teacher"]))
+        calls.append((config, kwargs["teacher"]))
         return real(model, data, config, **kwargs)
 
     monkeypatch.setattr(comparison, "train_classifier", spy)
+    return calls
+
+
+def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it_was(network, one_thread, monkeypatch):
+    calls = finetune_calls(monkeypatch)
     before = {name: value.clone() for name, value in network.state_dict().items()}
     protocol = Protocol(seeds=(0,), flop_budgets=(0.5,), keep_ratios=(), criteria=("l1-norm",), finetune_epochs=1,
                         finetune_batch_size=8, finetune_distillation=0.5)
     result = run(network, cifar_shaped(), protocol, log=lambda line: None)
-    (share, teacher), = teachers
-    assert share == 0.5 and result["protocol"]["finetune_distillation"] == 0.5
+    (config, teacher), = calls
+    assert config.distillation == 0.5 and result["protocol"]["finetune_distillation"] == 0.5
     # The teacher is the unpruned network (every channel), scoring as the caller's does.
     assert sum(p.numel() for p in teacher.parameters()) == sum(p.numel() for p in network.parameters())
     assert result["rows"][0]["params"] < sum(p.numel() for p in network.parameters())
@@ -286,19 +292,10 @@ def test_a_distilled_finetune_learns_from_the_unpruned_network_which_stays_as_it
 
 
 def test_the_finetune_label_smoothing_reaches_the_training_loop_and_the_protocol(network, one_thread, monkeypatch):
-    import analysis.resnet20_cifar10 as comparison
-
-    smoothings = []
-    real = comparison.train_classifier
-
-    def spy(model, data, config, **kwargs):
-        smoothings.append((config.label_smoothing, kwargs["teacher"]))
-        return real(model, data, config, **kwargs)
-
-    monkeypatch.setattr(comparison, "train_classifier", spy)
+    calls = finetune_calls(monkeypatch)
     protocol = Protocol(seeds=(0,), flop_budgets=(0.5,), keep_ratios=(), criteria=("l1-norm",), finetune_epochs=1,
                         finetune_batch_size=8, finetune_label_smoothing=0.1)
     result = run(network, cifar_shaped(), protocol, log=lambda line: None)
-    assert smoothings == [(0.1, None)]  # smoothing the labels needs no teacher
+    assert [(config.label_smoothing, teacher) for config, teacher in calls] == [(0.1, None)]  # smoothing the labels needs no teacher
     assert result["protocol"]["finetune_label_smoothing"] == 0.1 and "finetune_distillation" not in result["protocol"]
     assert "test_finetuned" in result["rows"][0]
