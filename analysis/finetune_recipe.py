@@ -22,7 +22,7 @@ from pathlib import Path
 from analysis.comparison_files import read_comparisons
 from pyro_dirichlet.atomic import atomic_write_json
 
-__all__ = ["RECIPE_FIELDS", "choose", "main"]
+__all__ = ["RECIPE_FIELDS", "choose", "main", "recipe_of"]
 
 #: The protocol fields a candidate sets.
 RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finetune_distillation", "finetune_label_smoothing")
@@ -30,6 +30,12 @@ RECIPE_FIELDS = ("finetune_epochs", "finetune_lr", "finetune_batch_size", "finet
 RECIPE_DEFAULTS = {"finetune_distillation": 0.0, "finetune_label_smoothing": 0.0}
 #: Protocol fields that only say which rows a run holds; the rows themselves are compared instead.
 ROW_FIELDS = ("seeds", "flop_budgets", "keep_ratios", "criteria", "finetune_only")
+
+
+def recipe_of(protocol: dict) -> dict:
+    """The :data:`RECIPE_FIELDS` of a comparison's protocol, a field it leaves out read as its default."""
+    return {field: protocol.get(field, RECIPE_DEFAULTS[field]) if field in RECIPE_DEFAULTS else protocol[field]
+            for field in RECIPE_FIELDS}
 
 
 def choose(results: list[dict], names: list[str] | None = None, *, criterion: str | None = None,
@@ -67,8 +73,7 @@ def choose(results: list[dict], names: list[str] | None = None, *, criterion: st
                              "or fine-tunes other rows; candidates must be alike but for the recipe.")
         candidates.append({
             "source": name, "device": result.get("device"),
-            **{field: protocol.get(field, RECIPE_DEFAULTS.get(field)) if field in RECIPE_DEFAULTS else protocol[field]
-               for field in RECIPE_FIELDS},
+            **recipe_of(protocol),
             "validation_mean": statistics.fmean(row["validation_finetuned"] for row in rows),
             "test_mean": statistics.fmean(row["test_finetuned"] for row in rows),
             "rows": [{"seed": r["seed"], "budget": r["budget"], "criterion": r["criterion"],

@@ -9,6 +9,22 @@ from analysis.criteria import readme_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 CRITERIA = ROOT / "analysis" / "results" / "lenet5-mnist" / "criteria.json"
+CPU_FINETUNE = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
+#: The recipe candidates run on this CPU (seed 0, L1-norm, 50% FLOPs, lr 0.05), as README names them.
+CPU_PROBES = ("distil0", "distil0.9", "epochs30", "smoothing0.1")
+
+
+def cpu_probe_choice() -> dict:
+    """What analysis.finetune_recipe chooses from the committed CPU candidates, in :data:`CPU_PROBES` order."""
+    from analysis.finetune_recipe import choose
+
+    return choose([json.loads((CPU_FINETUNE / "parts" / f"probe-lr0.05-{name}" / "comparison.json").read_text())
+                   for name in CPU_PROBES])
+
+
+def l1_at_half_flops(result: dict) -> dict:
+    """The summary entry of L1-norm at 50% of the FLOPs in a ResNet-20 comparison."""
+    return next(e for e in result["summary"] if e["budget"] == "50% FLOPs" and e["criterion"] == "l1-norm")
 
 
 def test_readme_criteria_tables_are_the_committed_json():
@@ -91,7 +107,7 @@ def test_readme_resnet20_finetune_with_a_chosen_recipe_is_the_committed_json():
     assert choice["chosen"]["finetune_lr"] == result["protocol"]["finetune_lr"] == 0.05
     means = {c["finetune_lr"]: c["validation_mean"] for c in choice["candidates"]}
     assert f"mean validation accuracy {100 * means[0.05]:.2f}% against {100 * means[0.2]:.2f}%" in flat
-    l1 = next(e for e in result["summary"] if e["budget"] == "50% FLOPs" and e["criterion"] == "l1-norm")
+    l1 = l1_at_half_flops(result)
     gap = 100 * (result["baseline"]["test_accuracy"] - l1["finetuned_mean"])
     assert f"L1-norm recovers to {100 * l1['finetuned_mean']:.2f} ± {100 * l1['finetuned_sd']:.2f}%" in flat
     assert gap > 1.5 and f"is missed by {gap - 1.5:.2f} points" in flat
@@ -100,19 +116,17 @@ def test_readme_resnet20_finetune_with_a_chosen_recipe_is_the_committed_json():
 
 
 def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
-    from analysis.finetune_recipe import RECIPE_FIELDS, choose
+    from analysis.finetune_recipe import RECIPE_FIELDS
     from analysis.resnet20_cifar10 import GAIN_METHOD
 
-    folder = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
     flat = " ".join((ROOT / "README.md").read_text().split())
-    probes = ("distil0", "distil0.9", "epochs30", "smoothing0.1")
-    choice = choose([json.loads((folder / "parts" / f"probe-lr0.05-{name}" / "comparison.json").read_text()) for name in probes])
+    choice = cpu_probe_choice()
     # Validation decides: 30 epochs on the labels alone, neither distillation nor label smoothing.
     assert (choice["chosen"]["finetune_epochs"], choice["chosen"]["finetune_distillation"],
             choice["chosen"]["finetune_label_smoothing"]) == (30, 0.0, 0.0)
-    committed = json.loads((folder / "recipe.json").read_text())["chosen"]
+    committed = json.loads((CPU_FINETUNE / "recipe.json").read_text())["chosen"]
     assert all(committed[field] == choice["chosen"][field] for field in RECIPE_FIELDS)
-    by_name = dict(zip(probes, choice["candidates"]))
+    by_name = dict(zip(CPU_PROBES, choice["candidates"]))
     assert (f"30 epochs reach {100 * by_name['epochs30']['validation_mean']:.2f}% validation (test "
             f"{100 * by_name['epochs30']['test_mean']:.2f}%), label smoothing 0.1 "
             f"{100 * by_name['smoothing0.1']['validation_mean']:.2f}% (test {100 * by_name['smoothing0.1']['test_mean']:.2f}%)") in flat
@@ -121,7 +135,7 @@ def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
             f"{100 * means[0.0]['validation_mean']:.2f}% on the labels alone") in flat
     assert f"test {100 * means[0.9]['test_mean']:.2f}% and {100 * means[0.0]['test_mean']:.2f}%" in flat
     # The 30% pair on this CPU, one seed of each row, joined by analysis.merge_comparisons.
-    result = json.loads((folder / "comparison.json").read_text())
+    result = json.loads((CPU_FINETUNE / "comparison.json").read_text())
     assert result["device"] == "cpu" and result["protocol"]["finetune_epochs"] == 20
     tuned = {(r["budget"], r["criterion"]): r["test_finetuned"] for r in result["rows"]}
     assert (f"L1-norm {100 * tuned[('30% FLOPs', 'l1-norm')]:.2f}%, the gain row "
@@ -134,14 +148,15 @@ def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
 
 
 def test_readme_quotes_the_30_epoch_recipe_over_three_seeds():
+    from analysis.finetune_recipe import RECIPE_FIELDS, recipe_of
+
     # Validation chose 30 epochs on seed 0; seeds 1 and 2 ran with it, and
     # analysis.merge_comparisons joined the three parts into epochs30/comparison.json.
-    folder = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
-    result = json.loads((folder / "epochs30" / "comparison.json").read_text())
-    recipe = json.loads((folder / "recipe.json").read_text())["chosen"]
+    result = json.loads((CPU_FINETUNE / "epochs30" / "comparison.json").read_text())
+    chosen = json.loads((CPU_FINETUNE / "recipe.json").read_text())["chosen"]
     assert result["device"] == "cpu" and result["complete"] and result["protocol"]["seeds"] == [0, 1, 2]
-    assert all(result["protocol"][field] == recipe[field] for field in ("finetune_epochs", "finetune_lr", "finetune_batch_size"))
-    l1 = next(e for e in result["summary"] if e["budget"] == "50% FLOPs" and e["criterion"] == "l1-norm")
+    assert recipe_of(result["protocol"]) == {field: chosen[field] for field in RECIPE_FIELDS}
+    l1 = l1_at_half_flops(result)
     seeds = [100 * r["test_finetuned"] for r in sorted(result["rows"], key=lambda r: r["seed"])]
     flat = " ".join((ROOT / "README.md").read_text().split())
     assert (f"L1-norm reaches {100 * l1['finetuned_mean']:.2f} ± {100 * l1['finetuned_sd']:.2f}% (per seed "
@@ -150,10 +165,7 @@ def test_readme_quotes_the_30_epoch_recipe_over_three_seeds():
     assert f"{gap:.2f} points under the {100 * result['baseline']['test_accuracy']:.2f}% baseline" in flat
     assert f"by {gap - 1.5:.2f} with the validation-chosen 30" in flat
     # The four learning-rate-0.05 candidates on seed 0 (this CPU) span what README says.
-    from analysis.finetune_recipe import choose
-    probes = [json.loads((folder / "parts" / f"probe-lr0.05-{name}" / "comparison.json").read_text())
-              for name in ("distil0", "distil0.9", "epochs30", "smoothing0.1")]
-    tests = [100 * c["test_mean"] for c in choose(probes)["candidates"]]
+    tests = [100 * c["test_mean"] for c in cpu_probe_choice()["candidates"]]
     assert f"within {max(tests) - min(tests):.2f} points of each other on test ({min(tests):.2f}-{max(tests):.2f}%)" in flat
     h200 = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-h200-finetune" / "parts" / "probe-lr0.2" / "comparison.json").read_text())
     l1_at_02 = next(r for r in h200["rows"] if r["criterion"] == "l1-norm")["test_finetuned"]
