@@ -27,7 +27,7 @@ from pyro_dirichlet.surgery import fold_scales
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery.attention import AttentionTapHook
 
-__all__ = ["CalibrationConfig", "Calibration", "calibrate", "recalibrate_batchnorm", "mean_loss"]
+__all__ = ["CalibrationConfig", "Calibration", "calibrate", "recalibrate_batchnorm", "mean_loss", "scaled_channels"]
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,13 @@ def recalibrate_batchnorm(network: nn.Module, batches: Sequence[tuple[Tensor, Te
 
 
 @contextmanager
-def _scaled(network: nn.Module, layers: Sequence[PrunableLayer], scales: dict[str, Tensor]):
-    """Multiply channel ``c`` at each layer's switch points by ``scales[layer][c]`` -- what fold_scales bakes in."""
+def scaled_channels(network: nn.Module, layers: Sequence[PrunableLayer], scales: dict[str, Tensor]):
+    """Multiply channel ``c`` at each layer's switch points by ``scales[layer][c]`` -- what fold_scales bakes in.
+
+    Forward hooks for the duration of the block; ``network`` is unchanged afterwards. Layers
+    without an entry in ``scales`` are left alone. Calibration fits the scales through it,
+    :func:`pyro_dirichlet.removal_cost.removal_cost` zeroes one channel at a time with it.
+    """
     modules = dict(network.named_modules())
 
     def hook(layer: PrunableLayer, scale: Tensor):
@@ -160,6 +165,8 @@ def _scaled(network: nn.Module, layers: Sequence[PrunableLayer], scales: dict[st
 
     handles = []
     for layer in layers:
+        if layer.name not in scales:
+            continue
         for point in layer.switch_points:
             if layer.kind in ATTENTION_PARTS:
                 part = ATTENTION_PARTS[layer.kind]
@@ -228,7 +235,7 @@ def calibrate(
         parameter.requires_grad_(False)
     scales = {layer.name: torch.ones(layer.channels, device=device, requires_grad=True) for layer in layers}
     optimizer = torch.optim.Adam(scales.values(), lr=config.lr)
-    with _scaled(current, layers, scales):
+    with scaled_channels(current, layers, scales):
         for images, labels in _batches(data, config, config.steps, salt=3):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(current(images.to(device)), labels.to(device)).backward()

@@ -308,7 +308,7 @@ def test_the_cost_model_prices_attention_value_channels_exactly():
 
 
 def test_criteria_and_calibration_scales_reach_the_values():
-    from pyro_dirichlet.calibrate import _scaled
+    from pyro_dirichlet.calibrate import scaled_channels
     from pyro_dirichlet.importance import get_criterion
 
     torch.manual_seed(4)
@@ -323,7 +323,7 @@ def test_criteria_and_calibration_scales_reach_the_values():
         assert taylor[site].shape == (16,) and bool(taylor[site].gt(0).any())
     assert "forward" not in vars(model.attention)
     scales = {"attention": torch.rand(16), "attention.query_key": torch.rand(16)}
-    with _scaled(model, layers, scales):
+    with scaled_channels(model, layers, scales):
         got = output(model, x)
     assert relative_difference(got, output(fold_scales(model, scales, x), x)) <= 1e-5
 

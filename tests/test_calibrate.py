@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.calibrate import Calibration, CalibrationConfig, _scaled, calibrate, mean_loss, recalibrate_batchnorm
+from pyro_dirichlet.calibrate import Calibration, CalibrationConfig, calibrate, scaled_channels, mean_loss, recalibrate_batchnorm
 from pyro_dirichlet.data import Split, minibatches
 from pyro_dirichlet.importance import get_criterion
 from pyro_dirichlet.measure import accuracy
@@ -79,7 +79,7 @@ def test_folded_scales_compute_what_the_scaled_network_computes(trained):
     assert result.scales_kept and not result.batchnorm_recalibrated
     assert any(not torch.allclose(s, torch.ones_like(s)) for s in result.scales.values())
     images = train.images[:64]
-    with torch.no_grad(), _scaled(pruned, find_prunable_layers(pruned, example), result.scales):
+    with torch.no_grad(), scaled_channels(pruned, find_prunable_layers(pruned, example), result.scales):
         unfolded = pruned(images)
     with torch.no_grad():
         folded = result.network(images)
