@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(**kwargs) -> FitConfig:
-    return FitConfig(progress=False, device="cpu", **kwargs)
+    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", **kwargs})
 
 
 def split_order(split: Split, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

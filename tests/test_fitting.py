@@ -24,7 +24,7 @@ def synthetic_split(tiny_cnn, n=256, seed=0) -> Split:
 
 
 def quiet(**kwargs) -> FitConfig:
-    return FitConfig(progress=False, device="cpu", **kwargs)
+    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", **kwargs})
 
 
 def test_fit_records_history_and_moves_concentrations(tiny_cnn, tiny_images):

@@ -44,7 +44,7 @@ def learnable_scale(layers):
 
 
 def quiet(**kwargs):
-    return FitConfig(progress=False, device="cpu", **kwargs)
+    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", **kwargs})
 
 
 def test_a_shared_gamma_concentration_is_inferred_with_the_default_elbo():

@@ -47,7 +47,7 @@ def planted(n: int = 512, outputs: int = 1):
 def quiet(**kwargs) -> FitConfig:
     # Concentration 10 at the start: less switch noise, whose variance would otherwise pull
     # every signal unit's mean down first (at 1, three epochs rank them last, not first).
-    return FitConfig(progress=False, device="cpu", init_concentration=10.0, **kwargs)
+    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", "init_concentration": 10.0, **kwargs})
 
 
 def loader(inputs, targets, batch_size=64):

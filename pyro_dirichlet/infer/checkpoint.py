@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class FitCheckpoint:
         layers: ``(name, channels)`` of every switched layer.
         config: the fit settings that must match for a resume (see :meth:`mismatches`).
         format: :data:`CHECKPOINT_FORMAT` of the writer.
+        kept: the kept sets of the convergence monitor's last check
+            (:class:`~pyro_dirichlet.infer.convergence.ConvergenceMonitor`), ``{}`` before the
+            first; files written before it existed read as ``{}``.
 
     Example:
         >>> checkpoint = FitCheckpoint.load("fit.ckpt")  # doctest: +SKIP
@@ -67,6 +70,7 @@ class FitCheckpoint:
     layers: list[tuple[str, int]]
     config: dict[str, Any]
     format: int = CHECKPOINT_FORMAT
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def capture(
@@ -80,6 +84,7 @@ class FitCheckpoint:
         generator: torch.Tensor,
         layers: Iterable[tuple[str, int]],
         config: Mapping[str, Any],
+        kept: Mapping[str, list[int]] | None = None,
     ) -> FitCheckpoint:
         """Copy the live fit state (param store, optimizer, random streams) into a checkpoint.
 
@@ -97,6 +102,7 @@ class FitCheckpoint:
             generator=generator.clone(),
             layers=[(str(name), int(channels)) for name, channels in layers],
             config=dict(config),
+            kept={str(layer): [int(i) for i in values] for layer, values in (kept or {}).items()},
         )
 
     @staticmethod
@@ -218,7 +224,9 @@ class FitCheckpoint:
             if isinstance(error, FileNotFoundError):
                 raise
             raise ValueError(f"checkpoint {path} is not a readable fit checkpoint: {error}") from error
-        expected = {field.name for field in fields(cls)}
+        expected = {item.name for item in fields(cls)}
+        if isinstance(record, dict):
+            record.setdefault("kept", {})  # written before the convergence monitor kept its sets
         if not isinstance(record, dict) or set(record) != expected:
             raise ValueError(f"checkpoint {path} is not a fit checkpoint (keys {sorted(record) if isinstance(record, dict) else type(record).__name__}).")
         if record["format"] != CHECKPOINT_FORMAT:
@@ -268,7 +276,10 @@ class CheckpointWriter:
         self.saved_step = saved_step
         self.latest: FitCheckpoint | None = None
 
-    def completed(self, *, elbo: list[float], seconds: float, generator: torch.Generator, epoch_start: torch.Tensor) -> None:
+    def completed(
+        self, *, elbo: list[float], seconds: float, generator: torch.Generator, epoch_start: torch.Tensor,
+        kept: Mapping[str, list[int]] | None = None,
+    ) -> None:
         """Record the step just completed (``len(elbo)``) and write it if due.
 
         Args:
@@ -289,6 +300,7 @@ class CheckpointWriter:
             generator=generator.get_state() if epoch_done else epoch_start,
             layers=self.layers,
             config=self.config,
+            kept=kept,
         )
         if epoch_done or (self.every is not None and step % self.every == 0):
             self.flush()

@@ -16,11 +16,13 @@ import pyro.optim
 import pyro.util
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
+from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor, StoppingRule
+from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, elbo_estimator, switch_optimizer
 from pyro_dirichlet.data import BatchSource, Split, count_examples, iterate_batches, minibatches
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
 from pyro_dirichlet.infer.optim import SkipNonFinite
@@ -59,9 +61,22 @@ class FitConfig:
     """How to fit the switches.
 
     Attributes:
-        epochs: passes over the training split (the paper: one suffices).
+        epochs: passes over the training split; ``None`` (the default) fits until the
+            ``stopping`` rule holds (at least ``stopping.min_steps`` steps, whatever the
+            data size). The paper's setting, one epoch, stays available as ``epochs=1``:
+            on a small data set it is a few steps, and a fit that stops before its
+            posterior settles ranks channels by how far each happened to move
+            (``analysis/ranking_quality.py``); such a fit warns
+            (:class:`~pyro_dirichlet.infer.convergence.FitNotConvergedWarning`).
+        stopping: when a fit with ``epochs=None`` stops, and the thresholds every fit's
+            convergence diagnostics are judged by (:class:`~pyro_dirichlet.infer.convergence.StoppingRule`).
         batch_size: minibatch size; the likelihood is scaled to the full data size.
-        lr: Adam learning rate on the log-concentrations.
+        lr: Adam learning rate on the log-concentrations, at the first step.
+        lr_decay: the learning rate is multiplied by this after every step (Pyro's
+            ``ClippedAdam(lrd=...)``, without clipping); 1 keeps it constant (plain Adam).
+            The default falls tenfold every 1,000 steps: at a constant rate the
+            concentrations keep jittering by about ``lr`` in log space, so channels near a
+            layer's keep threshold trade places at every check and a fit never settles.
         init_concentration: initial guide concentration of every channel.
         analytic_kl: use the closed-form Dirichlet KL (``TraceMeanField_ELBO``); ``False``
             estimates it by sampling (``Trace_ELBO``). Non-Dirichlet priors without a
@@ -97,9 +112,10 @@ class FitConfig:
             a point estimate: empirical Bayes). See :data:`~pyro_dirichlet.infer.guide.HYPER_GUIDES`.
     """
 
-    epochs: int = 1
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 0.1
+    lr_decay: float = DEFAULT_LR_DECAY
     init_concentration: float = DEFAULT_INIT_CONCENTRATION
     analytic_kl: bool = True
     num_particles: int = 1
@@ -114,14 +130,21 @@ class FitConfig:
     channels_last: bool = False
     fast_pooling: bool = True
     hyper_guide: str = "normal"
+    stopping: StoppingRule = field(default_factory=StoppingRule)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stopping, StoppingRule):
+            raise ValueError(f"FitConfig.stopping must be a StoppingRule, got {type(self.stopping).__name__}.")
         for name in ("epochs", "batch_size", "num_particles"):
             value = getattr(self, name)
+            if name == "epochs" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FitConfig.{name} must be a positive integer, got {value!r}.")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
             raise ValueError(f"FitConfig.lr must be a positive number, got {self.lr!r}.")
+        if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) or not 0 < self.lr_decay <= 1:
+            raise ValueError(f"FitConfig.lr_decay must be a number in (0, 1], got {self.lr_decay!r}.")
         if not (isinstance(self.init_concentration, (int, float)) and 0 < self.init_concentration < math.inf):
             raise ValueError(f"FitConfig.init_concentration must be positive and finite, got {self.init_concentration!r}.")
         if self.effective_data_size is not None and (
@@ -170,6 +193,7 @@ class FitResult:
     guide: Callable | None = field(default=None, repr=False)
     parameters: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     example: torch.Tensor | None = field(default=None, repr=False)
+    convergence: Convergence | None = None
 
     def posterior(
         self,
@@ -244,6 +268,7 @@ class FitResult:
         config.pop("progress")
         return {
             "epochs": self.epochs,
+            "convergence": None if self.convergence is None else self.convergence.to_dict(),
             "steps": self.steps,
             "seconds": self.seconds,
             "device": self.device,
@@ -392,12 +417,20 @@ def fit(
     guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
     # A step whose gradients are not finite changes nothing, so a diverging fit keeps its last
     # good guide; under torchrun the gradients are summed over ranks before that check.
-    optim = SkipNonFinite(pyro.optim.Adam({"lr": config.lr}))
+    optim = SkipNonFinite(switch_optimizer(config.lr, config.lr_decay))
     reduce = AllReduceGradients(optim, parallel) if parallel is not None else None
     model = fit_model(switches, config, device)
-    svi = SVI(model, guide, reduce or optim, _elbo(config, vectorize=switches.vectorizable))
+    svi = SVI(model, guide, reduce or optim, elbo_estimator(config.analytic_kl, config.num_particles,
+                                                             vectorize=config.vectorize_particles and switches.vectorizable))
     size = config.effective_data_size or train_size
-    total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
+    until_converged = config.epochs is None
+    if until_converged:
+        total_steps = config.stopping.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else total_steps
+    else:
+        epochs = config.epochs
+        total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
+    monitor = ConvergenceMonitor(config.stopping, until_converged=until_converged)
     history: list[float] = []
 
     layers = [(layer.name, layer.channels) for layer in switches.layers]
@@ -412,7 +445,8 @@ def fit(
         if resumed.step > total_steps:
             raise ValueError(
                 f"checkpoint {checkpoint} has {resumed.step} steps, more than the {total_steps} of "
-                f"FitConfig.epochs={config.epochs}; ask for at least {math.ceil(resumed.step / steps_per_epoch)} epochs."
+                f"FitConfig.epochs={config.epochs}; ask for at least {math.ceil(resumed.step / steps_per_epoch)} epochs"
+                + (" or fit until converged (epochs=None)." if not until_converged else ".")
             )
         if sorted(resumed.params) != sorted(param_names):
             raise ValueError(
@@ -423,6 +457,7 @@ def fit(
         generator.set_state(resumed.generator)
         history = list(resumed.elbo)
         start, earlier_seconds = resumed.step, resumed.seconds
+        monitor.restore(resumed.kept)
     writer = None
     if checkpoint is not None and main:
         writer = CheckpointWriter(
@@ -465,7 +500,9 @@ def fit(
     ):
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
-            for epoch in range(start // steps_per_epoch if steps_per_epoch else 0, config.epochs):
+            for epoch in range(start // steps_per_epoch if steps_per_epoch else 0, epochs):
+                if monitor.stopped or len(history) >= (total_steps or math.inf):
+                    break
                 # Replaying this state replays the epoch's order: a resumed fit sees the same batches.
                 epoch_start = generator.get_state()
                 done_in_epoch = len(history) - epoch * steps_per_epoch if steps_per_epoch else 0
@@ -482,22 +519,31 @@ def fit(
                         raise FitDivergedError(len(history), elbo, history, _concentrations(guide, switches, first_images))
                     history.append(elbo)
                     bar.update()
+                    if monitor.due(len(history)):
+                        monitor.check(history, _concentrations(guide, switches, first_images))
                     if len(history) % 20 == 0:
                         bar.set_postfix(elbo=f"{elbo:.4g}")
                     if writer is not None:
                         writer.completed(
-                            elbo=history, seconds=earlier_seconds + watch.elapsed, generator=generator, epoch_start=epoch_start
+                            elbo=history, seconds=earlier_seconds + watch.elapsed, generator=generator,
+                            epoch_start=epoch_start, kept=monitor.snapshot(),
                         )
+                    if monitor.stopped or len(history) >= (total_steps or math.inf):
+                        break
         except KeyboardInterrupt:
             # Ctrl-C mid-step leaves the guide half-updated: the writer holds the last whole step.
             if writer is not None:
                 writer.flush()
             raise
+    concentrations = _concentrations(guide, switches, first_images)
+    if writer is not None and monitor.stopped:
+        writer.flush()  # a stop mid-epoch: the file holds the last step, so a rerun does not go on fitting
     return FitResult(
         layers=switches.layers,
-        concentrations=_concentrations(guide, switches, first_images),
+        concentrations=concentrations,
+        convergence=monitor.final(history, concentrations),
         elbo=history,
-        epochs=config.epochs,
+        epochs=config.epochs if config.epochs is not None else math.ceil(len(history) / steps_per_epoch) if steps_per_epoch else 1,
         steps=len(history),
         seconds=earlier_seconds + watch.seconds,
         device=str(device),
@@ -610,20 +656,6 @@ def network_context(config: FitConfig, device: torch.device | str) -> Iterator[N
         if config.fast_pooling and device_type == "cpu":
             stack.enter_context(NoGradMaxPool())
         yield
-
-
-def _elbo(config: FitConfig, *, vectorize: bool = True) -> ELBO:
-    """The ELBO estimator the config asks for.
-
-    ``vectorize=False`` draws particles in a loop even where the config asks for a batch:
-    a prior with latent sites of its own (``alpha.expand(C)``) is rarely written to
-    broadcast over a particle dimension.
-    """
-    family = TraceMeanField_ELBO if config.analytic_kl else Trace_ELBO
-    if config.num_particles > 1 and config.vectorize_particles and vectorize:
-        # The data plate is the model's only plate; the particle plate goes left of it.
-        return family(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
-    return family(num_particles=config.num_particles)
 
 
 def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:
