@@ -19,7 +19,7 @@ def _labels_of(network, images):
 def test_gains_start_at_one_and_leave_the_model_unchanged(tiny_cnn, tiny_images):
     pyro.clear_param_store()
     labels = _labels_of(tiny_cnn, tiny_images)
-    plain = DirichletSwitches(tiny_cnn, tiny_images[:2])
+    plain = DirichletSwitches(tiny_cnn, tiny_images[:2], layer_gain=False)
     gained = DirichletSwitches(tiny_cnn, tiny_images[:2], layer_gain=True)
     trace = poutine.trace(plain.model).get_trace(tiny_images, labels)
     replayed = poutine.trace(poutine.replay(gained.model, trace=trace)).get_trace(tiny_images, labels)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_dirichlet.infer.priors import PriorModel, resolve_prior
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorModel, resolve_prior
 from pyro_dirichlet.structure import find_prunable_layers
 
 
@@ -38,7 +38,7 @@ def test_mapping_prior_sets_named_layers_and_defaults_the_rest(layers):
     built = priors(CPU)
     assert torch.allclose(built["conv1"].concentration, vector)
     assert torch.equal(built["fc1"].concentration, torch.full((12,), 3.0))
-    assert torch.equal(built["conv2"].concentration, torch.ones(8))
+    assert torch.equal(built["conv2"].concentration, torch.full((8,), DEFAULT_CONCENTRATION))
 
 
 def test_callable_prior_returns_user_distribution(layers):

@@ -102,13 +102,15 @@ class DirichletSwitches:
             distribution`` whose batch shape is the batch.
         layer_gain: also learn one positive gain per switched layer (a ``pyro.param``
             point estimate, :func:`gain_param`, initialised at 1) that multiplies the
-            layer's ``s_l * C``. Why: on the simplex the channel scales always sum to ``C``,
+            layer's ``s_l * C``; on by default. Why: on the simplex the channel scales always sum to ``C``,
             so a network that would do better with a layer's output scaled down (as a
             network does after some of its units are damaged) can only do so by moving mass
             onto channels nothing reads, and those dead channels then rank *high*. The gain
             takes over that role, so the switch mass says which channels matter, not how
-            loud the layer should be. Neither the ranking nor the fold uses the gain (it
-            scales every kept channel alike). Measured in ``analysis/planted.py``.
+            loud the layer should be. The ranking does not read the gain (it scales every
+            channel of the layer alike); the fold does, so the pruned network is the
+            switched one at the posterior mean. Measured in ``analysis/planted.py`` and
+            ``analysis/ranking_quality.py``; ``layer_gain=False`` is the paper's model.
 
     Example:
         >>> switches = DirichletSwitches(net, images[:2], prior=0.5)  # doctest: +SKIP
@@ -128,7 +130,7 @@ class DirichletSwitches:
         placement: Literal["input", "output"] = "input",
         on_unsupported: Literal["raise", "skip"] = "raise",
         likelihood: LikelihoodSpec = "categorical",
-        layer_gain: bool = False,
+        layer_gain: bool = True,
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")

@@ -202,6 +202,6 @@ def load_posterior(path: str | os.PathLike) -> xr.DataTree:
         return tree.load()
 
 
-from pyro_dirichlet.posterior.fitted import GUIDE_PARAMETERS, VARIATIONAL, exact_means, from_fit  # noqa: E402
+from pyro_dirichlet.posterior.fitted import GUIDE_PARAMETERS, VARIATIONAL, exact_means, from_fit, layer_gains  # noqa: E402
 
-__all__ += ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit"]
+__all__ += ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit", "layer_gains"]

@@ -20,7 +20,7 @@ import xarray as xr
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
-__all__ = ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit"]
+__all__ = ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit", "layer_gains"]
 
 #: Group of the fitted concentrations ``<layer>.switch.concentration`` and the exact posterior
 #: means ``<layer>.switch.mean`` (``phi / sum(phi)``).
@@ -143,3 +143,16 @@ def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
         for name, data in posterior[VARIATIONAL].data_vars.items()
         if str(name).endswith(".switch.mean")
     }
+
+
+def layer_gains(posterior: xr.DataTree) -> dict[str, float]:
+    """Each layer's learned gain (``DirichletSwitches(layer_gain=True)``), ``{}`` for a fit without gains.
+
+    Read from the ``guide_parameters`` group, where Pyro's unconstrained value of the
+    positive parameter ``<layer>.switch.gain`` is its logarithm.
+    """
+    if GUIDE_PARAMETERS not in posterior.children:
+        return {}
+    suffix = ".switch.gain"
+    stored = posterior[GUIDE_PARAMETERS].to_dataset()
+    return {str(name)[: -len(suffix)]: float(np.exp(stored[name].values)) for name in stored.data_vars if str(name).endswith(suffix)}
