@@ -6,12 +6,14 @@ studies in ``analysis/`` go through it too).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import xarray as xr
 from torch import nn
 
+from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.posterior_criteria import posterior_mean
 from pyro_dirichlet.plan import Target, plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
@@ -20,9 +22,12 @@ from pyro_dirichlet.surgery import fold_scales, prune_channels
 __all__ = ["prune_by_posterior_mean", "prune_to_keep", "switch_scales"]
 
 
-def switch_scales(means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``E[s_c] * C`` per channel: the factor the switch applies at its posterior mean (1 at the prior mean)."""
-    return {layer: (mean * mean.numel()).to(torch.float32) for layer, mean in means.items()}
+def switch_scales(means: dict[str, torch.Tensor], gains: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """``gain * E[s_c] * C`` per channel: the factor the switch applies at its posterior mean
+    (1 at the prior mean of a fit without gains). ``gains``: the layers' learned gains
+    (:func:`pyro_dirichlet.posterior.layer_gains`); a layer without one has gain 1."""
+    gains = gains or {}
+    return {layer: (mean * mean.numel() * gains.get(layer, 1.0)).to(torch.float32) for layer, mean in means.items()}
 
 
 def prune_to_keep(
@@ -62,12 +67,13 @@ def prune_by_posterior_mean(
     *,
     fold: bool = True,
     layers: Sequence[PrunableLayer] | None = None,
+    check: DataSplits | None = None,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
     """Prune ``network`` to ``target``, keeping each layer's channels of highest posterior mean.
 
     With ``fold=True`` (the default) every channel of a switched layer is first scaled by its
-    posterior-mean switch value times the layer width, ``E[s_c] * C``, folded into the
-    weights: the pruned network is then the switched network at the posterior mean, which
+    posterior-mean switch value times the layer width, ``E[s_c] * C``, and by the layer's
+    learned gain where the fit had one, folded into the weights: the pruned network is then the switched network at the posterior mean, which
     is what the fit optimised, rather than the unswitched network with channels removed.
     On LeNet-5/MNIST this is worth several points of accuracy before fine-tuning at tight
     budgets (measured in ``analysis/``).
@@ -80,6 +86,12 @@ def prune_by_posterior_mean(
         fold: fold ``E[s_c] * C`` into the kept channels' weights.
         layers: the network's prunable layers (e.g. ``DirichletSwitches(...).layers``) so that
             the network is not traced again; None to trace it once here.
+        check: the data set, to check the decision: the posterior's keep set against L1-norm
+            and random keep sets of the same counts after the same calibration on
+            ``check.train``, scored on ``check.validation``
+            (:func:`pyro_dirichlet.decision_check.check_decision`). When the posterior loses, a
+            :class:`~pyro_dirichlet.decision_check.DecisionWarning` says so in one sentence;
+            call ``check_decision`` itself for the three accuracies.
 
     Returns:
         ``(pruned network, keep)`` where ``keep`` maps each pruned layer to the original
@@ -90,5 +102,14 @@ def prune_by_posterior_mean(
         layers = find_prunable_layers(network, example_inputs, layers=sorted(scores))
     # Layers feeding a grouped convolution keep whole groups of channels.
     keep = plan_keep(scores, target, blocks={layer.name: layer.block for layer in layers})
-    scales = switch_scales(scores) if fold else None
+    from pyro_dirichlet.posterior import layer_gains
+
+    scales = switch_scales(scores, layer_gains(posterior)) if fold else None
+    if check is not None:
+        from pyro_dirichlet.decision_check import DecisionWarning, check_decision
+
+        outcome = check_decision(network, keep, check, example_inputs, layers=layers,
+                                 scales={name: scales[name] for name in keep} if scales else None)
+        if outcome.warning() is not None:
+            warnings.warn(outcome.warning()[0].upper() + outcome.warning()[1:], DecisionWarning, stacklevel=2)
     return prune_to_keep(network, keep, example_inputs, scales=scales, layers=layers), keep

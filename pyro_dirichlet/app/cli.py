@@ -44,6 +44,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
     "hyper_guide": (FitConfig, "hyper_guide"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
+    "check": (PruneOptions, "check"),
     "finetune_epochs": (FinetuneOptions, "epochs"), "finetune_lr": (FinetuneOptions, "lr"),
     "finetune_distillation": (FinetuneOptions, "distillation"),
     "latency_batch": (ReportOptions, "latency_batch"),
@@ -218,10 +219,12 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--on-unsupported", choices=["raise", "skip"],
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
-    group.add_argument("--layer-gain", action="store_true",
+    group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction, default=None,
                        help=_help("fit one gain per layer beside its switch, so the switches rank channels instead of also "
                                   "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
-    group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
+    group.add_argument("--epochs", type=int, metavar="N",
+                       help="SVI epochs; the paper's setting is 1 (default: fit until the posterior has converged -- "
+                            "the ELBO levelled off and the half-width kept sets settled -- at least 600 steps)")
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
     group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),
                        help=_help("guide of the prior model's own latent sites: normal (AutoNormal) or delta "
@@ -259,6 +262,10 @@ def _prune(parser: argparse.ArgumentParser) -> None:
                        help="keep at most this fraction of the baseline's FLOPs (or --budget-cost params); "
                             "one threshold on the posterior means picks every layer's width")
     group.add_argument("--budget-cost", choices=["flops", "params"], help=_help("what --budget limits", "budget_cost"))
+    parser.add_argument_group("decision check (prune)").add_argument(
+        "--no-check", dest="check", action="store_false", default=None,
+        help="skip comparing the posterior's channels with L1-norm and random ones at the same counts after the same "
+             "calibration on the validation split (on by default: a few seconds on small networks)")
 
 
 def _finetune(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ import functools
 import math
 import statistics
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, load_data, run_model, train_model
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
 from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import Target
@@ -190,7 +192,7 @@ class FitOptions:
     prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
-    layer_gain: bool = False
+    layer_gain: bool = True
 
     def __post_init__(self) -> None:
         _check_number("prior", self.prior, low=0, finite=True)
@@ -221,11 +223,15 @@ class PruneOptions:
             one threshold on ``E[s_c] * C`` picks every layer's count
             (:func:`pyro_dirichlet.allocation.budget_counts`).
         budget_cost: ``"flops"`` or ``"params"``.
+        check: compare the posterior's keep set with L1-norm's and random ones at the same
+            counts after the same calibration, on the validation split
+            (:func:`pyro_dirichlet.decision_check.check_decision`), and warn when it loses.
     """
 
     keep: Target | None = None
     budget: float | None = None
     budget_cost: Literal["flops", "params"] = "flops"
+    check: bool = True
 
     def __post_init__(self) -> None:
         if self.keep is not None:
@@ -242,6 +248,8 @@ class PruneOptions:
             _check_number("budget", self.budget, low=0, high=1)
         if self.budget_cost not in ("flops", "params"):
             raise ValueError(f"budget_cost must be 'flops' or 'params', got {self.budget_cost!r}.")
+        if not isinstance(self.check, bool):
+            raise ValueError(f"check must be true or false, got {self.check!r}.")
         if self.keep is not None and self.budget is not None:
             raise ValueError("keep and budget both set: give per-layer counts (--keep) or a global budget (--budget), not both.")
 
@@ -412,7 +420,9 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         init_from_environment()
         parallel = DataParallel.current()
         try:
-            with writing(checkpoint):
+            with writing(checkpoint), warnings.catch_warnings():
+                # The advice goes to stderr once, below, as the CLI's own sentence.
+                warnings.simplefilter("ignore", FitNotConvergedWarning)
                 result = fit(switches, data.train, fit_config, checkpoint=checkpoint)
         except FitDivergedError:
             # The same command would only resume into the same divergence.
@@ -422,6 +432,11 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
             return {"rank": parallel.rank, "result": result.to_dict()}
         posterior = result.posterior(seed=runtime.seed, validation=data.validation)
         _say(runtime, f"SVI: {result.steps} steps in {result.seconds:.1f} s, final ELBO {result.elbo[-1]:.4g}")
+        if result.convergence is not None:
+            _say(runtime, result.convergence.describe())
+            advice = result.convergence.advice()
+            if advice is not None:
+                print(f"pyro-dirichlet: warning: {advice}", file=sys.stderr, flush=True)
         for summary in layer_summaries(posterior, ci_prob=options.ci_prob).values():
             _say(runtime, format_layer_summary(summary))
         with writing(run.path), run.stage() as staging:
@@ -495,6 +510,9 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             default = get_model_entry(manifest["model"]).default_keep
             target = {layer: count for layer, count in default.items() if layer in scores}
         pruned, keep = prune_by_posterior_mean(network, posterior, target, example)
+        from pyro_dirichlet.posterior import layer_gains
+
+        gains = layer_gains(posterior)
         widths = {layer: len(score) for layer, score in scores.items()}
         architecture = {layer: len(keep.get(layer, range(width))) for layer, width in widths.items()}
         result = {
@@ -507,6 +525,11 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         }
         _say(runtime, f"pruned to {architecture}: {result['params']:,} parameters, {result['flops']:,} FLOPs, "
                       f"test accuracy {result['test_accuracy_before_finetune']:.4f} before fine-tuning")
+        if options.check:
+            from pyro_dirichlet.app.decision import check_prune_decision
+
+            result["decision_check"] = check_prune_decision(network, keep, scores, gains, data, example, seed=runtime.seed,
+                                                            say=functools.partial(_say, runtime))
         with writing(run.path), run.stage() as staging:
             save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture),
                         factory=run_model(run, runtime)[1])
