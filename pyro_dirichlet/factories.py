@@ -102,8 +102,11 @@ def import_factory(path: str) -> Callable[..., Any]:
         if error.name != module_name.partition(".")[0]:
             raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} imports "
                                f"{error.name!r}, which is not installed.") from None
+        if "." in module_name:
+            raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
+                               "(a file of yours in the current folder is found as MODULE:callable, for MODULE.py).") from None
         raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
-                           f"and no {module_name.partition('.')[0]}.py in the current folder {str(Path.cwd())!r}; "
+                           f"and no {module_name}.py in the current folder {str(Path.cwd())!r}; "
                            "run the command from the folder holding it, or install it.") from None
     except Exception as error:  # noqa: BLE001 - an import can fail any way its module's code fails
         reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__

@@ -61,7 +61,10 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as error:
+            if "weights only load failed" not in str(error).lower():
+                raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
+                                   f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None
             # torch's own text (ANSI escapes, a page of options) advises unpickling it: the fix is the state dict.
             raise WeightsError(f"weights file {str(path)!r} holds a pickled Python object (a whole model saved with "
                                "torch.save(model, path)?), which is never unpickled here: save its weights with "

@@ -321,6 +321,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, dict[str, argparse.Acti
         for add in groups:
             add(sub)
         options[command] = {action.dest: action for action in sub._actions if action.dest not in ("help", "config")}
+    from pyro_dirichlet.app.layer_listing import add_layers_command
+
+    add_layers_command(commands, model_name, model_arg, _path)
     return parser, options
 
 
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     del args.command
     settings: dict[str, Any] = {}
+    if command == "layers":
+        return _layers(args)
     try:
         settings = _settings(command, args, options)
         _dispatch(command, settings)
@@ -452,6 +457,18 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         print(f"pyro-dirichlet: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    """``pyro-dirichlet layers``: print the listing, or one sentence and exit status 2."""
+    from pyro_dirichlet.app.layer_listing import layers_command
+
+    try:
+        print(layers_command(args))
+    except ValueError as error:
+        print(f"pyro-dirichlet: error: {error}", file=sys.stderr)
         return 2
     return 0
 

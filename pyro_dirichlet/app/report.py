@@ -310,7 +310,9 @@ _NO_PREDICTIVE = "posterior.nc holds no predictions on validation images (fitted
 def _skipped_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(layer, why, kind) for every Conv2d/Linear the fit left unswitched."""
     return [
-        (row["layer"], row["reason"], "not followed" if row["unsupported"] else "by design")
+        # The analysis speaks to Python callers; a report reader runs the command line.
+        (row["layer"], row["reason"].replace("coupled='group'", "--coupled group"),
+         "not followed" if row["unsupported"] else "by design")
         for row in report.get("skipped_layers", [])
     ]
 
