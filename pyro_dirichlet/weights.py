@@ -62,13 +62,17 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            if "weights only load failed" not in str(error).lower():
+            text = str(error)
+            found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+            if found is None:
+                # torch's page of advice about unpickling; its own diagnosis sits after "WeightsUnpickler error:".
+                inner = text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0] or text
                 raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
-                                   f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None
+                                   f"readable with torch.load(weights_only=True) ({_reason(Exception(inner))}).") from None
             # torch's own text (ANSI escapes, a page of options) advises unpickling it: the fix is the state dict.
-            raise WeightsError(f"weights file {str(path)!r} holds a pickled Python object (a whole model saved with "
-                               "torch.save(model, path)?), which is never unpickled here: save its weights with "
-                               "torch.save(model.state_dict(), path) and pass that file.") from None
+            raise WeightsError(f"weights file {str(path)!r} holds a pickled Python object ({found.group(1)}; a whole "
+                               "model saved with torch.save(model, path)?), which is never unpickled here: save its "
+                               "weights with torch.save(model.state_dict(), path) and pass that file.") from None
         except Exception as error:  # noqa: BLE001 - torch.load fails with whatever its zip reader raises
             raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
                                f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None

@@ -217,7 +217,8 @@ CASES = [
      weights_file("w.bin", lambda path: path.write_bytes(b"not a model at all")), "neither a safetensors file nor a PyTorch state dict"),
     ("weights-pickled-object", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
      weights_file("w.pt", lambda path: torch.save({"conv1.weight": Path("/")}, path)),
-     "holds a pickled Python object (a whole model saved with torch.save(model, path)?), which is never unpickled"),
+     "holds a pickled Python object (pathlib.PosixPath; a whole model saved with torch.save(model, path)?), which is "
+     "never unpickled"),
     ("weights-safetensors-truncated", ["train", "--out", "{run}", "--weights", "{tmp}/w.safetensors"],
      weights_file("w.safetensors", lambda path: path.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": ")),
      "not a readable safetensors file"),
@@ -238,7 +239,7 @@ CASES = [
     ("image-size-0", [*FACTORY, *IMAGES, "--image-size", "0"], None, "--image-size must be an integer between 1 and 4096"),
     ("image-size-for-mnist", ["train", "--out", "{run}", "--image-size", "32"], None, "--image-size and --normalize are for"),
     ("normalize-one-number", [*FACTORY, *IMAGES, "--normalize", "0.5"], None, "--normalize expects MEAN,STD"),
-    ("normalize-std-0", [*FACTORY, *IMAGES, "--normalize", "0.5,0"], None, "positive, finite STD"),
+    ("normalize-std-0", [*FACTORY, *IMAGES, "--normalize", "0.5,0"], None, "positive, finite stds"),
     # option values: refused before any work
     ("fit-ci-prob-above-1", ["fit", "--ci-prob", "1.5"], None, "--ci-prob must be strictly between 0 and 1"),
     ("fit-ci-prob-0", ["fit", "--ci-prob", "0"], None, "--ci-prob"),
