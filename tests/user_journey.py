@@ -1,7 +1,7 @@
 """A new user's material for the journey tests (issue 32): their own module, their images, their training loop.
 
-``MYNETS`` is the ``mynets.py`` a user keeps beside their data: a small BatchNorm ResNet
-built by ``factory(num_classes=5, width=32)``. :func:`write_image_folder` makes a 5-class
+``MYNETS`` is the ``mynets.py`` of README's walk-through, kept beside the user's data: a
+small BatchNorm ResNet built by ``factory(num_classes=5, width=32)``. :func:`write_image_folder` makes a 5-class
 ImageFolder whose classes differ in colour, so a few steps of :func:`train_own_loop` learn
 something; the loop normalises per channel with CIFAR's statistics, as the user's own code does.
 """
@@ -9,49 +9,29 @@ something; the loop normalises per channel with CIFAR's statistics, as the user'
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-MYNETS = '''
-import torch
-from torch import nn
+#: README's walk-through and its blocks: the user's instructions, run as written.
+README = Path(__file__).resolve().parents[1] / "README.md"
+HEADING = "## From your training script to deployment"
 
 
-class Block(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(out)))
+def readme_section() -> str:
+    text = README.read_text()
+    start = text.index(HEADING)
+    return text[start:text.index("\n## ", start + 1)]
 
 
-class SmallResNet(nn.Module):
-    def __init__(self, num_classes=5, width=32):
-        super().__init__()
-        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.layer1 = Block(width)
-        self.head = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
-        self.bn_head = nn.BatchNorm2d(2 * width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x):
-        x = self.layer1(torch.relu(self.bn(self.stem(x))))
-        x = torch.relu(self.bn_head(self.head(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+def readme_blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", readme_section(), re.S)
 
 
-def factory(num_classes=5, width=32):
-    return SmallResNet(num_classes=num_classes, width=width)
-'''
+#: The ``mynets.py`` of README's walk-through.
+MYNETS = readme_blocks("python")[0]
 
 #: CIFAR-10's per-channel mean and std, as a user's training script normalises with them.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
