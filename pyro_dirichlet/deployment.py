@@ -9,14 +9,17 @@ the standard library, so pruned models load without Pyro installed.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Deployment", "deployment_metadata"]
+__all__ = ["Deployment", "deployment_metadata", "read_deployment"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,23 @@ def deployment_metadata(manifest: Mapping[str, Any], input_shape: tuple[int, ...
     source = {"baseline_sha256": train.get("sha256", {}).get("baseline.safetensors"),
               "weights_file": weights.get("file"), "weights_sha256": weights.get("sha256")}
     return {"preprocessing": preprocessing, "classes": data.get("classes"), "source": source}
+
+
+def read_deployment(path_prefix: str | os.PathLike[str]) -> Deployment:
+    """The :class:`Deployment` a saved pruned model's spec (``<prefix>.json``) records, without loading the model.
+
+    Raises:
+        ValueError: the spec is not JSON or holds no metadata mapping.
+
+    Example:
+        >>> read_deployment("runs/mine/pruned").classes  # doctest: +SKIP
+        ('apple', 'bird', 'cat', 'dog', 'eel')
+    """
+    path = Path(f"{os.fspath(path_prefix)}.json")
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"spec file {str(path)!r} is not a pruned model's JSON spec ({error}).") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"spec file {str(path)!r} holds no metadata.")
+    return Deployment.from_metadata(metadata)

@@ -529,7 +529,8 @@ def load_pruned(
     _check_tensors(architecture["tensors"], model, state)
     # assign=True keeps the saved dtypes instead of casting into freshly allocated float32.
     model.load_state_dict(state, strict=True, assign=True)
-    model.deployment = Deployment.from_metadata(spec["metadata"] if isinstance(spec.get("metadata"), dict) else {})
+    if not hasattr(model, "deployment"):  # never over a network's own attribute: read_deployment() reads it then
+        model.deployment = Deployment.from_metadata(spec["metadata"] if isinstance(spec.get("metadata"), dict) else {})
     return model.to(map_location).eval()
 
 

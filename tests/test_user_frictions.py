@@ -87,6 +87,27 @@ def test_save_pruned_takes_a_factory_path_or_the_callable(user_folder, given):
         assert torch.allclose(loaded(example), pruned(example), atol=1e-6)
 
 
+def test_load_pruned_hands_back_the_recorded_deployment_without_touching_the_networks_own(user_folder):
+    from pyro_dirichlet.deployment import read_deployment
+
+    network = import_factory("mynets:factory")(width=4).eval()
+    metadata = {"classes": ["a", "b"], "source": {"baseline_sha256": "ab" * 32, "weights_sha256": None},
+                "preprocessing": {"input_shape": [3, 8, 8], "channel_order": "RGB", "image_size": 8,
+                                  "normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}}}
+    save_pruned(network, user_folder / "net", factory="mynets:factory", factory_args={"width": 4}, metadata=metadata)
+    loaded = load_pruned(user_folder / "net", factory="mynets:factory")
+    assert loaded.deployment == read_deployment(user_folder / "net")
+    assert loaded.deployment.classes == ("a", "b") and loaded.deployment.image_size == 8
+    assert loaded.deployment.mean == (0.5, 0.4, 0.3) and loaded.deployment.source_sha256 == "ab" * 32
+    # A network whose class has an attribute of that name keeps it.
+    mynets = sys.modules["mynets"]
+    mynets.SmallResNet.deployment = "the user's own"
+    try:
+        assert load_pruned(user_folder / "net", factory="mynets:factory").deployment == "the user's own"
+    finally:
+        del mynets.SmallResNet.deployment
+
+
 def test_save_pruned_refuses_a_lambda_in_one_sentence(user_folder):
     network = import_factory("mynets:factory")(width=4)
     with pytest.raises(TypeError, match="has no module:name path to record: pass a function or class defined at"):
