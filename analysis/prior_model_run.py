@@ -45,6 +45,7 @@ def measure(name: str, extra: list[str], out: Path) -> dict:
 
     from pyro_dirichlet.app.cli import main
     from pyro_dirichlet.posterior import load_posterior
+    from pyro_dirichlet.posterior.loo import loo_check
 
     argv = ["run", "--model", "lenet5", "--dataset", "mnist", "--out", str(out / name), "--quiet", *extra]
     start = time.perf_counter()
@@ -64,6 +65,8 @@ def measure(name: str, extra: list[str], out: Path) -> dict:
         "pruned_test_accuracy": report["pruned"]["test_accuracy"],
         "pruned_architecture": report["pruned"]["architecture"],
         "elpd_loo": float(loo.elpd),
+        # Pareto-k diagnostics and whether the estimate can be trusted (issue 32).
+        "loo": loo_check(tree).to_dict(),
         "model_drawn": report["model_graph"]["figure"] is not None,
     }
     if "alpha" in tree["posterior"]:

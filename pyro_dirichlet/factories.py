@@ -10,16 +10,19 @@ standard library, so :mod:`pyro_dirichlet.serialization` can use it without Pyro
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import re
+import sys
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from torch import nn
 
-__all__ = ["FACTORY_PATH", "FactoryError", "ModelFactory", "factory_path_of", "import_factory", "is_factory_path",
-           "parse_model_arg"]
+__all__ = ["FACTORY_PATH", "FactoryError", "ModelFactory", "factory_path_of", "import_factory", "import_user_module",
+           "is_factory_path", "parse_model_arg"]
 
 #: ``package.module:name`` or ``package.module:Class.method``: dotted identifiers on both sides of one colon.
 FACTORY_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -94,7 +97,17 @@ def import_factory(path: str) -> Callable[..., Any]:
         raise FactoryError(f"model factory {path!r} is not of the form package.module:callable.")
     module_name, _, qualname = path.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = import_user_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name.partition(".")[0]:
+            raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} imports "
+                               f"{error.name!r}, which is not installed.") from None
+        if "." in module_name:
+            raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
+                               "(a file of yours in the current folder is found as MODULE:callable, for MODULE.py).") from None
+        raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
+                           f"and no {module_name}.py in the current folder {str(Path.cwd())!r}; "
+                           "run the command from the folder holding it, or install it.") from None
     except Exception as error:  # noqa: BLE001 - an import can fail any way its module's code fails
         reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
         raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} fails with "
@@ -106,6 +119,41 @@ def import_factory(path: str) -> Callable[..., Any]:
     if not callable(found):
         raise FactoryError(f"model factory {path!r} is a {type(found).__name__}, not a callable returning an nn.Module.")
     return found
+
+
+def import_user_module(name: str) -> Any:
+    """The module ``name``: already imported, installed, else ``name.py`` in the current folder, loaded by its path.
+
+    The current folder is never put on ``sys.path``: an installed module of that name comes
+    first, and a file there is read only for the one module named (so a ``torch.py`` lying
+    beside a run cannot shadow torch). A dotted name is always a normal import.
+
+    Raises:
+        ModuleNotFoundError: neither installed nor a file in the current folder.
+
+    Example:
+        >>> import_user_module("mynets").factory  # doctest: +SKIP
+    """
+    if name in sys.modules or "." in name:
+        return importlib.import_module(name)
+    try:
+        installed = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        installed = False
+    local = Path.cwd() / f"{name}.py"
+    if installed or not local.is_file():
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, local)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as import does: the module's classes then pickle and compare as its own.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def factory_path_of(factory: Callable[..., Any]) -> str:
@@ -141,6 +189,32 @@ class ModelFactory:
                 raise FactoryError(f"model factory {self.path!r}: argument {key!r}={value!r} is not a keyword "
                                    "argument with a plain value (int, float, bool or string).")
         object.__setattr__(self, "args", dict(self.args))
+
+    @classmethod
+    def named(cls, factory: ModelFactory | str | Callable[..., Any], args: Mapping[str, ArgValue] | None = None
+              ) -> ModelFactory:
+        """A factory as a caller names it: a ``ModelFactory``, a ``"module:callable"`` path, or a module-level callable.
+
+        Raises:
+            TypeError: ``factory`` is none of these, or a callable without an importable
+                ``module:name`` (a lambda, a function defined inside another).
+
+        Example:
+            >>> ModelFactory.named("torchvision.models:resnet18", {"num_classes": 10}).path
+            'torchvision.models:resnet18'
+        """
+        if isinstance(factory, ModelFactory):
+            return factory if args is None else cls(factory.path, args, function=factory.function)
+        if isinstance(factory, str):
+            return cls(factory, args or {}, function=import_factory(factory))
+        if callable(factory):
+            path = factory_path_of(factory)
+            if not is_factory_path(path):
+                raise TypeError(f"factory {path!r} has no module:name path to record: pass a function or class "
+                                "defined at the top level of a module (or its 'module:name' path).")
+            return cls(path, args or {}, function=factory)
+        raise TypeError(f"factory must be a 'module:callable' path, a callable or a ModelFactory, got "
+                        f"{type(factory).__name__}.")
 
     def build(self) -> nn.Module:
         """Call the factory (:attr:`function`, else the one :attr:`path` names, imported now) with :attr:`args`.

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
+from pyro_dirichlet.deployment import Deployment
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
 
 __all__ = [
@@ -295,7 +296,8 @@ def save_pruned(
     *,
     metadata: Mapping[str, Any] | None = None,
     architecture: str | None = None,
-    factory: ModelFactory | None = None,
+    factory: ModelFactory | str | Callable[..., nn.Module] | None = None,
+    factory_args: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Save a (pruned) model as ``<prefix>.safetensors`` and ``<prefix>.json``, without pickle.
 
@@ -313,8 +315,13 @@ def save_pruned(
         architecture: the key of a factory registered with :func:`register_architecture`
             that builds this model's architecture; None picks the registered class, or the
             factory whose model has the same class and module names.
-        factory: the user's factory (path and keyword arguments) that builds the unpruned
-            model; recorded in the spec, and :func:`load_pruned` then needs it named again.
+        factory: the user's factory that builds the unpruned model: its
+            ``"module:callable"`` path (``"mynets:factory"``), the module-level callable
+            itself (``mynets.factory``) or a :class:`~pyro_dirichlet.factories.ModelFactory`;
+            its path and ``factory_args`` are recorded in the spec, and :func:`load_pruned`
+            then needs it named again.
+        factory_args: keyword arguments the factory is called with at load time (plain
+            values); the leaf modules' widths come from the spec either way.
 
     Returns:
         The paths of the weights file and the spec file.
@@ -331,6 +338,8 @@ def save_pruned(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     metadata = _checked_metadata(metadata)
+    if factory is not None:
+        factory = ModelFactory.named(factory, factory_args)
     architecture = _describe_architecture(model, architecture, factory)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     architecture["tensors"] = {
@@ -408,8 +417,6 @@ def _architecture_key(model: nn.Module, requested: str | None) -> str:
 
 def _factory_key(model: nn.Module, factory: ModelFactory) -> str:
     """``_FACTORY`` when ``factory`` builds a model of ``model``'s class and module names (so load_pruned can rebuild it)."""
-    if not isinstance(factory, ModelFactory):
-        raise TypeError(f"factory must be a ModelFactory, got {type(factory).__name__}")
     built = factory.build()
     missing, extra = set(_leaf_names(model)) - set(_leaf_names(built)), set(_leaf_names(built)) - set(_leaf_names(model))
     if type(built) is not type(model) or missing or extra:
@@ -470,7 +477,10 @@ def load_pruned(
     map_location: str | torch.device = "cpu",
     factory: str | Callable[..., nn.Module] | None = None,
 ) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned`, in eval mode.
+    """Rebuild a model saved by :func:`save_pruned`, in eval mode, with its spec's metadata as ``model.deployment``.
+
+    ``model.deployment`` (a :class:`~pyro_dirichlet.deployment.Deployment`) holds the
+    preprocessing, class names and source network a run recorded, and the whole metadata.
 
     Nothing is unpickled and no code is imported except a registered class's module. Before
     any weight is loaded, the weights file's SHA-256 must match the spec, the format and
@@ -519,6 +529,8 @@ def load_pruned(
     _check_tensors(architecture["tensors"], model, state)
     # assign=True keeps the saved dtypes instead of casting into freshly allocated float32.
     model.load_state_dict(state, strict=True, assign=True)
+    if not hasattr(model, "deployment"):  # never over a network's own attribute: read_deployment() reads it then
+        model.deployment = Deployment.from_metadata(spec["metadata"] if isinstance(spec.get("metadata"), dict) else {})
     return model.to(map_location).eval()
 
 

@@ -173,7 +173,9 @@ GOOD = [None] * 12
 CASES = [
     # your own model and data (issue 12): refused before anything is written
     ("factory-module-missing", ["train", "--out", "{run}", "--model", "no_such_package.nets:net", "--dataset", "mnist"], None,
-     "model factory 'no_such_package.nets:net' does not import: module 'no_such_package.nets' fails with ModuleNotFoundError"),
+     "model factory 'no_such_package.nets:net' does not import: there is no module 'no_such_package.nets' installed"),
+    ("factory-module-not-in-folder", ["train", "--out", "{run}", "--model", "no_such_nets:net", "--dataset", "mnist"], None,
+     "there is no module 'no_such_nets' installed and no no_such_nets.py in the current folder"),
     ("factory-name-missing", ["train", "--out", "{run}", "--model", "torchvision.models:no_such_net", "--dataset", "mnist"],
      None, "'torchvision.models' has no 'no_such_net'"),
     ("factory-not-callable", ["train", "--out", "{run}", "--model", "math:pi", "--dataset", "mnist"], None,
@@ -214,7 +216,9 @@ CASES = [
     ("weights-garbage", ["train", "--out", "{run}", "--weights", "{tmp}/w.bin"],
      weights_file("w.bin", lambda path: path.write_bytes(b"not a model at all")), "neither a safetensors file nor a PyTorch state dict"),
     ("weights-pickled-object", ["train", "--out", "{run}", "--weights", "{tmp}/w.pt"],
-     weights_file("w.pt", lambda path: torch.save({"conv1.weight": Path("/")}, path)), "weights_only=True"),
+     weights_file("w.pt", lambda path: torch.save({"conv1.weight": Path("/")}, path)),
+     "holds a pickled Python object (pathlib.PosixPath; a whole model saved with torch.save(model, path)?), which is "
+     "never unpickled"),
     ("weights-safetensors-truncated", ["train", "--out", "{run}", "--weights", "{tmp}/w.safetensors"],
      weights_file("w.safetensors", lambda path: path.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\": ")),
      "not a readable safetensors file"),
@@ -235,7 +239,7 @@ CASES = [
     ("image-size-0", [*FACTORY, *IMAGES, "--image-size", "0"], None, "--image-size must be an integer between 1 and 4096"),
     ("image-size-for-mnist", ["train", "--out", "{run}", "--image-size", "32"], None, "--image-size and --normalize are for"),
     ("normalize-one-number", [*FACTORY, *IMAGES, "--normalize", "0.5"], None, "--normalize expects MEAN,STD"),
-    ("normalize-std-0", [*FACTORY, *IMAGES, "--normalize", "0.5,0"], None, "positive, finite STD"),
+    ("normalize-std-0", [*FACTORY, *IMAGES, "--normalize", "0.5,0"], None, "positive, finite stds"),
     # option values: refused before any work
     ("fit-ci-prob-above-1", ["fit", "--ci-prob", "1.5"], None, "--ci-prob must be strictly between 0 and 1"),
     ("fit-ci-prob-0", ["fit", "--ci-prob", "0"], None, "--ci-prob"),

@@ -38,6 +38,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
+    "weights_key": (TrainOptions, "weights_key"), "validation_dir": (TrainOptions, "validation_dir"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
     "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
@@ -132,7 +133,7 @@ def model_arg(text: str) -> tuple[str, Any]:
 
 
 def normalize(text: str) -> Any:
-    """``--normalize MEAN,STD``."""
+    """``--normalize MEAN,STD`` or ``--normalize MEAN_R,MEAN_G,MEAN_B/STD_R,STD_G,STD_B``."""
     from pyro_dirichlet.data.normalization import parse_normalize
 
     try:
@@ -198,12 +199,19 @@ def _train(parser: argparse.ArgumentParser) -> None:
                             "(default: $PYRO_DIRICHLET_CACHE, then ~/.cache/pyro-dirichlet/baselines)")
     group.add_argument("--weights", type=_path("--weights"), metavar="FILE",
                        help="the baseline's trained weights instead of training: a safetensors file or a state dict "
-                            "saved with torch.save (read with weights_only=True)")
+                            "saved with torch.save(model.state_dict(), FILE) (read with weights_only=True; a "
+                            "'module.' prefix from DataParallel is stripped)")
+    group.add_argument("--weights-key", metavar="KEY",
+                       help="the entry of a --weights checkpoint dict that holds the state dict, e.g. model_state_dict")
+    group.add_argument("--validation-dir", type=_path("--validation-dir"), metavar="DIR",
+                       help="validation images for an imagefolder: data set, DIR/CLASS/IMAGE (default: DIR/val, else "
+                            "a tenth carved from the training images)")
     group.add_argument("--image-size", type=int, metavar="N",
                        help="resize the images of imagefolder:/torchvision: data sets to N x N pixels")
-    group.add_argument("--normalize", type=normalize, metavar="MEAN,STD",
-                       help="normalise imagefolder:/torchvision: images (in [0, 1]) with this mean and std "
-                            "(default: each channel's mean and std over the training images)")
+    group.add_argument("--normalize", type=normalize, metavar="MEAN,STD|MEANS/STDS",
+                       help="normalise imagefolder:/torchvision: images (in [0, 1]) with one mean and std, or one per "
+                            "channel as MEAN_R,MEAN_G,MEAN_B/STD_R,STD_G,STD_B: the values your network was trained "
+                            "with (default: each channel's mean and std over the training images, said in one line)")
 
 
 def _fit(parser: argparse.ArgumentParser) -> None:
@@ -320,6 +328,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, dict[str, argparse.Acti
         for add in groups:
             add(sub)
         options[command] = {action.dest: action for action in sub._actions if action.dest not in ("help", "config")}
+    from pyro_dirichlet.app.layer_listing import add_layers_command
+
+    add_layers_command(commands, model_name, model_arg, _path)
     return parser, options
 
 
@@ -438,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     del args.command
     settings: dict[str, Any] = {}
+    if command == "layers":
+        return _layers(args)
     try:
         settings = _settings(command, args, options)
         _dispatch(command, settings)
@@ -451,6 +464,18 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         print(f"pyro-dirichlet: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    """``pyro-dirichlet layers``: print the listing, or one sentence and exit status 2."""
+    from pyro_dirichlet.app.layer_listing import layers_command
+
+    try:
+        print(layers_command(args))
+    except ValueError as error:
+        print(f"pyro-dirichlet: error: {error}", file=sys.stderr)
         return 2
     return 0
 

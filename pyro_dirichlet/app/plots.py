@@ -36,22 +36,33 @@ def _png(figure) -> bytes:
 
 
 def elbo_curve_png(elbo: Sequence[float], *, steps_per_epoch: int | None = None) -> bytes:
-    """The ELBO at every SVI step, with a running mean over 20 steps since single minibatches are noisy."""
+    """The ELBO at every SVI step, with a running mean since single minibatches are noisy, and the last step marked.
+
+    The running mean (over up to 20 steps, half the fit at most) is drawn, and named
+    in the legend, only where it has at least two points; the view always holds the last step.
+    """
     plt = _pyplot()
     values = np.asarray(elbo, dtype=float)
-    figure, axes = plt.subplots(figsize=(7, 3.5))
-    axes.plot(np.arange(1, len(values) + 1), values, color="0.7", linewidth=0.8, label="per step")
-    window = min(20, len(values))
+    steps = np.arange(1, len(values) + 1)
+    figure, axes = plt.subplots(figsize=(7, 3.2))
+    # One step is no line: its marker below is all there is to show.
+    axes.plot(steps, values, color="0.7", linewidth=0.8, label="per step" if len(values) > 1 else "_one step")
+    window = min(20, len(values) // 2)
+    shown = [values[-1]]
     if window > 1:
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         axes.plot(np.arange(window, len(values) + 1), smooth, color="C0", label=f"mean of {window} steps")
+        shown.append(smooth[-1])
     if steps_per_epoch:
         for boundary in range(steps_per_epoch, len(values), steps_per_epoch):
             axes.axvline(boundary + 0.5, color="0.5", linestyle=":", linewidth=0.8)
-    # The first steps' ELBO is orders of magnitude below the rest; clip the view to where it settles.
+    # The first steps' ELBO is orders of magnitude below the rest; clip the view to where it
+    # settles, but never past the last step or the running mean's end.
     if len(values) > 10:
-        low, high = np.percentile(values, [5, 100])
+        low, high = min(np.percentile(values, 5), *shown), values.max()
         axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    axes.set_xlim(0, len(values) + max(1, len(values) // 50))
+    axes.plot(steps[-1:], values[-1:], "o", color="C3", markersize=4, label=f"last step ({values[-1]:.4g})")
     axes.set_xlabel("SVI step")
     axes.set_ylabel("ELBO")
     axes.set_title("ELBO during the fit")

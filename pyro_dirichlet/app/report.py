@@ -31,9 +31,11 @@ from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs
 from pyro_dirichlet.app.model_graph import render_switch_model
 from pyro_dirichlet.app.plots import accuracy_histogram_png, elbo_curve_png, mass_curves_png
+from pyro_dirichlet.app.report_advice import what_next
 from pyro_dirichlet.app.prior_model import check_prior_model_name, check_recorded, load_prior_model
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB, exact_means, layer_summaries, plot_forest
 from pyro_dirichlet.posterior.calibration import check_predictions, predictive_check
+from pyro_dirichlet.posterior.loo import loo_check
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, writing
 from pyro_dirichlet.app.steps import (
     POSTERIOR, PRUNED, PRUNED_BEFORE_FINETUNE, Runtime, load_baseline, load_run_data, load_run_posterior, load_run_pruned,
@@ -130,6 +132,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
             run, posterior, switches, {"pruned_before_finetune": before_finetune, "pruned": pruned}, data.validation, device)
         graph = render_switch_model(switches, data.validation.images[:2].to(device), data.validation.labels[:2].to(device))
         report["posterior_predictive"] = predictive
+        report["preprocessing"] = pruned.deployment.metadata.get("preprocessing")
+        report["what_next"] = [advice.to_dict() for advice in what_next(report, str(run.path))]
         report["model_graph"] = {"figure": None if graph.png is None else "report-model.png", "missing": graph.missing}
 
         steps_per_epoch = records["fit"]["result"]["steps"] // max(1, records["fit"]["result"]["epochs"])
@@ -204,6 +208,8 @@ def _posterior_predictive(run: RunDirectory, posterior, switches: DirichletSwitc
         "networks": rows,
         "accuracy_per_draw": check.to_dict()["accuracy_per_draw"],
     }
+    loo = loo_check(posterior)
+    section["loo"] = None if loo is None else loo.to_dict()
     return section, check.accuracy_per_draw
 
 
@@ -294,6 +300,25 @@ def _predictive_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             for name, row in report["posterior_predictive"]["networks"].items()]
 
 
+#: What the posterior predictive table says, for a reader who is not a Bayesian.
+PREDICTIVE_EXPLAINED = (
+    "How to read this table: each row is one network scored on the same validation images, by its accuracy and by "
+    "how far its confidence is from its accuracy (expected calibration error, 0 is perfect); the first two rows are "
+    "the unpruned network with its channels weighted by the fitted switches, the last two are what you deploy, so "
+    "a large gap between them is what pruning cost before and after fine-tuning.")
+
+
+def _loo_note(report: Mapping[str, Any]) -> str | None:
+    """elpd_loo with its Pareto-k diagnostics and whether to trust it; ``None`` for a posterior without log-likelihoods."""
+    from pyro_dirichlet.posterior.loo import LooCheck
+
+    loo = report["posterior_predictive"].get("loo")
+    if not loo:
+        return None
+    check = LooCheck(**{key: value for key, value in loo.items() if key != "reliable"})
+    return f"PSIS-LOO on these images: {check.headline()}. {check.verdict()}"
+
+
 def _predictive_note(report: Mapping[str, Any]) -> str:
     check = report["posterior_predictive"]
     spread = check["accuracy_per_draw"]
@@ -310,7 +335,9 @@ _NO_PREDICTIVE = "posterior.nc holds no predictions on validation images (fitted
 def _skipped_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(layer, why, kind) for every Conv2d/Linear the fit left unswitched."""
     return [
-        (row["layer"], row["reason"], "not followed" if row["unsupported"] else "by design")
+        # The analysis speaks to Python callers; a report reader runs the command line.
+        (row["layer"], row["reason"].replace("coupled='group'", "--coupled group"),
+         "not followed" if row["unsupported"] else "by design")
         for row in report.get("skipped_layers", [])
     ]
 
@@ -339,7 +366,7 @@ def _intro(report: Mapping[str, Any]) -> str:
     gain = ", a learned gain per layer" if report.get("layer_gain") else ""
     return (f"{report['model']} on {report['dataset']}{subset}; {prior}{gain}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
             f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
-            f"{report['seed']}; {round(report['ci_prob'] * 100)}% HDIs.")
+            f"{report['seed']}; intervals are {round(report['ci_prob'] * 100)}% HDIs (highest density intervals).")
 
 
 _STYLE = """
@@ -347,8 +374,13 @@ body { font-family: sans-serif; max-width: 70em; margin: 2em auto; color: #222; 
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
-img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1em; }
 .note { color: #555; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.row figure { flex: 1 1 30em; max-width: 36em; margin: 0; }
+.row figure img { width: 100%; }
+figcaption { font-weight: bold; }
+.next li { margin-bottom: 0.4em; }
 """
 
 
@@ -375,22 +407,30 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         table(("", "baseline", "pruned"), _summary_rows(report)),
         "<h2>Per layer</h2>",
         table(_LAYER_HEADER, _layer_rows(report)),
-        '<p class="note">A straddling channel is one whose credible interval contains the keep threshold '
-        "(the midpoint between the lowest kept and highest dropped posterior mean): the posterior cannot "
+        f'<p class="note">A straddling channel is one whose {round(report["ci_prob"] * 100)}% HDI contains the keep '
+        "threshold (the midpoint between the lowest kept and highest dropped posterior mean): the posterior cannot "
         "tell whether it belongs above or below the cut.</p>",
-        "<h2>ELBO</h2>", image(report["figures"]["elbo"], "ELBO per SVI step"),
-        "<h2>Posterior mass curves</h2>", image(report["figures"]["mass"], "posterior mass curves"),
+        "<h2>What next</h2>", '<ul class="next">',
+        *(f"<li>{esc(advice['text'])}</li>" for advice in report.get("what_next", [])), "</ul>",
+        "<h2>The fit</h2>", '<div class="row">',
+        f"<figure>{image(report['figures']['elbo'], 'ELBO per SVI step')}</figure>",
+        f"<figure>{image(report['figures']['mass'], 'posterior mass curves')}</figure>", "</div>",
         "<h2>Switch posteriors</h2>",
         '<p class="note">Each switch as s<sub>c</sub>&nbsp;&times;&nbsp;C (1 = the prior mean); 50% and '
-        f"{round(report['ci_prob'] * 100)}% HDIs; at most 40 channels of highest mean per layer.</p>",
+        f"{round(report['ci_prob'] * 100)}% HDIs (highest density intervals); at most 40 channels of highest mean per "
+        "layer.</p>", '<div class="row">',
     ]
     for layer, name in report["figures"]["forest"].items():
-        parts += [f"<h3>{esc(layer)}</h3>", image(name, f"forest plot of {layer}")]
+        parts.append(f"<figure><figcaption>{esc(layer)}</figcaption>{image(name, f'forest plot of {layer}')}</figure>")
+    parts.append("</div>")
     parts.append("<h2>Posterior predictive</h2>")
     if report["posterior_predictive"] is None:
         parts.append(f'<p class="note">{esc(_NO_PREDICTIVE)}</p>')
     else:
-        parts += [table(_PREDICTIVE_HEADER, _predictive_rows(report)), f'<p class="note">{esc(_predictive_note(report))}</p>',
+        loo = _loo_note(report)
+        parts += [f"<p>{esc(PREDICTIVE_EXPLAINED)}</p>", table(_PREDICTIVE_HEADER, _predictive_rows(report)),
+                  f'<p class="note">{esc(_predictive_note(report))}</p>',
+                  *([f'<p class="note">{esc(loo)}</p>'] if loo else []),
                   image(report["figures"]["accuracy"], "accuracy across posterior draws")]
     parts.append("<h2>The switch model</h2>")
     graph = report["model_graph"]
@@ -421,7 +461,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [f"# Dirichlet pruning of {report['model']} on {report['dataset']}", "", _intro(report), "",
              "## Baseline and pruned network", "", *table(("", "baseline", "pruned"), _summary_rows(report)), "",
              "## Per layer", "", *table(_LAYER_HEADER, _layer_rows(report)), "",
-             "Straddling channels: the credible interval contains the keep threshold.", "",
+             f"Straddling channels: the {round(report['ci_prob'] * 100)}% HDI contains the keep threshold.", "",
+             "## What next", "", *(f"- {advice['text']}" for advice in report.get("what_next", [])), "",
              "## ELBO", "", f"![ELBO per SVI step]({report['figures']['elbo']})", "",
              "## Posterior mass curves", "", f"![posterior mass curves]({report['figures']['mass']})", "",
              "## Switch posteriors", ""]
@@ -431,7 +472,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report["posterior_predictive"] is None:
         lines += [_NO_PREDICTIVE, ""]
     else:
-        lines += [*table(_PREDICTIVE_HEADER, _predictive_rows(report)), "", _predictive_note(report), "",
+        loo = _loo_note(report)
+        lines += [PREDICTIVE_EXPLAINED, "", *table(_PREDICTIVE_HEADER, _predictive_rows(report)), "",
+                  _predictive_note(report), "", *([loo, ""] if loo else []),
                   f"![accuracy across posterior draws]({report['figures']['accuracy']})", ""]
     graph = report["model_graph"]
     lines += ["## The switch model", "", f"![the switch model drawn by pyro.render_model]({graph['figure']})"

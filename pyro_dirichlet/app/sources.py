@@ -86,6 +86,8 @@ def load_data(name: str, data_dir: Path | None, record: dict[str, Any]) -> DataS
         raise RunDirectoryError(f"the run manifest's data record is malformed: {error}; start a new run with "
                                 "`pyro-dirichlet train`.") from None
     kwargs: dict[str, Any] = {"image_size": image_size, "normalize": normalization}
+    if record.get("validation_dir") is not None:
+        kwargs["validation"] = record["validation_dir"]
     if name.startswith("imagefolder:") and record.get("subset") is not None:
         # Only the images the run uses are decoded; cut() below then keeps them all.
         kwargs.update(sizes=subset_sizes(record["subset"]), subset_seed=record["subset_seed"])

@@ -31,6 +31,7 @@ from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, load_data, run_model, train_model
+from pyro_dirichlet.app.user_inputs import check_user_inputs, data_notes
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
@@ -135,6 +136,9 @@ class TrainOptions:
             instead of training.
         image_size: resize a user's images to this many pixels square.
         normalize: mean and std of a user's images; ``None`` measures them on the training split.
+        weights_key: the entry of a checkpoint dict ``weights`` holds the state dict under.
+        validation_dir: an ImageFolder of validation images (``imagefolder:`` data only),
+            instead of a ``val/`` folder or a split carved from the training images.
     """
 
     model: str = "lenet5"
@@ -146,8 +150,11 @@ class TrainOptions:
     weights: Path | None = None
     image_size: int | None = None
     normalize: Normalization | None = None
+    weights_key: str | None = None
+    validation_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        check_user_inputs(self)
         if self.subset is not None:
             _check_int("subset", self.subset, low=MIN_SUBSET)
         if self.train_epochs is not None:
@@ -332,13 +339,19 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         if options.weights is not None:
             from pyro_dirichlet.weights import load_weights
 
-            load_weights(network, options.weights)
+            notes: list[str] = []
+            load_weights(network, options.weights, key=options.weights_key, notes=notes)
+            for note in notes:
+                _say(runtime, note)
             weights = {"file": str(Path(options.weights).absolute()), "sha256": file_sha256(Path(options.weights))}
         data_record: dict[str, Any] = {"subset": options.subset, "subset_seed": runtime.seed}
         if is_user_source(options.dataset):
             data_record.update(image_size=options.image_size,
-                               normalize=None if options.normalize is None else options.normalize.to_dict())
+                               normalize=None if options.normalize is None else options.normalize.to_dict(),
+                               **({"validation_dir": str(options.validation_dir.absolute())} if options.validation_dir else {}))
         data = load_data(options.dataset, runtime.data_dir, data_record)
+        for note in data_notes(options, data):
+            _say(runtime, note)
         example = data.train.images[:2].to(device)
         recipe, baseline = None, None
         if network is not None:
@@ -531,7 +544,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             result["decision_check"] = check_prune_decision(network, keep, scores, gains, data, example, seed=runtime.seed,
                                                             say=functools.partial(_say, runtime))
         with writing(run.path), run.stage() as staging:
-            save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture),
+            save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture, data),
                         factory=run_model(run, runtime)[1])
             return run.commit("prune", staging, config={**_jsonable(options), **_jsonable(runtime)},
                               result=result, seconds=watch.elapsed)["steps"]["prune"]
@@ -566,7 +579,7 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         _say(runtime, f"fine-tuned for {options.epochs} epochs: test accuracy {before:.4f} -> {result['test_accuracy']:.4f}")
         with writing(run.path), run.stage() as staging:
             architecture = pruned_record["result"]["architecture"]
-            save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture),
+            save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture, data),
                         factory=run_model(run, runtime)[1])
             return run.commit("finetune", staging, config={**_jsonable(options), **_jsonable(runtime)},
                               result=result, seconds=watch.elapsed)["steps"]["finetune"]
@@ -674,8 +687,12 @@ def format_layer_summary(summary: LayerSummary, *, count: int = 3) -> str:
     )
 
 
-def _pruned_metadata(manifest: dict[str, Any], architecture: dict[str, int]) -> dict[str, Any]:
-    return {"model": manifest["model"], "dataset": manifest["dataset"], "architecture": architecture}
+def _pruned_metadata(manifest: dict[str, Any], architecture: dict[str, int], data: DataSplits) -> dict[str, Any]:
+    """What pruned.json records: the model, its widths, and what a deployment needs (:mod:`pyro_dirichlet.deployment`)."""
+    from pyro_dirichlet.deployment import deployment_metadata
+
+    return {"model": manifest["model"], "dataset": manifest["dataset"], "architecture": architecture,
+            **deployment_metadata(manifest, tuple(data.input_shape))}
 
 
 def _jsonable(options: Any) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def load_image_folder(
     split_seed: int = 0,
     sizes: tuple[int, int, int] | None = None,
     subset_seed: int = 0,
+    validation: str | os.PathLike[str] | None = None,
 ) -> DataSplits:
     """Read an ImageFolder tree into train, validation and test splits.
 
@@ -72,6 +73,8 @@ def load_image_folder(
         split_seed: seed of the permutation that carves a missing validation or test split.
         sizes: decode only seeded subsets of this many train, validation and test images.
         subset_seed: seed of those subsets.
+        validation: a folder of validation images in the ImageFolder layout (the same
+            classes), instead of ``DIR/val`` or a split carved from the training images.
 
     Raises:
         ImageFolderError: a missing folder, fewer than 2 classes, no images in a split, an
@@ -90,8 +93,14 @@ def load_image_folder(
     classes = _classes(base)
     train = _index(base, classes)
     found = [root / name for name in VALIDATION_NAMES if (root / name).is_dir()] if base is train_dir else []
+    if validation is not None:
+        folder = Path(validation).expanduser().absolute()
+        if not folder.is_dir():
+            raise ImageFolderError(folder, "given as the validation folder does not exist or is not a folder")
+        found = [folder]
     validation = _index(found[0], classes) if found else None
     test = _index(root / "test", classes) if base is train_dir and (root / "test").is_dir() else None
+    missing = tuple(name for name, held_out in (("test", test), ("validation", validation)) if held_out is None)
     for name, held_out in (("test", test), ("validation", validation)):
         if held_out is None:
             size = max(1, round(HELD_OUT_FRACTION * len(train.paths)))
@@ -114,7 +123,7 @@ def load_image_folder(
     return ImageFolderSplits(
         train=train_split, validation=validation_split, test=test_split, name=f"imagefolder:{root}",
         num_classes=len(classes), input_shape=tuple(images[0].shape[1:]), split_seed=split_seed,
-        source="imagefolder", classes=tuple(classes), normalization=normalize,
+        source="imagefolder", classes=tuple(classes), normalization=normalize, carved=missing,
     )
 
 
@@ -124,6 +133,8 @@ class ImageFolderSplits(DataSplits):
 
     classes: tuple[str, ...] = ()
     normalization: Normalization | None = None
+    #: The splits carved from the training images (``"validation"``, ``"test"``) for want of a folder of their own.
+    carved: tuple[str, ...] = ()
 
 
 def _classes(folder: Path) -> list[str]:

@@ -58,21 +58,32 @@ class Normalization:
 
 
 def parse_normalize(text: str) -> Normalization:
-    """``"0.5,0.25"`` -> the same mean and std for every channel.
+    """``"0.5,0.25"`` (one mean and std for every channel) or ``"0.49,0.48,0.45/0.25,0.24,0.26"`` (per channel).
 
     Raises:
-        ValueError: not two numbers, or a std that is not positive; names ``--normalize``.
+        ValueError: neither form, means and stds of different counts, or a std that is not
+            positive; names ``--normalize``.
 
     Example:
         >>> parse_normalize("0.5,0.25")
         Normalization(mean=(0.5,), std=(0.25,))
+        >>> parse_normalize("0.4914,0.4822,0.4465/0.247,0.2435,0.2616").std
+        (0.247, 0.2435, 0.2616)
     """
-    parts = [part.strip() for part in text.split(",")]
+    forms = "MEAN,STD or MEAN_R,MEAN_G,MEAN_B/STD_R,STD_G,STD_B"
+    if "/" in text:
+        means, _, stds = text.partition("/")
+        parts = [[part.strip() for part in side.split(",")] for side in (means, stds)]
+    else:
+        values = [part.strip() for part in text.split(",")]
+        parts = [values[:1], values[1:]] if len(values) == 2 else [values, []]
     try:
-        mean, std = (float(part) for part in parts)
+        mean, std = ([float(part) for part in side] for side in parts)
     except ValueError:
-        raise ValueError(f"--normalize expects MEAN,STD (two numbers), got {text!r}.") from None
+        raise ValueError(f"--normalize expects {forms} (numbers), got {text!r}.") from None
+    if not mean or len(mean) != len(std):
+        raise ValueError(f"--normalize expects {forms}, one std per mean, got {text!r}.")
     try:
-        return Normalization((mean,), (std,))
+        return Normalization(tuple(mean), tuple(std))
     except ValueError:
-        raise ValueError(f"--normalize expects a finite MEAN and a positive, finite STD, got {text!r}.") from None
+        raise ValueError(f"--normalize expects finite means and positive, finite stds, got {text!r}.") from None
