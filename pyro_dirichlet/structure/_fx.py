@@ -7,6 +7,7 @@ Package-internal: the names here carry no underscore so that :mod:`.graph`, :mod
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Iterator
 
 import torch
@@ -59,7 +60,8 @@ def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
     # running statistics and flip training flags on the caller's model.
     traced = copy.deepcopy(model).eval()
     try:
-        gm = fx.symbolic_trace(traced)
+        tracer = _LeafTracer()
+        gm = fx.GraphModule(traced, tracer.trace(traced), type(traced).__name__)
     except Exception as err:
         raise UnsupportedStructureError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: "
@@ -80,6 +82,30 @@ def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
             f"{type(model).__name__}: {type(err).__name__}{where}: {err}"
         ) from err
     return gm
+
+
+class _LeafTracer(fx.Tracer):
+    """``torch.fx``'s tracer, keeping whole the modules the op table knows by class name (timm's
+    ``BatchNormAct2d``, a BatchNorm2d subclass whose forward calls ``F.batch_norm`` with its
+    own buffers) and those timm itself declares untraceable (``register_notrace_module``:
+    forwards with control flow on sizes), and leaving timm's untraceable functions
+    (``register_notrace_function``: window partitions computing ints from sizes) as calls. A
+    module or function kept whole that the table does not know is one precise refusal for the
+    layers whose channels reach it, instead of a model that cannot be traced at all."""
+
+    def __init__(self) -> None:
+        timm_fx = sys.modules.get("timm.layers._fx")  # only once the model's package loaded it
+        functions = tuple(f for f in timm_fx.get_notrace_functions() if callable(f)) if timm_fx else ()
+        super().__init__(autowrap_functions=functions)
+        self.leaves = set(timm_fx.get_notrace_modules()) if timm_fx else set()
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        from pyro_dirichlet.structure.rules import OPS, qualified_class
+
+        cls = type(module)
+        if cls in self.leaves or qualified_class(cls) in OPS:
+            return True
+        return super().is_leaf_module(module, qualified_name)
 
 
 class _ShapeRecorder(fx.Interpreter):

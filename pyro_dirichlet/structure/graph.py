@@ -34,7 +34,15 @@ from pyro_dirichlet.structure.layers import (
     UnsupportedStructureError,
 )
 from pyro_dirichlet.structure.placement import find_switch_input
-from pyro_dirichlet.structure.rules import Flow, NotFoldable, Pinned, is_depthwise, op_of
+from pyro_dirichlet.structure.rules import (
+    Flow,
+    NotFoldable,
+    Pinned,
+    fused_activation,
+    is_depthwise,
+    layer_base,
+    op_of,
+)
 
 __all__ = ["PARAMETRIZED", "NotPrunable", "TracedModel", "brief"]
 
@@ -137,7 +145,7 @@ class TracedModel:
         candidates = [
             name
             for name, module in model.named_modules()
-            if name and type(module) in (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+            if name and (layer_base(module) is not None or type(module) is nn.MultiheadAttention)
         ]
         # An attention's channels never leave it: its two sites (values, queries/keys) need
         # no walk. The query/key site is named after the module, suffixed.
@@ -451,8 +459,17 @@ class TracedModel:
             return None
         expected = {4: nn.BatchNorm2d, 2: nn.BatchNorm1d}.get(ndim)
         bn = users[0]
-        if expected is None or type(self.modules[bn.target]) is not expected:
+        module = self.modules[bn.target]
+        # A fused BatchNorm + activation (timm's BatchNormAct2d) takes the switch after its
+        # activation: a zeroed channel leaves it as zero, as a removed one would.
+        fused = fused_activation(module) is not None and op_of(bn, self.modules).follow is not None
+        if expected is None or (type(module) is not expected and not (fused and ndim == 4)):
             return None
+        if fused:
+            try:
+                op_of(bn, self.modules).follow(self, "", Flow(node, 1, 1), bn, module)
+            except UnsupportedStructureError:
+                return None
         if len(self.calls[bn.target]) != 1:
             return None
         return bn
