@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, fx, nn
@@ -47,8 +47,13 @@ def as_input_tuple(example_inputs: Any) -> tuple[Tensor, ...]:
     )
 
 
-def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
+def trace(
+    model: nn.Module, inputs: tuple[Tensor, ...], keep_whole: Callable[[type], bool] = lambda cls: False
+) -> fx.GraphModule:
     """Trace a copy of ``model`` and run it once on ``inputs``, recording every tensor's shape.
+
+    ``keep_whole(cls)``: whether modules of class ``cls`` stay one node (the op table's
+    library layers), besides torch's own and those timm declares untraceable.
 
     Each tensor-valued node gets ``node.meta["shape"]``. The caller's model is not touched.
 
@@ -60,7 +65,7 @@ def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
     # running statistics and flip training flags on the caller's model.
     traced = copy.deepcopy(model).eval()
     try:
-        tracer = _LeafTracer()
+        tracer = _LeafTracer(keep_whole)
         gm = fx.GraphModule(traced, tracer.trace(traced), type(traced).__name__)
     except Exception as err:
         raise UnsupportedStructureError(
@@ -93,17 +98,16 @@ class _LeafTracer(fx.Tracer):
     module or function kept whole that the table does not know is one precise refusal for the
     layers whose channels reach it, instead of a model that cannot be traced at all."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_whole: Callable[[type], bool]) -> None:
+        self.keep_whole = keep_whole
         timm_fx = sys.modules.get("timm.layers._fx")  # only once the model's package loaded it
         functions = tuple(f for f in timm_fx.get_notrace_functions() if callable(f)) if timm_fx else ()
         super().__init__(autowrap_functions=functions)
         self.leaves = set(timm_fx.get_notrace_modules()) if timm_fx else set()
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        from pyro_dirichlet.structure.rules import OPS, qualified_class
-
         cls = type(module)
-        if cls in self.leaves or qualified_class(cls) in OPS:
+        if cls in self.leaves or self.keep_whole(cls):
             return True
         return super().is_leaf_module(module, qualified_name)
 

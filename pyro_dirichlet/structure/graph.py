@@ -35,6 +35,7 @@ from pyro_dirichlet.structure.layers import (
 )
 from pyro_dirichlet.structure.placement import find_switch_input
 from pyro_dirichlet.structure.rules import (
+    OPS,
     Flow,
     NotFoldable,
     Pinned,
@@ -42,6 +43,7 @@ from pyro_dirichlet.structure.rules import (
     is_depthwise,
     layer_base,
     op_of,
+    qualified_class,
 )
 
 __all__ = ["PARAMETRIZED", "NotPrunable", "TracedModel", "brief"]
@@ -164,7 +166,7 @@ class TracedModel:
 
     @classmethod
     def trace(cls, model: nn.Module, inputs: tuple[Tensor, ...]) -> TracedModel:
-        return cls(model, trace(model, inputs))
+        return cls(model, trace(model, inputs, lambda module_class: qualified_class(module_class) in OPS))
 
     def analyse(self, name: str, named: bool = False) -> PrunableLayer | NotPrunable:
         """Layer ``name`` as a switch site, or why it is not one; raise if unsupported.
@@ -510,7 +512,11 @@ class TracedModel:
 
     def _sum(self, layer: str, flow: Flow, user: fx.Node) -> Flow:
         """A residual add (or subtraction): couples the channels of all its tensor inputs."""
-        inputs = [n for n in user.all_input_nodes if "shape" in n.meta]
+        # A parameter holding one value (timm's learnable affine bias, of shape (1,)) is a number.
+        inputs = [
+            n for n in user.all_input_nodes
+            if "shape" in n.meta and not (n.op == "get_attr" and math.prod(n.meta["shape"]) == 1)
+        ]
         if len(inputs) == 1:  # x + 1: an element-wise shift of every value
             if sum(1 for _ in uses(user.args, flow.node)) + sum(1 for _ in uses(user.kwargs, flow.node)) > 1:
                 raise self.unknown(layer, user, "it combines the tensor with itself")

@@ -367,10 +367,32 @@ def _getitem(graph, layer, flow, user, module):
     if len(index) > ndim or not all(isinstance(i, slice) for i in index):
         raise graph.unknown(layer, user, f"it indexes with {index!r}; only slices are supported")
     if flow.channel_dim < len(index) and index[flow.channel_dim] != slice(None):
-        raise graph.unknown(layer, user, "it slices the channel dimension")
+        # The bounds are numbers in the model's code (GhostNet's out[:, :self.out_chs]):
+        # removing a channel would shift which ones it keeps.
+        raise Pinned(
+            describe(user, graph.modules),
+            "slices the channel dimension with fixed bounds, so removing a channel would "
+            "shift which channels it keeps",
+        )
     if flow.features_per_channel != 1:
         raise graph.unknown(layer, user, "it slices flattened channels")
     return replace(flow, node=user)
+
+
+def _split(graph, layer, flow, user, module):
+    """``x.split(sizes, dim)``, ``x.chunk(n, dim)`` along the channels: the pieces' sizes are
+    fixed by the model's code (a CSP stage's halves), so removing a channel would move others
+    from one piece to the next: the channels are pinned. Along another dimension the pieces
+    are a tuple the walk does not follow."""
+    dim = argument(user, 2, "dim", 0)  # torch.split(x, sizes, dim) and x.split(sizes, dim) alike
+    ndim = len(shape_of(flow.node))
+    if isinstance(dim, int) and dim % ndim == flow.channel_dim:
+        raise Pinned(
+            describe(user, graph.modules),
+            "splits the channel dimension into pieces of fixed sizes, so removing a channel "
+            "would move others from one piece to the next",
+        )
+    raise graph.unknown(layer, user, "it splits the tensor along another dimension into pieces it does not follow")
 
 
 def _pad(graph, layer, flow, user, module):
@@ -613,6 +635,7 @@ OPS: dict[Any, Op] = {
     F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),
+    **_rows((torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"), Op(_split)),
     **_rows((torch.mean, "mean"), Op(_mean)),
     # a product with a number scales; a product of two tensors with the same channels (a
     # squeeze-and-excitation gate) couples them like a sum
