@@ -383,9 +383,30 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         entries.append(check_in_child(name, args.timeout, args.memory_gb, not args.no_torch_pruning, args.tp_timeout))
         print(_line(entries[-1]), flush=True)
+        if args.json is not None and len(entries) < len(names):
+            # a run stopped part-way keeps what it measured, marked incomplete
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.json, _report(args, argv, entries, start) | {"complete": False})
+    report = _report(args, argv, entries, start)
+    if args.update is not None:
+        report = _updated(args.update, report)
+    summary = report["totals"]
+    print(
+        f"{summary['models']} models: {summary['raise']} prune in raise mode, {summary['skip']} in skip mode, "
+        f"Torch-Pruning runs on {summary['torch_pruning']}; {report['seconds']:.0f} s"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.json, report)
+    if args.update is not None:
+        atomic_write_json(args.update, report)
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None, entries: list[dict], start: float) -> dict:
     import torchvision
 
-    report = {
+    return {
         "command": "python -m benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -400,19 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         "totals": totals(entries),
         "models": entries,
     }
-    if args.update is not None:
-        report = _updated(args.update, report)
-    summary = report["totals"]
-    print(
-        f"{summary['models']} models: {summary['raise']} prune in raise mode, {summary['skip']} in skip mode, "
-        f"Torch-Pruning runs on {summary['torch_pruning']}; {report['seconds']:.0f} s"
-    )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.json, report)
-    if args.update is not None:
-        atomic_write_json(args.update, report)
-    return 0
 
 
 def _preload(population: str) -> None:

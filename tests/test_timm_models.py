@@ -93,6 +93,33 @@ def test_a_learned_one_value_bias_is_a_shift_folded_into_the_consumer():
     assert pruned.conv.out_channels == 3 and relative_difference(got, expected) < 1e-5
 
 
+class Resampled(nn.Module):
+    """GhostNetV2's attention branch: a gate computed at half resolution, upsampled back."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.short = nn.Conv2d(3, 6, 1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.short(nn.functional.avg_pool2d(x, 2)))
+        gate = nn.functional.interpolate(gate, size=x.shape[-2:], mode=self.mode)
+        return self.head(torch.relu(self.conv(x)) * gate).mean((2, 3))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_an_upsampled_gate_keeps_its_channels_and_prunes_with_the_channels_it_gates(mode):
+    torch.manual_seed(0)
+    net, x = Resampled(mode).eval(), torch.randn(2, 3, 6, 6)
+    (layer,) = find_prunable_layers(net, x, coupled="group")
+    assert set(layer.members) == {"conv", "short"}  # the gate's channel c multiplies channel c
+    got, expected, pruned = pruned_and_masked(net, x, [layer])
+    assert pruned.short.out_channels == pruned.conv.out_channels == 3
+    assert relative_difference(got, expected) < 1e-5
+
+
 # --- timm ----------------------------------------------------------------------------------------
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install timm: the 'coverage' extra)")

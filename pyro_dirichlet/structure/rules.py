@@ -232,6 +232,16 @@ def _function_pool_padding(user: fx.Node, module: None) -> tuple[bool, bool]:
     return False, False
 
 
+def _resample(graph, layer, flow, user, module):
+    """``F.interpolate``, ``nn.Upsample``: each output value is a fixed weighted sum of one
+    channel's input values (weights summing to 1), so channels pass on whole, a zero channel
+    stays zero, a constant one stays the same constant, and a channel scale commutes."""
+    ndim = len(shape_of(flow.node))
+    if ndim < 3 or flow.channel_dim != 1 or flow.features_per_channel != 1:
+        raise graph.unknown(layer, user, f"it resamples a {ndim}-D tensor whose channels are not dimension 1")
+    return replace(flow, node=user)
+
+
 def _reshape(graph, layer, flow, user, module):
     """flatten/view/reshape/squeeze/unsqueeze: follows reshapes that keep each channel whole.
 
@@ -635,6 +645,10 @@ OPS: dict[Any, Op] = {
     F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),
+    **_rows(
+        (F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d),
+        Op(_resample, commutes_with_scale=True),
+    ),
     **_rows((torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"), Op(_split)),
     **_rows((torch.mean, "mean"), Op(_mean)),
     # a product with a number scales; a product of two tensors with the same channels (a
