@@ -17,6 +17,13 @@ model runs in a forked child with a time limit, so one giant model cannot stall 
 
     python -m benchmarks.coverage --json benchmarks/results/coverage.json
     python -m benchmarks.coverage --models resnet18 registered:lenet5   # a few, printed only
+
+``--population`` picks the models: ``torchvision`` (the default: the builders and the registered
+models), ``timm`` (one model per architecture family, :mod:`benchmarks.timm_population`;
+results in ``benchmarks/results/coverage_timm.json``)::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.coverage --population timm --timeout 90 --tp-timeout 60 \\
+        --json benchmarks/results/coverage_timm.json
 """
 
 from __future__ import annotations
@@ -70,10 +77,25 @@ def registered_names() -> list[str]:
     return [REGISTERED + name for name in MODELS]
 
 
+# timm models go by "timm:NAME" when named with --models outside --population timm.
+TIMM = "timm:"
+
+
+def timm_names() -> list[str]:
+    from benchmarks.timm_population import TIMM_MODELS
+
+    return [TIMM + name for name in TIMM_MODELS]
+
+
 def build(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
     """The model in eval mode, a seeded input of the smallest size it takes, and the builder kwargs."""
     torch.manual_seed(SEED)
     from pyro_dirichlet.models import MODELS
+
+    if name.startswith(TIMM):
+        from benchmarks.timm_population import build as build_timm
+
+        return build_timm(name.removeprefix(TIMM), BATCH, SEED)
 
     if name.startswith(REGISTERED):
         entry = MODELS[name.removeprefix(REGISTERED)]
@@ -190,7 +212,7 @@ def check(name: str, send, torch_pruning: bool = True) -> None:
         return
     entry = {
         "model": name,
-        "source": "registry" if name.startswith(REGISTERED) else "torchvision",
+        "source": _source(name),
         "builder_options": options,
         "input_shape": list(x.shape),
         "params": count_parameters(model),
@@ -200,6 +222,12 @@ def check(name: str, send, torch_pruning: bool = True) -> None:
     send(entry)
     if torch_pruning:
         send(check_torch_pruning(model, x))
+
+
+def _source(name: str) -> str:
+    if name.startswith(REGISTERED):
+        return "registry"
+    return "timm" if name.startswith(TIMM) else "torchvision"
 
 
 def _child(name: str, torch_pruning: bool, connection) -> None:
@@ -305,7 +333,11 @@ def _line(entry: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.coverage", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=None, help="only these (default: every torchvision builder and registered model)")
+    parser.add_argument(
+        "--population", choices=("torchvision", "timm"), default="torchvision",
+        help="which models: torchvision builders and registered models (default), or one timm model per family (timm:NAME)",
+    )
+    parser.add_argument("--models", nargs="+", default=None, help="only these (default: the whole --population)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one model may take (default 300)")
     parser.add_argument("--tp-timeout", type=float, default=120.0, help="seconds Torch-Pruning may take on one model (default 120)")
     parser.add_argument("--memory-gb", type=float, default=8.0, help="resident memory one model may take (default 8)")
@@ -327,11 +359,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    known = registered_names() + torchvision_names()
-    names = args.models or known
-    unknown = [name for name in names if name not in known]
+    population = registered_names() + torchvision_names() if args.population == "torchvision" else timm_names()
+    names = args.models or population
+    if args.models and args.population == "timm":
+        names = [name if name.startswith(TIMM) else TIMM + name for name in names]
+    unknown = [name for name in names if name not in population]
     if unknown:
-        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5)", file=sys.stderr)
+        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5) nor timm models of --population timm", file=sys.stderr)
         return 2
     if args.update is not None:
         try:
@@ -343,32 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"error: --update {args.update} has no rows for {missing}; run them in a full run first", file=sys.stderr)
             return 2
+    _preload(args.population)
     start = time.perf_counter()
     entries = []
     for name in names:
         entries.append(check_in_child(name, args.timeout, args.memory_gb, not args.no_torch_pruning, args.tp_timeout))
         print(_line(entries[-1]), flush=True)
-    import torchvision
-
-    try:
-        from importlib.metadata import version
-
-        tp_version = version("torch-pruning")
-    except Exception:  # noqa: BLE001
-        tp_version = None
-    report = {
-        "command": "python -m benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_pruning": tp_version,
-        "machine": platform.machine(),
-        "keep": KEEP,
-        "tolerance": TOLERANCE,
-        "limits": {"seconds": args.timeout, "torch_pruning_seconds": args.tp_timeout, "memory_gb": args.memory_gb},
-        "seconds": round(time.perf_counter() - start, 1),
-        "totals": totals(entries),
-        "models": entries,
-    }
+        if args.json is not None and len(entries) < len(names):
+            # a run stopped part-way keeps what it measured, marked incomplete
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.json, _report(args, argv, entries, start) | {"complete": False})
+    report = _report(args, argv, entries, start)
     if args.update is not None:
         report = _updated(args.update, report)
     summary = report["totals"]
@@ -382,6 +401,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.update is not None:
         atomic_write_json(args.update, report)
     return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None, entries: list[dict], start: float) -> dict:
+    import torchvision
+
+    return {
+        "command": "python -m benchmarks.coverage " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": _version("timm") if args.population == "timm" else None,
+        "population": args.population,
+        "torch_pruning": _version("torch-pruning"),
+        "machine": platform.machine(),
+        "keep": KEEP,
+        "tolerance": TOLERANCE,
+        "limits": {"seconds": args.timeout, "torch_pruning_seconds": args.tp_timeout, "memory_gb": args.memory_gb},
+        "seconds": round(time.perf_counter() - start, 1),
+        "totals": totals(entries),
+        "models": entries,
+    }
+
+
+def _preload(population: str) -> None:
+    """Import what every child needs once, before forking: seconds per model otherwise."""
+    import pyro_dirichlet.surgery  # noqa: F401
+    from pyro_dirichlet import DirichletSwitches  # noqa: F401
+
+    if population == "timm":
+        import timm  # noqa: F401
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _updated(path: Path, rerun: dict) -> dict:

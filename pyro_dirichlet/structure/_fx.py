@@ -7,7 +7,8 @@ Package-internal: the names here carry no underscore so that :mod:`.graph`, :mod
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+import sys
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, fx, nn
@@ -46,8 +47,13 @@ def as_input_tuple(example_inputs: Any) -> tuple[Tensor, ...]:
     )
 
 
-def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
+def trace(
+    model: nn.Module, inputs: tuple[Tensor, ...], keep_whole: Callable[[type], bool] = lambda cls: False
+) -> fx.GraphModule:
     """Trace a copy of ``model`` and run it once on ``inputs``, recording every tensor's shape.
+
+    ``keep_whole(cls)``: whether modules of class ``cls`` stay one node (the op table's
+    library layers), besides torch's own and those timm declares untraceable.
 
     Each tensor-valued node gets ``node.meta["shape"]``. The caller's model is not touched.
 
@@ -59,7 +65,8 @@ def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
     # running statistics and flip training flags on the caller's model.
     traced = copy.deepcopy(model).eval()
     try:
-        gm = fx.symbolic_trace(traced)
+        tracer = _LeafTracer(keep_whole)
+        gm = fx.GraphModule(traced, tracer.trace(traced), type(traced).__name__)
     except Exception as err:
         raise UnsupportedStructureError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: "
@@ -80,6 +87,29 @@ def trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> fx.GraphModule:
             f"{type(model).__name__}: {type(err).__name__}{where}: {err}"
         ) from err
     return gm
+
+
+class _LeafTracer(fx.Tracer):
+    """``torch.fx``'s tracer, keeping whole the modules the op table knows by class name (timm's
+    ``BatchNormAct2d``, a BatchNorm2d subclass whose forward calls ``F.batch_norm`` with its
+    own buffers) and those timm itself declares untraceable (``register_notrace_module``:
+    forwards with control flow on sizes), and leaving timm's untraceable functions
+    (``register_notrace_function``: window partitions computing ints from sizes) as calls. A
+    module or function kept whole that the table does not know is one precise refusal for the
+    layers whose channels reach it, instead of a model that cannot be traced at all."""
+
+    def __init__(self, keep_whole: Callable[[type], bool]) -> None:
+        self.keep_whole = keep_whole
+        timm_fx = sys.modules.get("timm.layers._fx")  # only once the model's package loaded it
+        functions = tuple(f for f in timm_fx.get_notrace_functions() if callable(f)) if timm_fx else ()
+        super().__init__(autowrap_functions=functions)
+        self.leaves = set(timm_fx.get_notrace_modules()) if timm_fx else set()
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        cls = type(module)
+        if cls in self.leaves or self.keep_whole(cls):
+            return True
+        return super().is_leaf_module(module, qualified_name)
 
 
 class _ShapeRecorder(fx.Interpreter):

@@ -34,7 +34,17 @@ from pyro_dirichlet.structure.layers import (
     UnsupportedStructureError,
 )
 from pyro_dirichlet.structure.placement import find_switch_input
-from pyro_dirichlet.structure.rules import Flow, NotFoldable, Pinned, is_depthwise, op_of
+from pyro_dirichlet.structure.rules import (
+    OPS,
+    Flow,
+    NotFoldable,
+    Pinned,
+    fused_activation,
+    is_depthwise,
+    layer_base,
+    op_of,
+    qualified_class,
+)
 
 __all__ = ["PARAMETRIZED", "NotPrunable", "TracedModel", "brief"]
 
@@ -137,7 +147,7 @@ class TracedModel:
         candidates = [
             name
             for name, module in model.named_modules()
-            if name and type(module) in (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+            if name and (layer_base(module) is not None or type(module) is nn.MultiheadAttention)
         ]
         # An attention's channels never leave it: its two sites (values, queries/keys) need
         # no walk. The query/key site is named after the module, suffixed.
@@ -156,7 +166,7 @@ class TracedModel:
 
     @classmethod
     def trace(cls, model: nn.Module, inputs: tuple[Tensor, ...]) -> TracedModel:
-        return cls(model, trace(model, inputs))
+        return cls(model, trace(model, inputs, lambda module_class: qualified_class(module_class) in OPS))
 
     def analyse(self, name: str, named: bool = False) -> PrunableLayer | NotPrunable:
         """Layer ``name`` as a switch site, or why it is not one; raise if unsupported.
@@ -451,8 +461,17 @@ class TracedModel:
             return None
         expected = {4: nn.BatchNorm2d, 2: nn.BatchNorm1d}.get(ndim)
         bn = users[0]
-        if expected is None or type(self.modules[bn.target]) is not expected:
+        module = self.modules[bn.target]
+        # A fused BatchNorm + activation (timm's BatchNormAct2d) takes the switch after its
+        # activation: a zeroed channel leaves it as zero, as a removed one would.
+        fused = fused_activation(module) is not None and op_of(bn, self.modules).follow is not None
+        if expected is None or (type(module) is not expected and not (fused and ndim == 4)):
             return None
+        if fused:
+            try:
+                op_of(bn, self.modules).follow(self, "", Flow(node, 1, 1), bn, module)
+            except UnsupportedStructureError:
+                return None
         if len(self.calls[bn.target]) != 1:
             return None
         return bn
@@ -493,7 +512,11 @@ class TracedModel:
 
     def _sum(self, layer: str, flow: Flow, user: fx.Node) -> Flow:
         """A residual add (or subtraction): couples the channels of all its tensor inputs."""
-        inputs = [n for n in user.all_input_nodes if "shape" in n.meta]
+        # A parameter holding one value (timm's learnable affine bias, of shape (1,)) is a number.
+        inputs = [
+            n for n in user.all_input_nodes
+            if "shape" in n.meta and not (n.op == "get_attr" and math.prod(n.meta["shape"]) == 1)
+        ]
         if len(inputs) == 1:  # x + 1: an element-wise shift of every value
             if sum(1 for _ in uses(user.args, flow.node)) + sum(1 for _ in uses(user.kwargs, flow.node)) > 1:
                 raise self.unknown(layer, user, "it combines the tensor with itself")

@@ -24,7 +24,10 @@ from torch import fx, nn
 from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_of
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
-__all__ = ["OPS", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule", "is_depthwise", "op_of"]
+__all__ = [
+    "LAYER_SUBCLASSES", "OPS", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule",
+    "fused_activation", "is_depthwise", "layer_base", "op_of", "qualified_class",
+]
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,8 @@ class Qualified:
 def op_of(node: fx.Node, modules: dict[str, nn.Module]) -> Op | None:
     """The table row for ``node``'s operation, or ``None`` if its effect on channels is unknown."""
     if node.op == "call_module":
-        return OPS.get(type(modules[node.target]))
+        cls = type(modules[node.target])
+        return OPS.get(cls) or OPS.get(qualified_class(cls))
     if node.op == "call_method":
         return OPS.get(node.target)
     if node.op == "call_function":
@@ -135,6 +139,39 @@ def op_of(node: fx.Node, modules: dict[str, nn.Module]) -> Op | None:
             qualified = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__qualname__', '')}"
             op = OPS.get(Qualified(qualified))
         return op
+    return None
+
+
+def qualified_class(cls: type) -> Qualified:
+    """The table key of another package's module class (``timm.layers.linear.Linear``)."""
+    return Qualified(f"{cls.__module__}.{cls.__qualname__}")
+
+
+#: Other packages' subclasses of Conv2d and Linear that compute what their base class
+#: computes on the channels (timm's Linear; its Conv2dSame, whose padding is computed from the
+#: input's size, TensorFlow's "SAME", always with zeros): prunable layers and consumers like
+#: their base class.
+LAYER_SUBCLASSES = {
+    Qualified("timm.layers.linear.Linear"): nn.Linear,
+    Qualified("timm.layers.conv2d_same.Conv2dSame"): nn.Conv2d,
+}
+_SAME_PADDING = Qualified("timm.layers.conv2d_same.Conv2dSame")
+
+
+def layer_base(module: nn.Module) -> type | None:
+    """``nn.Conv2d`` or ``nn.Linear`` if ``module`` is one (or a known subclass computing the
+    same), else ``None``."""
+    cls = type(module)
+    if cls in (nn.Conv2d, nn.Linear):
+        return cls
+    return LAYER_SUBCLASSES.get(qualified_class(cls))
+
+
+def fused_activation(module: nn.Module) -> nn.Module | None:
+    """The activation a fused norm-activation layer (timm's ``BatchNormAct2d``) applies after
+    normalising, or ``None`` for another module."""
+    if OPS.get(qualified_class(type(module))) is _BATCHNORM_ACT:
+        return module.act
     return None
 
 
@@ -193,6 +230,16 @@ def _function_pool_padding(user: fx.Node, module: None) -> tuple[bool, bool]:
         count_include_pad = argument(user, 5, "count_include_pad", True)
         return False, any_nonzero(padding) and bool(count_include_pad)
     return False, False
+
+
+def _resample(graph, layer, flow, user, module):
+    """``F.interpolate``, ``nn.Upsample``: each output value is a fixed weighted sum of one
+    channel's input values (weights summing to 1), so channels pass on whole, a zero channel
+    stays zero, a constant one stays the same constant, and a channel scale commutes."""
+    ndim = len(shape_of(flow.node))
+    if ndim < 3 or flow.channel_dim != 1 or flow.features_per_channel != 1:
+        raise graph.unknown(layer, user, f"it resamples a {ndim}-D tensor whose channels are not dimension 1")
+    return replace(flow, node=user)
 
 
 def _reshape(graph, layer, flow, user, module):
@@ -330,10 +377,32 @@ def _getitem(graph, layer, flow, user, module):
     if len(index) > ndim or not all(isinstance(i, slice) for i in index):
         raise graph.unknown(layer, user, f"it indexes with {index!r}; only slices are supported")
     if flow.channel_dim < len(index) and index[flow.channel_dim] != slice(None):
-        raise graph.unknown(layer, user, "it slices the channel dimension")
+        # The bounds are numbers in the model's code (GhostNet's out[:, :self.out_chs]):
+        # removing a channel would shift which ones it keeps.
+        raise Pinned(
+            describe(user, graph.modules),
+            "slices the channel dimension with fixed bounds, so removing a channel would "
+            "shift which channels it keeps",
+        )
     if flow.features_per_channel != 1:
         raise graph.unknown(layer, user, "it slices flattened channels")
     return replace(flow, node=user)
+
+
+def _split(graph, layer, flow, user, module):
+    """``x.split(sizes, dim)``, ``x.chunk(n, dim)`` along the channels: the pieces' sizes are
+    fixed by the model's code (a CSP stage's halves), so removing a channel would move others
+    from one piece to the next: the channels are pinned. Along another dimension the pieces
+    are a tuple the walk does not follow."""
+    dim = argument(user, 2, "dim", 0)  # torch.split(x, sizes, dim) and x.split(sizes, dim) alike
+    ndim = len(shape_of(flow.node))
+    if isinstance(dim, int) and dim % ndim == flow.channel_dim:
+        raise Pinned(
+            describe(user, graph.modules),
+            "splits the channel dimension into pieces of fixed sizes, so removing a channel "
+            "would move others from one piece to the next",
+        )
+    raise graph.unknown(layer, user, "it splits the tensor along another dimension into pieces it does not follow")
 
 
 def _pad(graph, layer, flow, user, module):
@@ -383,7 +452,7 @@ def _scalar_product(graph, layer, flow, user, module):
 
 def _batchnorm(graph, layer, flow, user, module):
     ndim = len(shape_of(flow.node))
-    allowed = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,)}[type(module)]
+    allowed = (2, 3) if isinstance(module, nn.BatchNorm1d) else (4,)
     if ndim not in allowed or flow.channel_dim != 1 or (ndim > 2 and flow.features_per_channel != 1):
         raise graph.unknown(layer, user, f"it normalises a {ndim}-D tensor over other features")
     consumer = Consumer(
@@ -392,6 +461,20 @@ def _batchnorm(graph, layer, flow, user, module):
     # BatchNorm is sliced and passes channels on; past a BatchNorm that is not the switch, a
     # dropped channel is BN(0), generally non-zero.
     return consumer, replace(flow, node=user, may_be_nonzero=True)
+
+
+def _batchnorm_act(graph, layer, flow, user, module):
+    """timm's ``BatchNormAct2d``: a BatchNorm2d (sliced) followed by its ``drop`` (an identity
+    in eval mode) and its ``act``, each an element-wise operation of the table."""
+    for part in (module.drop, module.act):
+        op = OPS.get(type(part))
+        if op is None or op.follow not in (_ZERO_TO_ZERO, _ZERO_TO_CONSTANT):
+            raise graph.unknown(
+                layer, user, f"its fused {type(part).__name__} is not an element-wise operation it knows"
+            )
+    if type(module.drop) is not nn.Identity and not isinstance(module.drop, nn.Dropout):
+        raise graph.unknown(layer, user, f"its fused {type(module.drop).__name__} is not a Dropout")
+    return _batchnorm(graph, layer, flow, user, module)
 
 
 def _conv_consumer(graph, layer, flow, user, module):
@@ -408,6 +491,8 @@ def _conv_consumer(graph, layer, flow, user, module):
 
 
 def _conv_zero_pads(module: nn.Conv2d) -> bool:
+    if qualified_class(type(module)) == _SAME_PADDING:
+        return any(k > 1 for k in module.kernel_size) or any(s > 1 for s in module.stride)
     return module.padding_mode == "zeros" and (
         module.padding == "same" and any(k > 1 for k in module.kernel_size)
         or module.padding != "same" and any_nonzero(module.padding)
@@ -481,6 +566,7 @@ def _rows(keys: tuple, op: Op) -> dict[Any, Op]:
     return dict.fromkeys(keys, op)
 
 
+_BATCHNORM_ACT = Op(_batchnorm_act)
 _ZERO_TO_ZERO = _elementwise(maps_zero_to_zero=True)
 _ZERO_TO_CONSTANT = _elementwise(maps_zero_to_zero=False)
 _POOL_1D_MODULE, _POOL_2D_MODULE = _pool(1, _module_pool_padding), _pool(2, _module_pool_padding)
@@ -559,6 +645,11 @@ OPS: dict[Any, Op] = {
     F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),
+    **_rows(
+        (F.interpolate, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d),
+        Op(_resample, commutes_with_scale=True),
+    ),
+    **_rows((torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"), Op(_split)),
     **_rows((torch.mean, "mean"), Op(_mean)),
     # a product with a number scales; a product of two tensors with the same channels (a
     # squeeze-and-excitation gate) couples them like a sum
@@ -575,6 +666,10 @@ OPS: dict[Any, Op] = {
     **_rows((nn.BatchNorm1d, nn.BatchNorm2d), Op(_batchnorm)),
     nn.Conv2d: Op(_conv_consumer),
     nn.Linear: Op(_linear_consumer),
+    # other packages' layers, by name (the table imports none of them): see LAYER_SUBCLASSES
+    Qualified("timm.layers.linear.Linear"): Op(_linear_consumer),
+    _SAME_PADDING: Op(_conv_consumer),
+    Qualified("timm.layers.norm_act.BatchNormAct2d"): _BATCHNORM_ACT,
     # several tensors: the walk couples (sum) or shifts (concat) their channels
     **_rows(
         (

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.structure.rules import OPS, fused_activation
 from pyro_dirichlet.surgery.attention import scale_attention_channels, slice_attention
 from pyro_dirichlet.surgery.slicing import (
     add_to_bias,
@@ -196,6 +197,12 @@ def fold_scales(
                     f"scales['{layer.name}']: its switch sits on BatchNorm '{point}', "
                     "which has no affine weight and bias to fold a scale into (affine=False)"
                 )
+            if not _scale_passes_activation(at):
+                raise ValueError(
+                    f"scales['{layer.name}']: its switch sits after the activation fused into "
+                    f"'{point}' ({type(fused_activation(at)).__name__}), which a scale of the "
+                    "BatchNorm's weight and bias does not pass through"
+                )
     folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     for layer, factors in selection:
@@ -351,6 +358,16 @@ def _checked_scales(layer: PrunableLayer, values: Any, argument: str) -> Tensor:
 
 
 # --- the reference, and the constants dropped channels leave behind ---------------------------
+
+
+def _scale_passes_activation(module: nn.Module) -> bool:
+    """Whether scaling a fused norm-activation's BatchNorm scales its output alike (a ReLU's
+    ``relu(a * x) = a * relu(x)`` for ``a >= 0``; not a SiLU's); True for any other module."""
+    activation = fused_activation(module)
+    if activation is None:
+        return True
+    op = OPS.get(type(activation))
+    return op is not None and op.commutes_with_scale
 
 
 def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]) -> nn.Module:
