@@ -227,7 +227,7 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--on-unsupported", choices=["raise", "skip"],
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
-    group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction, default=None,
+    group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction,
                        help=_help("fit one gain per layer beside its switch, so the switches rank channels instead of also "
                                   "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
     group.add_argument("--epochs", type=int, metavar="N",
@@ -271,7 +271,7 @@ def _prune(parser: argparse.ArgumentParser) -> None:
                             "one threshold on the posterior means picks every layer's width")
     group.add_argument("--budget-cost", choices=["flops", "params"], help=_help("what --budget limits", "budget_cost"))
     parser.add_argument_group("decision check (prune)").add_argument(
-        "--no-check", dest="check", action="store_false", default=None,
+        "--no-check", dest="check", action="store_false",
         help="skip comparing the posterior's channels with L1-norm and random ones at the same counts after the same "
              "calibration on the validation split (on by default: a few seconds on small networks)")
 

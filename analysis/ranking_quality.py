@@ -1,0 +1,345 @@
+"""Does the posterior mean rank channels by importance? Measured against the removal-cost oracle.
+
+For one trained network, every criterion ranks every channel of every prunable layer:
+the posterior mean of each fit variant (:data:`VARIANTS`), L1-norm, Taylor, BatchNorm
+|gamma| (where every layer has one) and random scores. Each ranking is judged by
+
+- its Spearman correlation with the *removal cost* of each channel
+  (:func:`pyro_dirichlet.removal_cost.removal_effects`: the validation-loss increase when
+  that channel alone is zeroed), per layer and averaged over layers;
+- its dead-unit recall: of the ``k`` inert channels (removing them changes no logit of any
+  validation image), the share among its ``k`` lowest-ranked ones (1.0: all ranked last);
+- the validation accuracy of the network pruned to 50% and 30% of its FLOPs (uniform
+  per-layer counts, the same for every criterion) after the same calibration
+  (:func:`pyro_dirichlet.calibrate.calibrate`); test accuracy is recorded, never chosen on;
+
+and each fit by its steps, wall time (also in units of one baseline training epoch on the
+same data), ELBO change over its last fifth, and the overlap of its half-width kept sets
+with those of a fit twice as long (the default variant only).
+
+Networks: ``head-resnet`` (a BN ResNet with a ReLU MLP head, :mod:`pyro_dirichlet.models.head_resnet`,
+trained here on 1,500 images of 5 CIFAR-10 classes: its head grows never-firing units),
+``lenet5`` (MNIST, the demo's network), ``resnet20`` (CIFAR-10 JPEG copy, the committed
+88.04% weights).
+
+    python -m analysis.ranking_quality --network head-resnet --out analysis/results/ranking-quality
+    python -m analysis.ranking_quality --network resnet20 --variants default paper --out ...
+
+Each network writes ``<out>/<network>.json`` after every fit (a stopped run keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyro_dirichlet.allocation import uniform_counts
+from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.cache import resolve_cache_dir
+from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.data import DataSplits, Split, load_dataset
+from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.infer.convergence import FitNotConvergedWarning, StoppingRule, kept_overlap, kept_sets
+from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer.switches import DirichletSwitches
+from pyro_dirichlet.measure import Stopwatch, accuracy
+from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.pruning import prune_to_keep, switch_scales
+from pyro_dirichlet.removal_cost import removal_effects
+from pyro_dirichlet.structure import find_prunable_layers
+from pyro_dirichlet.train import TrainConfig, train_classifier
+
+__all__ = ["VARIANTS", "Variant", "spearman", "dead_recall", "study", "main"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to fit the switches: ``DirichletSwitches`` options and ``FitConfig`` overrides."""
+
+    prior: float = 1.0
+    layer_gain: bool = False
+    fit: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"prior": self.prior, "layer_gain": self.layer_gain, **self.fit}
+
+
+#: The fit variants compared. ``default`` is the library's default fit (whatever it is now);
+#: ``paper`` the paper's one epoch from the earlier default (flat prior, no gain).
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(prior=None, layer_gain=None),  # type: ignore[arg-type]  # None: the library's defaults
+    "paper": Variant(prior=1.0, layer_gain=False, fit={"epochs": 1, "init_concentration": 1.0}),
+    "flat-gain-converged": Variant(prior=1.0, layer_gain=True, fit={"epochs": None, "init_concentration": 1.0}),
+    "sparse-gain-converged": Variant(prior=0.1, layer_gain=True, fit={"epochs": None, "init_concentration": 1.0}),
+    "sparse-gain-init10": Variant(prior=0.1, layer_gain=True, fit={"epochs": None, "init_concentration": 10.0}),
+    "flat-gain-init10": Variant(prior=1.0, layer_gain=True, fit={"epochs": None, "init_concentration": 10.0}),
+}
+
+FLOP_BUDGETS = (0.5, 0.3)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation (average ranks for ties are not needed: scores are continuous)."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        r = torch.empty(len(x), dtype=torch.float64)
+        r[x.double().argsort()] = torch.arange(len(x), dtype=torch.float64)
+        return r - r.mean()
+
+    ra, rb = ranks(a), ranks(b)
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
+#: A channel whose removal raises the validation loss by less than this (nats) is not a
+#: useful one (as :data:`analysis.planted.NEGLIGIBLE_COST`).
+NEGLIGIBLE_COST = 1e-3
+
+
+def dead_recall(scores: torch.Tensor, inert: torch.Tensor, cost: torch.Tensor) -> float | None:
+    """Share of the inert channels ranked below every useful one; ``None`` without inert channels.
+
+    Useful: removal cost at least :data:`NEGLIGIBLE_COST`. The inert channels count as
+    ranked below the useful ones when they are among the ``u`` lowest scores, ``u`` the
+    number of channels that are not useful (inert, negligible or harmful): a ranking that
+    puts a negligible live channel below an inert one is not wrong.
+    """
+    if not inert.any():
+        return None
+    useless = int(((cost < NEGLIGIBLE_COST) | inert).sum())
+    lowest = scores.double().argsort(stable=True)[:useless]
+    return float(inert[lowest].sum() / inert.sum())
+
+
+def five_class_cifar(data_dir: str | None, *, train: int = 1500, validation: int = 500, test: int = 2000) -> DataSplits:
+    """The first five CIFAR-10 classes (JPEG copy), cut to a small user's data set."""
+    data = load_dataset("cifar10", data_dir)
+
+    def cut(split: Split, size: int) -> Split:
+        mask = split.labels < 5
+        return Split(split.images[mask], split.labels[mask]).subset(size, seed=0)
+
+    return dataclasses.replace(data, train=cut(data.train, train), validation=cut(data.validation, validation),
+                               test=cut(data.test, test), num_classes=5, augment=None)
+
+
+def head_resnet_baseline(data: DataSplits) -> tuple[nn.Module, TrainConfig]:
+    """The study's BN ResNet with an MLP head, trained once (30 epochs, SGD) and cached."""
+    from pyro_dirichlet.models.head_resnet import HeadResNet
+
+    recipe = TrainConfig(epochs=30, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine")
+    path = resolve_cache_dir("baselines") / "ranking-quality-head-resnet.pt"
+    torch.manual_seed(0)
+    network = HeadResNet(num_classes=5)
+    if path.is_file():
+        network.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        train_classifier(network, data, recipe, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), path)
+    return network.eval(), recipe
+
+
+def load_network(name: str, data_dir: str | None) -> tuple[nn.Module, DataSplits, TrainConfig]:
+    """The trained network, its data (validation 500-2,000 images) and its training recipe."""
+    if name == "head-resnet":
+        data = five_class_cifar(data_dir)
+        network, recipe = head_resnet_baseline(data)
+        return network, data, recipe
+    from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
+
+    if name == "lenet5":
+        data = load_dataset("mnist", data_dir)
+        return load_or_train_baseline("lenet5", data, progress=False).model.eval(), data, get_model_entry("lenet5").train
+    if name == "resnet20":
+        from analysis.resnet20_cifar10 import load_weights
+
+        data = load_dataset("cifar10", data_dir)
+        network, _ = load_weights(Path(__file__).parent / "baselines" / "resnet20-cifar10.safetensors")
+        return network, data, get_model_entry("resnet20").train
+    raise ValueError(f"unknown network {name!r}; known: head-resnet, lenet5, resnet20.")
+
+
+def epoch_seconds(network: nn.Module, data: DataSplits, recipe: TrainConfig, steps: int = 20) -> float:
+    """Seconds of one baseline training epoch on ``data.train``, timed over ``steps`` steps of a copy."""
+    import torch.nn.functional as F
+
+    trained = copy.deepcopy(network).train()
+    optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3)
+    batch = recipe.batch_size
+    per_epoch = math.ceil(len(data.train) / batch)
+    steps = min(steps, per_epoch)
+    with Stopwatch() as watch:
+        for step in range(steps):
+            images = data.train.images[step * batch:(step + 1) * batch]
+            labels = data.train.labels[step * batch:(step + 1) * batch]
+            optimizer.zero_grad()
+            F.cross_entropy(trained(images), labels).backward()
+            optimizer.step()
+    return watch.seconds / steps * per_epoch
+
+
+def fit_variant(network: nn.Module, data: DataSplits, variant: Variant, *, seed: int) -> dict:
+    """Fit one variant on a copy of ``network``; the posterior means and the fit's record."""
+    options = {}
+    if variant.prior is not None:
+        options["prior"] = variant.prior
+    if variant.layer_gain is not None:
+        options["layer_gain"] = variant.layer_gain
+    switches = DirichletSwitches(copy.deepcopy(network), data.train.images[:2], **options)
+    config = FitConfig(**{"seed": seed, "device": "cpu", "progress": False, **variant.fit})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitNotConvergedWarning)
+        result = fit(switches, data.train, config)
+    means = {name: phi / phi.sum() for name, phi in result.concentrations.items()}
+    return {"result": result, "means": means}
+
+
+def calibrated_accuracy(network, layers, scores, counts, data, example, *, seed: int, fold=None) -> dict:
+    keep = plan_keep(scores, counts, blocks={layer.name: layer.block for layer in layers})
+    pruned = prune_to_keep(network, keep, example, scales=None if fold is None else switch_scales(fold), layers=layers)
+    calibrated = calibrate(pruned, data.train, example, CalibrationConfig(steps=200, seed=seed)).network
+    return {"validation": accuracy(calibrated, data.validation), "test": accuracy(calibrated, data.test)}
+
+
+def study(network_name: str, variants: list[str], *, data_dir: str | None, seed: int, out: Path,
+          removal_examples: int, stability: bool = True, log: Callable[[str], None] = print) -> dict:
+    network, data, recipe = load_network(network_name, data_dir)
+    example = data.train.images[:2]
+    layers = find_prunable_layers(network, example)
+    widths = {layer.name: layer.channels for layer in layers}
+    record: dict = {"network": network_name, "seed": seed, "layers": widths, "data": {
+        "train": len(data.train), "validation": len(data.validation), "test": len(data.test), "source": data.source},
+        "baseline": {"validation": accuracy(network, data.validation), "test": accuracy(network, data.test)},
+        "criteria": {}}
+    path = out / f"{network_name}.json"
+    existing = _read(path)
+    if existing.get("seed") == seed and existing.get("layers") == widths:
+        record["criteria"] = existing.get("criteria", {})
+        record.update({key: existing[key] for key in ("removal", "epoch_seconds") if key in existing})
+
+    if "removal" not in record:
+        with Stopwatch() as watch:
+            effects = removal_effects(network, layers, data.validation, max_examples=removal_examples)
+        record["removal"] = {"cost": {k: v.tolist() for k, v in effects.cost.items()},
+                             "inert": {k: v.nonzero().flatten().tolist() for k, v in effects.inert.items()},
+                             "examples": effects.examples, "seconds": watch.seconds}
+        record["epoch_seconds"] = epoch_seconds(network, data, recipe)
+        atomic_write_json(path, record)
+    log(f"removal cost on {record['removal']['examples']} images in {record['removal']['seconds']:.0f} s; "
+        f"inert: { {k: len(v) for k, v in record['removal']['inert'].items()} }")
+    cost = {k: torch.tensor(v) for k, v in record["removal"]["cost"].items()}
+    inert = {k: torch.zeros(len(cost[k]), dtype=torch.bool).index_fill_(0, torch.tensor(v, dtype=torch.long), True)
+             for k, v in record["removal"]["inert"].items()}
+    counts = {f"{round(100 * b)}% FLOPs": uniform_counts(network, widths, example, budget=b, layers=layers) for b in FLOP_BUDGETS}
+
+    def judge(name: str, scores: Mapping[str, torch.Tensor], extra: dict, fold=None) -> None:
+        per_layer = {k: spearman(scores[k], cost[k]) for k in cost}
+        row = {"spearman": per_layer, "spearman_mean": statistics.fmean(per_layer.values()),
+               "dead_recall": {k: dead_recall(scores[k], inert[k], cost[k]) for k in cost if inert[k].any()},
+               "scores": {k: [float(x) for x in scores[k]] for k in cost}, **extra}
+        row["calibrated"] = {budget: calibrated_accuracy(network, layers, scores, c, data, example, seed=seed, fold=fold)
+                             for budget, c in counts.items()}
+        record["criteria"][name] = row
+        atomic_write_json(path, record)
+        log(f"{name}: spearman {row['spearman_mean']:+.3f} dead recall {row['dead_recall']} "
+            + " ".join(f"{b} {v['validation']:.4f}" for b, v in row["calibrated"].items()))
+
+    for name, options in (("l1-norm", {}), ("taylor", {"seed": seed}), ("random", {"seed": seed}), ("batchnorm-scale", {})):
+        if name in record["criteria"]:
+            continue
+        try:
+            scores = get_criterion(name, **options)(network, layers, data.train)
+        except ValueError as error:  # BN |gamma| needs a BatchNorm after every layer
+            log(f"{name}: {error}")
+            continue
+        judge(name, scores, {})
+
+    for name in variants:
+        if name in record["criteria"]:
+            continue
+        variant = VARIANTS[name]
+        fitted = fit_variant(network, data, variant, seed=seed)
+        result = fitted["result"]
+        extra = {"variant": variant.describe(), "steps": result.steps, "fit_seconds": result.seconds,
+                 "fit_in_epochs": result.seconds / record["epoch_seconds"],
+                 "convergence": None if result.convergence is None else result.convergence.to_dict()}
+        if name == "default" and stability:
+            # Stability: the same fit run twice as many steps, with a fixed length.
+            twice = _twice(network, data, variant, result.steps, seed)
+            extra["overlap_with_twice_as_long"] = kept_overlap(kept_sets(twice["means"]), kept_sets(fitted["means"]))
+            extra["steps_twice"] = twice["result"].steps
+        judge(name, fitted["means"], extra, fold=fitted["means"])
+    return record
+
+
+#: Rows of :func:`markdown`, in this order, where a network's record has them.
+ROW_ORDER = ("default", "paper", "flat-gain-converged", "sparse-gain-converged", "l1-norm", "taylor", "batchnorm-scale", "random")
+
+
+def markdown(records: list[dict]) -> str:
+    """README's table: one row per (network, criterion): Spearman with removal cost (mean over
+    layers), dead-unit recall, validation accuracy after calibration at each FLOPs budget, and
+    for fits their steps and wall time in baseline training epochs."""
+    lines = ["| network | criterion | Spearman vs removal cost | dead-unit recall | 50% FLOPs | 30% FLOPs | fit steps | fit time (epochs) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        criteria = record["criteria"]
+        for name in ROW_ORDER:
+            if name not in criteria:
+                continue
+            row = criteria[name]
+            recall = [v for v in row["dead_recall"].values() if v is not None]
+            cells = [record["network"], name, f"{row['spearman_mean']:+.2f}", f"{recall[0]:.2f}" if recall else "-",
+                     *(f"{100 * row['calibrated'][b]['validation']:.1f}%" for b in ("50% FLOPs", "30% FLOPs")),
+                     str(row.get("steps", "-")), f"{row['fit_in_epochs']:.1f}" if "fit_in_epochs" in row else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _twice(network, data, variant: Variant, steps: int, seed: int) -> dict:
+    """The variant fitted for exactly ``2 * steps`` steps (the stopping rule pinned there)."""
+    rule = StoppingRule(min_steps=2 * steps, max_steps=2 * steps, check_every=2 * steps)
+    fit_options = {**variant.fit, "epochs": None, "stopping": rule}
+    return fit_variant(network, data, dataclasses.replace(variant, fit=fit_options), seed=seed)
+
+
+def _read(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", choices=["head-resnet", "lenet5", "resnet20"], required=True)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--removal-examples", type=int, default=1000)
+    parser.add_argument("--no-stability", dest="stability", action="store_false",
+                        help="skip the default fit's second run twice as long (its kept-set overlap)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out", type=Path, default=Path("analysis/results/ranking-quality"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    study(args.network, args.variants, data_dir=args.data_dir, seed=args.seed, out=args.out,
+          removal_examples=args.removal_examples, stability=args.stability)
+    print(f"done in {time.perf_counter() - started:.0f} s -> {args.out / (args.network + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
