@@ -9,7 +9,6 @@ standard library, so :mod:`pyro_dirichlet.serialization` can use it without Pyro
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from torch import nn
+
+from pyro_dirichlet.user_code import UserCodeError, check_function, describe_failure, import_user_module
 
 __all__ = ["FACTORY_PATH", "FactoryError", "ModelFactory", "factory_path_of", "import_factory", "is_factory_path",
            "parse_model_arg"]
@@ -82,9 +83,14 @@ def _parse_value(text: str) -> ArgValue:
 def import_factory(path: str) -> Callable[..., Any]:
     """The callable a factory path names, imported now.
 
+    The module is found as :func:`pyro_dirichlet.user_code.import_user_module` finds it (a
+    file in the current directory first, never by putting that directory on ``sys.path``),
+    and what the path names must be a Python function or an ``nn.Module`` class: a builtin
+    such as ``os:system`` or another class is refused before anything calls it.
+
     Raises:
-        FactoryError: the path is malformed, its module does not import, it names nothing
-            there, or what it names is not callable; one sentence naming the path.
+        FactoryError: the path is malformed, its module does not import (or exits), it names
+            nothing there, or what it names is not a function; one sentence naming the path.
 
     Example:
         >>> import_factory("torchvision.models:resnet18").__name__
@@ -94,17 +100,19 @@ def import_factory(path: str) -> Callable[..., Any]:
         raise FactoryError(f"model factory {path!r} is not of the form package.module:callable.")
     module_name, _, qualname = path.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - an import can fail any way its module's code fails
-        reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
-        raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} fails with "
-                           f"{type(error).__name__} ({reason}).") from None
+        found: Any = import_user_module(module_name)
+    except UserCodeError as error:
+        raise FactoryError(f"model factory {path!r} does not import: {str(error).rstrip('.')}.") from None
     for part in qualname.split("."):
         if not hasattr(found, part):
             raise FactoryError(f"model factory {path!r} does not import: {module_name!r} has no {qualname!r}.")
         found = getattr(found, part)
     if not callable(found):
         raise FactoryError(f"model factory {path!r} is a {type(found).__name__}, not a callable returning an nn.Module.")
+    refused = check_function(found, classes=nn.Module)
+    if refused is not None:
+        raise FactoryError(f"model factory {path!r} is {refused}, not a Python function returning an nn.Module: "
+                           "it is not called.")
     return found
 
 
@@ -152,10 +160,9 @@ class ModelFactory:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.args.items())
         try:
             built = factory(**self.args)
-        except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-            reason = " ".join(str(error).split()).rstrip(".")[:300] or type(error).__name__
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code may raise anything, or exit
             raise FactoryError(f"model factory {self.path!r} failed when called with ({arguments}): "
-                               f"{type(error).__name__} ({reason}).") from None
+                               f"{describe_failure(error)}.") from None
         if not isinstance(built, nn.Module):
             raise FactoryError(f"model factory {self.path!r} returned a {type(built).__name__}, not an nn.Module.")
         return built

@@ -51,7 +51,7 @@ def test_a_named_prior_model_is_fitted_recorded_and_named_again_by_the_report(ru
     ("cli_priors:non_finite", "prior site 'alpha' has a non-finite concentration"),
     ("cli_priors:NOT_CALLABLE", "--prior-model 'cli_priors:NOT_CALLABLE' is a float, not a function"),
     ("cli_priors:missing", "module 'cli_priors' has no attribute 'missing'"),
-    ("no_such_module_here:prior", "importing module 'no_such_module_here' failed (ModuleNotFoundError"),
+    ("no_such_module_here:prior", "importing module 'no_such_module_here' fails with ModuleNotFoundError"),
 ])
 def test_a_bad_prior_model_is_one_sentence_exit_2_and_nothing_written(run_copy, small_mnist_everywhere, capsys, name, message):
     before = snapshot(run_copy)
