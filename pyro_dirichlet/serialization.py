@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
+from pyro_dirichlet.regular_files import SpecialFileError, check_regular, read_regular
 
 __all__ = [
     "FORMAT",
@@ -490,13 +491,19 @@ def load_pruned(
 
     Raises:
         ModelFileError: the files are inconsistent, modified, or describe something not
-            allowed; a factory-built model loaded without ``factory`` or with another one.
+            allowed; a factory-built model loaded without ``factory`` or with another one;
+            a file is a FIFO, a device or anything but a regular file (refused unread).
         FileNotFoundError: a file is missing.
 
     Example:
         >>> model = load_pruned("runs/demo/lenet5-pruned")  # doctest: +SKIP
     """
     weights_path, spec_path = _paths(path_prefix)
+    for path in (spec_path, weights_path):  # a FIFO or /dev/zero would block the reads below forever
+        try:
+            check_regular(path, what="saved model file")
+        except SpecialFileError as error:
+            raise ModelFileError(str(error)) from None
     spec = _read_spec(spec_path)
     digest = _sha256(weights_path)
     if digest != spec["weights_sha256"]:
@@ -522,12 +529,20 @@ def load_pruned(
     return model.to(map_location).eval()
 
 
+#: A spec describes a few hundred modules; anything larger is refused unread.
+MAX_SPEC_BYTES = 16 * 2**20
+
+
 def _read_spec(spec_path: Path) -> dict[str, Any]:
-    text = spec_path.read_text(encoding="utf-8")
     try:
+        text = read_regular(spec_path, what="spec file", limit=MAX_SPEC_BYTES).decode("utf-8")
         spec = json.loads(text)
-    except json.JSONDecodeError as err:
+    except SpecialFileError as err:
+        raise ModelFileError(str(err)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFileError(f"spec file {spec_path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ModelFileError(f"spec file {spec_path} is not a spec: its JSON is nested too deeply") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise ModelFileError(f"{spec_path} is not a {FORMAT} spec (format: {found!r})")

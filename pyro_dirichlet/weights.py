@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pyro_dirichlet.regular_files import SpecialFileError, open_regular
+
 __all__ = ["WeightsError", "read_state_dict", "load_weights"]
 
 #: How many mismatching keys a message names before it says "and N more".
@@ -34,9 +36,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         >>> state = read_state_dict("resnet18-cifar.pt")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a regular file.")
-    with open(path, "rb") as handle:
+    try:  # a FIFO, or a link to /dev/zero, would block or never end: refused before any read
+        handle = os.fdopen(open_regular(path, what="weights file"), "rb")
+    except (SpecialFileError, OSError):
+        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a regular file.") from None
+    with handle:
         head = handle.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header's "{".
     if len(head) == 9 and head[8:9] == b"{":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summar
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
+from pyro_dirichlet.regular_files import check_regular
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
@@ -403,7 +405,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
         checkpoint = fit_checkpoint_path(run, options, runtime)
-        if checkpoint.exists():
+        if os.path.lexists(checkpoint):  # a link too: refused below, never followed
             _usable_checkpoint(checkpoint)
         if checkpoint.exists():
             _say(runtime, f"resuming the fit from {checkpoint}")
@@ -442,6 +444,8 @@ def _usable_checkpoint(path: Path) -> None:
     """
     from pyro_dirichlet.infer.checkpoint import FitCheckpoint
 
+    # A link or a FIFO someone put there is refused, neither followed nor removed.
+    check_regular(path, what="fit checkpoint", follow_links=False)
     try:
         with reading(path):
             FitCheckpoint.load(path)

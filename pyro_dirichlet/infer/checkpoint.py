@@ -23,6 +23,7 @@ import pyro.util
 import torch
 
 from pyro_dirichlet.atomic import atomic_write
+from pyro_dirichlet.regular_files import check_regular
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriter", "FitCheckpoint"]
 
@@ -187,7 +188,7 @@ class FitCheckpoint:
             ValueError: the file belongs to another fit (different layers or settings); the
                 message names the file and every difference.
         """
-        if not Path(path).exists():
+        if not os.path.lexists(path):
             return None
         checkpoint = cls.load(path)
         differences = checkpoint.mismatches(layers, config)
@@ -210,8 +211,11 @@ class FitCheckpoint:
 
         Raises:
             ValueError: the file is not a fit checkpoint of this format.
+            SpecialFileError: it is a symbolic link, a FIFO, a device or anything but a regular
+                file (refused unread: a checkpoint is a file the fit wrote itself).
         """
         path = Path(path)
+        check_regular(path, what="checkpoint", follow_links=False)
         try:
             record = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
