@@ -473,7 +473,8 @@ def error_message(error: Exception, command: str, settings: dict[str, Any]) -> s
     if isinstance(error, FitDivergedError):
         return _divergence_advice(error, settings)
     if isinstance(error, (ValueError, OSError)):  # bad input of every kind: data, run directory, config, budget
-        return str(error)
+        # Pyro appends its table of trace shapes (dozens of lines) to an error raised inside a model.
+        return " ".join(str(error).split("\nTrace Shapes:")[0].split("\n"))
     return None
 
 
