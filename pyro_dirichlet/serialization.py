@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
-from pyro_dirichlet.regular_files import SpecialFileError, check_regular, read_regular
+from pyro_dirichlet.regular_files import SpecialFileError, open_regular, read_regular
+from pyro_dirichlet.weights import WeightsError, check_weight_tensors
 
 __all__ = [
     "FORMAT",
@@ -499,11 +500,6 @@ def load_pruned(
         >>> model = load_pruned("runs/demo/lenet5-pruned")  # doctest: +SKIP
     """
     weights_path, spec_path = _paths(path_prefix)
-    for path in (spec_path, weights_path):  # a FIFO or /dev/zero would block the reads below forever
-        try:
-            check_regular(path, what="saved model file")
-        except SpecialFileError as error:
-            raise ModelFileError(str(error)) from None
     spec = _read_spec(spec_path)
     digest = _sha256(weights_path)
     if digest != spec["weights_sha256"]:
@@ -524,13 +520,16 @@ def load_pruned(
     model = _rebuild(architecture)
     state = safetensors.torch.load_file(weights_path, device="cpu")
     _check_tensors(architecture["tensors"], model, state)
+    try:  # dense, finite, of the dtype save_pruned recorded (a float64 model stays float64)
+        check_weight_tensors(state, f"weights file {weights_path}", dtypes={n: i.get("dtype") for n, i in architecture["tensors"].items()})
+    except WeightsError as error:
+        raise ModelFileError(str(error).rstrip(".")) from None
     # assign=True keeps the saved dtypes instead of casting into freshly allocated float32.
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(map_location).eval()
 
 
-#: A spec describes a few hundred modules; anything larger is refused unread.
-MAX_SPEC_BYTES = 16 * 2**20
+MAX_SPEC_BYTES = 16 * 2**20  #: a spec describes a few hundred modules; anything larger is refused unread
 
 
 def _read_spec(spec_path: Path) -> dict[str, Any]:
@@ -573,7 +572,11 @@ def _stored_shapes(path: Path) -> dict[str, Tensor]:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    try:  # a FIFO or /dev/zero would block or never end: refused unread
+        handle = os.fdopen(open_regular(path, what="weights file"), "rb")
+    except SpecialFileError as error:
+        raise ModelFileError(str(error)) from None
+    with handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -7,6 +7,7 @@ plain containers only, never arbitrary objects; a safetensors file involves no p
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.regular_files import SpecialFileError, open_regular
 
-__all__ = ["WeightsError", "read_state_dict", "load_weights"]
+__all__ = ["WEIGHT_DTYPES", "WeightsError", "check_weight_tensors", "read_state_dict", "load_weights"]
+
+#: The floating dtypes a network's weights may be stored in.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: How many mismatching keys a message names before it says "and N more".
 _NAMED = 3
@@ -51,7 +55,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         except Exception as error:  # noqa: BLE001 - the Rust parser's errors are of its own types
             raise WeightsError(f"weights file {str(path)!r} is not a readable safetensors file ({_reason(error)}).") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a sparse tensor is refused below, in one sentence
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load fails with whatever its unpickler or zip reader raises
         raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
                            f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None
@@ -62,7 +68,35 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if odd:
         raise WeightsError(f"weights file {str(path)!r} is not a state dict: entry {odd[0]!r} is not a named tensor "
                            "(a checkpoint wrapping one? save model.state_dict() itself).")
+    check_weight_tensors(state, f"weights file {str(path)!r}")
     return dict(state)
+
+
+def check_weight_tensors(state: Mapping[str, Tensor], where: str, *,
+                         dtypes: tuple[torch.dtype, ...] | Mapping[str, str] = WEIGHT_DTYPES) -> None:
+    """Every tensor dense, holding data on the CPU, finite, and of an allowed dtype.
+
+    ``dtypes``: the floating dtypes allowed, or by tensor name the dtype a saved spec
+    recorded (``"float64"``), which that tensor must have.
+
+    Raises:
+        WeightsError: one sentence naming ``where`` and the first tensor at fault.
+    """
+    for key, value in state.items():
+        if value.layout != torch.strided:
+            raise WeightsError(f"{where} holds {key} as a {str(value.layout).removeprefix('torch.')} tensor: "
+                               "weights must be dense tensors.")
+        if value.device.type != "cpu":
+            raise WeightsError(f"{where} holds {key} on the {value.device.type} device, which holds no data on the CPU.")
+        dtype = str(value.dtype).removeprefix("torch.")
+        if isinstance(dtypes, Mapping):
+            if dtypes.get(key, dtype) != dtype:
+                raise WeightsError(f"{where} holds {key} as {dtype}, but the spec records {dtypes[key]}.")
+        elif value.is_complex() or (value.is_floating_point() and value.dtype not in dtypes):
+            raise WeightsError(f"{where} holds {key} as {dtype}: floating weights must be float32, float16 or bfloat16.")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise WeightsError(f"{where} holds non-finite values (NaN or infinity) in {_first(broken)}.")
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
@@ -85,9 +119,6 @@ def load_weights(network: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         ("missing", missing), ("unknown to the model", unexpected), ("of another shape", reshaped)) if items]
     if problems:
         raise WeightsError(f"weights file {str(path)!r} does not fit the model: keys {'; '.join(problems)}.")
-    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if broken:
-        raise WeightsError(f"weights file {str(path)!r} holds non-finite values (NaN or infinity) in {_first(broken)}.")
     network.load_state_dict(state, strict=True)
     return network
 

@@ -626,6 +626,12 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
         if not np.isfinite(values).all() or (values < 0).any() or not np.allclose(values.sum(-1), 1.0, atol=1e-3):
             raise RunDirectoryError(f"{path}: the draws of {name} are not all points of the simplex (finite, "
                                     "non-negative, summing to 1): refit with `pyro-dirichlet fit`.")
+    from pyro_dirichlet.posterior.fitted import check_variational
+
+    try:
+        check_variational(posterior)
+    except ValueError as error:
+        raise RunDirectoryError(f"{path}: {str(error).rstrip('.')}: refit with `pyro-dirichlet fit`.") from None
     return posterior
 
 
