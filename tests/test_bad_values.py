@@ -261,3 +261,74 @@ def test_normalize_bounds_keep_every_pixel_a_finite_float32():
         pixels = Normalization((mean,), (std,)).apply(torch.tensor([0.0, 1.0]).view(1, 1, 1, 2))
         assert torch.isfinite(pixels).all() and pixels.unique().numel() == 2
     assert math.isinf(float(torch.tensor(1e39, dtype=torch.float32)))  # why the mean is bounded
+
+
+# --- ImageFolders --------------------------------------------------------------------------------
+
+
+def png(color, size=(8, 8), mode="RGB") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def folder_with(change):
+    """tmp/images with classes cat and dog of 12 RGB PNGs each, then ``change(images)``."""
+    def apply(run: Path, tmp: Path) -> None:
+        for name in ("cat", "dog"):
+            (tmp / "images" / name).mkdir(parents=True)
+            for i in range(12):
+                (tmp / "images" / name / f"{i}.png").write_bytes(png((i * 20, 0, 0)))
+        change(tmp / "images")
+    return apply
+
+
+FOLDER = ["train", "--out", "{tmp}/fresh", "--model", "torchvision.models:resnet18", "--model-arg", "num_classes=2",
+          "--dataset", "imagefolder:{tmp}/images"]
+
+FOLDER_CASES = [
+    ("imagefolder-symlink-loop", folder_with(lambda d: (d / "cat" / "loop").symlink_to(d / "cat")),
+     "cat/loop is a link to a folder"),
+    ("imagefolder-empty-class", folder_with(lambda d: (d / "bird").mkdir()), "images/bird holds no images"),
+    ("imagefolder-fifo-image", folder_with(lambda d: os.mkfifo(d / "dog" / "x.png")), "x.png is not a regular file"),
+    ("imagefolder-same-image-twice", folder_with(lambda d: (d / "dog" / "copy.png").symlink_to(d / "cat" / "3.png")),
+     "is the same file as"),
+]
+
+
+@pytest.mark.parametrize(("setup", "expected"), [case[1:] for case in FOLDER_CASES], ids=[case[0] for case in FOLDER_CASES])
+def test_a_bad_image_folder_exits_2_with_one_sentence(tmp_path, capsys, setup, expected):
+    setup(None, tmp_path)
+    code, error = invoke([*(arg.format(tmp=tmp_path) for arg in FOLDER), "--quiet"], capsys)
+    assert code == 2, error
+    assert expected in one_sentence(error), error
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_sixteen_bit_and_grayscale_images_keep_their_values_and_colours(tmp_path):
+    from PIL import Image
+
+    from pyro_dirichlet.data.imagefolder import load_image_folder
+
+    for name in ("dark", "light"):
+        (tmp_path / name).mkdir()
+    for i in range(10):
+        value = 1000 * (i + 1)  # all above 255: clipping would make every one white
+        Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(tmp_path / "dark" / f"{i}.png")
+        (tmp_path / "light" / f"{i}.png").write_bytes(png((0, 200, 0)))  # green: colour must survive
+    data = load_image_folder(tmp_path, normalize=None)
+    assert data.input_shape == (3, 8, 8)
+    raw = {}
+    for split in (data.train, data.validation, data.test):
+        pixels = split.images * torch.tensor(data.normalization.std).view(1, -1, 1, 1) \
+            + torch.tensor(data.normalization.mean).view(1, -1, 1, 1)
+        for image, label in zip(pixels, split.labels):
+            raw.setdefault(int(label), []).append(image)
+    dark = sorted(round(float(image[0, 0, 0]) * 65535) for image in raw[data.classes.index("dark")])
+    assert dark == [1000 * (i + 1) for i in range(10)]
+    green = raw[data.classes.index("light")][0][:, 0, 0]
+    assert torch.allclose(green, torch.tensor([0.0, 200 / 255, 0.0]), atol=1e-5)
