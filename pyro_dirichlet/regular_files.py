@@ -10,11 +10,12 @@ Opening uses ``O_NONBLOCK`` so that even a file swapped for a FIFO after the che
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
 
-__all__ = ["SpecialFileError", "check_regular", "open_regular", "read_regular"]
+__all__ = ["SpecialFileError", "check_regular", "open_regular", "read_regular", "sha256_of"]
 
 _KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
           stat.S_IFSOCK: "socket", stat.S_IFDIR: "directory", stat.S_IFLNK: "symbolic link"}
@@ -87,3 +88,16 @@ def read_regular(path: str | os.PathLike[str], *, what: str = "file", follow_lin
     if limit is not None and len(data) > limit:
         raise SpecialFileError(f"{what} {str(Path(path))!r} is larger than {limit} bytes: refusing to read it.")
     return data
+
+
+def sha256_of(path: str | os.PathLike[str], *, what: str = "file", follow_links: bool = True) -> str:
+    """The SHA-256 of a regular file's content, read in 1 MiB blocks (see :func:`open_regular` for what is refused).
+
+    Raises:
+        SpecialFileError: not a regular file (or a link, unless ``follow_links``).
+    """
+    digest = hashlib.sha256()
+    with os.fdopen(open_regular(path, what=what, follow_links=follow_links), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
-from pyro_dirichlet.regular_files import SpecialFileError, open_regular, read_regular
+from pyro_dirichlet.regular_files import SpecialFileError, read_regular, sha256_of
 from pyro_dirichlet.weights import WeightsError, check_weight_tensors
 
 __all__ = [
@@ -501,7 +501,10 @@ def load_pruned(
     """
     weights_path, spec_path = _paths(path_prefix)
     spec = _read_spec(spec_path)
-    digest = _sha256(weights_path)
+    try:  # a FIFO or /dev/zero would block or never end: refused unread
+        digest = sha256_of(weights_path, what="weights file")
+    except SpecialFileError as error:
+        raise ModelFileError(str(error)) from None
     if digest != spec["weights_sha256"]:
         raise ModelFileError(
             f"weights file {weights_path} was modified or does not belong to this spec "
@@ -570,17 +573,6 @@ def _stored_shapes(path: Path) -> dict[str, Tensor]:
         return {name: torch.empty(handle.get_slice(name).get_shape(), device="meta") for name in handle.keys()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:  # a FIFO or /dev/zero would block or never end: refused unread
-        handle = os.fdopen(open_regular(path, what="weights file"), "rb")
-    except SpecialFileError as error:
-        raise ModelFileError(str(error)) from None
-    with handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _named_factory(recorded: Any, named: str | Callable[..., nn.Module] | None, spec_path: Path) -> tuple[Callable[[], nn.Module], str]:
     """The recorded factory as the caller names it again, with the recorded arguments; never imported from the spec."""
@@ -629,7 +621,10 @@ def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
                 f"module '{entry['name']}' does not fit the nesting of the spec's nn.Sequential"
             )
         built[entry["name"]] = module = _build(entry)
-        parent.add_module(child, module)
+        try:
+            parent.add_module(child, module)
+        except (KeyError, TypeError) as err:  # a name such as "training", "forward" or "__class__"
+            raise ModelFileError(f"module '{entry['name']}' has a name nn.Sequential cannot hold ({err})") from None
     return root
 
 

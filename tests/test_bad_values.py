@@ -332,3 +332,28 @@ def test_sixteen_bit_and_grayscale_images_keep_their_values_and_colours(tmp_path
     assert dark == [1000 * (i + 1) for i in range(10)]
     green = raw[data.classes.index("light")][0][:, 0, 0]
     assert torch.allclose(green, torch.tensor([0.0, 200 / 255, 0.0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["__class__", "training", "forward"])
+def test_a_sequential_spec_with_a_child_named_like_an_attribute_is_refused(tmp_path, name):
+    from torch import nn
+
+    from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+
+    _, spec = save_pruned(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), tmp_path / "net")
+    record = json.loads(spec.read_text())
+    record["architecture"]["modules"][0]["name"] = name
+    spec.write_text(json.dumps(record))
+    with pytest.raises(ModelFileError, match=f"module '{name}' has a name nn.Sequential cannot hold"):
+        load_pruned(tmp_path / "net")
+
+
+def test_a_spec_nested_too_deeply_is_refused(tmp_path):
+    from torch import nn
+
+    from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+
+    _, spec = save_pruned(nn.Sequential(nn.Linear(3, 4)), tmp_path / "net")
+    spec.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        load_pruned(tmp_path / "net")

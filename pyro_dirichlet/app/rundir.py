@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any
 
 from pyro_dirichlet.app.lock import LOCK, RunDirectoryLockedError, exclusive
 from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.regular_files import SpecialFileError, check_regular, open_regular, read_regular
+from pyro_dirichlet.regular_files import SpecialFileError, check_regular, read_regular, sha256_of
 
 __all__ = [
     "FORMAT",
@@ -130,11 +129,7 @@ def file_sha256(path: Path) -> str:
     Raises:
         SpecialFileError: ``path`` is not a regular file (or is a symbolic link).
     """
-    digest = hashlib.sha256()
-    with os.fdopen(open_regular(path, what="run file", follow_links=False), "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path, what="run file", follow_links=False)
 
 
 @dataclass(frozen=True)
