@@ -30,7 +30,7 @@ from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
-from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, load_data, run_model, train_model
+from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, check_recorded_dataset, load_data, run_model, train_model
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
@@ -523,6 +523,12 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
     """Fine-tune the pruned network; write ``pruned.{safetensors,json}`` (loadable with :func:`load_pruned`)."""
     with Stopwatch() as watch:
         pruned_record = run.record("prune")
+        try:  # read now: a record edited by hand must fail before the fine-tune's work, not after it
+            architecture = pruned_record["result"]["architecture"]
+            before = float(pruned_record["result"]["test_accuracy_before_finetune"])
+        except (KeyError, TypeError, ValueError):
+            raise RunDirectoryError(f"{run.manifest_path}'s prune step lacks its 'architecture' or test accuracy: "
+                                    f"redo it with `pyro-dirichlet prune --run {run.path}`.") from None
         check_writable(run.path)
         manifest = run.manifest()
         device = resolve_device(runtime.device)
@@ -543,10 +549,8 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
             "finetune_distillation": options.distillation,
             "finetune": tuning.to_dict(),
         }
-        before = pruned_record["result"]["test_accuracy_before_finetune"]
         _say(runtime, f"fine-tuned for {options.epochs} epochs: test accuracy {before:.4f} -> {result['test_accuracy']:.4f}")
         with writing(run.path), run.stage() as staging:
-            architecture = pruned_record["result"]["architecture"]
             save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture),
                         factory=run_model(run, runtime)[1])
             return run.commit("finetune", staging, config={**_jsonable(options), **_jsonable(runtime)},
@@ -555,7 +559,7 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
 
 def load_run_data(run: RunDirectory, runtime: Runtime) -> DataSplits:
     """The run's data set, cut (and for a user's images resized and normalised) as the train step did."""
-    manifest = run.manifest()
+    manifest = check_recorded_dataset(run)
     return load_data(manifest["dataset"], runtime.data_dir, manifest["data"])
 
 
