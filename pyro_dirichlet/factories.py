@@ -9,18 +9,17 @@ standard library, so :mod:`pyro_dirichlet.serialization` can use it without Pyro
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import re
-import sys
-from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from torch import nn
 
+from pyro_dirichlet.user_code import UserCodeError, check_function, describe_failure, import_user_module
+
+# import_user_module is re-exported: a user's module is found one way everywhere (pyro_dirichlet.user_code).
 __all__ = ["FACTORY_PATH", "FactoryError", "ModelFactory", "factory_path_of", "import_factory", "import_user_module",
            "is_factory_path", "parse_model_arg"]
 
@@ -85,9 +84,14 @@ def _parse_value(text: str) -> ArgValue:
 def import_factory(path: str) -> Callable[..., Any]:
     """The callable a factory path names, imported now.
 
+    The module is found as :func:`pyro_dirichlet.user_code.import_user_module` finds it (a
+    file in the current directory first, never by putting that directory on ``sys.path``),
+    and what the path names must be a Python function or an ``nn.Module`` class: a builtin
+    such as ``os:system`` or another class is refused before anything calls it.
+
     Raises:
-        FactoryError: the path is malformed, its module does not import, it names nothing
-            there, or what it names is not callable; one sentence naming the path.
+        FactoryError: the path is malformed, its module does not import (or exits), it names
+            nothing there, or what it names is not a function; one sentence naming the path.
 
     Example:
         >>> import_factory("torchvision.models:resnet18").__name__
@@ -98,62 +102,19 @@ def import_factory(path: str) -> Callable[..., Any]:
     module_name, _, qualname = path.partition(":")
     try:
         found: Any = import_user_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name.partition(".")[0]:
-            raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} imports "
-                               f"{error.name!r}, which is not installed.") from None
-        if "." in module_name:
-            raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
-                               "(a file of yours in the current folder is found as MODULE:callable, for MODULE.py).") from None
-        raise FactoryError(f"model factory {path!r} does not import: there is no module {module_name!r} installed "
-                           f"and no {module_name}.py in the current folder {str(Path.cwd())!r}; "
-                           "run the command from the folder holding it, or install it.") from None
-    except Exception as error:  # noqa: BLE001 - an import can fail any way its module's code fails
-        reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
-        raise FactoryError(f"model factory {path!r} does not import: module {module_name!r} fails with "
-                           f"{type(error).__name__} ({reason}).") from None
+    except UserCodeError as error:
+        raise FactoryError(f"model factory {path!r} does not import: {str(error).rstrip('.')}.") from None
     for part in qualname.split("."):
         if not hasattr(found, part):
             raise FactoryError(f"model factory {path!r} does not import: {module_name!r} has no {qualname!r}.")
         found = getattr(found, part)
     if not callable(found):
         raise FactoryError(f"model factory {path!r} is a {type(found).__name__}, not a callable returning an nn.Module.")
+    refused = check_function(found, classes=nn.Module)
+    if refused is not None:
+        raise FactoryError(f"model factory {path!r} is {refused}, not a Python function returning an nn.Module: "
+                           "it is not called.")
     return found
-
-
-def import_user_module(name: str) -> Any:
-    """The module ``name``: already imported, installed, else ``name.py`` in the current folder, loaded by its path.
-
-    The current folder is never put on ``sys.path``: an installed module of that name comes
-    first, and a file there is read only for the one module named (so a ``torch.py`` lying
-    beside a run cannot shadow torch). A dotted name is always a normal import.
-
-    Raises:
-        ModuleNotFoundError: neither installed nor a file in the current folder.
-
-    Example:
-        >>> import_user_module("mynets").factory  # doctest: +SKIP
-    """
-    if name in sys.modules or "." in name:
-        return importlib.import_module(name)
-    try:
-        installed = importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        installed = False
-    local = Path.cwd() / f"{name}.py"
-    if installed or not local.is_file():
-        return importlib.import_module(name)
-    spec = importlib.util.spec_from_file_location(name, local)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before it runs, as import does: the module's classes then pickle and compare as its own.
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def factory_path_of(factory: Callable[..., Any]) -> str:
@@ -226,10 +187,9 @@ class ModelFactory:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.args.items())
         try:
             built = factory(**self.args)
-        except Exception as error:  # noqa: BLE001 - the user's code may raise anything
-            reason = " ".join(str(error).split()).rstrip(".")[:300] or type(error).__name__
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code may raise anything, or exit
             raise FactoryError(f"model factory {self.path!r} failed when called with ({arguments}): "
-                               f"{type(error).__name__} ({reason}).") from None
+                               f"{describe_failure(error)}.") from None
         if not isinstance(built, nn.Module):
             raise FactoryError(f"model factory {self.path!r} returned a {type(built).__name__}, not an nn.Module.")
         return built

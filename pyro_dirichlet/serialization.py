@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.deployment import Deployment
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
+from pyro_dirichlet.regular_files import SpecialFileError, read_regular, sha256_of
+from pyro_dirichlet.weights import WeightsError, check_weight_tensors
 
 __all__ = [
     "FORMAT",
@@ -500,7 +502,8 @@ def load_pruned(
 
     Raises:
         ModelFileError: the files are inconsistent, modified, or describe something not
-            allowed; a factory-built model loaded without ``factory`` or with another one.
+            allowed; a factory-built model loaded without ``factory`` or with another one;
+            a file is a FIFO, a device or anything but a regular file (refused unread).
         FileNotFoundError: a file is missing.
 
     Example:
@@ -508,7 +511,10 @@ def load_pruned(
     """
     weights_path, spec_path = _paths(path_prefix)
     spec = _read_spec(spec_path)
-    digest = _sha256(weights_path)
+    try:  # a FIFO or /dev/zero would block or never end: refused unread
+        digest = sha256_of(weights_path, what="weights file")
+    except SpecialFileError as error:
+        raise ModelFileError(str(error)) from None
     if digest != spec["weights_sha256"]:
         raise ModelFileError(
             f"weights file {weights_path} was modified or does not belong to this spec "
@@ -527,6 +533,10 @@ def load_pruned(
     model = _rebuild(architecture)
     state = safetensors.torch.load_file(weights_path, device="cpu")
     _check_tensors(architecture["tensors"], model, state)
+    try:  # dense, finite, of the dtype save_pruned recorded (a float64 model stays float64)
+        check_weight_tensors(state, f"weights file {weights_path}", dtypes={n: i.get("dtype") for n, i in architecture["tensors"].items()})
+    except WeightsError as error:
+        raise ModelFileError(str(error).rstrip(".")) from None
     # assign=True keeps the saved dtypes instead of casting into freshly allocated float32.
     model.load_state_dict(state, strict=True, assign=True)
     if not hasattr(model, "deployment"):  # never over a network's own attribute: read_deployment() reads it then
@@ -534,12 +544,19 @@ def load_pruned(
     return model.to(map_location).eval()
 
 
+MAX_SPEC_BYTES = 16 * 2**20  #: a spec describes a few hundred modules; anything larger is refused unread
+
+
 def _read_spec(spec_path: Path) -> dict[str, Any]:
-    text = spec_path.read_text(encoding="utf-8")
     try:
+        text = read_regular(spec_path, what="spec file", limit=MAX_SPEC_BYTES).decode("utf-8")
         spec = json.loads(text)
-    except json.JSONDecodeError as err:
+    except SpecialFileError as err:
+        raise ModelFileError(str(err)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFileError(f"spec file {spec_path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise ModelFileError(f"spec file {spec_path} is not a spec: its JSON is nested too deeply") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
         raise ModelFileError(f"{spec_path} is not a {FORMAT} spec (format: {found!r})")
@@ -567,13 +584,6 @@ def _stored_shapes(path: Path) -> dict[str, Tensor]:
     with safetensors.safe_open(str(path), "pt") as handle:
         return {name: torch.empty(handle.get_slice(name).get_shape(), device="meta") for name in handle.keys()}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _named_factory(recorded: Any, named: str | Callable[..., nn.Module] | None, spec_path: Path) -> tuple[Callable[[], nn.Module], str]:
@@ -623,7 +633,10 @@ def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
                 f"module '{entry['name']}' does not fit the nesting of the spec's nn.Sequential"
             )
         built[entry["name"]] = module = _build(entry)
-        parent.add_module(child, module)
+        try:
+            parent.add_module(child, module)
+        except (KeyError, TypeError) as err:  # a name such as "training", "forward" or "__class__"
+            raise ModelFileError(f"module '{entry['name']}' has a name nn.Sequential cannot hold ({err})") from None
     return root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightsError", "read_state_dict", "load_weights"]
+from pyro_dirichlet.regular_files import SpecialFileError, open_regular
+
+__all__ = ["WEIGHT_DTYPES", "WeightsError", "check_weight_tensors", "read_state_dict", "load_weights"]
+
+#: The floating dtypes a network's weights may be stored in.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 #: How many mismatching keys a message names before it says "and N more".
 _NAMED = 3
@@ -46,9 +52,11 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
         >>> state = read_state_dict("resnet18-cifar.pt")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a regular file.")
-    with open(path, "rb") as handle:
+    try:  # a FIFO, or a link to /dev/zero, would block or never end: refused before any read
+        handle = os.fdopen(open_regular(path, what="weights file"), "rb")
+    except (SpecialFileError, OSError):
+        raise WeightsError(f"weights file {str(path)!r} does not exist or is not a regular file.") from None
+    with handle:
         head = handle.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header's "{".
     if len(head) == 9 and head[8:9] == b"{":
@@ -60,7 +68,9 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
             raise WeightsError(f"weights file {str(path)!r} is not a readable safetensors file ({_reason(error)}).") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a sparse tensor is refused below, in one sentence
+                warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             text = str(error)
             found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
@@ -102,7 +112,35 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
         if notes is not None:
             notes.append(f"weights file {str(path)!r}: stripped the 'module.' prefix that nn.DataParallel or "
                          "DistributedDataParallel adds from every key.")
+    check_weight_tensors(state, f"weights file {str(path)!r}")
     return state
+
+
+def check_weight_tensors(state: Mapping[str, Tensor], where: str, *,
+                         dtypes: tuple[torch.dtype, ...] | Mapping[str, str] = WEIGHT_DTYPES) -> None:
+    """Every tensor dense, holding data on the CPU, finite, and of an allowed dtype.
+
+    ``dtypes``: the floating dtypes allowed, or by tensor name the dtype a saved spec
+    recorded (``"float64"``), which that tensor must have.
+
+    Raises:
+        WeightsError: one sentence naming ``where`` and the first tensor at fault.
+    """
+    for key, value in state.items():
+        if value.layout != torch.strided:
+            raise WeightsError(f"{where} holds {key} as a {str(value.layout).removeprefix('torch.')} tensor: "
+                               "weights must be dense tensors.")
+        if value.device.type != "cpu":
+            raise WeightsError(f"{where} holds {key} on the {value.device.type} device, which holds no data on the CPU.")
+        dtype = str(value.dtype).removeprefix("torch.")
+        if isinstance(dtypes, Mapping):
+            if dtypes.get(key, dtype) != dtype:
+                raise WeightsError(f"{where} holds {key} as {dtype}, but the spec records {dtypes[key]}.")
+        elif value.is_complex() or (value.is_floating_point() and value.dtype not in dtypes):
+            raise WeightsError(f"{where} holds {key} as {dtype}: floating weights must be float32, float16 or bfloat16.")
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise WeightsError(f"{where} holds non-finite values (NaN or infinity) in {_first(broken)}.")
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike[str], *, key: str | None = None,
@@ -128,9 +166,6 @@ def load_weights(network: nn.Module, path: str | os.PathLike[str], *, key: str |
         ("missing", missing), ("unknown to the model", unexpected), ("of another shape", reshaped)) if items]
     if problems:
         raise WeightsError(f"weights file {str(path)!r} does not fit the model: keys {'; '.join(problems)}.")
-    broken = [name for name, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if broken:
-        raise WeightsError(f"weights file {str(path)!r} holds non-finite values (NaN or infinity) in {_first(broken)}.")
     network.load_state_dict(state, strict=True)
     return network
 

@@ -36,3 +36,21 @@ def non_finite(layers):
 
 
 NOT_CALLABLE = 0.5
+
+
+def raises(layers):
+    """Fails at once."""
+    return {layer.name: 1 / 0 for layer in layers}
+
+
+def raises_later(layers):
+    """Fails on its fifth call, in the middle of SVI."""
+    raises_later.calls = getattr(raises_later, "calls", 0) + 1
+    if raises_later.calls > 4:
+        raise ValueError("a hyper-parameter went out of range")
+    return shared_alpha(layers)
+
+
+def takes_nothing():
+    """Not callable with the layers."""
+    return {}

@@ -51,9 +51,18 @@ def test_a_named_prior_model_is_fitted_recorded_and_named_again_by_the_report(ru
     ("cli_priors:non_finite", "prior site 'alpha' has a non-finite concentration"),
     ("cli_priors:NOT_CALLABLE", "--prior-model 'cli_priors:NOT_CALLABLE' is a float, not a function"),
     ("cli_priors:missing", "module 'cli_priors' has no attribute 'missing'"),
-    ("no_such_module_here:prior", "importing module 'no_such_module_here' failed (ModuleNotFoundError"),
+    ("no_such_module_here:prior", "importing module 'no_such_module_here' fails with ModuleNotFoundError"),
+    ("cli_priors:raises", "the prior model cli_priors:raises failed when called with the switched layers: "
+                          "ZeroDivisionError (division by zero)"),
+    ("cli_priors:raises_later", "the prior model cli_priors:raises_later failed when called with the switched layers: "
+                                "ValueError (a hyper-parameter went out of range)"),
+    ("cli_priors:takes_nothing", "the prior model cli_priors:takes_nothing failed when called with the switched layers: "
+                                 "TypeError (takes_nothing() takes 0 positional arguments but 1 was given)"),
 ])
 def test_a_bad_prior_model_is_one_sentence_exit_2_and_nothing_written(run_copy, small_mnist_everywhere, capsys, name, message):
+    import cli_priors
+
+    cli_priors.raises_later.calls = 0  # fails on its fifth call: in the middle of SVI
     before = snapshot(run_copy)
     assert main(["fit", "--run", str(run_copy), "--quiet", "--prior-model", name]) == 2
     error = capsys.readouterr().err.strip()

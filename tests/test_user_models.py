@@ -175,7 +175,8 @@ def test_a_torch_state_dict_and_a_config_file_give_the_same_baseline(user_module
     config = tmp_path / "c.toml"
     config.write_text(f'model = "usernets:tiny"\nmodel-arg = {{ width = 4 }}\ndataset = "mnist"\n'
                       f'weights = "{tmp_path / "tiny.pt"}"\nsubset = 200\nquiet = true\n')
-    assert main(["train", "--out", str(tmp_path / "run"), "--config", str(config)]) == 0
+    # a factory path in a config file is imported only behind --trust-config (a file you wrote)
+    assert main(["train", "--out", str(tmp_path / "run"), "--config", str(config), "--trust-config"]) == 0
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["model_args"] == {"width": 4} and manifest["weights"]["sha256"] == sha256(tmp_path / "tiny.pt")
     from safetensors.torch import load_file

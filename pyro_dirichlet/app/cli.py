@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_dirichlet.app.config import config_values, read_config
+from pyro_dirichlet.app.config import TRUST_FLAG, config_values, read_config
 from pyro_dirichlet.app.prior_model import check_prior_model_name
 from pyro_dirichlet.app.report import ReportOptions
 from pyro_dirichlet.app.steps import FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.infer.guide import HYPER_GUIDES
+from pyro_dirichlet.user_code import describe_failure
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.pipeline import RunConfig
@@ -161,6 +162,9 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
     group = parser.add_argument_group("run directory and environment (every subcommand)")
     group.add_argument("--config", type=_path("--config"), metavar="FILE",
                        help="TOML file of option values, e.g. 'prior = 0.5'; command-line flags override it")
+    group.add_argument(TRUST_FLAG, dest="trust_config", action="store_true",
+                       help="let the --config file name code to import and run (model = \"MODULE:FACTORY\", "
+                            "prior-model): only for a file you wrote; without it such a key is refused")
     if command in ("train", "run"):
         group.add_argument("--out", type=_path("--out"), metavar="DIR", help="run directory to write (required)")
     else:
@@ -253,8 +257,8 @@ def _prior_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument_group("prior model (fit, report)").add_argument(
         "--prior-model", type=_prior_model_name, metavar="MODULE:FUNCTION",
         help="a Pyro model of every layer's prior, prior_model(layers) -> {layer: distribution}, imported from "
-             "MODULE (the current directory is searched too); replaces --prior. Command line only, never a config "
-             "file; the run directory records it and `report` needs it named again")
+             "MODULE (MODULE.py in the current directory first); replaces --prior. Command line only (a config "
+             "file only with --trust-config); the run directory records it and `report` needs it named again")
 
 
 def _ci(parser: argparse.ArgumentParser) -> None:
@@ -327,7 +331,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, dict[str, argparse.Acti
         _common(sub, command)
         for add in groups:
             add(sub)
-        options[command] = {action.dest: action for action in sub._actions if action.dest not in ("help", "config")}
+        options[command] = {action.dest: action for action in sub._actions
+                            if action.dest not in ("help", "config", "trust_config")}
     from pyro_dirichlet.app.layer_listing import add_layers_command
 
     add_layers_command(commands, model_name, model_arg, _path)
@@ -346,7 +351,8 @@ def _settings(command: str, args: argparse.Namespace, options: dict[str, dict[st
     if "config" in given:
         every = [action for table in options.values() for action in table.values()]
         table = read_config(given["config"])
-        settings.update(config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}"))
+        settings.update(config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}",
+                                      trusted=given.get("trust_config", False)))
     settings.update({dest: value for dest, value in given.items() if dest in options[command]})
     if settings["out"] is None:
         flag = "--out DIR" if command in ("train", "run") else "--run DIR"
@@ -465,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pyro-dirichlet: error: {message}", file=sys.stderr)
         return 2
+    except BaseException as error:  # noqa: B036 - SystemExit and the like from user code (a factory, a prior model)
+        print(f"pyro-dirichlet: error: code named on the command line (a --model factory or a --prior-model) "
+              f"stopped the command with {describe_failure(error)}; the run directory is unchanged.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -495,7 +505,8 @@ def error_message(error: Exception, command: str, settings: dict[str, Any]) -> s
     if isinstance(error, FitDivergedError):
         return _divergence_advice(error, settings)
     if isinstance(error, (ValueError, OSError)):  # bad input of every kind: data, run directory, config, budget
-        return str(error)
+        # Pyro appends its table of trace shapes (dozens of lines) to an error raised inside a model.
+        return " ".join(str(error).split("\nTrace Shapes:")[0].split("\n"))
     return None
 
 

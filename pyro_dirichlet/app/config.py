@@ -17,13 +17,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMAND_LINE_ONLY", "ConfigError", "MAX_CONFIG_BYTES", "read_config", "config_values"]
+__all__ = ["COMMAND_LINE_ONLY", "TRUST_FLAG", "ConfigError", "MAX_CONFIG_BYTES", "read_config", "config_values"]
 
 #: A config file holds a few option values; anything larger is refused before it is read.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: Options whose value names Python code to import: taken from the command line only, since
-#: a file's contents (a shared config, a downloaded one) must never make the command run code.
-COMMAND_LINE_ONLY = frozenset({"prior_model"})
+#: Options whose value names Python code to import: a file's contents (a shared config, a
+#: downloaded one) must never make the command run code, so a config file may set them only
+#: when the command line says ``--trust-config``. ``model`` names code only as a factory path
+#: (``MODULE:FACTORY``); a registered name such as ``lenet5`` is plain data.
+COMMAND_LINE_ONLY = frozenset({"prior_model", "model"})
+#: The flag that lets a config file name code; never itself read from a file.
+TRUST_FLAG = "--trust-config"
 
 
 class ConfigError(ValueError):
@@ -64,6 +68,7 @@ def config_values(
     applicable: set[str],
     *,
     source: str = "the config file",
+    trusted: bool = False,
 ) -> dict[str, Any]:
     """Convert a config table into option values: ``{dest: value}`` for the options in ``applicable``.
 
@@ -73,26 +78,42 @@ def config_values(
             ``type``, ``choices`` and whether it is a flag decide the conversion).
         applicable: the ``dest`` of each option of the subcommand being run.
         source: how error messages name the file.
+        trusted: the command line said ``--trust-config``: the file may name code to import
+            (a factory path as ``model``, a ``prior-model``); else such a key is refused.
 
     Raises:
         ConfigError: a key is no option of any subcommand (the message lists the valid
-            keys), or a value cannot be converted.
+            keys), a value cannot be converted, or a key names code and ``trusted`` is false.
     """
     # Every spelling of an option names it: "finetune-epochs", "finetune_epochs", "run" for --run.
     names = {flag.lstrip("-").replace("-", "_"): action
              for action in actions for flag in action.option_strings if flag.startswith("--")}
     values = {}
     for key, value in table.items():
+        if key.replace("-", "_") == TRUST_FLAG.lstrip("-").replace("-", "_"):
+            raise ConfigError(f"{source}: key {key!r} is accepted on the command line only ({TRUST_FLAG}): "
+                              "a file cannot vouch for itself.")
         action = names.get(key.replace("-", "_"))
         if action is None:
-            valid = ", ".join(sorted(name.replace("_", "-") for name, known in names.items() if known.dest not in COMMAND_LINE_ONLY))
+            valid = ", ".join(sorted(name.replace("_", "-") for name, known in names.items()
+                                     if known.dest != "prior_model" or trusted))
             raise ConfigError(f"{source} has unknown key {key!r}; valid keys: {valid}.")
-        if action.dest in COMMAND_LINE_ONLY:
-            raise ConfigError(f"{source}: key {key!r} names code to import, which is accepted on the command line only "
-                              f"({action.option_strings[0]}), never from a file.")
+        if action.dest in COMMAND_LINE_ONLY and not trusted and _names_code(action.dest, value):
+            raise ConfigError(f"{source}: key {key!r} names code to import, which is accepted on the command line "
+                              f"only ({action.option_strings[0]}), or from a file you wrote with {TRUST_FLAG}: "
+                              f"{value!r} was not imported.")
         if action.dest in applicable:
             values[action.dest] = _convert(key, value, action, source)
     return values
+
+
+def _names_code(dest: str, value: Any) -> bool:
+    """Whether a config value of a :data:`COMMAND_LINE_ONLY` option names code (anything but a registered model's name)."""
+    if dest != "model":
+        return True
+    from pyro_dirichlet.factories import is_factory_path
+
+    return is_factory_path(value)
 
 
 def _model_args(value: Any, action: argparse.Action, where: str) -> list[tuple[str, Any]]:

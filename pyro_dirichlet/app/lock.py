@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from pyro_dirichlet.regular_files import open_regular
+
 __all__ = ["LOCK", "RunDirectoryLockedError", "exclusive"]
 
 #: The lock file; it holds the holder's PID, and is empty otherwise.
@@ -41,6 +43,7 @@ def exclusive(directory: Path) -> Iterator[bool]:
 
     Raises:
         RunDirectoryLockedError: another process (or thread) holds the lock; the message names its PID.
+        SpecialFileError: the lock file is a symbolic link, a FIFO or anything but a regular file.
     """
     key = (str(directory.resolve()), threading.get_ident())
     if key in _HELD or int(os.environ.get("RANK", "0") or 0) != 0:
@@ -54,7 +57,14 @@ def exclusive(directory: Path) -> Iterator[bool]:
         return
     created = _first_missing(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        # O_NOFOLLOW and a regular file only: a .lock linked to a file elsewhere is never truncated or written.
+        descriptor = open_regular(directory / LOCK, os.O_RDWR | os.O_CREAT, what="the run directory's lock file",
+                                  follow_links=False)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

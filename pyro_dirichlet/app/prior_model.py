@@ -9,12 +9,10 @@ and :func:`check_recorded` compares the two.
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import sys
 
 from pyro_dirichlet.infer.priors import PriorModel
+from pyro_dirichlet.user_code import UserCodeError, check_function, import_user_module
 
 __all__ = ["check_prior_model_name", "check_recorded", "load_prior_model"]
 
@@ -32,14 +30,15 @@ def check_prior_model_name(name: object) -> str:
 def load_prior_model(name: str) -> PriorModel:
     """Import the prior model ``package.module:function``.
 
-    The current directory is searched too (as ``python -m`` would), so a ``my_priors.py``
-    beside the run works without installing it. A function is wrapped in
+    A ``my_priors.py`` in the current directory is loaded from that file (it is never put on
+    ``sys.path``, so no other file there shadows an installed package), else the module is
+    imported as usual; the function is checked to be a Python function before it is called. A function is wrapped in
     :class:`~pyro_dirichlet.infer.priors.PriorModel` (``fn(layers) -> {layer name:
     distribution}``); a ``PriorModel`` is taken as it is.
 
     Raises:
-        ValueError: the name is malformed, the module cannot be imported (its own error is
-            quoted), it has no such attribute, or the attribute is not callable; each
+        ValueError: the name is malformed, the module cannot be imported or exits (its own
+            error is quoted), it has no such attribute, or the attribute is not a function; each
             message starts with ``prior_model`` and quotes the name.
 
     Example:
@@ -47,21 +46,20 @@ def load_prior_model(name: str) -> PriorModel:
         PriorModel(fn=<function shared_alpha at ...>)
     """
     module_name, _, attribute = check_prior_model_name(name).partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())  # after the installed packages: a local file never shadows one
     try:
-        target = importlib.import_module(module_name)
-    except Exception as error:  # the user's module: any failure of its import is bad input
-        reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        raise ValueError(f"prior_model {name!r}: importing module {module_name!r} failed ({reason}).") from None
+        target = import_user_module(module_name)
+    except UserCodeError as error:  # the user's module: any failure of its import is bad input
+        raise ValueError(f"prior_model {name!r}: importing {str(error).rstrip('.')}.") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ValueError(f"prior_model {name!r}: module {module_name!r} has no attribute {attribute!r}.")
         target = getattr(target, part)
     if isinstance(target, PriorModel):
         return target
-    if not callable(target):
-        raise ValueError(f"prior_model {name!r} is a {type(target).__name__}, not a function prior_model(layers) -> {{layer: distribution}}.")
+    refused = None if callable(target) else f"a {type(target).__name__}"
+    refused = refused or check_function(target)
+    if refused is not None:
+        raise ValueError(f"prior_model {name!r} is {refused}, not a function prior_model(layers) -> {{layer: distribution}}.")
     return PriorModel(target)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 
 from pyro_dirichlet.app.lock import LOCK, RunDirectoryLockedError, exclusive
 from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.regular_files import SpecialFileError, check_regular, read_regular, sha256_of
 
 __all__ = [
     "FORMAT",
@@ -124,12 +124,12 @@ def writing(path: Path) -> Iterator[None]:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a file's content, read in 1 MiB blocks; a link, FIFO or device is refused, not read.
+
+    Raises:
+        SpecialFileError: ``path`` is not a regular file (or is a symbolic link).
+    """
+    return sha256_of(path, what="run file", follow_links=False)
 
 
 @dataclass(frozen=True)
@@ -161,15 +161,16 @@ class RunDirectory:
             RunDirectoryError: the manifest is unreadable, of another format version, or
                 malformed (a key missing or of the wrong type, a file name outside the directory).
         """
-        if not self.manifest_path.exists():
+        if not os.path.lexists(self.manifest_path):
             return {"format": FORMAT, "format_version": FORMAT_VERSION, "steps": {}}
         where = str(self.manifest_path)
         try:
-            size = self.manifest_path.stat().st_size
-            if not self.manifest_path.is_file() or size > MAX_MANIFEST_BYTES:
+            try:  # never through a link, never a FIFO or device (which would block or never end)
+                text = read_regular(self.manifest_path, what="run manifest", follow_links=False, limit=MAX_MANIFEST_BYTES)
+            except SpecialFileError:
                 raise RunDirectoryError(f"{where} is not a run manifest: not a regular file of at most "
-                                        f"{MAX_MANIFEST_BYTES // 2**20} MiB.")
-            manifest = json.loads(self.manifest_path.read_bytes())
+                                        f"{MAX_MANIFEST_BYTES // 2**20} MiB.") from None
+            manifest = json.loads(text)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
             raise RunDirectoryError(f"{where} cannot be read as a run manifest: {reason}.") from None
@@ -178,7 +179,7 @@ class RunDirectory:
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunDirectoryError(
-                f"run directory {str(self.path)!r} has format version {version}, but this pyro-dirichlet "
+                f"run directory {str(self.path)!r} has format version {version!r}, but this pyro-dirichlet "
                 f"reads version {FORMAT_VERSION}: start a new run directory with `pyro-dirichlet train`."
             )
         self._check_schema(manifest)
@@ -229,6 +230,11 @@ class RunDirectory:
         path = self.path / name
         if path.is_symlink() and path.resolve().parent != self.path.resolve():
             raise RunDirectoryError(f"{path} is a symbolic link out of the run directory: refusing to read or replace it.")
+        if os.path.lexists(path):
+            try:  # every file a step wrote is a regular file: a link (even inside) or a FIFO is someone else's
+                check_regular(path, what="run file", follow_links=False)
+            except SpecialFileError as error:
+                raise RunDirectoryError(str(error)) from None
         return path
 
     def record(self, step: str) -> dict[str, Any]:
@@ -315,6 +321,12 @@ class RunDirectory:
         for staging in self.path.glob(STAGING_PREFIX + "*"):
             owner = re.match(re.escape(STAGING_PREFIX) + r"(?:run-)?(\d+)-", staging.name)
             if owner is not None and _alive(int(owner.group(1))):
+                continue
+            if staging.is_symlink() or not staging.is_dir():
+                # Not a folder a command made: a link's target, wherever it is, is neither read nor moved.
+                with contextlib.suppress(OSError):
+                    staging.unlink()
+                removed.append(staging.name)
                 continue
             with contextlib.suppress(OSError, ValueError, RunDirectoryError):
                 _roll_back(staging, self.path)
@@ -439,17 +451,37 @@ def _swap_in(staging: Path, target: Path, files: Sequence[str], remove: Sequence
 
 
 def _roll_back(staging: Path, target: Path) -> None:
-    """Put back what an unfinished :func:`_swap_in` moved, unless its manifest already moved in."""
+    """Put back what an unfinished :func:`_swap_in` moved, unless its manifest already moved in.
+
+    Only regular files are moved, and only between real folders: a leftover whose journal,
+    ``.previous`` folder or files are links (planted to pull a file from elsewhere into the
+    run directory) is left unrolled.
+    """
     journal = staging / _JOURNAL
-    if not journal.is_file() or not (staging / MANIFEST).exists():
+    if not _is_regular(journal) or not os.path.lexists(staging / MANIFEST):
         return  # nothing moved yet, or the commit went through
-    moves = json.loads(journal.read_text())
+    previous = staging / _PREVIOUS
+    if staging.is_symlink() or previous.is_symlink() or not previous.is_dir():
+        return
+    moves = json.loads(read_regular(journal, what="commit journal", follow_links=False, limit=MAX_MANIFEST_BYTES))
+    names = [name for name in [*moves["files"], *moves["remove"]] if _FILE_NAME.fullmatch(name)]
+    if any(os.path.lexists(previous / name) and not _is_regular(previous / name) for name in names):
+        return  # not what a commit leaves: move nothing at all rather than half a roll-back
     for name in moves["files"]:
-        if _FILE_NAME.fullmatch(name) and (target / name).exists() and not (staging / name).exists():
+        if _FILE_NAME.fullmatch(name) and _is_regular(target / name) and not os.path.lexists(staging / name):
             os.replace(target / name, staging / name)
     for name in [*moves["files"], *moves["remove"]]:
-        if _FILE_NAME.fullmatch(name) and (staging / _PREVIOUS / name).exists():
-            os.replace(staging / _PREVIOUS / name, target / name)
+        if _FILE_NAME.fullmatch(name) and _is_regular(previous / name):
+            os.replace(previous / name, target / name)
+
+
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself, not a link to one."""
+    try:
+        check_regular(path, follow_links=False)
+    except (OSError, SpecialFileError):
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -25,7 +25,7 @@ from pyro_dirichlet.factories import FactoryError, ModelFactory, is_factory_path
 if TYPE_CHECKING:
     from pyro_dirichlet.app.steps import Runtime, TrainOptions
 
-__all__ = ["FactoryBaseline", "train_model", "check_outputs", "load_data", "run_model", "subset_sizes", "cut"]
+__all__ = ["FactoryBaseline", "check_recorded_dataset", "train_model", "check_outputs", "load_data", "run_model", "subset_sizes", "cut"]
 
 
 @dataclass
@@ -114,6 +114,22 @@ def run_model(run: RunDirectory, runtime: Runtime | None) -> tuple[Callable[[], 
     except (FactoryError, TypeError) as error:
         raise RunDirectoryError(str(error)) from None
     return factory.build, factory
+
+
+def check_recorded_dataset(run: RunDirectory) -> dict[str, Any]:
+    """The run's manifest, once its data set is one its registered model trains on (``train`` checked that; an edit may not have).
+
+    Raises:
+        RunDirectoryError: the manifest names another data set than the registered model's.
+    """
+    from pyro_dirichlet.models import get_model_entry
+
+    manifest = run.manifest()
+    if not is_factory_path(manifest["model"]) and manifest["dataset"] != get_model_entry(manifest["model"]).dataset:
+        raise RunDirectoryError(f"{run.manifest_path} records dataset {manifest['dataset']!r}, but model "
+                                f"{manifest['model']!r} is trained on {get_model_entry(manifest['model']).dataset!r}: "
+                                "the manifest was edited; start a new run with `pyro-dirichlet train`.")
+    return manifest
 
 
 def subset_sizes(size: int) -> tuple[int, int, int]:

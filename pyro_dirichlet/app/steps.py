@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import statistics
 import sys
 import warnings
@@ -30,7 +31,7 @@ from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
-from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, load_data, run_model, train_model
+from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, check_recorded_dataset, load_data, run_model, train_model
 from pyro_dirichlet.app.user_inputs import check_user_inputs, data_notes
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
@@ -43,6 +44,7 @@ from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summar
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
+from pyro_dirichlet.regular_files import check_regular
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
@@ -424,7 +426,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
         checkpoint = fit_checkpoint_path(run, options, runtime)
-        if checkpoint.exists():
+        if os.path.lexists(checkpoint):  # a link too: refused below, never followed
             _usable_checkpoint(checkpoint)
         if checkpoint.exists():
             _say(runtime, f"resuming the fit from {checkpoint}")
@@ -470,6 +472,8 @@ def _usable_checkpoint(path: Path) -> None:
     """
     from pyro_dirichlet.infer.checkpoint import FitCheckpoint
 
+    # A link or a FIFO someone put there is refused, neither followed nor removed.
+    check_regular(path, what="fit checkpoint", follow_links=False)
     try:
         with reading(path):
             FitCheckpoint.load(path)
@@ -555,6 +559,12 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
     """Fine-tune the pruned network; write ``pruned.{safetensors,json}`` (loadable with :func:`load_pruned`)."""
     with Stopwatch() as watch:
         pruned_record = run.record("prune")
+        try:  # read now: a record edited by hand must fail before the fine-tune's work, not after it
+            architecture = pruned_record["result"]["architecture"]
+            before = float(pruned_record["result"]["test_accuracy_before_finetune"])
+        except (KeyError, TypeError, ValueError):
+            raise RunDirectoryError(f"{run.manifest_path}'s prune step lacks its 'architecture' or test accuracy: "
+                                    f"redo it with `pyro-dirichlet prune --run {run.path}`.") from None
         check_writable(run.path)
         manifest = run.manifest()
         device = resolve_device(runtime.device)
@@ -575,10 +585,8 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
             "finetune_distillation": options.distillation,
             "finetune": tuning.to_dict(),
         }
-        before = pruned_record["result"]["test_accuracy_before_finetune"]
         _say(runtime, f"fine-tuned for {options.epochs} epochs: test accuracy {before:.4f} -> {result['test_accuracy']:.4f}")
         with writing(run.path), run.stage() as staging:
-            architecture = pruned_record["result"]["architecture"]
             save_pruned(model.cpu(), staging / PRUNED, metadata=_pruned_metadata(manifest, architecture, data),
                         factory=run_model(run, runtime)[1])
             return run.commit("finetune", staging, config={**_jsonable(options), **_jsonable(runtime)},
@@ -587,7 +595,7 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
 
 def load_run_data(run: RunDirectory, runtime: Runtime) -> DataSplits:
     """The run's data set, cut (and for a user's images resized and normalised) as the train step did."""
-    manifest = run.manifest()
+    manifest = check_recorded_dataset(run)
     return load_data(manifest["dataset"], runtime.data_dir, manifest["data"])
 
 
@@ -658,6 +666,12 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
         if not np.isfinite(values).all() or (values < 0).any() or not np.allclose(values.sum(-1), 1.0, atol=1e-3):
             raise RunDirectoryError(f"{path}: the draws of {name} are not all points of the simplex (finite, "
                                     "non-negative, summing to 1): refit with `pyro-dirichlet fit`.")
+    from pyro_dirichlet.posterior.fitted import check_variational
+
+    try:
+        check_variational(posterior)
+    except ValueError as error:
+        raise RunDirectoryError(f"{path}: {str(error).rstrip('.')}: refit with `pyro-dirichlet fit`.") from None
     return posterior
 
 

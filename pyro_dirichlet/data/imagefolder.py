@@ -8,7 +8,9 @@ decoded: with ``sizes``, a seeded subset of each split is chosen from the file l
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +93,7 @@ def load_image_folder(
     train_dir = root / "train"
     base = train_dir if train_dir.is_dir() else root
     classes = _classes(base)
-    train = _index(base, classes)
+    train = _index(base, classes, every_class=True)
     found = [root / name for name in VALIDATION_NAMES if (root / name).is_dir()] if base is train_dir else []
     if validation is not None:
         folder = Path(validation).expanduser().absolute()
@@ -146,24 +148,79 @@ def _classes(folder: Path) -> list[str]:
     return classes
 
 
-def _index(folder: Path, classes: list[str]) -> _Files:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+def _index(folder: Path, classes: list[str], *, every_class: bool = False) -> _Files:
+    """The image files under each class folder, walked without following links to folders (a loop would repeat them).
+
+    ``every_class``: each class folder must hold an image (the training images: a class
+    without any is no class the network can learn).
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     unknown = sorted(set(_classes(folder)) - set(classes))
     if unknown:
         raise ImageFolderError(folder, f"has class folders {unknown} that the training images do not have")
-    samples = make_dataset(str(folder), {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS,
-                           allow_empty=True)
-    if not samples:
+    paths: list[str] = []
+    labels: list[int] = []
+    seen: dict[tuple[int, int], str] = {}
+    for label, name in enumerate(classes):
+        found = _class_images(folder / name, IMG_EXTENSIONS, seen)
+        if not found and every_class:
+            raise ImageFolderError(folder / name, "holds no images: remove the class folder or add its images")
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
         raise ImageFolderError(folder, f"holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
-    return _Files([path for path, _ in samples], torch.tensor([label for _, label in samples], dtype=torch.int64))
+    return _Files(paths, torch.tensor(labels, dtype=torch.int64))
+
+
+def _class_images(folder: Path, extensions: tuple[str, ...], seen: dict[tuple[int, int], str]) -> list[str]:
+    """Sorted image paths under ``folder``; a link to a folder, an unreadable folder or one image under two names is refused."""
+    if not folder.is_dir():
+        return []
+
+    def refuse(error: OSError) -> None:
+        raise ImageFolderError(error.filename or folder, f"cannot be read ({error.strerror or error})")
+
+    found: list[tuple[str, list[str]]] = []  # (folder, its images): torchvision's order, folder by folder
+    for directory, subfolders, files in os.walk(folder, onerror=refuse):
+        found.append((directory, []))
+        for name in sorted(subfolders):
+            if os.path.islink(os.path.join(directory, name)):
+                raise ImageFolderError(os.path.join(directory, name), "is a link to a folder: an ImageFolder's "
+                                       "images are read from its own folders only (a link could repeat them)")
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            if not name.lower().endswith(extensions):
+                continue
+            try:
+                status = os.stat(path)
+            except OSError as error:
+                raise ImageFolderError(path, f"cannot be read ({error.strerror})") from None
+            if not stat.S_ISREG(status.st_mode):
+                raise ImageFolderError(path, "is not a regular file (a FIFO or a device is never read)")
+            other = seen.setdefault((status.st_dev, status.st_ino), path)
+            if other != path:
+                raise ImageFolderError(path, f"is the same file as {other}: one image under two names would "
+                                             "leak between the splits")
+            found[-1][1].append(path)
+    return [path for _, paths in sorted(found) for path in paths]
+
+
+#: Pillow's modes of 16-bit and 32-bit integer grayscale images, scaled from 0..65535 rather than clipped at 255.
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_GRAY = ("1", "L", "LA", *_WIDE_GRAY)
 
 
 def _decode(paths: list[str], image_size: int | None) -> Tensor:
-    """``(N, C, H, W)`` float32 in [0, 1]: grayscale when the first image is, else RGB."""
+    """``(N, C, H, W)`` float32 in [0, 1]: grayscale when every image is, else RGB; 16-bit images keep their range."""
     from PIL import Image
 
-    arrays, mode = [], None
+    arrays, wide, mode = [], False, "L"
+    for path in paths:  # headers only: the mode of every image decides the channels of all
+        with contextlib.suppress(Exception), Image.open(path) as image:
+            if image.mode not in _GRAY:
+                mode = "RGB"
+                break
     for path in paths:
         try:
             with warnings.catch_warnings():
@@ -171,11 +228,14 @@ def _decode(paths: list[str], image_size: int | None) -> Tensor:
                 with Image.open(path) as image:
                     if image.size[0] * image.size[1] > MAX_PIXELS:
                         raise ValueError(f"{image.size[0]}x{image.size[1]} pixels is more than {MAX_PIXELS:,}")
-                    mode = mode or ("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
-                    image = image.convert(mode)
-                    if image_size is not None and image.size != (image_size, image_size):
-                        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                    array = np.asarray(image, dtype=np.uint8)
+                    if image.mode in _WIDE_GRAY:
+                        array = _wide_gray(image, mode, image_size)
+                        wide = True
+                    else:
+                        image = image.convert(mode)
+                        if image_size is not None and image.size != (image_size, image_size):
+                            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                        array = np.asarray(image, dtype=np.uint8)
         except Exception as error:  # noqa: BLE001 - Pillow fails on bad files with many error types
             reason = " ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__
             raise DatasetError(path, f"cannot be decoded as an image ({type(error).__name__}: {reason})") from None
@@ -183,6 +243,22 @@ def _decode(paths: list[str], image_size: int | None) -> Tensor:
             raise DatasetError(path, f"is {array.shape[1]}x{array.shape[0]} pixels, but {paths[0]} is "
                                      f"{arrays[0].shape[1]}x{arrays[0].shape[0]}: pass --image-size N to resize them all")
         arrays.append(array)
-    stacked = torch.from_numpy(np.stack(arrays))
+    if wide:  # 8-bit images scaled by 255, 16-bit ones by 65535: one float scale for all
+        stacked = torch.from_numpy(np.stack([a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 65535.0)
+                                             for a in arrays]))
+    else:
+        stacked = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
     stacked = stacked.unsqueeze(1) if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2)
-    return stacked.float().div_(255.0).contiguous()
+    return stacked.contiguous()
+
+
+def _wide_gray(image, mode: str, image_size: int | None) -> np.ndarray:
+    """A 16-bit grayscale image as uint16 (``mode`` ``"RGB"``: the gray value in all three channels)."""
+    from PIL import Image
+
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.uint16)
+    if image_size is not None and values.shape != (image_size, image_size):
+        resized = Image.fromarray(values.astype(np.float32), mode="F").resize((image_size, image_size),
+                                                                              Image.Resampling.BILINEAR)
+        values = np.clip(np.asarray(resized), 0, 65535).round().astype(np.uint16)
+    return np.repeat(values[..., None], 3, axis=-1) if mode == "RGB" else values

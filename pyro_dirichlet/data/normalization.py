@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Normalization", "parse_normalize"]
+__all__ = ["MAX_MEAN", "MIN_STD", "MAX_STD", "Normalization", "parse_normalize"]
+
+#: The range a mean and a std may have: every normalised pixel stays a finite, distinct float32.
+MAX_MEAN, MIN_STD, MAX_STD = 1e6, 1e-6, 1e6
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class Normalization:
             raise ValueError(f"normalize needs one mean and one std per channel, got {self.mean} and {self.std}.")
         if not all(math.isfinite(m) for m in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
             raise ValueError(f"normalize needs finite means and positive, finite stds, got {self.mean} and {self.std}.")
+        # Images are float32 in [0, 1]: a std of 1e-50 or a mean of 1e39 would become 0 or inf there.
+        if not all(abs(m) <= MAX_MEAN for m in self.mean) or not all(MIN_STD <= s <= MAX_STD for s in self.std):
+            raise ValueError(f"normalize needs means within ±{MAX_MEAN:g} and stds between {MIN_STD:g} and {MAX_STD:g} "
+                             f"(images lie in [0, 1] and are float32), got {self.mean} and {self.std}.")
 
     @classmethod
     def of(cls, images: Tensor) -> Normalization:
@@ -86,4 +93,5 @@ def parse_normalize(text: str) -> Normalization:
     try:
         return Normalization(tuple(mean), tuple(std))
     except ValueError:
-        raise ValueError(f"--normalize expects finite means and positive, finite stds, got {text!r}.") from None
+        raise ValueError(f"--normalize expects finite means within ±{MAX_MEAN:g} and positive, finite stds between "
+                         f"{MIN_STD:g} and {MAX_STD:g}, got {text!r}.") from None

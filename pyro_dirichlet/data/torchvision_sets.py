@@ -79,6 +79,9 @@ def load_torchvision_dataset(
                                                   "there, or use --data-dir DIR or $PYRO_DIRICHLET_DATA") from None
     train_images, train_labels = _tensors(train_set, image_size)
     test_images, test_labels = _tensors(test_set, image_size)
+    known = getattr(train_set, "classes", None)
+    for split, images, labels in (("training", train_images, train_labels), ("test", test_images, test_labels)):
+        _check_labels(name, split, images, labels, len(known) if known else None)
     size = min(VALIDATION_SIZE, len(train_labels) // 10)
     keep, held_out = split_indices(len(train_labels), size, seed=split_seed)
     train_images, validation_images = train_images[keep], train_images[held_out]
@@ -93,6 +96,17 @@ def load_torchvision_dataset(
         name=f"torchvision:{name}", num_classes=len(classes), input_shape=tuple(train_images.shape[1:]),
         split_seed=split_seed, source=f"torchvision:{name}", classes=classes, normalization=normalize,
     )
+
+
+def _check_labels(name: str, split: str, images: Tensor, labels: Tensor, classes: int | None) -> None:
+    """One label per image, each a class index (below ``classes`` when the set names its classes), as for raw MNIST."""
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise TorchvisionDatasetError(name, f"has {len(images)} {split} images but {labels.numel()} labels: its files "
+                                            "do not belong together")
+    if len(labels) and (int(labels.min()) < 0 or (classes is not None and int(labels.max()) >= classes)):
+        bound = f"[0, {classes - 1}]" if classes is not None else "non-negative"
+        raise TorchvisionDatasetError(name, f"has {split} labels in [{int(labels.min())}, {int(labels.max())}], not "
+                                            f"the class indices {bound}: its label file is damaged")
 
 
 def _tensors(dataset, image_size: int | None) -> tuple[Tensor, Tensor]:

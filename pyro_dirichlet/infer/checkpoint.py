@@ -23,6 +23,7 @@ import pyro.util
 import torch
 
 from pyro_dirichlet.atomic import atomic_write
+from pyro_dirichlet.regular_files import check_regular
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriter", "FitCheckpoint"]
 
@@ -193,7 +194,7 @@ class FitCheckpoint:
             ValueError: the file belongs to another fit (different layers or settings); the
                 message names the file and every difference.
         """
-        if not Path(path).exists():
+        if not os.path.lexists(path):
             return None
         checkpoint = cls.load(path)
         differences = checkpoint.mismatches(layers, config)
@@ -216,8 +217,11 @@ class FitCheckpoint:
 
         Raises:
             ValueError: the file is not a fit checkpoint of this format.
+            SpecialFileError: it is a symbolic link, a FIFO, a device or anything but a regular
+                file (refused unread: a checkpoint is a file the fit wrote itself).
         """
         path = Path(path)
+        check_regular(path, what="checkpoint", follow_links=False)
         try:
             record = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as error:
@@ -230,7 +234,10 @@ class FitCheckpoint:
         if not isinstance(record, dict) or set(record) != expected:
             raise ValueError(f"checkpoint {path} is not a fit checkpoint (keys {sorted(record) if isinstance(record, dict) else type(record).__name__}).")
         if record["format"] != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {path} has format {record['format']}, this version reads format {CHECKPOINT_FORMAT}.")
+            raise ValueError(f"checkpoint {path} has format {record['format']!r}, this version reads format {CHECKPOINT_FORMAT}.")
+        problem = _malformed(record)
+        if problem:
+            raise ValueError(f"checkpoint {path} is not a fit checkpoint: {problem}.")
         record["layers"] = [tuple(layer) for layer in record["layers"]]
         return cls(**record)
 
@@ -310,6 +317,35 @@ class CheckpointWriter:
         if self.latest is not None and self.latest.step > self.saved_step:
             self.latest.save(self.path)
             self.saved_step = self.latest.step
+
+
+def _malformed(record: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a loaded checkpoint record, or ``None``: each of the right type and consistent."""
+    step, elbo, seconds = record["step"], record["elbo"], record["seconds"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"its step {step!r} is not a count of steps"
+    if not isinstance(elbo, list) or len(elbo) != step or not all(isinstance(v, float) for v in elbo):
+        return f"its ELBO history is not {step} numbers, one per step"
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        return f"its seconds {seconds!r} is not a duration"
+    if not isinstance(record["params"], dict) or not all(
+            isinstance(name, str) and isinstance(value, torch.Tensor) and value.layout == torch.strided
+            and value.is_floating_point() and bool(torch.isfinite(value).all()) for name, value in record["params"].items()):
+        return "its parameters are not finite dense tensors by name"
+    generator = record["generator"]
+    if not isinstance(generator, torch.Tensor) or generator.dtype != torch.uint8 or generator.dim() != 1:
+        return "its generator state is not a byte tensor"
+    rng = record["rng"]
+    if not isinstance(rng, dict) or not {"torch", "random", "numpy"} <= set(rng) or not isinstance(rng["torch"], torch.Tensor) \
+            or rng["torch"].dtype != torch.uint8 or not isinstance(rng["numpy"], dict):
+        return "its random states are not those of torch, Python and NumPy"
+    if not isinstance(record["layers"], list) or not all(
+            isinstance(layer, (list, tuple)) and len(layer) == 2 and isinstance(layer[0], str) and isinstance(layer[1], int)
+            for layer in record["layers"]):
+        return "its layers are not (name, channels) pairs"
+    if not isinstance(record["config"], dict) or not isinstance(record["optimizer"], dict):
+        return "its config or optimizer state is not a mapping"
+    return None
 
 
 def _cpu_copy(tree: Any) -> Any:

@@ -399,6 +399,10 @@ def fit(
                 f"the number of examples of train ({type(train).__name__}) is unknown: give it as FitConfig(data_size=...) "
                 "(a DataLoader over a data set with len() says it itself)."
             )
+        dataset = getattr(train, "dataset", None)
+        if config.data_size is not None and hasattr(dataset, "__len__") and config.data_size != len(dataset):
+            raise ValueError(f"FitConfig.data_size is {config.data_size}, but the loader's data set holds {len(dataset)} "
+                             "examples; leave it None for a loader whose data set has len().")
         train_size = count_examples(train, config.data_size)
         stream = StreamedBatches(train, device=device, seed=config.seed, parallel=parallel)
         first = stream.first()
@@ -434,7 +438,7 @@ def fit(
     history: list[float] = []
 
     layers = [(layer.name, layer.channels) for layer in switches.layers]
-    identity = _checkpoint_identity(config, train_size)
+    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches)}
     resumed = None
     if checkpoint is not None:
         resumed = FitCheckpoint.load_matching(checkpoint, layers=layers, config=identity)
@@ -446,7 +450,7 @@ def fit(
             raise ValueError(
                 f"checkpoint {checkpoint} has {resumed.step} steps, more than the {total_steps} of "
                 f"FitConfig.epochs={config.epochs}; ask for at least {math.ceil(resumed.step / steps_per_epoch)} epochs"
-                + (" or fit until converged (epochs=None)." if not until_converged else ".")
+                + (", fit until converged (epochs=None)," if not until_converged else "") + " or delete it to start over."
             )
         if sorted(resumed.params) != sorted(param_names):
             raise ValueError(
@@ -665,6 +669,26 @@ def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:
     return identity
 
 
+def _model_identity(switches: DirichletSwitches) -> dict:
+    """What a checkpoint must share with the fit resuming it besides the settings: the prior and the likelihood.
+
+    A fixed prior by a digest of every layer's concentrations; a prior model by its latent sites.
+    """
+    import hashlib
+
+    from pyro_dirichlet.infer.likelihoods import describe
+
+    priors = switches.priors
+    if priors.fixed:
+        digest = hashlib.sha256()
+        for name, distribution in sorted(priors(torch.device("cpu")).items()):
+            digest.update(name.encode() + distribution.concentration.detach().double().cpu().numpy().tobytes())
+        prior = f"Dirichlet concentrations sha256:{digest.hexdigest()[:16]}"
+    else:
+        prior = "prior model with latent sites " + ", ".join(site.name for site in priors.latent_sites)
+    return {"prior": prior, "likelihood": describe(switches.likelihood)}
+
+
 @contextlib.contextmanager
 def _network_layout(switches: DirichletSwitches, config: FitConfig):
     """Channels-last network for the fit when asked, and its usual layout back afterwards."""
@@ -683,6 +707,9 @@ def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: tor
     for streamed data, on the first batch)."""
     with torch.no_grad():
         classes = switches.network(images[:1]).shape[-1]
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"train labels must be integer class indices, got {str(labels.dtype).removeprefix('torch.')} "
+                         f"values such as {labels.flatten()[0].item()!r}: a float label would be truncated to a class.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise ValueError(f"train labels must lie in [0, {classes - 1}] for this {classes}-class network, got [{low}, {high}].")

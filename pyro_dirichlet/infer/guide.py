@@ -243,7 +243,7 @@ def load_guide(posterior, switches: DirichletSwitches) -> DirichletGuide | AutoG
 
     Raises:
         ValueError: the posterior has no ``guide_parameters`` group, or its parameters are
-            not the ones this guide declares.
+            not the ones this guide declares, of their shapes, and finite.
 
     Example:
         >>> guide = load_guide(load_posterior("runs/a/posterior.nc"), switches)  # doctest: +SKIP
@@ -273,6 +273,13 @@ def load_guide(posterior, switches: DirichletSwitches) -> DirichletGuide | AutoG
     missing = sorted(name for name in state["params"] if name.startswith(tuple(f"{switch_site(l.name)}." for l in switches.layers)) and name not in values)
     if unknown or missing:
         raise ValueError(f"the posterior's guide parameters do not fit this model: unknown {unknown}, missing {missing}.")
+    for name, value in values.items():
+        expected = tuple(state["params"][name].shape)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"the posterior's guide parameter {name} has shape {tuple(value.shape)}, but this model's "
+                             f"has {expected}.")
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"the posterior's guide parameter {name} is not all finite numbers.")
     state["params"].update({name: value.to(device).requires_grad_() for name, value in values.items()})
     store.set_state(state)
     return guide

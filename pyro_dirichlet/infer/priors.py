@@ -37,7 +37,7 @@ from torch.distributions import constraints
 
 from pyro_dirichlet.structure import PrunableLayer
 
-__all__ = ["DEFAULT_CONCENTRATION", "LatentSite", "PriorModel", "PriorSpec", "LayerPrior", "SwitchPriors", "resolve_prior"]
+__all__ = ["DEFAULT_CONCENTRATION", "LatentSite", "PriorModel", "PriorModelError", "PriorSpec", "LayerPrior", "SwitchPriors", "resolve_prior"]
 
 #: The default symmetric concentration: sparse. Why (``analysis/ranking_quality.py``): once a
 #: fit runs long enough for the posterior's total concentration to grow, the Dirichlet KL
@@ -81,6 +81,18 @@ class PriorModel:
 
 
 PriorSpec = Union[Concentration, Mapping[str, Concentration], PriorCallable, PriorModel]
+
+
+class PriorModelError(ValueError):
+    """A user's prior model raised (or exited) when called with the layers: its error in one sentence."""
+
+
+def _prior_model_failed(prior: PriorModel, error: BaseException) -> PriorModelError:
+    name = f"{getattr(prior.fn, '__module__', '?')}:{getattr(prior.fn, '__qualname__', type(prior.fn).__name__)}"
+    first = " ".join(str(error).split("\n")[0].split()).rstrip(".")[:300] or type(error).__name__
+    reason = f"it called sys.exit({error.code!r})" if isinstance(error, SystemExit) else first
+    return PriorModelError(f"the prior model {name} failed when called with the switched layers: "
+                           f"{type(error).__name__} ({reason}).")
 
 #: A resolved prior: builds the layer's prior distribution on a device.
 LayerPrior = Callable[[torch.device], dist.Distribution]
@@ -307,7 +319,12 @@ def _user_build(prior: PriorCallable | PriorModel, layers: list[PrunableLayer]) 
         # device None: the check at construction, which knows no fit device yet.
         with torch.device(device or "cpu"), _mixed_devices_explained(device):
             if isinstance(prior, PriorModel):
-                result = prior(list(layers))
+                try:
+                    result = prior(list(layers))
+                except (Exception, SystemExit) as error:  # noqa: BLE001 - the user's code may fail any way
+                    if isinstance(error, RuntimeError) and device is not None and _MIXED_DEVICES.search(str(error)):
+                        raise  # explained by _mixed_devices_explained
+                    raise _prior_model_failed(prior, error) from None
                 if not isinstance(result, Mapping) or sorted(result) != sorted(names):
                     got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
                     raise ValueError(f"the prior model must return {{layer name: distribution}} for the switched layers {sorted(names)}, got {got}.")

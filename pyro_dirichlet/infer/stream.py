@@ -168,7 +168,7 @@ class StreamedBatches:
         its loader's randomness exactly as the interrupted one did.
 
         Raises:
-            ValueError: the epoch yielded no batches.
+            ValueError: the epoch yielded no batches, or more than the loader's ``len()``.
         """
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -178,6 +178,11 @@ class StreamedBatches:
         try:
             while (batch := self._read(lambda: next(batches, None))) is not None:
                 position += 1
+                if self.steps_per_epoch is not None and position > self.steps_per_epoch:
+                    # A loader whose len() undercounts would otherwise run an epoch (and the fit) forever.
+                    raise ValueError(f"{self.name} ({type(self.loader).__name__}) yielded more batches in epoch "
+                                     f"{epoch + 1} than its len() of {self.steps_per_epoch}: give a loader whose "
+                                     "len() is its number of batches.")
                 if position > skip:
                     yield self._step(batch)
         finally:

@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from pyro_dirichlet.atomic import atomic_path, atomic_write
+from pyro_dirichlet.regular_files import check_regular
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
@@ -202,7 +203,13 @@ def save_posterior(posterior: xr.DataTree, path: str | os.PathLike) -> Path:
 
 
 def load_posterior(path: str | os.PathLike) -> xr.DataTree:
-    """Read a posterior written by :func:`save_posterior`."""
+    """Read a posterior written by :func:`save_posterior`.
+
+    Raises:
+        SpecialFileError: ``path`` is a FIFO, a device or anything but a regular file
+            (refused before reading: such a file would block the reader or never end).
+    """
+    check_regular(path, what="posterior file")
     with xr.open_datatree(path, engine="h5netcdf") as tree:
         return tree.load()
 

@@ -20,7 +20,7 @@ import xarray as xr
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
-__all__ = ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit", "layer_gains"]
+__all__ = ["GUIDE_PARAMETERS", "VARIATIONAL", "check_variational", "exact_means", "from_fit", "layer_gains"]
 
 #: Group of the fitted concentrations ``<layer>.switch.concentration`` and the exact posterior
 #: means ``<layer>.switch.mean`` (``phi / sum(phi)``).
@@ -130,6 +130,23 @@ def _add_target_predictions(tree: xr.DataTree, targets: np.ndarray, predictive: 
     tree["log_likelihood"] = xr.DataTree(xr.Dataset({"obs": (["chain", "draw", "example"], log_likelihood)}, coords=sample, attrs=attrs))
 
 
+def check_variational(posterior: xr.DataTree) -> None:
+    """The ``variational`` group's values are what a fit writes: concentrations finite and positive, means on the simplex.
+
+    Raises:
+        ValueError: naming the first variable that is not (a file edited by hand, say).
+    """
+    if VARIATIONAL not in posterior.children:
+        return
+    for name, data in posterior[VARIATIONAL].data_vars.items():
+        values = np.asarray(data.values, dtype=np.float64)
+        if str(name).endswith(".concentration") and not (np.isfinite(values).all() and (values > 0).all()):
+            raise ValueError(f"the posterior's {name} is not all finite and positive: it is no fitted concentration.")
+        if str(name).endswith(".mean") and not (np.isfinite(values).all() and (values >= 0).all()
+                                                and np.isclose(values.sum(-1), 1.0, atol=1e-3).all()):
+            raise ValueError(f"the posterior's {name} is not a point of the simplex (finite, non-negative, summing to 1).")
+
+
 def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
     """Each layer's exact posterior mean switch ``phi / sum(phi)``, in channel-coordinate order.
 
@@ -138,6 +155,7 @@ def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
     """
     if VARIATIONAL not in posterior.children:
         raise ValueError(f"the posterior has no {VARIATIONAL!r} group: it holds draws only (see from_fit).")
+    check_variational(posterior)
     return {
         str(name).removesuffix(".switch.mean"): np.asarray(data.values)
         for name, data in posterior[VARIATIONAL].data_vars.items()
