@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_dirichlet.app.config import config_values, read_config
-from pyro_dirichlet.app.prior_model import check_prior_model_name
-from pyro_dirichlet.app.report import ReportOptions
-from pyro_dirichlet.app.steps import FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions
-from pyro_dirichlet.infer.fit import FitConfig
-from pyro_dirichlet.infer.guide import HYPER_GUIDES
+from pyro_dirichlet.app.source_values import DeferredClass, source_value
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.pipeline import RunConfig
+
+# The options dataclasses live in modules that import torch, Pyro and ArviZ (seconds); `--help`
+# and argument errors read their defaults from the source instead and import them only to run a step.
+Runtime, TrainOptions, FitOptions, PruneOptions, FinetuneOptions = (
+    DeferredClass("pyro_dirichlet.app.steps", name)
+    for name in ("Runtime", "TrainOptions", "FitOptions", "PruneOptions", "FinetuneOptions"))
+ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
+FitConfig = DeferredClass("pyro_dirichlet.infer.fit", "FitConfig")
+HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
 
@@ -50,9 +55,8 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
 }
 
 
-def _field_default(kind: type, name: str) -> Any:
-    (found,) = [f for f in dataclasses.fields(kind) if f.name == name]
-    return found.default_factory() if found.default is dataclasses.MISSING else found.default
+def _field_default(kind: DeferredClass, name: str) -> Any:
+    return kind.default(name)
 
 
 # Options with no dataclass field: --out has no default, --model and --dataset default to
@@ -95,12 +99,12 @@ def parse_layers(text: str) -> tuple[str, ...]:
 
 def model_name(text: str) -> str:
     """A registered model's name or a factory path ``package.module:callable`` (imported only when a step runs)."""
-    from pyro_dirichlet.factories import is_factory_path
-    from pyro_dirichlet.models import MODELS
-
-    if text in MODELS or is_factory_path(text):
+    models = source_value("pyro_dirichlet.models.registry", "MODELS")
+    if text in models:
         return text
-    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
+    if source_value("pyro_dirichlet.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(models))}, "
                                      "or your own factory as package.module:callable.")
 
 
@@ -153,8 +157,8 @@ def _path(flag: str) -> Callable[[str], Path]:
 
 
 def _common(parser: argparse.ArgumentParser, command: str) -> None:
-    from pyro_dirichlet.models import MODELS
-    from pyro_dirichlet.data import DATASETS
+    MODELS = source_value("pyro_dirichlet.models.registry", "MODELS")
+    DATASETS = source_value("pyro_dirichlet.data.catalog", "DATASETS")
 
     group = parser.add_argument_group("run directory and environment (every subcommand)")
     group.add_argument("--config", type=_path("--config"), metavar="FILE",
@@ -229,6 +233,8 @@ def _fit(parser: argparse.ArgumentParser) -> None:
 
 
 def _prior_model_name(text: str) -> str:
+    from pyro_dirichlet.app.prior_model import check_prior_model_name
+
     try:
         return check_prior_model_name(text)
     except ValueError as error:
