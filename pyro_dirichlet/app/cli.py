@@ -40,12 +40,14 @@ COMMANDS = ("train", "fit", "prune", "finetune", "report", "run")
 #: sets. The CLI copies these defaults (and shows them in ``--help``) rather than restating them.
 OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "data_dir": (Runtime, "data_dir"), "device": (Runtime, "device"), "seed": (Runtime, "seed"),
+    "precision": (Runtime, "precision"),
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
     "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
+    "predictive_draws": (FitOptions, "predictive_draws"), "predictive_images": (FitOptions, "predictive_images"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
     "hyper_guide": (FitConfig, "hyper_guide"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
@@ -188,6 +190,11 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
                        help="folder holding the data sets (default: $PYRO_DIRICHLET_DATA, then ./data with download)")
     group.add_argument("--device", help=_help("auto (CUDA when available), cpu or cuda", "device"))
     group.add_argument("--seed", type=int, help=_help("seed of this step's randomness: training, SVI, fine-tuning", "seed"))
+    group.add_argument("--precision", choices=source_value("pyro_dirichlet.precision", "PRECISIONS"),
+                       help=_help("forward passes of every step (training, SVI, fine-tuning, accuracy, latency): "
+                                  "auto (bf16 autocast where the device has native bfloat16 units: CUDA compute "
+                                  "capability 8.0+, CPUs with AMX or AVX-512 BF16; else fp32), fp32 or bf16; "
+                                  "weights, losses, the ELBO and BatchNorm statistics stay float32", "precision"))
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 
 
@@ -227,6 +234,11 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                                   "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
     group.add_argument("--epochs", type=int, metavar="N", help=_help("SVI epochs", "epochs"))
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
+    group.add_argument("--predictive-draws", type=int, metavar="N",
+                       help=_help("posterior draws of the posterior predictive on the validation split "
+                                  "(posterior.nc's log_likelihood for az.loo wants 30 or more)", "predictive_draws"))
+    group.add_argument("--predictive-images", type=int, metavar="N",
+                       help=_help("validation images of the posterior predictive; 0 skips it", "predictive_images"))
     group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),
                        help=_help("guide of the prior model's own latent sites: normal (AutoNormal) or delta "
                                   "(AutoDelta, a point estimate: empirical Bayes)", "hyper_guide"))
