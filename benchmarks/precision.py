@@ -121,8 +121,11 @@ def _once(workload: Workload, precision: str, seed: int, pruned: torch.nn.Module
     return seconds
 
 
-def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=print) -> dict:
-    """Every pass of network ``name`` in fp32 and bf16, ``repeats`` alternating rounds; medians and ratios."""
+def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=print, partial=None) -> dict:
+    """Every pass of network ``name`` in fp32 and bf16, ``repeats`` alternating rounds; medians and ratios.
+
+    ``partial``, if given, receives the summary of the rounds done so far after each round.
+    """
     images, batch_size, full = NETWORKS[name]
     workload = _workload(name, images, batch_size, data_dir)
     pruned = pruned_copy(workload.build().eval(), workload.default_keep, workload.data.train.images[:2])
@@ -131,6 +134,12 @@ def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=prin
         for precision in PRECISIONS:
             runs[precision].append(_once(workload, precision, repeat, pruned))
             log(f"{name} repeat {repeat} {precision}: " + ", ".join(f"{k} {v:.3f} s" for k, v in runs[precision][-1].items()))
+        if partial is not None:
+            partial(_summary(runs, workload, images, full))
+    return _summary(runs, workload, images, full)
+
+
+def _summary(runs: dict[str, list[dict[str, float]]], workload: Workload, images: int, full: int) -> dict:
     scale = {key: full / images for key in ("train", "train_cpu", "svi", "svi_cpu")}
     passes = {}
     for key in runs["fp32"][0]:
@@ -141,7 +150,8 @@ def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=prin
             "bf16_over_fp32": statistics.median(b / f for b, f in zip(per["bf16"], per["fp32"])),
         }
     return {
-        "images": images, "full_epoch_images": full, "batch_size": batch_size, "source": workload.source,
+        "images": images, "full_epoch_images": full, "batch_size": workload.batch_size, "source": workload.source,
+        "rounds": len(runs["fp32"]),
         "scaled_to_full_epoch": sorted(scale), "pruned_widths": workload.default_keep, "passes": passes,
     }
 
@@ -208,13 +218,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_native_bf16": native_bf16("cpu"), "torch": torch.__version__, "python": platform.python_version(),
                     "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "repeats": args.repeats,
-        "models": {name: time_model(name, repeats=args.repeats, data_dir=args.data_dir) for name in models},
+        "models": {},
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        def partial(summary: dict, name: str = name) -> None:
+            # Written after each round, so a run stopped early keeps what it measured.
+            args.json.write_text(json.dumps({**result, "models": {**result["models"], name: summary}, "complete": False},
+                                            indent=1) + "\n")
+
+        result["models"][name] = time_model(name, repeats=args.repeats, data_dir=args.data_dir, partial=partial)
     if args.finetune_seeds:
         result["finetune"] = finetune_accuracy(seeds=args.finetune_seeds, epochs=args.finetune_epochs,
                                                images=args.finetune_images, data_dir=args.data_dir)
     result["seconds"] = time.perf_counter() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result["complete"] = True
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     for name, model in result["models"].items():
         print(name + ": " + ", ".join(f"{key} {row['bf16_over_fp32']:.2f}x" for key, row in model["passes"].items()))
