@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
+from pyro_dirichlet.precision import autocast, check_precision
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
@@ -46,6 +47,9 @@ class CalibrationConfig:
         check_batches: minibatches, fixed by ``seed``, on which the loss is measured before
             and after; a step that does not lower it is undone.
         seed: the seed of every shuffle.
+        precision: the forward passes' precision, ``"fp32"``, ``"bf16"`` or ``"auto"``
+            (:mod:`pyro_dirichlet.precision`); the scales, BatchNorm's statistics and the
+            losses stay float32.
     """
 
     steps: int | None = None
@@ -54,8 +58,10 @@ class CalibrationConfig:
     batchnorm_batches: int = 50
     check_batches: int = 8
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0):
             raise ValueError(f"steps must be a non-negative int or None, got {self.steps!r}.")
         for name in ("batch_size", "check_batches"):
@@ -103,8 +109,8 @@ def _batches(data: BatchSource, config: CalibrationConfig, count: int | None, sa
         yield images, labels
 
 
-def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
-    """Mean cross-entropy of ``network`` (in eval mode, no gradients) over ``batches``."""
+def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], precision: str = "fp32") -> float:
+    """Mean cross-entropy of ``network`` (in eval mode, no gradients, forward in ``precision``) over ``batches``, summed in float32."""
     device = _device(network)
     was_training = network.training
     network.eval()
@@ -112,19 +118,23 @@ def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> f
     try:
         with torch.no_grad():
             for images, labels in batches:
-                total += F.cross_entropy(network(images.to(device)), labels.to(device), reduction="sum").item()
+                with autocast(precision, device):
+                    scores = network(images.to(device))
+                total += F.cross_entropy(scores.float(), labels.to(device), reduction="sum").item()
                 count += len(labels)
     finally:
         network.train(was_training)
     return total / count
 
 
-def recalibrate_batchnorm(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]] | Iterator) -> nn.Module:
+def recalibrate_batchnorm(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]] | Iterator,
+                          precision: str = "fp32") -> nn.Module:
     """A copy of ``network`` whose BatchNorm running statistics are re-estimated on ``batches``.
 
     Every BatchNorm's statistics are reset and accumulated as a plain average over the
     batches (``momentum=None``) with the rest of the network in eval mode; weights are not
-    touched. A network without BatchNorm comes back as an unchanged copy.
+    touched. A network without BatchNorm comes back as an unchanged copy. The forward runs
+    in ``precision``; the statistics accumulate in float32 (BatchNorm's buffers).
     """
     network = copy.deepcopy(network).eval()
     norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -136,7 +146,7 @@ def recalibrate_batchnorm(network: nn.Module, batches: Sequence[tuple[Tensor, Te
         norm.reset_running_stats()
         norm.momentum = None
         norm.train()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, device):
         for images, _ in batches:
             network(images.to(device))
     for norm, momentum in zip(norms, momenta):
@@ -220,12 +230,13 @@ def calibrate(
     if not check:
         raise ValueError("data yielded no batches to calibrate on.")
     current = copy.deepcopy(network).eval()
-    loss_before = best = mean_loss(current, check)
+    loss_before = best = mean_loss(current, check, config.precision)
 
     recalibrated = False
     if config.batchnorm_batches and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in current.modules()):
-        candidate = recalibrate_batchnorm(current, _batches(data, config, config.batchnorm_batches, salt=2))
-        loss = mean_loss(candidate, check)
+        candidate = recalibrate_batchnorm(current, _batches(data, config, config.batchnorm_batches, salt=2),
+                                          config.precision)
+        loss = mean_loss(candidate, check, config.precision)
         if loss < best:
             current, best, recalibrated = candidate, loss, True
 
@@ -238,10 +249,12 @@ def calibrate(
     with scaled_channels(current, layers, scales):
         for images, labels in _batches(data, config, config.steps, salt=3):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(current(images.to(device)), labels.to(device)).backward()
+            with autocast(config.precision, device):
+                scores = current(images.to(device))
+            F.cross_entropy(scores.float(), labels.to(device)).backward()
             optimizer.step()
         fitted = {name: scale.detach().clone() for name, scale in scales.items()}
-        loss = mean_loss(current, check)
+        loss = mean_loss(current, check, config.precision)
     for parameter, flag in zip(current.parameters(), flags):
         parameter.requires_grad_(flag)
 

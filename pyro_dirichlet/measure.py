@@ -17,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
+from pyro_dirichlet.precision import autocast
 
 __all__ = [
     "Stopwatch",
@@ -155,6 +156,7 @@ def accuracy(
     *,
     batch_size: int = 1000,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Fraction of ``split`` that ``model`` classifies correctly (arg-max of its output).
 
@@ -169,6 +171,8 @@ def accuracy(
         split: the examples to score; must not be empty.
         batch_size: examples per forward pass over a ``Split``.
         device: where each batch is sent; ``None`` uses the device of the model's parameters.
+        precision: the forward's precision, ``"fp32"``, ``"bf16"`` or ``"auto"``
+            (:mod:`pyro_dirichlet.precision`); the count is exact either way.
 
     Returns:
         Accuracy in ``[0, 1]``.
@@ -185,7 +189,7 @@ def accuracy(
     correct = torch.zeros((), dtype=torch.int64, device=target)
     seen = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, target):
             for images, labels, _ in iterate_batches(split, batch_size, shuffle=False, name="split"):
                 scores = model(images.to(target, non_blocking=True))
                 # Summing on the device and reading once avoids a sync per batch on a GPU.
@@ -289,6 +293,7 @@ def latency_seconds(
     repeats: int = 5,
     warmup: int = 1,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Inference latency: the median seconds of one forward pass of ``model`` on the batch ``inputs``.
 
@@ -303,6 +308,7 @@ def latency_seconds(
         repeats: timed forward passes, at least 1.
         warmup: untimed forward passes first, at least 0.
         device: the device to synchronise; ``None`` uses the model's.
+        precision: the forward's precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`pyro_dirichlet.precision`).
 
     Example:
         >>> latency_seconds(nn.Linear(10, 5), torch.zeros(8, 10), repeats=3) > 0.0
@@ -316,7 +322,7 @@ def latency_seconds(
     model.eval()
 
     def forward() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, target):
             model(inputs)
 
     try:

@@ -24,6 +24,7 @@ from pyro_dirichlet.atomic import atomic_write
 from pyro_dirichlet.distillation import check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
+from pyro_dirichlet.precision import autocast, check_precision
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier", "finetune", "DEFAULT_EPOCHS", "DEFAULT_LR"]
 
@@ -60,6 +61,10 @@ class TrainConfig:
             ``[0, 1]``; 0 trains on the labels alone and takes no teacher.
         temperature: softmax temperature of that matching term, positive.
         seed: seeds the shuffling and torch's global generator.
+        precision: ``"fp32"``, ``"bf16"`` (the forward passes under bfloat16 autocast; the
+            weights, the optimiser, BatchNorm's statistics and the loss stay float32) or
+            ``"auto"`` (bf16 where the device has native bfloat16 units); see
+            :mod:`pyro_dirichlet.precision`.
 
     Example:
         >>> TrainConfig(epochs=2, lr=3e-4).schedule
@@ -78,8 +83,10 @@ class TrainConfig:
     distillation: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not _is_int(self.epochs) or self.epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {self.epochs!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -121,7 +128,7 @@ class TrainConfig:
 
 
 # Options added after baselines were first cached, with their defaults.
-_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": 4.0}
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": 4.0, "precision": "fp32"}
 
 
 @dataclass
@@ -357,7 +364,7 @@ def train_classifier(
         result = TrainResult(**resumed["result"])
         first_epoch = len(result.train_loss)
     elif keep_initial:
-        best_accuracy = result.initial_validation_accuracy = accuracy(model, validation, device=device)
+        best_accuracy = result.initial_validation_accuracy = accuracy(model, validation, device=device, precision=config.precision)
         best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     for epoch in range(first_epoch, config.epochs):
         model.train()
@@ -379,12 +386,16 @@ def train_classifier(
                 labels = labels.to(device, non_blocking=True)
                 if augment is not None:
                     images = augment(images, augment_generator)
-                scores = model(images)
+                with autocast(config.precision, device):
+                    scores = model(images)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_scores = teacher(images).float()
+                # The loss in float32 whatever the forward's precision (a no-op in fp32).
+                scores = scores.float()
                 if teacher is None:
                     loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
                 else:
-                    with torch.no_grad():
-                        teacher_scores = teacher(images)
                     loss = distillation_loss(scores, teacher_scores, labels, weight=config.distillation,
                                              temperature=config.temperature, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -408,7 +419,7 @@ def train_classifier(
         result.seconds_per_epoch.append(watch.seconds)
         result.train_loss.append(epoch_loss)
 
-        validation_accuracy = accuracy(model, validation, device=device)
+        validation_accuracy = accuracy(model, validation, device=device, precision=config.precision)
         result.validation_accuracy.append(validation_accuracy)
         if validation_accuracy > best_accuracy:
             best_accuracy = validation_accuracy
@@ -462,6 +473,7 @@ def finetune(
     teacher: nn.Module | None = None,
     distillation: float = 0.0,
     temperature: float = 4.0,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Fine-tune a pruned network in place with Adam and a cosine schedule.
 
@@ -490,6 +502,7 @@ def finetune(
         distillation: share of the loss that matches the teacher's softened class
             probabilities, in ``[0, 1]``; 0 (the default) fine-tunes on the labels alone.
         temperature: softmax temperature of the matching term.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (see :class:`TrainConfig`).
 
     Returns:
         The per-epoch record from :func:`train_classifier`.
@@ -503,7 +516,7 @@ def finetune(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # Built first so a bad epochs/lr/batch_size raises before the model is touched.
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, distillation=distillation,
-                         temperature=temperature)
+                         temperature=temperature, precision=precision)
     check_teacher(teacher, model, distillation)
     if epochs == 0:
         return TrainResult(epochs=0)

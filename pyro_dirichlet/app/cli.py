@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_dirichlet.app.config import TRUST_FLAG, config_values, read_config
-from pyro_dirichlet.app.prior_model import check_prior_model_name
-from pyro_dirichlet.app.report import ReportOptions
-from pyro_dirichlet.app.steps import FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions
-from pyro_dirichlet.infer.fit import FitConfig
-from pyro_dirichlet.infer.guide import HYPER_GUIDES
+from pyro_dirichlet.app.source_values import DeferredClass, source_value
 from pyro_dirichlet.user_code import describe_failure
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.pipeline import RunConfig
+
+# The options dataclasses live in modules that import torch, Pyro and ArviZ (seconds); `--help`
+# and argument errors read their defaults from the source instead and import them only to run a step.
+Runtime, TrainOptions, FitOptions, PruneOptions, FinetuneOptions = (
+    DeferredClass("pyro_dirichlet.app.steps", name)
+    for name in ("Runtime", "TrainOptions", "FitOptions", "PruneOptions", "FinetuneOptions"))
+ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
+FitConfig = DeferredClass("pyro_dirichlet.infer.fit", "FitConfig")
+HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
 
@@ -36,6 +41,7 @@ COMMANDS = ("train", "fit", "prune", "finetune", "report", "run")
 #: sets. The CLI copies these defaults (and shows them in ``--help``) rather than restating them.
 OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "data_dir": (Runtime, "data_dir"), "device": (Runtime, "device"), "seed": (Runtime, "seed"),
+    "precision": (Runtime, "precision"),
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
@@ -43,6 +49,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
     "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
+    "predictive_draws": (FitOptions, "predictive_draws"), "predictive_images": (FitOptions, "predictive_images"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
     "hyper_guide": (FitConfig, "hyper_guide"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
@@ -53,9 +60,8 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
 }
 
 
-def _field_default(kind: type, name: str) -> Any:
-    (found,) = [f for f in dataclasses.fields(kind) if f.name == name]
-    return found.default_factory() if found.default is dataclasses.MISSING else found.default
+def _field_default(kind: DeferredClass, name: str) -> Any:
+    return kind.default(name)
 
 
 # Options with no dataclass field: --out has no default, --model and --dataset default to
@@ -98,12 +104,12 @@ def parse_layers(text: str) -> tuple[str, ...]:
 
 def model_name(text: str) -> str:
     """A registered model's name or a factory path ``package.module:callable`` (imported only when a step runs)."""
-    from pyro_dirichlet.factories import is_factory_path
-    from pyro_dirichlet.models import MODELS
-
-    if text in MODELS or is_factory_path(text):
+    models = source_value("pyro_dirichlet.models.registry", "MODELS")
+    if text in models:
         return text
-    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
+    if source_value("pyro_dirichlet.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(models))}, "
                                      "or your own factory as package.module:callable.")
 
 
@@ -156,8 +162,8 @@ def _path(flag: str) -> Callable[[str], Path]:
 
 
 def _common(parser: argparse.ArgumentParser, command: str) -> None:
-    from pyro_dirichlet.models import MODELS
-    from pyro_dirichlet.data import DATASETS
+    MODELS = source_value("pyro_dirichlet.models.registry", "MODELS")
+    DATASETS = source_value("pyro_dirichlet.data.catalog", "DATASETS")
 
     group = parser.add_argument_group("run directory and environment (every subcommand)")
     group.add_argument("--config", type=_path("--config"), metavar="FILE",
@@ -190,6 +196,11 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
                        help="folder holding the data sets (default: $PYRO_DIRICHLET_DATA, then ./data with download)")
     group.add_argument("--device", help=_help("auto (CUDA when available), cpu or cuda", "device"))
     group.add_argument("--seed", type=int, help=_help("seed of this step's randomness: training, SVI, fine-tuning", "seed"))
+    group.add_argument("--precision", choices=source_value("pyro_dirichlet.precision", "PRECISIONS"),
+                       help=_help("forward passes of every step (training, SVI, fine-tuning, accuracy, latency): "
+                                  "auto (bf16 autocast where the device has native bfloat16 units: CUDA compute "
+                                  "capability 8.0+, CPUs with AMX or AVX-512 BF16; else fp32), fp32 or bf16; "
+                                  "weights, losses, the ELBO and BatchNorm statistics stay float32", "precision"))
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 
 
@@ -238,12 +249,19 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help="SVI epochs; the paper's setting is 1 (default: fit until the posterior has converged -- "
                             "the ELBO levelled off and the half-width kept sets settled -- at least 600 steps)")
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
+    group.add_argument("--predictive-draws", type=int, metavar="N",
+                       help=_help("posterior draws of the posterior predictive on the validation split "
+                                  "(posterior.nc's log_likelihood for az.loo wants 30 or more)", "predictive_draws"))
+    group.add_argument("--predictive-images", type=int, metavar="N",
+                       help=_help("validation images of the posterior predictive; 0 skips it", "predictive_images"))
     group.add_argument("--hyper-guide", choices=sorted(HYPER_GUIDES),
                        help=_help("guide of the prior model's own latent sites: normal (AutoNormal) or delta "
                                   "(AutoDelta, a point estimate: empirical Bayes)", "hyper_guide"))
 
 
 def _prior_model_name(text: str) -> str:
+    from pyro_dirichlet.app.prior_model import check_prior_model_name
+
     try:
         return check_prior_model_name(text)
     except ValueError as error:

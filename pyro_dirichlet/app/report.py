@@ -28,7 +28,8 @@ from pyro_dirichlet.atomic import atomic_write, atomic_write_json, atomic_write_
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs
+from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs, peak_rss_bytes
+from pyro_dirichlet.precision import resolve_precision
 from pyro_dirichlet.app.model_graph import render_switch_model
 from pyro_dirichlet.app.plots import accuracy_histogram_png, elbo_curve_png, mass_curves_png
 from pyro_dirichlet.app.report_advice import what_next
@@ -120,11 +121,13 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
                 "kept_channels": kept,
                 "straddling_channels": straddling_channels(summary, kept),
             }
+        precision = resolve_precision(runtime.precision, device)
         latency = {
             "batch": len(example),
             "device": str(device),
-            "baseline_seconds": _latency(baseline, example, options.latency_repeats, device),
-            "pruned_seconds": _latency(pruned, example, options.latency_repeats, device),
+            "precision": precision,
+            "baseline_seconds": _latency(baseline, example, options.latency_repeats, device, precision),
+            "pruned_seconds": _latency(pruned, example, options.latency_repeats, device, precision),
         }
         latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
         report = _assemble(manifest, records, layers, latency, options, device)
@@ -159,6 +162,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
             report["figures"] = {"elbo": "report-elbo.png", "mass": "report-mass.png", "forest": forests,
                                  "accuracy": "report-accuracy.png" if predictive is not None else None}
             report["total_seconds"] = sum(r["seconds"] for r in records.values()) + watch.elapsed
+            # The process's peak resident memory: of every step under `pyro-dirichlet run`, of this command alone under `report`.
+            report["environment"]["peak_rss_bytes"] = peak_rss_bytes()
             atomic_write_text(staging / "report.html", render_html(report, figures))
             atomic_write_text(staging / "report.md", render_markdown(report))
             atomic_write_json(staging / "report.json", report)
@@ -247,8 +252,8 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
     }
 
 
-def _latency(model: nn.Module, batch: torch.Tensor, repeats: int, device: torch.device) -> float:
-    return latency_seconds(model, batch, repeats=repeats, warmup=1, device=device)
+def _latency(model: nn.Module, batch: torch.Tensor, repeats: int, device: torch.device, precision: str) -> float:
+    return latency_seconds(model, batch, repeats=repeats, warmup=1, device=device, precision=precision)
 
 
 def _file_safe(layer: str) -> str:

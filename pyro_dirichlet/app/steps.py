@@ -39,6 +39,7 @@ from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
 from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.plan import Target
+from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
@@ -84,6 +85,10 @@ PRUNED_BEFORE_FINETUNE = "pruned-before-finetune"  # prune: .safetensors + .json
 PRUNED = "pruned"  # finetune: .safetensors + .json
 #: What ``prune`` keeps of each switched layer of a user's network when given neither --keep nor --budget.
 FACTORY_KEEP_FRACTION = 0.5
+#: ``fit``'s posterior predictive, draws x validation images: 50 x 128 cost 0.09 of the demo's SVI in CPU
+#: seconds (100 x 128: 0.19-0.20; the bar is 0.2), and 50 draws stay above the ~30 that PSIS (az.loo) wants.
+PREDICTIVE_DRAWS = 50
+PREDICTIVE_IMAGES = 128
 #: Seeds seed NumPy too, which takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
 #: A smoke subset smaller than this leaves validation and test splits of one image.
@@ -102,6 +107,8 @@ class Runtime:
         factory: the model factory (``"package.module:callable"``) named on this command;
             a step rebuilds a run's user model only from it, never from the path the run
             directory records (which it must equal).
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``, of every forward pass (:mod:`pyro_dirichlet.precision`);
+            each step records what it resolved to as ``result["precision"]``.
     """
 
     data_dir: Path | None = None
@@ -109,8 +116,10 @@ class Runtime:
     seed: int = 0
     progress: bool = True
     factory: str | None = None
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         _check_int("seed", self.seed, low=0, high=MAX_SEED)
@@ -192,6 +201,9 @@ class FitOptions:
             (:class:`~pyro_dirichlet.DirichletSwitches`' ``layer_gain``): the simplex then no
             longer has to park mass on useless channels when the network wants a layer
             turned down (the planted and ResNet-20 studies rank better with it).
+        predictive_draws: posterior draws the validation images are predicted under, for
+            ``posterior.nc``'s ``log_likelihood`` and ``posterior_predictive`` (``az.loo`` wants ~30+).
+        predictive_images: validation images predicted; 0 writes no predictive groups.
     """
 
     layers: tuple[str, ...] | None = None
@@ -202,9 +214,13 @@ class FitOptions:
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
     layer_gain: bool = True
+    predictive_draws: int = PREDICTIVE_DRAWS
+    predictive_images: int = PREDICTIVE_IMAGES
 
     def __post_init__(self) -> None:
         _check_number("prior", self.prior, low=0, finite=True)
+        _check_int("predictive_draws", self.predictive_draws, low=1)
+        _check_int("predictive_images", self.predictive_images, low=0)
         if not isinstance(self.layer_gain, bool):
             raise ValueError(f"layer_gain must be true or false, got {self.layer_gain!r}.")
         if self.prior_model is not None:
@@ -334,6 +350,7 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
     check_writable(run.path)
     with Stopwatch() as watch:
         device = resolve_device(runtime.device)
+        precision = resolve_precision(runtime.precision, device)
         # The model and its weights are checked before the data are read: a wrong path fails in a second.
         torch.manual_seed(runtime.seed)
         network = factory.build() if factory is not None else entry.build() if options.weights is not None else None
@@ -359,11 +376,13 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         if network is not None:
             check_outputs(network.to(device), example, options, data)
             if weights is None:
-                recipe = TrainConfig(**{"seed": runtime.seed, **({"epochs": options.train_epochs} if options.train_epochs else {})})
+                recipe = TrainConfig(**{"seed": runtime.seed, "precision": precision,
+                                        **({"epochs": options.train_epochs} if options.train_epochs else {})})
                 trained = train_classifier(network, data, recipe, device=device, progress=runtime.progress)
                 baseline = FactoryBaseline(trained)
         else:
-            recipe = entry.train if options.train_epochs is None else dataclasses.replace(entry.train, epochs=options.train_epochs)
+            recipe = dataclasses.replace(entry.train, precision=precision,
+                                         **({} if options.train_epochs is None else {"epochs": options.train_epochs}))
             baseline = load_or_train_baseline(
                 options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
                 progress=runtime.progress, train_config=recipe,
@@ -371,8 +390,9 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
             network = baseline.model
         network = network.to(device).eval()
         result = {
-            "test_accuracy": accuracy(network, data.test, device=device),
-            "validation_accuracy": accuracy(network, data.validation, device=device),
+            "test_accuracy": accuracy(network, data.test, device=device, precision=precision),
+            "validation_accuracy": accuracy(network, data.validation, device=device, precision=precision),
+            "precision": precision,
             "params": count_parameters(network),
             "flops": count_flops(network, example),
             "trained_in_this_run": baseline is not None and baseline.trained_now,
@@ -422,7 +442,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         # Every layer left unswitched, and why, for the report (the classifier, coupled
         # channels, and under on_unsupported="skip" the layers the analysis cannot follow).
         skipped = [{"layer": s.name, "reason": s.reason, "unsupported": s.unsupported} for s in switches.layers.skipped]
-        fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress)
+        precision = resolve_precision(runtime.precision, device)
+        fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress, precision=precision)
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
         checkpoint = fit_checkpoint_path(run, options, runtime)
@@ -445,7 +466,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
             raise
         if parallel is not None and not parallel.is_main:
             return {"rank": parallel.rank, "result": result.to_dict()}
-        posterior = result.posterior(seed=runtime.seed, validation=data.validation)
+        posterior = result.posterior(seed=runtime.seed, validation=data.validation if options.predictive_images else None,
+                                     predictive_draws=options.predictive_draws, validation_size=options.predictive_images)
         _say(runtime, f"SVI: {result.steps} steps in {result.seconds:.1f} s, final ELBO {result.elbo[-1]:.4g}")
         if result.convergence is not None:
             _say(runtime, result.convergence.describe())
@@ -458,7 +480,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
             save_posterior(posterior, staging / POSTERIOR)
             plot_forest(posterior, staging / FOREST, ci_prob=options.ci_prob)
             config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime)}
-            record = run.commit("fit", staging, config=config, result={**result.to_dict(), "skipped_layers": skipped},
+            record = run.commit("fit", staging, config=config, result={**result.to_dict(), "skipped_layers": skipped,
+                                                                       "precision": precision},
                                 seconds=watch.elapsed)["steps"]["fit"]
         # The posterior is in place; the checkpoint only served to resume this fit.
         checkpoint.unlink(missing_ok=True)
@@ -530,6 +553,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         from pyro_dirichlet.posterior import layer_gains
 
         gains = layer_gains(posterior)
+        precision = resolve_precision(runtime.precision, device)
         widths = {layer: len(score) for layer, score in scores.items()}
         architecture = {layer: len(keep.get(layer, range(width))) for layer, width in widths.items()}
         result = {
@@ -538,7 +562,8 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             "kept_channels": keep,
             "params": count_parameters(pruned),
             "flops": count_flops(pruned, example),
-            "test_accuracy_before_finetune": accuracy(pruned, data.test, device=device),
+            "test_accuracy_before_finetune": accuracy(pruned, data.test, device=device, precision=precision),
+            "precision": precision,
         }
         _say(runtime, f"pruned to {architecture}: {result['params']:,} parameters, {result['flops']:,} FLOPs, "
                       f"test accuracy {result['test_accuracy_before_finetune']:.4f} before fine-tuning")
@@ -572,14 +597,16 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         model = load_run_pruned(run, PRUNED_BEFORE_FINETUNE, runtime).to(device)
         # The teacher is the network the pruned one was cut from, read afresh: it shares no weight with it.
         teacher = load_baseline(run, runtime) if options.distillation > 0 else None
+        precision = resolve_precision(runtime.precision, device)
         tuning = finetune(model, data, epochs=options.epochs, lr=options.lr, seed=runtime.seed, device=str(device),
-                          progress=runtime.progress, teacher=teacher, distillation=options.distillation)
+                          progress=runtime.progress, teacher=teacher, distillation=options.distillation, precision=precision)
         model.eval()
         result = {
             "params": count_parameters(model),
             "flops": count_flops(model, data.train.images[:2].to(device)),
-            "test_accuracy": accuracy(model, data.test, device=device),
-            "validation_accuracy": accuracy(model, data.validation, device=device),
+            "test_accuracy": accuracy(model, data.test, device=device, precision=precision),
+            "validation_accuracy": accuracy(model, data.validation, device=device, precision=precision),
+            "precision": precision,
             "finetune_epochs": options.epochs,
             "finetune_lr": options.lr,
             "finetune_distillation": options.distillation,

@@ -27,6 +27,7 @@ from pyro_dirichlet.data import BatchSource, Split, count_examples, iterate_batc
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
 from pyro_dirichlet.infer.optim import SkipNonFinite
 from pyro_dirichlet.measure import Stopwatch
+from pyro_dirichlet.precision import autocast, check_precision
 from pyro_dirichlet.infer._fast import NoGradMaxPool
 from pyro_dirichlet.infer.guide import (
     DEFAULT_INIT_CONCENTRATION,
@@ -97,9 +98,12 @@ class FitConfig:
         checkpoint_every: with ``fit(..., checkpoint=path)``, also write the checkpoint every
             this many steps (it is always written at the end of each epoch); ``None``: only
             at epoch ends. Without a checkpoint path it has no effect.
-        autocast: ``"bf16"`` runs the frozen network's forward in bfloat16 autocast on the
-            fit device (the switches, the ELBO and the optimizer stay float32); ``None``:
-            float32 throughout.
+        precision: the frozen network's forward: ``"fp32"``, ``"bf16"`` (bfloat16 autocast
+            on the fit device; the switches, the ELBO and the optimizer stay float32) or
+            ``"auto"`` (bf16 where the device has native bfloat16 units; see
+            :mod:`pyro_dirichlet.precision`).
+        autocast: the older spelling of ``precision="bf16"``: ``"bf16"`` overrides
+            ``precision``; ``None`` leaves it to ``precision``.
         channels_last: give the network and the images the channels-last memory layout
             for the fit (often faster convolutions on GPUs and recent CPUs); the network
             gets its usual layout back afterwards.
@@ -128,6 +132,7 @@ class FitConfig:
     checkpoint_every: int | None = None
     autocast: str | None = None
     channels_last: bool = False
+    precision: str = "fp32"
     fast_pooling: bool = True
     hyper_guide: str = "normal"
     stopping: StoppingRule = field(default_factory=StoppingRule)
@@ -165,6 +170,7 @@ class FitConfig:
             raise ValueError(f"FitConfig.checkpoint_every must be None or a positive integer, got {self.checkpoint_every!r}.")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"FitConfig.autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast!r}.")
+        check_precision(self.precision, "FitConfig.precision")
         if self.hyper_guide not in HYPER_GUIDES:
             raise ValueError(f"FitConfig.hyper_guide must be one of {sorted(HYPER_GUIDES)}, got {self.hyper_guide!r}.")
         for name in ("vectorize_particles", "channels_last", "fast_pooling"):
@@ -244,10 +250,12 @@ class FitResult:
             draws, _, _ = switch_draws(self.concentrations, num_samples=num_samples, seed=seed)
             samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
             samples.update({site: value[:predictive_draws] for site, value in latents.items()})
-            if isinstance(self.switches.likelihood, CategoricalLikelihood):
-                predictive = predict(self.switches, samples, images, labels, seed=seed)
-            else:
-                predictive = predict_targets(self.switches, samples, images, labels, seed=seed)
+            # The network's forward as in the fit (its precision, fast pooling); probabilities in float64.
+            with network_context(self.config, device):
+                if isinstance(self.switches.likelihood, CategoricalLikelihood):
+                    predictive = predict(self.switches, samples, images, labels, seed=seed)
+                else:
+                    predictive = predict_targets(self.switches, samples, images, labels, seed=seed)
             labels = labels.cpu().numpy()
         attrs = {"hyper_guide": self.config.hyper_guide, "init_concentration": self.config.init_concentration}
         return from_fit(
@@ -651,12 +659,12 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
 
 @contextlib.contextmanager
 def network_context(config: FitConfig, device: torch.device | str) -> Iterator[None]:
-    """What :func:`fit` runs the frozen network's forward under: ``config.autocast``, and on
-    the CPU ``config.fast_pooling`` (:class:`~pyro_dirichlet.infer._fast.NoGradMaxPool`)."""
+    """What :func:`fit` runs the frozen network's forward under: ``config.precision`` (or
+    ``config.autocast``), and on the CPU ``config.fast_pooling``
+    (:class:`~pyro_dirichlet.infer._fast.NoGradMaxPool`)."""
     device_type = torch.device(device).type
     with contextlib.ExitStack() as stack:
-        if config.autocast is not None:
-            stack.enter_context(torch.autocast(device_type=device_type, dtype=AUTOCAST_DTYPES[config.autocast]))
+        stack.enter_context(autocast(config.autocast or config.precision, device))
         if config.fast_pooling and device_type == "cpu":
             stack.enter_context(NoGradMaxPool())
         yield

@@ -1,0 +1,244 @@
+"""fp32 against bf16 autocast, in one run: training, SVI, calibration and pruned inference of LeNet-5, ResNet-20, VGG-16.
+
+Issue 31. For each network and each precision (alternating within every repeat, so both see
+the same machine state) it times
+
+- a training epoch: :func:`~pyro_dirichlet.train.train_classifier`, one epoch with the
+  registry's recipe on ``images`` training images, validation excluded, **scaled** to the
+  full training split (LeNet-5: 55,000 MNIST images; ResNet-20 and VGG-16: 45,000 CIFAR-10
+  images) -- a fixed number of steps, each costing what every step of a full epoch costs;
+- an SVI epoch: :func:`~pyro_dirichlet.infer.fit.fit`, one epoch on the same images, scaled the same way;
+- a calibration pass: :func:`~pyro_dirichlet.calibrate.calibrate` of the network pruned to
+  its registry widths, one pass of scale steps over the same images (plus its BatchNorm and
+  check batches), not scaled;
+- pruned inference: :func:`~pyro_dirichlet.measure.latency_seconds` of that pruned network
+  at batch 1 and 256;
+
+and reports per repeat, the medians of the repeats and the median of the per-repeat
+``bf16 / fp32`` ratios, in wall seconds and, for the training, SVI and calibration passes, in
+this process's CPU seconds too (``*_cpu``: with one torch thread, the compute the pass costs;
+on a shared machine the wall seconds also hold the waits for other processes' work, the CPU
+seconds do not -- the training and SVI CPU seconds include their small untimed setup and
+validation pass). LeNet-5 runs on real MNIST; ResNet-20 and VGG-16 on random images of
+CIFAR-10's shape (a step costs the same whatever the pixels; this keeps the JPEG decoding
+out of the benchmark's wall time). The networks are freshly initialised: timings need no
+trained weights.
+
+``--finetune-seeds N`` adds the accuracy comparison: the trained ResNet-20 baseline
+(``analysis/baselines/resnet20-cifar10.safetensors``), pruned by L1-norm to 50% of its FLOPs
+(every inner conv the same share, :func:`~pyro_dirichlet.allocation.uniform_counts`),
+fine-tuned in fp32 and in bf16 from the same pruned weights with the same seed (SGD,
+Nesterov, lr 0.05, batch 512, cosine, the best validation epoch kept), test accuracy in
+fp32, for seeds 0..N-1. On real CIFAR-10; ``--finetune-epochs`` and ``--finetune-images``
+size it (the issue's protocol: 30 epochs on 45,000 images, about an hour per seed and
+precision on this 2-core CPU).
+
+    python -m benchmarks.precision                       # timings, ~10 min on one CPU thread
+    python -m benchmarks.precision --finetune-seeds 3    # and the fine-tune accuracies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pyro
+import torch
+
+from benchmarks.inference import pruned_copy
+from benchmarks.workloads import Workload, synthetic_splits
+from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.data import load_dataset
+from pyro_dirichlet.infer.fit import FitConfig, fit
+from pyro_dirichlet.infer.switches import DirichletSwitches
+from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, latency_seconds
+from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.precision import native_bf16
+from pyro_dirichlet.train import TrainConfig, train_classifier
+
+__all__ = ["time_model", "finetune_accuracy", "main", "NETWORKS"]
+
+PRECISIONS = ("fp32", "bf16")
+#: name -> (training images timed, batch size, images in a full epoch of its data set).
+NETWORKS = {"lenet5": (2048, 128, 55000), "resnet20": (512, 128, 45000), "vgg16": (384, 128, 45000)}
+BATCHES = (1, 256)
+RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
+RESNET20_WEIGHTS = Path(__file__).resolve().parents[1] / "analysis" / "baselines" / "resnet20-cifar10.safetensors"
+
+
+def _workload(name: str, images: int, batch_size: int, data_dir: str | None) -> Workload:
+    entry = get_model_entry(name)
+    if entry.dataset == "mnist":
+        data, source = load_dataset("mnist", data_dir).subset(train=images, validation=32, test=32, seed=0), "mnist"
+    else:
+        data, source = synthetic_splits(entry.dataset, (3, 32, 32), images), "synthetic"
+    return Workload(name, data, batch_size, dict(entry.default_keep), source=source)
+
+
+class _CPUClock:
+    """This process's CPU seconds over a block: on a shared machine, the compute a pass costs, without the waits."""
+
+    def __enter__(self) -> _CPUClock:
+        self.start = time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.process_time() - self.start
+
+
+def _once(workload: Workload, precision: str, seed: int, pruned: torch.nn.Module) -> dict[str, float]:
+    """One repeat's wall seconds (``NAME``) and CPU seconds (``NAME_cpu``) of every measured pass in ``precision``."""
+    data = replace(workload.data, augment=None)
+    # The recipe's optimiser; a constant schedule, since a one-cycle schedule of a few steps has no warm-up to divide.
+    recipe = replace(get_model_entry(workload.name).train, epochs=1, batch_size=workload.batch_size, seed=seed,
+                     precision=precision, schedule="constant")
+    seconds = {}
+    with _CPUClock() as cpu:
+        seconds["train"] = train_classifier(workload.build(), data, recipe, progress=False).seconds_per_epoch[0]
+    seconds["train_cpu"] = cpu.seconds
+    pyro.clear_param_store()
+    switches = DirichletSwitches(workload.build(), data.train.images[:2])
+    config = FitConfig(epochs=1, batch_size=workload.batch_size, seed=seed, device="cpu", progress=False, precision=precision)
+    with _CPUClock() as cpu:
+        seconds["svi"] = fit(switches, data.train, config).seconds
+    seconds["svi_cpu"] = cpu.seconds
+    pyro.clear_param_store()
+    steps = len(data.train) // workload.batch_size
+    with Stopwatch() as watch, _CPUClock() as cpu:
+        calibrate(pruned, data.train, data.train.images[:2],
+                  CalibrationConfig(steps=steps, batchnorm_batches=steps, check_batches=2, seed=seed, precision=precision))
+    seconds["calibration"], seconds["calibration_cpu"] = watch.seconds, cpu.seconds
+    generator = torch.Generator().manual_seed(seed)
+    for batch in BATCHES:
+        images = torch.randn(batch, *data.train.images.shape[1:], generator=generator)
+        seconds[f"inference_batch{batch}"] = latency_seconds(pruned, images, repeats=5, warmup=2, precision=precision)
+    return seconds
+
+
+def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=print, partial=None) -> dict:
+    """Every pass of network ``name`` in fp32 and bf16, ``repeats`` alternating rounds; medians and ratios.
+
+    ``partial``, if given, receives the summary of the rounds done so far after each round.
+    """
+    images, batch_size, full = NETWORKS[name]
+    workload = _workload(name, images, batch_size, data_dir)
+    pruned = pruned_copy(workload.build().eval(), workload.default_keep, workload.data.train.images[:2])
+    runs: dict[str, list[dict[str, float]]] = {precision: [] for precision in PRECISIONS}
+    for repeat in range(repeats):
+        for precision in PRECISIONS:
+            runs[precision].append(_once(workload, precision, repeat, pruned))
+            log(f"{name} repeat {repeat} {precision}: " + ", ".join(f"{k} {v:.3f} s" for k, v in runs[precision][-1].items()))
+        if partial is not None:
+            partial(_summary(runs, workload, images, full))
+    return _summary(runs, workload, images, full)
+
+
+def _summary(runs: dict[str, list[dict[str, float]]], workload: Workload, images: int, full: int) -> dict:
+    scale = {key: full / images for key in ("train", "train_cpu", "svi", "svi_cpu")}
+    passes = {}
+    for key in runs["fp32"][0]:
+        per = {precision: [run[key] * scale.get(key, 1.0) for run in runs[precision]] for precision in PRECISIONS}
+        passes[key] = {
+            "seconds": per,
+            "median": {precision: statistics.median(values) for precision, values in per.items()},
+            "bf16_over_fp32": statistics.median(b / f for b, f in zip(per["bf16"], per["fp32"])),
+        }
+    return {
+        "images": images, "full_epoch_images": full, "batch_size": workload.batch_size, "source": workload.source,
+        "rounds": len(runs["fp32"]),
+        "scaled_to_full_epoch": sorted(scale), "pruned_widths": workload.default_keep, "passes": passes,
+    }
+
+
+def finetune_accuracy(*, seeds: int, epochs: int, images: int, data_dir: str | None = None, log=print) -> dict:
+    """Test accuracy of ResNet-20 pruned by L1-norm to 50% FLOPs, fine-tuned in fp32 and bf16 from the same start."""
+    from pyro_dirichlet.allocation import uniform_counts
+    from pyro_dirichlet.importance import get_criterion
+    from pyro_dirichlet.models.baseline import load_checkpoint
+    from pyro_dirichlet.plan import plan_keep
+    from pyro_dirichlet.structure import find_prunable_layers
+    from pyro_dirichlet.surgery import prune_channels
+
+    data = load_dataset("cifar10", data_dir).subset(train=images, seed=0)
+    network = get_model_entry("resnet20").build()
+    network.load_state_dict(load_checkpoint(RESNET20_WEIGHTS)[0])
+    network.eval()
+    example = data.train.images[:2]
+    layers = find_prunable_layers(network, example)
+    widths = {layer.name: layer.channels for layer in layers}
+    counts = uniform_counts(network, widths, example, budget=0.5, cost="flops")
+    scores = get_criterion("l1-norm")(network, layers, data.train)
+    pruned = prune_channels(network, plan_keep({name: scores[name] for name in counts}, counts), example).eval()
+    recipe = TrainConfig(epochs=epochs, batch_size=512, lr=0.05, optimizer="sgd", momentum=0.9, nesterov=True,
+                         weight_decay=5e-4, schedule="cosine")
+    rows = []
+    for seed in range(seeds):
+        for precision in PRECISIONS:
+            model = prune_channels(network, plan_keep({name: scores[name] for name in counts}, counts), example)
+            model.load_state_dict(pruned.state_dict())
+            started = time.perf_counter()
+            train_classifier(model, data, replace(recipe, seed=seed, precision=precision), progress=False, keep_initial=True)
+            rows.append({"seed": seed, "precision": precision, "seconds": time.perf_counter() - started,
+                         "test_accuracy": accuracy(model, data.test), "validation_accuracy": accuracy(model, data.validation)})
+            log(f"fine-tune seed {seed} {precision}: test {rows[-1]['test_accuracy']:.4f} in {rows[-1]['seconds']:.0f} s")
+    mean = {p: statistics.mean(r["test_accuracy"] for r in rows if r["precision"] == p) for p in PRECISIONS}
+    return {
+        "protocol": {"budget": "50% FLOPs", "criterion": "l1-norm", "epochs": epochs, "train_images": len(data.train),
+                     "validation_images": len(data.validation), "test_images": len(data.test),
+                     "recipe": recipe.to_dict(), "flops_pruned": count_flops(pruned, example),
+                     "flops_baseline": count_flops(network, example), "baseline_test_accuracy": accuracy(network, data.test)},
+        "rows": rows, "mean_test_accuracy": mean, "bf16_minus_fp32_points": 100 * (mean["bf16"] - mean["fp32"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="alternating fp32/bf16 rounds; medians over them (default 3)")
+    parser.add_argument("--models", default=",".join(NETWORKS), help="comma-separated subset of " + ", ".join(NETWORKS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default {RESULTS})")
+    parser.add_argument("--finetune-seeds", type=int, default=0, help="ResNet-20 fine-tune accuracy for seeds 0..N-1 (default 0: skip)")
+    parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--finetune-images", type=int, default=45000, help="CIFAR-10 training images of the fine-tune")
+    args = parser.parse_args(argv)
+    models = [name for name in args.models.split(",") if name]
+    unknown = [name for name in models if name not in NETWORKS]
+    if unknown or args.repeats < 1 or args.threads < 1:
+        parser.error(f"--models must name {', '.join(NETWORKS)}; --repeats and --threads at least 1 (got {unknown})")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result = {
+        "machine": {"cpu_native_bf16": native_bf16("cpu"), "torch": torch.__version__, "python": platform.python_version(),
+                    "threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "repeats": args.repeats,
+        "models": {},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        def partial(summary: dict, name: str = name) -> None:
+            # Written after each round, so a run stopped early keeps what it measured.
+            args.json.write_text(json.dumps({**result, "models": {**result["models"], name: summary}, "complete": False},
+                                            indent=1) + "\n")
+
+        result["models"][name] = time_model(name, repeats=args.repeats, data_dir=args.data_dir, partial=partial)
+    if args.finetune_seeds:
+        result["finetune"] = finetune_accuracy(seeds=args.finetune_seeds, epochs=args.finetune_epochs,
+                                               images=args.finetune_images, data_dir=args.data_dir)
+    result["seconds"] = time.perf_counter() - started
+    result["complete"] = True
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    for name, model in result["models"].items():
+        print(name + ": " + ", ".join(f"{key} {row['bf16_over_fp32']:.2f}x" for key, row in model["passes"].items()))
+    print(f"wrote {args.json} in {result['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
