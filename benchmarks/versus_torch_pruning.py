@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import dataclasses
 import json
 import platform
@@ -309,12 +310,12 @@ def run_network(network: nn.Module, data: DataSplits, protocol: Protocol, *, log
             for budget in protocol.budgets:
                 from pyro_dirichlet import prune_by_posterior_mean
 
+                if method == "dirichlet" and fitted is None:  # one fit serves every budget
+                    with Stopwatch() as fit_watch:
+                        fitted = dirichlet_fit(network, data, seed)
+                    fit_seconds = fit_watch.seconds
                 with Stopwatch() as watch:
                     if method == "dirichlet":
-                        if fitted is None:
-                            with Stopwatch() as fit_watch:
-                                fitted = dirichlet_fit(network, data, seed)
-                            fit_seconds = fit_watch.seconds
                         switches, posterior = fitted
                         pruned, _ = prune_by_posterior_mean(network, posterior, budget=budget, example_inputs=example,
                                                             layers=switches.layers)
@@ -332,7 +333,8 @@ def run_network(network: nn.Module, data: DataSplits, protocol: Protocol, *, log
                             pruned, ratio = tp_prune_to_flops(network, method, budget, example, only=only, **options)
                 seconds = watch.seconds + (fit_seconds if method == "dirichlet" else 0.0)
                 pruned = pruned.eval()
-                row = {"seed": seed, "budget": budget, "method": method, "seconds_to_pruned": seconds, "tp_ratio": ratio,
+                row = {"seed": seed, "budget": budget, "method": method, "seconds_to_pruned": seconds,
+                       "fit_seconds": fit_seconds if method == "dirichlet" else None, "tp_ratio": ratio,
                        "tp_restricted_to_project_sites": None if method == "dirichlet" else restricted,
                        "params": count_parameters(pruned), "flops": count_flops(pruned, example),
                        "test_pruned": accuracy(pruned, data.test), "validation_pruned": accuracy(pruned, data.validation)}
@@ -369,7 +371,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             entry = {"budget": budget, "method": method, "seeds": len(group)}
             for key in ("test_pruned", "test_calibrated", "test_finetuned", "params", "flops", "seconds_to_pruned",
                         "latency_b1_ms", "latency_b64_ms"):
-                values = [r[key] for r in group if key in r]
+                values = [r[key] for r in group if r.get(key) is not None]
                 if values:
                     entry[key] = statistics.fmean(values)
                     entry[key + "_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -397,7 +399,8 @@ def readme_table(result: dict) -> str:
             lines.append(
                 f"| {name} | {row['budget']:.0%} | {row['method']} | {row['seeds']} | {pct('test_pruned')} | "
                 f"{pct('test_calibrated')} | {pct('test_finetuned')} | {row['params']:,.0f} | {row['flops'] / 1e6:.1f} M | "
-                f"{row['latency_b1_ms']:.2f} / {row['latency_b64_ms']:.1f} | {row['seconds_to_pruned']:.1f} |")
+                f"{row['latency_b1_ms']:.2f} / {row['latency_b64_ms']:.1f} | "
+                + (f"{row['seconds_to_pruned']:.1f} |" if "seconds_to_pruned" in row else "— |"))
     for name, why in result.get("skipped", {}).items():
         lines.append(f"| {name} | | not run: {why} | | | | | | | | |")
     return "\n".join(lines)
@@ -443,14 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "train_images": args.train_images,
         "train_epochs": args.train_epochs}.items() if value is not None}
     protocol = dataclasses.replace(protocol, **overrides)
-    import torch_pruning as tp  # fail early, before hours of work, if the optional dependency is missing
+    import torch_pruning  # noqa: F401  fail early, before hours of work, if the optional dependency is missing
 
     command = "python -m benchmarks.versus_torch_pruning " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"commands": [], "environment": {}, "networks": {}, "skipped": {}}
     if args.add and args.out.exists():
         result.update(json.loads(args.out.read_text()))
     result["commands"] = [*result["commands"], command]
-    result["environment"] = {"torch": torch.__version__, "torch_pruning": getattr(tp, "__version__", "?"),
+    result["environment"] = {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
                              "threads": torch.get_num_threads(), "device": _device(), "machine": platform.machine()}
     for name in protocol.networks:
         print(f"{name}:", flush=True)
