@@ -46,3 +46,12 @@ def test_the_readme_table_is_the_committed_json():
         assert "dirichlet" in methods and methods & {"tp-magnitude", "tp-taylor", "tp-lamp", "tp-hessian"}
         for row in entry["rows"]:  # equal FLOPs: every row at or under its budget
             assert row["flops"] <= row["budget"] * entry["baseline"]["flops"]
+
+
+def test_the_readme_quotes_the_diagnosis_json():
+    diagnosis = json.loads((RESULTS.parent / "versus_torch_pruning_diagnosis.json").read_text())
+    rows = {(r["ranking"], r["allocation"], r["fold"]): r for r in diagnosis["fits"][0]["rows"]}
+    text = " ".join(README.read_text().split())
+    for key in [("dirichlet", "dirichlet", True), ("dirichlet", "dirichlet", False), ("l1-norm", "dirichlet", False)]:
+        quoted = f"{100 * rows[key]['test_pruned']:.1f} / {100 * rows[key]['test_calibrated']:.1f}%"
+        assert quoted in text, key
