@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["Target", "plan_keep", "keep_counts"]
+__all__ = ["Target", "per_layer", "plan_keep", "keep_counts"]
 
 #: Per-layer target: an ``int`` is a number of channels to keep, a ``float`` in (0, 1] a
-#: fraction of the layer's width. Layers left out are kept whole.
-Target = Mapping[str, int | float]
+#: fraction of the layer's width. Layers left out are kept whole. A bare ``float`` in (0, 1]
+#: is one fraction for every layer (``0.5``: keep half of each layer's channels).
+Target = Mapping[str, int | float] | float
+
+
+def per_layer(target: Target, layers: Iterable[str]) -> dict[str, int | float]:
+    """``target`` as a mapping: a global fraction applies to every layer in ``layers``.
+
+    Example:
+        >>> per_layer(0.5, ["conv1", "fc1"])
+        {'conv1': 0.5, 'fc1': 0.5}
+    """
+    if isinstance(target, Mapping):
+        return dict(target)
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise TypeError(f"target must be a mapping {{layer: count or fraction}} or one fraction, got {target!r}.")
+    if not (math.isfinite(target) and 0 < target <= 1):
+        raise ValueError(f"a global target must be a fraction in (0, 1] of every layer, got {target!r}.")
+    return {layer: float(target) for layer in layers}
 
 
 def keep_counts(
@@ -27,6 +44,7 @@ def keep_counts(
     Raises:
         ValueError: an unknown layer, a count outside ``[1, width]``, or a fraction outside (0, 1].
     """
+    target = per_layer(target, widths)
     unknown = sorted(set(target) - set(widths))
     if unknown:
         raise ValueError(f"target names unknown layer(s) {unknown}; the prunable layers are {sorted(widths)}.")

@@ -7,16 +7,18 @@ studies in ``analysis/`` go through it too).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import xarray as xr
 from torch import nn
 
+from pyro_dirichlet.allocation import Cost, budget_counts
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.posterior_criteria import posterior_mean
 from pyro_dirichlet.plan import Target, plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
+from pyro_dirichlet.structure.naming import keep_name_error
 from pyro_dirichlet.surgery import fold_scales, prune_channels
 
 __all__ = ["prune_by_posterior_mean", "prune_to_keep", "switch_scales"]
@@ -62,14 +64,20 @@ def prune_to_keep(
 def prune_by_posterior_mean(
     network: nn.Module,
     posterior: xr.DataTree,
-    target: Target,
-    example_inputs: torch.Tensor,
+    keep: Target | None = None,
+    example_inputs: torch.Tensor | None = None,
     *,
+    budget: float | None = None,
+    cost: Cost = "flops",
     fold: bool = True,
     layers: Sequence[PrunableLayer] | None = None,
     check: DataSplits | None = None,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
-    """Prune ``network`` to ``target``, keeping each layer's channels of highest posterior mean.
+    """Prune ``network`` to ``keep`` or to ``budget``, keeping each layer's channels of highest posterior mean.
+
+    Give one of ``keep`` (per-layer counts or fractions, or one fraction for every switched
+    layer) or ``budget`` (a fraction of the network's FLOPs or parameters, each layer's width
+    from one threshold on ``E[s_c] * C``: :func:`pyro_dirichlet.allocation.budget_counts`).
 
     With ``fold=True`` (the default) every channel of a switched layer is first scaled by its
     posterior-mean switch value times the layer width, ``E[s_c] * C``, and by the layer's
@@ -81,8 +89,11 @@ def prune_by_posterior_mean(
     Args:
         network: the trained network (not modified).
         posterior: the fitted switch posterior (ArviZ DataTree).
-        target: channels to keep per layer, counts or fractions (see :func:`plan_keep`).
-        example_inputs: a batch of inputs to trace the network with.
+        keep: channels to keep per layer, counts or fractions (see :func:`plan_keep`), or
+            one fraction in (0, 1] for every switched layer (``0.5``).
+        example_inputs: a batch of inputs to trace (and, for ``budget``, measure) the network with.
+        budget: instead of ``keep``, the fraction in (0, 1] of the network's ``cost`` to keep.
+        cost: ``"flops"`` (default) or ``"params"``, what ``budget`` limits.
         fold: fold ``E[s_c] * C`` into the kept channels' weights.
         layers: the network's prunable layers (e.g. ``DirichletSwitches(...).layers``) so that
             the network is not traced again; None to trace it once here.
@@ -96,20 +107,37 @@ def prune_by_posterior_mean(
     Returns:
         ``(pruned network, keep)`` where ``keep`` maps each pruned layer to the original
         indices of the channels it kept.
+
+    Raises:
+        ValueError: neither or both of ``keep`` and ``budget``, no ``example_inputs``, or a
+            ``keep`` naming a layer that is not switched (the message names its coupling
+            group, and ``coupled='group'`` where the fit left the group unpruned).
+
+    Example:
+        >>> small, kept = prune_by_posterior_mean(net, posterior, budget=0.5, example_inputs=x)  # doctest: +SKIP
     """
+    if example_inputs is None:
+        raise ValueError("example_inputs is required: a batch of inputs to trace the network with.")
+    if (keep is None) == (budget is None):
+        raise ValueError("give keep (per-layer counts or fractions, or one fraction) or budget (a fraction of "
+                         "the FLOPs or parameters), exactly one of them.")
     scores = posterior_mean(posterior)
+    if isinstance(keep, Mapping) and set(keep) - set(scores):
+        raise ValueError(keep_name_error(network, example_inputs, sorted(set(keep) - set(scores)), list(scores)))
     if layers is None:
         layers = find_prunable_layers(network, example_inputs, layers=sorted(scores))
+    if budget is not None:
+        keep = budget_counts(network, scores, example_inputs, budget=budget, cost=cost, layers=layers)
     # Layers feeding a grouped convolution keep whole groups of channels.
-    keep = plan_keep(scores, target, blocks={layer.name: layer.block for layer in layers})
+    kept = plan_keep(scores, keep, blocks={layer.name: layer.block for layer in layers})
     from pyro_dirichlet.posterior import layer_gains
 
     scales = switch_scales(scores, layer_gains(posterior)) if fold else None
     if check is not None:
         from pyro_dirichlet.decision_check import DecisionWarning, check_decision
 
-        outcome = check_decision(network, keep, check, example_inputs, layers=layers,
-                                 scales={name: scales[name] for name in keep} if scales else None)
+        outcome = check_decision(network, kept, check, example_inputs, layers=layers,
+                                 scales={name: scales[name] for name in kept} if scales else None)
         if outcome.warning() is not None:
             warnings.warn(outcome.warning()[0].upper() + outcome.warning()[1:], DecisionWarning, stacklevel=2)
-    return prune_to_keep(network, keep, example_inputs, scales=scales, layers=layers), keep
+    return prune_to_keep(network, kept, example_inputs, scales=scales, layers=layers), kept

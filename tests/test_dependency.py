@@ -263,8 +263,9 @@ def test_analytic_counts_match_the_unpruned_networks():
 )
 def test_policy_leaves_coupled_channels_alone_unless_grouped(name, skip, group):
     net, x, _ = built(name)
-    assert len(find_prunable_layers(net, x)) == skip
+    assert len(find_prunable_layers(net, x, coupled="skip")) == skip
     assert len(find_prunable_layers(net, x, coupled="group")) == group
+    assert find_prunable_layers(net, x) == find_prunable_layers(net, x, coupled="group")  # the default
 
 
 def test_resnet18_groups_are_residual_streams():

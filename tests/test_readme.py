@@ -23,10 +23,13 @@ def test_readme_example_is_short_and_runs(small_mnist_everywhere, tmp_path, monk
     printed = capsys.readouterr().out
     assert "conv1.switch[0]" in printed and "hdi95_lb" in printed
     assert (tmp_path / "lenet5-pruned.safetensors").exists() and (tmp_path / "lenet5-pruned.json").exists()
-    assert {k: len(v) for k, v in namespace["keep"].items()} == {"conv1": 5, "conv2": 12, "fc1": 40}
-    from pyro_dirichlet import load_pruned
+    from pyro_dirichlet import count_flops, load_pruned
 
     example = namespace["example"]
+    # budget=0.5: at most half the FLOPs, every switched layer narrower than before
+    flops = count_flops(namespace["small"], example), count_flops(namespace["net"], example)
+    assert 0.4 * flops[1] < flops[0] <= 0.5 * flops[1]
+    assert set(namespace["keep"]) == {"conv1", "conv2", "fc1"}
     namespace["small"].eval()
     assert torch.allclose(load_pruned(tmp_path / "lenet5-pruned")(example), namespace["small"](example))
 

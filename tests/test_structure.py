@@ -9,6 +9,7 @@ from torch import nn
 
 from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.structure import (
+    DEFAULT_COUPLING,
     Consumer,
     PrunableLayer,
     UnsupportedStructureError,
@@ -143,10 +144,12 @@ class Residual(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_residual_add_couples_layers_left_out_by_default():
-    with pytest.raises(ValueError, match=r"'stem': its output channels are coupled with 'block\.0' through 'add' \(operator\.add.*coupled='group'"):
-        find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8))
-    [group] = find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="group")
+def test_residual_add_couples_layers_into_one_group_by_default():
+    with pytest.raises(ValueError, match=r"'stem': its output channels are coupled with 'block\.0' through 'add' \(operator\.add.*under coupled='skip'.*coupled='group'"):
+        find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="skip")
+    assert DEFAULT_COUPLING == "group"
+    [group] = find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8))
+    assert find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="group") == [group]
     assert (group.name, group.members, group.switch_points) == ("stem", ("stem", "block.0"), ("stem", "block.0"))
     # block.0 reads the stream and writes into it: it is a consumer and a member.
     assert group.is_group and group.consumers == (Consumer("block.0", "conv_in"), Consumer("head", "linear_in"))
@@ -327,7 +330,7 @@ def test_broadcast_shape_and_feature_indices():
 
 
 def test_coupled_policy_is_checked():
-    with pytest.raises(ValueError, match=r"coupled must be 'skip' or 'group', got 'all'"):
+    with pytest.raises(ValueError, match=r"coupled must be 'group' or 'skip', got 'all'"):
         find_prunable_layers(Residual(), torch.zeros(1, 3, 8, 8), coupled="all")
 
 

@@ -103,8 +103,8 @@ def test_coupled_group_gets_one_switch_shared_by_all_its_members():
     net = WideResNet10x1().eval()
     images = torch.randn(4, 3, 32, 32)
     expected = net(images)
-    skip = DirichletSwitches(net, images[:2])
-    group = DirichletSwitches(net, images[:2], coupled="group")
+    skip = DirichletSwitches(net, images[:2], coupled="skip")
+    group = DirichletSwitches(net, images[:2])
     grouped = [layer for layer in group.layers if layer.is_group]
     assert grouped and {layer.name for layer in skip.layers} < {layer.name for layer in group.layers}
     # at the prior mean every member of the group is scaled by 1: the network is unchanged

@@ -32,6 +32,7 @@ Runtime, TrainOptions, FitOptions, PruneOptions, FinetuneOptions = (
 ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
 FitConfig = DeferredClass("pyro_dirichlet.infer.fit", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
+COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
 
@@ -78,8 +79,18 @@ def _help(text: str, dest: str) -> str:
     return f"{text} (default {DEFAULTS[dest]:g})" if isinstance(DEFAULTS[dest], float) else f"{text} (default {DEFAULTS[dest]})"
 
 
-def parse_target(text: str) -> dict[str, int | float]:
-    """Parse ``"conv1=5,conv2=0.25"`` into ``{"conv1": 5, "conv2": 0.25}`` (counts or fractions)."""
+def parse_target(text: str) -> dict[str, int | float] | float:
+    """Parse ``"conv1=5,conv2=0.25"`` into ``{"conv1": 5, "conv2": 0.25}`` (counts or fractions),
+    or a bare ``"0.5"`` into ``0.5``: one fraction of every switched layer (or coupling group)."""
+    if "=" not in text:
+        try:
+            fraction = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--keep expects one fraction such as 0.5, or LAYER=COUNT or LAYER=FRACTION items, got {text!r}.") from None
+        if not 0 < fraction <= 1:
+            raise argparse.ArgumentTypeError(f"--keep {text}: a global fraction must be in (0, 1].")
+        return fraction
     target: dict[str, int | float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
@@ -237,8 +248,9 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help="temper the likelihood to N examples, giving the prior more weight (default: the training set's size)")
     group.add_argument("--layers", type=parse_layers, metavar="L1,L2",
                        help="layers to switch and prune, e.g. conv1,fc1 (default: every conv and hidden linear layer)")
-    group.add_argument("--coupled", choices=["skip", "group"],
-                       help=_help("channels coupled through residual adds: skip (leave unpruned) or group (one shared switch)", "coupled"))
+    group.add_argument("--coupled", choices=list(COUPLING_POLICIES),
+                       help=_help("channels coupled through residual adds, concatenations and depthwise convs: "
+                                  "group (one shared switch, pruned together) or skip (leave unpruned)", "coupled"))
     group.add_argument("--on-unsupported", choices=["raise", "skip"],
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
@@ -286,8 +298,9 @@ def _ci(parser: argparse.ArgumentParser) -> None:
 
 def _prune(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("budget (prune): --keep or --budget; default: the model's documented target")
-    group.add_argument("--keep", type=parse_target, metavar="L=N,...",
-                       help="channels to keep per layer, e.g. conv1=5,conv2=12,fc1=40 (counts) or conv1=0.25 (fractions)")
+    group.add_argument("--keep", type=parse_target, metavar="F|L=N,...",
+                       help="channels to keep: one fraction of every layer, e.g. 0.5, or per layer, e.g. "
+                            "conv1=5,conv2=12,fc1=40 (counts) or conv1=0.25 (fractions)")
     group.add_argument("--budget", type=float, metavar="FRACTION",
                        help="keep at most this fraction of the baseline's FLOPs (or --budget-cost params); "
                             "one threshold on the posterior means picks every layer's width")

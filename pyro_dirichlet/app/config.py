@@ -145,6 +145,8 @@ def _convert(key: str, value: Any, action: argparse.Action, source: str) -> Any:
         if bad:
             raise ConfigError(f"{where} must map layers to counts or fractions, got {bad!r}.")
         converted: Any = dict(value)
+    elif action.dest == "keep" and isinstance(value, (int, float)):  # one fraction for every layer
+        converted = action.type(str(value))
     elif action.dest == "layers" and isinstance(value, list):
         if not all(isinstance(name, str) and name for name in value):
             raise ConfigError(f"{where} must be a list of layer names, got {value!r}.")

@@ -97,7 +97,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
         prior = fit_config["prior"] if options.prior_model is None else load_prior_model(options.prior_model)
         switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),
-                                     prior=prior, coupled=fit_config.get("coupled", "skip"),
+                                     prior=prior, coupled=fit_config["coupled"],
                                      on_unsupported=fit_config.get("on_unsupported", "raise"),
                                      layer_gain=fit_config.get("layer_gain", False))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)

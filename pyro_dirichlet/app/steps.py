@@ -38,7 +38,7 @@ from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
 from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
-from pyro_dirichlet.plan import Target
+from pyro_dirichlet.plan import Target, per_layer
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision, resolve_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
@@ -48,6 +48,8 @@ from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_wri
 from pyro_dirichlet.regular_files import check_regular
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
+from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING
+from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -186,8 +188,8 @@ class FitOptions:
 
     Attributes:
         layers: layers to switch and prune; ``None`` finds every conv and hidden linear layer.
-        coupled: ``"skip"`` leaves channels coupled through residual adds unpruned,
-            ``"group"`` gives each coupling group one shared switch.
+        coupled: ``"group"`` (default) gives each coupling group one shared switch,
+            ``"skip"`` leaves channels coupled through residual adds unpruned.
         on_unsupported: ``"raise"`` refuses a network with layers whose channels the
             structure analysis cannot follow, listing them all; ``"skip"`` prunes the others
             (the fit records the skipped layers and why, and the report lists them).
@@ -207,7 +209,7 @@ class FitOptions:
     """
 
     layers: tuple[str, ...] | None = None
-    coupled: str = "skip"
+    coupled: str = DEFAULT_COUPLING
     on_unsupported: str = "raise"
     prior: float = DEFAULT_CONCENTRATION
     prior_model: str | None = None
@@ -228,8 +230,8 @@ class FitOptions:
                 raise ValueError(f"prior_model and prior={self.prior:g} both set: a prior model replaces the symmetric concentration; give one of them.")
             load_prior_model(self.prior_model)
         _check_probability("ci_prob", self.ci_prob)
-        if self.coupled not in ("skip", "group"):
-            raise ValueError(f"coupled must be 'skip' or 'group', got {self.coupled!r}.")
+        if self.coupled not in COUPLING_POLICIES:
+            raise ValueError(f"coupled must be 'group' or 'skip', got {self.coupled!r}.")
         if self.on_unsupported not in ("raise", "skip"):
             raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {self.on_unsupported!r}.")
         if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n for n in self.layers)):
@@ -243,7 +245,8 @@ class PruneOptions:
     """How many channels each layer keeps: a per-layer target or one global budget, else the model's default.
 
     Attributes:
-        keep: counts or fractions per layer (see :data:`pyro_dirichlet.plan.Target`).
+        keep: counts or fractions per layer, or one fraction of every switched layer (see
+            :data:`pyro_dirichlet.plan.Target`).
         budget: the fraction of the baseline's ``budget_cost`` the pruned network may keep;
             one threshold on ``E[s_c] * C`` picks every layer's count
             (:func:`pyro_dirichlet.allocation.budget_counts`).
@@ -259,7 +262,9 @@ class PruneOptions:
     check: bool = True
 
     def __post_init__(self) -> None:
-        if self.keep is not None:
+        if isinstance(self.keep, float) or isinstance(self.keep, int) and not isinstance(self.keep, bool):
+            _check_number("keep", self.keep, low=0, high=1)
+        elif self.keep is not None:
             if not isinstance(self.keep, dict) or not self.keep:
                 raise ValueError(f"keep must name at least one layer, e.g. conv1=5, got {self.keep!r}.")
             for layer, count in self.keep.items():
@@ -308,6 +313,13 @@ def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> N
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}.")
+
+
+def _cli_spelling(reason: str) -> str:
+    """A structure message with its Python option spellings (``coupled='group'``) as CLI flags (``--coupled group``)."""
+    for policy in COUPLING_POLICIES:
+        reason = reason.replace(f"coupled='{policy}'", f"--coupled {policy}")
+    return reason.replace("on_unsupported='skip'", "--on-unsupported skip")
 
 
 def _check_number(name: str, value: Any, *, low: float, high: float | None = None, finite: bool = False) -> None:
@@ -441,7 +453,9 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
                                      layer_gain=options.layer_gain)
         # Every layer left unswitched, and why, for the report (the classifier, coupled
         # channels, and under on_unsupported="skip" the layers the analysis cannot follow).
-        skipped = [{"layer": s.name, "reason": s.reason, "unsupported": s.unsupported} for s in switches.layers.skipped]
+        # The reasons spell options the way the command line does (--coupled group).
+        skipped = [{"layer": s.name, "reason": _cli_spelling(s.reason), "unsupported": s.unsupported}
+                   for s in switches.layers.skipped]
         precision = resolve_precision(runtime.precision, device)
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress, precision=precision)
         if fit_config.checkpoint_every is None:
@@ -539,8 +553,13 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         example = data.train.images[:2].to(device)
         posterior = load_run_posterior(run, network, example)
         scores = posterior_mean(posterior)
-        if options.keep is not None:
+        if isinstance(options.keep, dict):
+            unknown = sorted(set(options.keep) - set(scores))
+            if unknown:
+                raise ValueError(keep_name_error(network, example, unknown, list(scores), spelling=CLI_SPELLING))
             target = dict(options.keep)
+        elif options.keep is not None:
+            target = per_layer(options.keep, scores)
         elif options.budget is not None:
             target = budget_counts(network, scores, example, budget=options.budget, cost=options.budget_cost)
         elif is_factory_path(manifest["model"]):

@@ -21,7 +21,7 @@ from pyro_dirichlet.infer.likelihoods import (
     resolve_likelihood,
 )
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
-from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
+from pyro_dirichlet.structure import DEFAULT_COUPLING, PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery.attention import AttentionTapHook
@@ -82,9 +82,10 @@ class DirichletSwitches:
             per-layer concentrations, a callable returning a layer's distribution on the
             simplex, or a :class:`~pyro_dirichlet.infer.priors.PriorModel` returning every
             layer's (with sample sites of its own: hyper-priors shared across layers).
-        coupled: ``"skip"`` (default) leaves channels coupled through residual adds
-            unswitched; ``"group"`` gives each coupling group one shared switch site, named
-            after its first member (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
+        coupled: ``"group"`` (default) gives each coupling group (channels coupled through
+            residual adds, concatenations, depthwise convolutions) one shared switch site, named
+            after its first member; ``"skip"`` leaves channels coupled through residual adds
+            unswitched (see :func:`pyro_dirichlet.structure.find_prunable_layers`).
         placement: ``"input"`` (default) applies a switch to the input of the module that
             reads the layer's channels where only ReLU, pooling, dropout or flattening lie
             between (``PrunableLayer.switch_input``): these commute with a non-negative
@@ -126,7 +127,7 @@ class DirichletSwitches:
         *,
         layers: Sequence[str] | None = None,
         prior: PriorSpec = DEFAULT_CONCENTRATION,
-        coupled: str = "skip",
+        coupled: str = DEFAULT_COUPLING,
         placement: Literal["input", "output"] = "input",
         on_unsupported: Literal["raise", "skip"] = "raise",
         likelihood: LikelihoodSpec = "categorical",

@@ -32,10 +32,12 @@ layers, with reasons, in the result's ``skipped``.
 
 Policy, for automatic discovery (``find_prunable_layers(..., coupled=...)``):
 
-* ``"skip"`` (default): layers whose channels are coupled through an add are left out, so in
-  a ResNet only the inner convolutions of each block are found;
-* ``"group"``: each coupling group is one :class:`PrunableLayer` named after its first member
-  in forward order, whose switch multiplies the output of every member.
+* ``"group"`` (:data:`DEFAULT_COUPLING`): each coupling group is one :class:`PrunableLayer`
+  named after its first member in forward order, whose switch multiplies the output of every
+  member, so in a ResNet the stem, every conv writing into a residual stream and the
+  shortcut convolutions are pruned together, stream by stream;
+* ``"skip"``: layers whose channels are coupled through an add are left out, so in a ResNet
+  only the inner convolutions of each block are found.
 
 A name passed explicitly (``layers=[...]``, or a key of ``keep`` in
 :func:`pyro_dirichlet.prune_channels`) that is a group's first member always means the group;
@@ -50,6 +52,8 @@ what each operation does to channels), :mod:`.graph` (the walk and the coupling 
 
 from pyro_dirichlet.structure.find import find_prunable_layers
 from pyro_dirichlet.structure.layers import (
+    COUPLING_POLICIES,
+    DEFAULT_COUPLING,
     Consumer,
     CouplingPolicy,
     PrunableLayer,
@@ -61,8 +65,10 @@ from pyro_dirichlet.structure.layers import (
 )
 
 __all__ = [
+    "COUPLING_POLICIES",
     "Consumer",
     "CouplingPolicy",
+    "DEFAULT_COUPLING",
     "PrunableLayer",
     "PrunableLayers",
     "SkippedLayer",

@@ -14,6 +14,8 @@ from torch.nn.utils import parametrize
 from pyro_dirichlet.structure._fx import as_input_tuple
 from pyro_dirichlet.structure.graph import PARAMETRIZED, TracedModel, brief
 from pyro_dirichlet.structure.layers import (
+    COUPLING_POLICIES,
+    DEFAULT_COUPLING,
     CouplingPolicy,
     PrunableLayer,
     PrunableLayers,
@@ -30,7 +32,7 @@ def find_prunable_layers(
     example_inputs: Tensor | tuple[Tensor, ...],
     layers: Sequence[str] | None = None,
     *,
-    coupled: CouplingPolicy = "skip",
+    coupled: CouplingPolicy = DEFAULT_COUPLING,
     on_unsupported: UnsupportedPolicy = "raise",
 ) -> PrunableLayers:
     """Find the layers whose output channels can be pruned, and what each one couples to.
@@ -65,7 +67,8 @@ def find_prunable_layers(
             first member of a coupling group names the whole group (whatever ``coupled``
             says); another member of a group is rejected with the group's name.
         coupled: what automatic mode does with layers coupled through a residual add:
-            ``"skip"`` leaves them out, ``"group"`` returns each group as one site.
+            ``"group"`` (the default, :data:`DEFAULT_COUPLING`) returns each group as one
+            site, ``"skip"`` leaves them out.
         on_unsupported: what to do with layers whose channels the analysis cannot follow
             (an operation it does not know, a grouped convolution...): ``"raise"`` (the
             default) raises one error listing every such layer and the node that stops it;
@@ -100,8 +103,8 @@ def find_prunable_layers(
             f"layers must be a sequence of layer names, got the string {layers!r}; "
             f"write layers=[{layers!r}]"
         )
-    if coupled not in ("skip", "group"):
-        raise ValueError(f"coupled must be 'skip' or 'group', got {coupled!r}")
+    if coupled not in COUPLING_POLICIES:
+        raise ValueError(f"coupled must be 'group' or 'skip', got {coupled!r}")
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}")
     graph = TracedModel.trace(model, as_input_tuple(example_inputs))

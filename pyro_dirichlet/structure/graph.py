@@ -28,6 +28,7 @@ from pyro_dirichlet.structure._fx import (
 )
 from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
 from pyro_dirichlet.structure.layers import (
+    DEFAULT_COUPLING,
     Consumer,
     CouplingPolicy,
     PrunableLayer,
@@ -130,7 +131,7 @@ class TracedModel:
     def __init__(self, model: nn.Module, gm: fx.GraphModule) -> None:
         self.model = model
         self.gm = gm
-        self.coupled: CouplingPolicy = "skip"
+        self.coupled: CouplingPolicy = DEFAULT_COUPLING
         self.modules = dict(gm.named_modules())
         self.calls: dict[str, list[fx.Node]] = {}
         for node in gm.graph.nodes:
@@ -215,7 +216,7 @@ class TracedModel:
         if not named and self.coupled == "skip" and self._has_sum(members):
             return NotPrunable(
                 f"its output channels are coupled{with_others} {through}; coupled channels "
-                f"are left unpruned by default: pass coupled='group' to prune them as the "
+                f"are left unpruned under coupled='skip': pass coupled='group' to prune them as the "
                 f"group '{name}'"
             )
         try:

@@ -16,7 +16,9 @@ from torch import Tensor
 
 __all__ = [
     "Consumer",
+    "COUPLING_POLICIES",
     "CouplingPolicy",
+    "DEFAULT_COUPLING",
     "PrunableLayer",
     "PrunableLayers",
     "SkippedLayer",
@@ -26,6 +28,15 @@ __all__ = [
 ]
 
 CouplingPolicy = Literal["skip", "group"]
+
+#: What automatic discovery does with channels coupled through residual adds, concatenations
+#: and depthwise/grouped convolutions, unless told otherwise: ``"group"`` prunes each coupled
+#: set as one site with one switch (as Torch-Pruning does); ``"skip"`` leaves it whole.
+DEFAULT_COUPLING: CouplingPolicy = "group"
+
+#: The coupling policies, in the order the CLI lists them.
+COUPLING_POLICIES: tuple[str, ...] = ("group", "skip")
+
 UnsupportedPolicy = Literal["raise", "skip"]
 
 
