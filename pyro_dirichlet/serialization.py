@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.deployment import Deployment
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
-from pyro_dirichlet.regular_files import SpecialFileError, read_regular, sha256_of
+from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
+from pyro_dirichlet.spec_file import FORMAT, FORMAT_VERSION, MAX_SPEC_BYTES, ModelFileError, read_spec as _read_spec
 from pyro_dirichlet.weights import WeightsError, check_weight_tensors
 
 __all__ = [
@@ -40,17 +41,11 @@ __all__ = [
     "save_pruned",
 ]
 
-FORMAT = "pyro-dirichlet.pruned-model"
-FORMAT_VERSION = 1
 _SEQUENTIAL = "torch.nn.Sequential"
 # The spec's class of a model a user's factory builds; the factory's path and arguments sit beside it.
 _FACTORY = "factory"
 
 ModuleClass = TypeVar("ModuleClass", bound=type)
-
-
-class ModelFileError(ValueError):
-    """A saved model's files are corrupt, inconsistent, or describe something not allowed."""
 
 
 # --- which classes may be instantiated at load time ---------------------------------------------
@@ -542,41 +537,6 @@ def load_pruned(
     if not hasattr(model, "deployment"):  # never over a network's own attribute: read_deployment() reads it then
         model.deployment = Deployment.from_metadata(spec["metadata"] if isinstance(spec.get("metadata"), dict) else {})
     return model.to(map_location).eval()
-
-
-MAX_SPEC_BYTES = 16 * 2**20  #: a spec describes a few hundred modules; anything larger is refused unread
-
-
-def _read_spec(spec_path: Path) -> dict[str, Any]:
-    try:
-        text = read_regular(spec_path, what="spec file", limit=MAX_SPEC_BYTES).decode("utf-8")
-        spec = json.loads(text)
-    except SpecialFileError as err:
-        raise ModelFileError(str(err)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"spec file {spec_path} is not valid JSON: {err}") from err
-    except RecursionError:
-        raise ModelFileError(f"spec file {spec_path} is not a spec: its JSON is nested too deeply") from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
-        raise ModelFileError(f"{spec_path} is not a {FORMAT} spec (format: {found!r})")
-    if spec.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{spec_path} has format_version {spec.get('format_version')!r}; this version of "
-            f"pyro-dirichlet reads version {FORMAT_VERSION}"
-        )
-    architecture = spec.get("architecture")
-    if (
-        not isinstance(spec.get("weights_sha256"), str)
-        or not isinstance(architecture, dict)
-        or not isinstance(architecture.get("class"), str)
-        or not isinstance(architecture.get("modules"), list)
-        or not isinstance(architecture.get("tensors"), dict)
-    ):
-        raise ModelFileError(
-            f"{spec_path} lacks weights_sha256 or an architecture with class, modules and tensors"
-        )
-    return spec
 
 
 def _stored_shapes(path: Path) -> dict[str, Tensor]:

@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 # The options dataclasses live in modules that import torch, Pyro and ArviZ (seconds); `--help`
 # and argument errors read their defaults from the source instead and import them only to run a step.
 Runtime, TrainOptions, FitOptions, PruneOptions, FinetuneOptions = (
-    DeferredClass("pyro_dirichlet.app.steps", name)
+    DeferredClass("pyro_dirichlet.app.options", name)
     for name in ("Runtime", "TrainOptions", "FitOptions", "PruneOptions", "FinetuneOptions"))
 ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
-FitConfig = DeferredClass("pyro_dirichlet.infer.fit", "FitConfig")
+FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
 
