@@ -83,9 +83,9 @@ def _not_found(module_name: str, error: ModuleNotFoundError) -> str:
     if error.name not in (module_name, top):
         return f"module {module_name!r} imports {error.name!r}, which is not installed."
     if "." in module_name:
-        return (f"there is no module {module_name!r} installed (a file of yours in the current folder is found as "
+        return (f"module {module_name!r} is not installed (a file of yours in the current folder is found as "
                 "MODULE:callable, for MODULE.py).")
-    return (f"there is no module {module_name!r} installed and no {module_name}.py in the current folder "
+    return (f"module {module_name!r} is not installed and there is no {module_name}.py in the current folder "
             f"{os.getcwd()!r}; run the command from the folder holding it, or install it.")
 
 

@@ -173,9 +173,9 @@ GOOD = [None] * 12
 CASES = [
     # your own model and data (issue 12): refused before anything is written
     ("factory-module-missing", ["train", "--out", "{run}", "--model", "no_such_package.nets:net", "--dataset", "mnist"], None,
-     "model factory 'no_such_package.nets:net' does not import: there is no module 'no_such_package.nets' installed"),
+     "model factory 'no_such_package.nets:net' does not import: module 'no_such_package.nets' is not installed"),
     ("factory-module-not-in-folder", ["train", "--out", "{run}", "--model", "no_such_nets:net", "--dataset", "mnist"], None,
-     "there is no module 'no_such_nets' installed and no no_such_nets.py in the current folder"),
+     "module 'no_such_nets' is not installed and there is no no_such_nets.py in the current folder"),
     ("factory-name-missing", ["train", "--out", "{run}", "--model", "torchvision.models:no_such_net", "--dataset", "mnist"],
      None, "'torchvision.models' has no 'no_such_net'"),
     ("factory-not-callable", ["train", "--out", "{run}", "--model", "math:pi", "--dataset", "mnist"], None,

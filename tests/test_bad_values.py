@@ -144,7 +144,7 @@ def test_load_guide_refuses_non_finite_or_misshapen_parameters(saved_switches, c
 
     tree, switches = saved_switches
     group = tree["guide_parameters"].to_dataset()
-    (name,) = [n for n in group.data_vars if "conv1" in str(n)]
+    (name,) = [n for n in group.data_vars if "conv1" in str(n) and "concentration" in str(n)]
     values = change(group[name].values.copy())
     group = group.drop_vars(name).assign({name: xr.DataArray(values, dims=[f"{name}_dim"])})
     tree["guide_parameters"] = group

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_dirichlet.app.cli import build_parser, main
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.app.rundir import FORMAT_VERSION, STEPS
 
 
@@ -30,7 +31,7 @@ def test_steps_build_the_run_directory(small_run):
     assert recorded["model"] == "lenet5" and recorded["data"]["train"] == 400
     for record in recorded["steps"].values():
         assert record["files"] and all((small_run / name).exists() for name in record["files"])
-    assert recorded["steps"]["fit"]["config"]["prior"] == 1.0
+    assert recorded["steps"]["fit"]["config"]["prior"] == DEFAULT_CONCENTRATION
     assert recorded["steps"]["finetune"]["config"]["epochs"] == 1
     assert not [p for p in small_run.iterdir() if p.name.startswith(".staging")]
 
@@ -267,7 +268,7 @@ def test_help_shows_the_dataclass_defaults(capsys, monkeypatch):
     shown = 0
     for dest, (kind, name) in OPTION_FIELDS.items():
         default = {f.name: f for f in dataclasses.fields(kind)}[name].default
-        if default is None or default is dataclasses.MISSING:
+        if default is None or default is dataclasses.MISSING or dest == "check":  # --no-check only turns it off
             continue
         flag = "--" + dest.replace("_", "-")
         text = f"{default:g}" if isinstance(default, float) else str(default)

@@ -13,9 +13,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_layer_gain_is_fitted_recorded_and_rebuilt_by_the_report(run_copy, small_mnist_everywhere, capsys):
     common = ["--run", str(run_copy), "--quiet"]
+    assert main(["fit", *common, "--no-layer-gain"]) == 0  # the paper's model: no gain sites
     plain = load_posterior(run_copy / "posterior.nc")
     assert not any(name.endswith(".switch.gain") for name in plain["guide_parameters"].data_vars)
-    assert main(["fit", *common, "--layer-gain"]) == 0
+    assert manifest(run_copy)["steps"]["fit"]["config"]["layer_gain"] is False
+    assert main(["fit", *common]) == 0  # on by default
     assert manifest(run_copy)["steps"]["fit"]["config"]["layer_gain"] is True
     gains = [name for name in load_posterior(run_copy / "posterior.nc")["guide_parameters"].data_vars if name.endswith(".switch.gain")]
     assert sorted(gains) == sorted(f"{layer}.switch.gain" for layer in ("conv1", "conv2", "fc1"))

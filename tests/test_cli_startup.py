@@ -81,9 +81,9 @@ def test_a_default_the_source_reader_cannot_follow_comes_from_the_imported_class
     from pyro_dirichlet.app.steps import FitOptions
     from pyro_dirichlet.infer.fit import FitConfig
 
-    deferred = DeferredClass("pyro_dirichlet.app.steps", "FitOptions")
+    deferred = DeferredClass("pyro_dirichlet.app.options", "FitOptions")
     with pytest.raises(NotInSource, match="not a constant expression"):
-        class_default("pyro_dirichlet.app.steps", "FitOptions", "fit")  # field(default_factory=FitConfig)
+        class_default("pyro_dirichlet.app.options", "FitOptions", "fit")  # field(default_factory=FitConfig)
     assert deferred.default("fit") == FitConfig()
     assert deferred.resolve() is FitOptions
     assert deferred(prior=0.5) == FitOptions(prior=0.5)

@@ -49,7 +49,7 @@ def quiet(**kwargs):
 
 def test_a_shared_gamma_concentration_is_inferred_with_the_default_elbo():
     network, data = planted()
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     result = fit(switches, data, quiet(epochs=5, batch_size=64))
     store = pyro.get_param_store()
     # Four of sixteen units carry the signal: the posterior is sparse, so the shared
@@ -62,7 +62,7 @@ def test_a_shared_gamma_concentration_is_inferred_with_the_default_elbo():
 
 def test_a_second_fit_starts_from_the_initial_hyper_guide():
     network, data = planted(128)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     first = fit(switches, data, quiet(epochs=2, batch_size=64))
     loc = pyro.get_param_store()[LOC].item()
     second = fit(switches, data, quiet(epochs=2, batch_size=64))
@@ -71,7 +71,7 @@ def test_a_second_fit_starts_from_the_initial_hyper_guide():
 
 def test_resume_restores_every_param_bit_for_bit(tmp_path):
     network, data = planted(128)
-    switches = DirichletSwitches(network, data.images[:2], prior=learnable_scale)
+    switches = DirichletSwitches(network, data.images[:2], prior=learnable_scale, layer_gain=False)
     path = tmp_path / "fit.ckpt"
     fit(switches, data, quiet(epochs=2, batch_size=32), checkpoint=path)
     assert sorted(FitCheckpoint.load(path).params) == sorted(
@@ -89,7 +89,7 @@ def test_resume_restores_every_param_bit_for_bit(tmp_path):
 
 def test_delta_hyper_guide_gives_a_point_estimate():
     network, data = planted(128)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     fit(switches, data, quiet(epochs=2, batch_size=64, hyper_guide="delta"))
     names = [name for name in pyro.get_param_store() if name.startswith("AutoGuideList")]
     assert names == ["AutoGuideList.1.alpha"]
@@ -111,7 +111,7 @@ def test_a_discrete_hyper_latent_is_refused_naming_the_site():
 
 def test_a_user_guide_is_fitted_and_read():
     network, data = planted(128)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     name = switch_site("1")
 
     def guide(images, labels=None, **kwargs):

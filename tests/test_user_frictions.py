@@ -65,7 +65,7 @@ def test_a_missing_factory_module_names_the_working_folder(user_folder):
     with pytest.raises(FactoryError) as error:
         import_factory("not_my_nets:factory")
     message = str(error.value)
-    assert f"no not_my_nets.py in the current folder {str(user_folder)!r}" in message
+    assert f"there is no not_my_nets.py in the current folder {str(user_folder)!r}" in message
     assert message.count(".") >= 1 and message.endswith(".") and "\n" not in message
 
 

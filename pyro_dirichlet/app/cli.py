@@ -120,7 +120,12 @@ def model_name(text: str) -> str:
         return text
     if source_value("pyro_dirichlet.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
         return text
-    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(models))}, "
+    # Not in the source: a model registered at run time (a plug-in, a test) is only in the imported registry.
+    from pyro_dirichlet.models import MODELS
+
+    if text in MODELS:
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
                                      "or your own factory as package.module:callable.")
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the CLI builds this subcommand's parser for --help without importing torch
+    import torch
+    from torch import nn
 
 __all__ = ["LayerRow", "add_layers_command", "list_layers", "format_layers", "layers_command"]
 
@@ -139,6 +140,8 @@ def layers_command(args: argparse.Namespace) -> str:
         ValueError: a factory without ``--input-shape``, a factory or weights that fail;
             one sentence each (the CLI prints it and exits with status 2).
     """
+    import torch
+
     from pyro_dirichlet.factories import ModelFactory, is_factory_path
     from pyro_dirichlet.models import get_model_entry
     from pyro_dirichlet.weights import load_weights

@@ -49,7 +49,7 @@ def load_prior_model(name: str) -> PriorModel:
     try:
         target = import_user_module(module_name)
     except UserCodeError as error:  # the user's module: any failure of its import is bad input
-        raise ValueError(f"prior_model {name!r}: importing {str(error).rstrip('.')}.") from None
+        raise ValueError(f"prior_model {name!r}: {str(error).rstrip('.')}.") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ValueError(f"prior_model {name!r}: module {module_name!r} has no attribute {attribute!r}.")

@@ -1,0 +1,34 @@
+"""The ranking study's metrics, and README's table kept equal to the committed JSON."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.ranking_quality import dead_recall, markdown, spearman
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "analysis" / "results" / "ranking-quality"
+
+
+def test_spearman_is_one_for_a_monotone_map_and_minus_one_reversed():
+    x = torch.tensor([0.3, 1.0, -2.0, 5.0])
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+
+
+def test_dead_recall_counts_inert_channels_below_every_useful_one():
+    cost = torch.tensor([0.0, 0.5, 0.0, 0.2, 1e-5])  # channels 0 and 2 inert, 4 negligible
+    inert = torch.tensor([True, False, True, False, False])
+    assert dead_recall(torch.tensor([0.0, 3.0, 0.1, 2.0, 0.05]), inert, cost) == 1.0  # 0, 4, 2 lowest: fine
+    assert dead_recall(torch.tensor([0.0, 3.0, 9.0, 2.0, 0.05]), inert, cost) == 0.5
+    assert dead_recall(torch.ones(5), torch.zeros(5, dtype=torch.bool), cost) is None
+
+
+def test_readme_table_is_the_committed_study():
+    records = [json.loads((RESULTS / f"{name}.json").read_text()) for name in ("head-resnet", "resnet20", "lenet5")]
+    assert markdown(records) in (ROOT / "README.md").read_text()
+    default = records[0]["criteria"]["default"]
+    assert default["dead_recall"]["fc1"] == 1.0 and records[0]["criteria"]["paper"]["dead_recall"]["fc1"] < 0.1
+    assert default["convergence"]["converged"] and default["overlap_with_twice_as_long"] >= 0.9
