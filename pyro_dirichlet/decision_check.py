@@ -140,7 +140,9 @@ def check_decision(
         def score(chosen: Mapping[str, Sequence[int]], folded: Mapping[str, torch.Tensor] | None) -> float:
             source = fold_scales(network, dict(folded), example_inputs, layers=layers) if folded else network
             pruned = prune_channels(source, {k: list(v) for k, v in chosen.items()}, example_inputs, layers=layers)
-            calibrated = calibrate(pruned, data.train, example_inputs, config).network
+            # Only the checked layers get scales: a layer the analysis cannot follow stays out of it.
+            scaled = find_prunable_layers(pruned, example_inputs, layers=sorted(chosen))
+            calibrated = calibrate(pruned, data.train, example_inputs, config, layers=scaled).network
             return accuracy(calibrated, validation)
 
         chosen = score(keep, scales)

@@ -47,7 +47,7 @@ def problem(n: int, *, hierarchical: bool = False) -> tuple[DirichletSwitches, S
     with torch.no_grad():
         labels = network.eval()(images).argmax(1)
     prior = shared_alpha if hierarchical else 1.0
-    return DirichletSwitches(network, images[:2], prior=prior), Split(images, labels)
+    return DirichletSwitches(network, images[:2], prior=prior, layer_gain=False), Split(images, labels)
 
 
 def loader(data: Split, batch_size: int, *, single_process: bool = False) -> DataLoader:

@@ -10,6 +10,7 @@ import pytest
 
 from pyro_dirichlet.app import steps
 from pyro_dirichlet.app.cli import main
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 
 
 def assert_consistent(run):
@@ -61,5 +62,5 @@ def test_a_second_command_during_a_slow_step_fails_and_the_manifest_agrees(
     assert codes == [0]
     manifest = assert_consistent(run_copy)
     assert list(manifest["steps"]) == steps_after
-    assert manifest["steps"]["fit"]["config"]["prior"] == 1.0  # the refused refit changed nothing
+    assert manifest["steps"]["fit"]["config"]["prior"] == DEFAULT_CONCENTRATION  # the refused refit changed nothing
     assert (run_copy / ".lock").read_text() == ""

@@ -44,7 +44,8 @@ def learnable_scale(layers):
 
 
 def quiet(**kwargs):
-    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", **kwargs})
+    # The paper's fit (guide at 1, constant rate): the hierarchical tests measure one epoch's movement.
+    return FitConfig(**{"epochs": 1, "progress": False, "device": "cpu", "init_concentration": 1.0, "lr_decay": 1.0, **kwargs})
 
 
 def test_a_shared_gamma_concentration_is_inferred_with_the_default_elbo():

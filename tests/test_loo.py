@@ -25,8 +25,8 @@ def test_loo_check_is_arviz_loo_with_its_pareto_k_counted(posterior):
     check = loo_check(posterior)  # raises under pytest's warnings-as-errors if ArviZ's warning escaped
     k = np.asarray(expected.pareto_k).ravel()
     assert check.elpd == pytest.approx(float(expected.elpd)) and check.se == pytest.approx(float(expected.se))
-    assert check.observations == len(k) == 100 and check.draws == 100
-    assert check.good_k == pytest.approx(0.5)  # min(1 - 1/log10(100), 0.7)
+    assert check.observations == len(k) == 100 and check.draws == 50  # fit's --predictive-draws default
+    assert check.good_k == pytest.approx(1 - 1 / np.log10(50))  # min(1 - 1/log10(draws), 0.7)
     assert check.above_good_k == int((k > check.good_k).sum()) and check.above_unreliable == int((k > UNRELIABLE_K).sum())
     assert check.max_k == pytest.approx(float(k.max()))
     assert check.headline().startswith(f"elpd_loo {check.elpd:.1f} (SE {check.se:.1f}, p_loo {check.p_loo:.1f}; Pareto k: ")

@@ -11,6 +11,8 @@ import torch
 
 from pyro_dirichlet.app.cli import main, parse_target
 from pyro_dirichlet.train import DEFAULT_EPOCHS
+from pyro_dirichlet.app.options import FitOptions
+from pyro_dirichlet.infer.fit_config import FitConfig
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.app.pipeline import FinetuneOptions, RunConfig, Runtime, TrainOptions, run
 from pyro_dirichlet.posterior import load_posterior
@@ -25,7 +27,9 @@ def demo_run(tmp_path_factory, mnist_small):
     original = data._LOADERS["mnist"]
     data._LOADERS["mnist"] = lambda data_dir=None, **kwargs: mnist_small
     try:
-        report = run(RunConfig(out=out, train=TrainOptions(cache_dir=out.parent / "cache"), runtime=Runtime(progress=False)))
+        # One epoch of SVI (the paper's): the test is about the outputs, not about convergence.
+        report = run(RunConfig(out=out, train=TrainOptions(cache_dir=out.parent / "cache"), runtime=Runtime(progress=False),
+                               fit=FitOptions(fit=FitConfig(epochs=1))))
     finally:
         data._LOADERS["mnist"] = original
     return out, report
@@ -66,7 +70,8 @@ def test_pruned_network_is_smaller_and_still_accurate(demo_run, mnist_small):
     # 4k training images only: a pruned LeNet-5 still classifies far above chance
     assert report["pruned"]["test_accuracy"] > 0.85
     model = load_pruned(out / "pruned")
-    assert accuracy(model, mnist_small.test) == pytest.approx(report["pruned"]["test_accuracy"])
+    # The report measured under --precision auto (bf16 autocast on a CPU with AMX), this in float32.
+    assert accuracy(model, mnist_small.test) == pytest.approx(report["pruned"]["test_accuracy"], abs=0.005)
 
 
 def test_posterior_file_has_named_channel_dims(demo_run):

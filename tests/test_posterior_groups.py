@@ -31,8 +31,9 @@ def labelled(network, n, seed):
 
 @pytest.fixture
 def fitted(tiny_cnn, tiny_images):
-    switches = DirichletSwitches(tiny_cnn, tiny_images[:2])
-    result = fit(switches, labelled(tiny_cnn, 256, 0), FitConfig(epochs=2, batch_size=32, progress=False, device="cpu"))
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2], prior=1.0, layer_gain=False)  # the paper's model
+    result = fit(switches, labelled(tiny_cnn, 256, 0), FitConfig(epochs=2, batch_size=32, progress=False, device="cpu",
+                                                                 init_concentration=1.0, lr_decay=1.0))
     return switches, result
 
 
@@ -99,8 +100,9 @@ def test_a_saved_posterior_reloads_the_guide_bit_for_bit(fitted, tmp_path, tiny_
 
 def test_a_hierarchical_prior_has_a_posterior_that_moved_and_reloads():
     network, data = planted(512)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
-    result = fit(switches, data, FitConfig(epochs=5, batch_size=64, progress=False, device="cpu"))
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
+    result = fit(switches, data, FitConfig(epochs=5, batch_size=64, progress=False, device="cpu",
+                                                 init_concentration=1.0, lr_decay=1.0))
     tree = result.posterior(num_samples=500)
     posterior, prior = tree["posterior"]["alpha"].values, tree["prior"]["alpha"].values
     assert prior.mean() == pytest.approx(1.0, abs=0.1)  # Gamma(2, 2)
@@ -127,7 +129,7 @@ def test_predictive_runs_vectorised_on_the_switch_model(tiny_cnn, tiny_images):
 
 def test_model_relations_show_the_hyper_prior_feeding_every_switch():
     network, data = planted(8)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     relations = get_model_relations(switches.model, model_args=(data.images, data.labels))
     assert relations["sample_sample"]["1.switch"] == ["alpha"]
     assert relations["observed"] == ["obs"] and "1.switch" in relations["sample_sample"]["obs"]
@@ -136,7 +138,7 @@ def test_model_relations_show_the_hyper_prior_feeding_every_switch():
 def test_render_model_draws_the_switch_model(tmp_path):
     pytest.importorskip("graphviz")  # pyro.render_model needs the graphviz package (and its dot binary)
     network, data = planted(8)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
     graph = pyro.render_model(switches.model, model_args=(data.images, data.labels), render_distributions=True)
     assert "alpha" in graph.source and "1.switch" in graph.source
 
@@ -189,8 +191,9 @@ def test_a_per_layer_hyper_prior_fits_with_the_default_elbo_and_moves():
         return dist.Dirichlet(alpha.expand(layer.channels))
 
     network, data = planted(512)
-    switches = DirichletSwitches(network, data.images[:2], prior=per_layer)
-    result = fit(switches, data, FitConfig(epochs=5, batch_size=64, progress=False, device="cpu"))
+    switches = DirichletSwitches(network, data.images[:2], prior=per_layer, layer_gain=False)
+    result = fit(switches, data, FitConfig(epochs=5, batch_size=64, progress=False, device="cpu",
+                                                 init_concentration=1.0, lr_decay=1.0))
     assert result.config.analytic_kl  # the default ELBO, TraceMeanField_ELBO
     tree = result.posterior(num_samples=500)
     posterior, prior = tree["posterior"]["1.alpha"].values, tree["prior"]["1.alpha"].values
@@ -200,8 +203,9 @@ def test_a_per_layer_hyper_prior_fits_with_the_default_elbo_and_moves():
 
 def test_predictions_under_a_hierarchical_prior_are_the_switched_network_at_each_draw():
     network, data = planted(256)
-    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha)
-    result = fit(switches, data, FitConfig(epochs=1, batch_size=64, progress=False, device="cpu"))
+    switches = DirichletSwitches(network, data.images[:2], prior=shared_alpha, layer_gain=False)
+    result = fit(switches, data, FitConfig(epochs=1, batch_size=64, progress=False, device="cpu",
+                                                 init_concentration=1.0, lr_decay=1.0))
     validation = Split(data.images[:40], data.labels[:40])
     tree = result.posterior(num_samples=60, validation=validation, predictive_draws=30)
     probabilities = tree["posterior_predictive"]["probabilities"].values[0]

@@ -120,12 +120,12 @@ def model_name(text: str) -> str:
         return text
     if source_value("pyro_dirichlet.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
         return text
-    # Not in the source: a model registered at run time (a plug-in, a test) is only in the imported registry.
-    from pyro_dirichlet.models import MODELS
-
-    if text in MODELS:
+    # Not in the source: a model registered at run time (by code that imported the registry) is
+    # only in the imported registry; a fresh process never imports torch just to refuse a name.
+    registry = sys.modules.get("pyro_dirichlet.models.registry")
+    if registry is not None and text in registry.MODELS:
         return text
-    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(MODELS))}, "
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(models))}, "
                                      "or your own factory as package.module:callable.")
 
 

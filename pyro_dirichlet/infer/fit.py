@@ -388,7 +388,7 @@ def fit(
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
             for epoch in range(start // steps_per_epoch if steps_per_epoch else 0, epochs):
-                if monitor.stopped or len(history) >= (total_steps or math.inf):
+                if monitor.stopped or (until_converged and len(history) >= total_steps):
                     break
                 # Replaying this state replays the epoch's order: a resumed fit sees the same batches.
                 epoch_start = generator.get_state()
@@ -415,7 +415,7 @@ def fit(
                             elbo=history, seconds=earlier_seconds + watch.elapsed, generator=generator,
                             epoch_start=epoch_start, kept=monitor.snapshot(),
                         )
-                    if monitor.stopped or len(history) >= (total_steps or math.inf):
+                    if monitor.stopped or (until_converged and len(history) >= total_steps):
                         break
         except KeyboardInterrupt:
             # Ctrl-C mid-step leaves the guide half-updated: the writer holds the last whole step.
