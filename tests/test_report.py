@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import plot_forest, sample_posterior
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +39,7 @@ def tags(html: str):
 def test_report_json_has_layers_latency_prior_and_decisions(small_run):
     report = json.loads((small_run / "report.json").read_text())
     assert {"model", "dataset", "seed", "baseline", "svi", "pruned", "total_seconds", "layers", "latency"} <= set(report)
-    assert report["prior_concentration"] == 1.0
+    assert report["prior_concentration"] == DEFAULT_CONCENTRATION
     assert report["on_unsupported"] == "raise"
     assert [(row["layer"], row["unsupported"]) for row in report["skipped_layers"]] == [("fc2", False)]
     assert report["pruned"]["architecture"] == {"conv1": 5, "conv2": 12, "fc1": 40}
@@ -100,7 +101,7 @@ def test_the_posterior_predictive_section_compares_networks_on_validation_images
         "draw_averaged", "posterior_mean", "pruned_before_finetune", "pruned"}
     tree = load_posterior(small_run / "posterior.nc")
     labels = tree["observed_data"]["obs"].values
-    assert check["examples"] == len(labels) == 100 and check["draws"] == 100  # the whole validation cut of a 400-image run
+    assert check["examples"] == len(labels) == 100 and check["draws"] == 50  # the whole validation cut of a 400-image run; 50 draws by default
     # recomputed here, on the run's validation images: the report's figures are those, never the test split's
     data = load_run_data(RunDirectory(small_run), Runtime())
     images = data.validation.images[: len(labels)]
