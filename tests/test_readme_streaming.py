@@ -19,6 +19,7 @@ def streaming_example() -> str:
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.converged_fit  # the example fits with the library's default length
 def test_readme_streaming_example_finds_the_planted_units(capsys):
     network, inputs, clean = planted()
     targets = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
@@ -28,7 +29,8 @@ def test_readme_streaming_example_finds_the_planted_units(capsys):
     exec(compile(code, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     assert set(map(int, re.findall(r"\d+", printed))) == SIGNAL
-    assert namespace["result"].steps == 4  # the loss likelihood's one epoch of 512 examples in batches of 128
+    # the loss likelihood's fit: until converged, at least the stopping rule's minimum
+    assert namespace["result"].steps >= 600 and namespace["result"].convergence is not None
 
 
 def test_readme_memory_figures_are_the_committed_benchmark():
