@@ -15,6 +15,7 @@ validation split. The test split is never read. A few seconds on small networks.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ def check_decision(
         counts = {name: len(indices) for name, indices in keep.items()}
         blocks = {layer.name: layer.block for layer in checked}
         validation = data.validation if len(data.validation) <= max_examples else data.validation.subset(max_examples, seed=seed)
-        config = CalibrationConfig(**{**calibration.__dict__, "seed": seed})
+        config = dataclasses.replace(calibration, seed=seed)
 
         def score(chosen: Mapping[str, Sequence[int]], folded: Mapping[str, torch.Tensor] | None) -> float:
             source = fold_scales(network, dict(folded), example_inputs, layers=layers) if folded else network

@@ -138,6 +138,7 @@ def prune_by_posterior_mean(
 
         outcome = check_decision(network, kept, check, example_inputs, layers=layers,
                                  scales={name: scales[name] for name in kept} if scales else None)
-        if outcome.warning() is not None:
-            warnings.warn(outcome.warning()[0].upper() + outcome.warning()[1:], DecisionWarning, stacklevel=2)
+        sentence = outcome.warning()
+        if sentence is not None:
+            warnings.warn(sentence[0].upper() + sentence[1:], DecisionWarning, stacklevel=2)
     return prune_to_keep(network, kept, example_inputs, scales=scales, layers=layers), kept

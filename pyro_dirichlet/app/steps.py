@@ -11,44 +11,41 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import statistics
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pyro_dirichlet.data import DataSplits, load_dataset
+from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.data.catalog import is_user_source
-from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.factories import is_factory_path
-from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig, finetune, train_classifier
+from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, check_recorded_dataset, load_data, run_model, train_model
-from pyro_dirichlet.app.user_inputs import check_user_inputs, data_notes
+from pyro_dirichlet.app.user_inputs import data_notes
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
-from pyro_dirichlet.infer.fit import FitConfig, FitDivergedError, fit
+from pyro_dirichlet.infer.fit import FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
-from pyro_dirichlet.plan import Target, per_layer
-from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision, resolve_precision
-from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
-from pyro_dirichlet.posterior import DEFAULT_CI_PROB, LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
+from pyro_dirichlet.plan import per_layer
+from pyro_dirichlet.precision import resolve_precision
+from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
 from pyro_dirichlet.regular_files import check_regular
 from pyro_dirichlet.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING
+from pyro_dirichlet.structure import COUPLING_POLICIES
 from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
 
 if TYPE_CHECKING:
@@ -88,8 +85,7 @@ PRUNED = "pruned"  # finetune: .safetensors + .json
 #: What ``prune`` keeps of each switched layer of a user's network when given neither --keep nor --budget.
 FACTORY_KEEP_FRACTION = 0.5
 from pyro_dirichlet.app.options import (  # noqa: E402 - the options live in their own module
-    MAX_SEED, MIN_SUBSET, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FinetuneOptions, FitOptions, PruneOptions, Runtime,
-    TrainOptions, _check_int, _check_number, _check_probability,
+    FinetuneOptions, FitOptions, PruneOptions, Runtime, TrainOptions,
 )
 
 

@@ -77,14 +77,8 @@ class StoppingRule:
                 raise ValueError(f"StoppingRule.{name} must be a number in (0, 1], got {value!r}.")
 
     def holds(self, convergence: Convergence) -> bool:
-        """Whether ``convergence`` (at a check) says the fit may stop."""
-        return (
-            convergence.steps >= self.min_steps
-            and convergence.elbo_change is not None
-            and convergence.elbo_change < self.elbo_tolerance
-            and convergence.kept_overlap is not None
-            and convergence.kept_overlap >= self.min_overlap
-        )
+        """Whether ``convergence`` (diagnosed by these thresholds, at a check) says the fit may stop."""
+        return convergence.converged and convergence.steps >= self.min_steps
 
 
 def elbo_change(elbo: Sequence[float]) -> float | None:

@@ -15,7 +15,6 @@ import pyro
 import pyro.optim
 import pyro.util
 import torch
-from pyro import poutine
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
