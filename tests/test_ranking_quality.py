@@ -32,3 +32,21 @@ def test_readme_table_is_the_committed_study():
     default = records[0]["criteria"]["default"]
     assert default["dead_recall"]["fc1"] == 1.0 and records[0]["criteria"]["paper"]["dead_recall"]["fc1"] < 0.1
     assert default["convergence"]["converged"] and default["overlap_with_twice_as_long"] >= 0.9
+
+
+def test_summary_pairs_criteria_by_seed_and_gives_the_standard_error_of_the_differences():
+    from analysis.ranking_summary import markdown as summary_markdown
+    from analysis.ranking_summary import summarize
+
+    def record(seed, posterior, l1, random):
+        def row(accuracy):
+            return {"spearman_mean": accuracy, "calibrated": {"50% FLOPs": {"validation": accuracy}}}
+        return {"network": "net", "seed": seed, "criteria": {"default": row(posterior), "l1-norm": row(l1), "random": row(random)}}
+
+    # Differences to L1 per seed: +0.02, +0.04, +0.06 -> mean 0.04, sd 0.02, se 0.02 / sqrt(3).
+    summary = summarize({"net": [record(0, 0.52, 0.50, 0.40), record(1, 0.54, 0.50, 0.41), record(2, 0.56, 0.50, 0.30)]})
+    versus = summary["net"]["versus"]["l1-norm"]["calibrated"]["50% FLOPs"]
+    assert versus["mean"] == pytest.approx(0.04) and versus["se"] == pytest.approx(0.02 / 3 ** 0.5) and versus["n"] == 3
+    assert "fine_tuned" not in summary["net"]["versus"]["l1-norm"]  # nothing measured, nothing claimed
+    assert summary["net"]["criteria"]["random"]["calibrated"]["50% FLOPs"]["mean"] == pytest.approx(0.37)
+    assert "| net | 3 | l1-norm | +4.0 ± 1.2 | - |" in summary_markdown(summary)

@@ -1,0 +1,128 @@
+"""The ranking study over seeds: the issue's bars, computed from the per-seed records.
+
+:mod:`analysis.ranking_quality` writes one record per network and seed
+(``<network>.json`` for seed 0, ``<network>-seed<k>.json``); this module pairs them by seed
+and reports, per network, criterion and FLOPs budget, the mean validation accuracy after
+calibration and after fine-tuning, and the posterior's paired difference to L1-norm and to
+random with its standard error (the standard deviation of the per-seed differences over
+the square root of their number). Validation accuracy throughout: the test split is recorded
+by the study, never compared here.
+
+    python -m analysis.ranking_summary            # prints the table, writes summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+__all__ = ["load_records", "paired", "summarize", "markdown", "main"]
+
+RESULTS = Path(__file__).parent / "results" / "ranking-quality"
+#: The posterior row every other criterion is compared with.
+POSTERIOR = "default"
+BUDGETS = ("50% FLOPs", "30% FLOPs")
+STAGES = ("calibrated", "fine_tuned")
+
+
+def load_records(results: Path = RESULTS) -> dict[str, list[dict]]:
+    """Every network's records, seed 0 first, keyed by network name."""
+    records: dict[str, list[dict]] = {}
+    for path in sorted(results.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        record = json.loads(path.read_text())
+        records.setdefault(record["network"], []).append(record)
+    return {name: sorted(rows, key=lambda r: r["seed"]) for name, rows in records.items()}
+
+
+def paired(values: list[float]) -> dict:
+    """Mean and standard error of per-seed values (``se`` is ``None`` for one seed)."""
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    return {"mean": mean, "se": se, "n": len(values)}
+
+
+def _accuracy(row: dict, stage: str, budget: str) -> float | None:
+    part = row.get(stage) or {}
+    return part[budget]["validation"] if budget in part else None
+
+
+def summarize(records: dict[str, list[dict]]) -> dict:
+    """Per network: each criterion's mean accuracies and the posterior's paired differences.
+
+    Only the seeds that have both rows of a comparison enter it, so a criterion measured on
+    fewer seeds is compared on those.
+    """
+    summary: dict = {}
+    for network, rows in records.items():
+        names = sorted({name for record in rows for name in record["criteria"]})
+        entry: dict = {"seeds": [r["seed"] for r in rows], "criteria": {}, "versus": {}}
+        for name in names:
+            present = [r["criteria"][name] for r in rows if name in r["criteria"]]
+            criterion: dict = {"spearman_mean": paired([row["spearman_mean"] for row in present])}
+            for stage in STAGES:
+                for budget in BUDGETS:
+                    values = [v for row in present if (v := _accuracy(row, stage, budget)) is not None]
+                    if values:
+                        criterion.setdefault(stage, {})[budget] = paired(values)
+            entry["criteria"][name] = criterion
+        for other in ("l1-norm", "random", "taylor"):
+            versus: dict = {}
+            for stage in STAGES:
+                for budget in BUDGETS:
+                    differences = []
+                    for record in rows:
+                        criteria = record["criteria"]
+                        if POSTERIOR in criteria and other in criteria:
+                            mine, theirs = _accuracy(criteria[POSTERIOR], stage, budget), _accuracy(criteria[other], stage, budget)
+                            if mine is not None and theirs is not None:
+                                differences.append(mine - theirs)
+                    if differences:
+                        versus.setdefault(stage, {})[budget] = paired(differences)
+            spearman = [r["criteria"][POSTERIOR]["spearman_mean"] - r["criteria"][other]["spearman_mean"]
+                        for r in rows if POSTERIOR in r["criteria"] and other in r["criteria"]]
+            if spearman:
+                versus["spearman"] = paired(spearman)
+            entry["versus"][other] = versus
+        summary[network] = entry
+    return summary
+
+
+def _cell(stat: dict | None, *, scale: float = 100.0, sign: bool = False) -> str:
+    if stat is None:
+        return "-"
+    mean = f"{scale * stat['mean']:+.1f}" if sign else f"{scale * stat['mean']:.1f}"
+    return mean if stat["se"] is None else f"{mean} ± {scale * stat['se']:.1f}"
+
+
+def markdown(summary: dict) -> str:
+    """The posterior's paired differences to L1-norm and random (points of validation
+    accuracy, mean ± standard error over seeds), after calibration and after fine-tuning."""
+    lines = ["| network | seeds | versus | after calibration, 50% FLOPs | 30% FLOPs | after fine-tuning, 50% FLOPs | 30% FLOPs | Spearman difference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for network, entry in summary.items():
+        for other in ("l1-norm", "random"):
+            versus = entry["versus"].get(other, {})
+            cells = [network, str(len(entry["seeds"])), other,
+                     *(_cell(versus.get(stage, {}).get(budget), sign=True) for stage in STAGES for budget in BUDGETS),
+                     _cell(versus.get("spearman"), scale=1.0, sign=True)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    summary = summarize(load_records(args.results))
+    (args.results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
