@@ -57,7 +57,7 @@ from pyro_dirichlet.infer.convergence import (
     kept_sets,
 )
 from pyro_dirichlet.infer.fit import FitConfig, fit
-from pyro_dirichlet.infer.switches import DirichletSwitches
+from pyro_dirichlet.infer.switches import DirichletSwitches, gain_param
 from pyro_dirichlet.measure import Stopwatch, accuracy
 from pyro_dirichlet.plan import plan_keep
 from pyro_dirichlet.pruning import prune_to_keep, switch_scales
@@ -70,32 +70,36 @@ __all__ = ["VARIANTS", "Variant", "dead_recall", "main", "spearman", "study"]
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to fit the switches: ``DirichletSwitches`` options and ``FitConfig`` overrides."""
+    """One way to fit the switches: ``DirichletSwitches`` options and ``FitConfig`` overrides
+    (``None``: the library's default)."""
 
-    prior: float = 1.0
-    layer_gain: bool = False
+    prior: float | None = None
+    gain: str | None = None
     fit: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        return {"prior": self.prior, "layer_gain": self.layer_gain, **self.fit}
+        return {"prior": self.prior, "gain": self.gain, **self.fit}
 
 
-#: The fit variants compared. ``default`` is the library's default fit (whatever it is now);
-#: ``paper`` the paper's one epoch from the earlier default (flat prior, no gain).
+#: The fit variants compared. ``default`` is what ``pyro-dirichlet fit`` does by default
+#: (the library's model and fit, ``--precision auto``: bf16 autocast on CPUs with native
+#: bf16); ``paper`` the paper's one epoch (flat prior, no gain); ``layer-gain*`` the
+#: previous default (one gain per layer) and the variants tried on it.
 VARIANTS: dict[str, Variant] = {
-    "default": Variant(prior=None, layer_gain=None),  # type: ignore[arg-type]  # None: the library's defaults
-    "paper": Variant(prior=1.0, layer_gain=False, fit={"epochs": 1, "init_concentration": 1.0}),
-    "flat-gain-converged": Variant(prior=1.0, layer_gain=True, fit={"epochs": None, "init_concentration": 1.0}),
-    "sparse-gain-converged": Variant(prior=0.1, layer_gain=True, fit={"epochs": None, "init_concentration": 1.0}),
-    "sparse-gain-init10": Variant(prior=0.1, layer_gain=True, fit={"epochs": None, "init_concentration": 10.0}),
-    "flat-gain-init10": Variant(prior=1.0, layer_gain=True, fit={"epochs": None, "init_concentration": 10.0}),
-    # The default's fit in bfloat16 autocast (2-3x faster here): does the ranking survive it?
-    "default-bf16": Variant(prior=None, layer_gain=None, fit={"precision": "bf16"}),  # type: ignore[arg-type]
+    "default": Variant(fit={"precision": "auto"}),
+    "paper": Variant(prior=1.0, gain="none", fit={"epochs": 1, "init_concentration": 1.0}),
+    "layer-gain": Variant(gain="layer"),
+    # The same fit in bfloat16 autocast (2-3x faster here): does the ranking survive it?
+    "layer-gain-bf16": Variant(gain="layer", fit={"precision": "bf16"}),
     # Less gradient noise per step: four vectorised ELBO particles.
-    "particles-4": Variant(prior=None, layer_gain=None, fit={"precision": "bf16", "num_particles": 4}),  # type: ignore[arg-type]
+    "layer-gain-particles-4": Variant(gain="layer", fit={"precision": "bf16", "num_particles": 4}),
     # The KL ten times heavier (the likelihood scaled to a tenth of the data): if the ranking
-    # signal is the prior's pull against the likelihood, this strengthens it. Not the real ELBO.
-    "tempered-0.1": Variant(prior=None, layer_gain=None, fit={"precision": "bf16", "effective_data_fraction": 0.1}),  # type: ignore[arg-type]
+    # signal were the prior's pull against the likelihood, this would strengthen it. Not the real ELBO.
+    "layer-gain-tempered-0.1": Variant(gain="layer", fit={"precision": "bf16", "effective_data_fraction": 0.1}),
+    "flat-gain-converged": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
+    "sparse-gain-converged": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
+    "sparse-gain-init10": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),
+    "flat-gain-init10": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),
 }
 
 FLOP_BUDGETS = (0.5, 0.3)
@@ -205,10 +209,10 @@ def fit_variant(network: nn.Module, data: DataSplits, variant: Variant, *, seed:
     options = {}
     if variant.prior is not None:
         options["prior"] = variant.prior
-    if variant.layer_gain is not None:
-        options["layer_gain"] = variant.layer_gain
-    switches = DirichletSwitches(copy.deepcopy(network), data.train.images[:2], **options)
+    if variant.gain is not None:
+        options["gain"] = variant.gain
     fit_options = dict(variant.fit)
+    switches = DirichletSwitches(copy.deepcopy(network), data.train.images[:2], **options)
     if "effective_data_fraction" in fit_options:
         fit_options["effective_data_size"] = max(1, round(fit_options.pop("effective_data_fraction") * len(data.train)))
     config = FitConfig(**{"seed": seed, "device": "cpu", "progress": False, **fit_options})
@@ -216,7 +220,11 @@ def fit_variant(network: nn.Module, data: DataSplits, variant: Variant, *, seed:
         warnings.simplefilter("ignore", FitNotConvergedWarning)
         result = fit(switches, data.train, config)
     means = {name: phi / phi.sum() for name, phi in result.concentrations.items()}
-    return {"result": result, "means": means}
+    # The parameters are stored unconstrained: a positive gain as its logarithm.
+    gains = {name: result.parameters[gain_param(name)].detach().float().exp() for name in means if gain_param(name) in result.parameters}
+    # Folded as the library folds (gain * E[s] * C); rows recorded before this folded E[s] * C.
+    fold = {name: means[name] * gains.get(name, 1.0) for name in means}
+    return {"result": result, "means": means, "fold": fold}
 
 
 def calibrated_network(network, layers, scores, counts, data, example, *, seed: int, fold=None) -> nn.Module:
@@ -322,7 +330,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
             twice = _twice(network, data, variant, result.steps, seed)
             extra["overlap_with_twice_as_long"] = kept_overlap(kept_sets(twice["means"]), kept_sets(fitted["means"]))
             extra["steps_twice"] = twice["result"].steps
-        judge(name, fitted["means"], extra, fold=fitted["means"])
+        judge(name, fitted["means"], extra, fold=fitted["fold"])
 
     if fine_tune:
         for name in FINE_TUNED:
@@ -340,7 +348,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
 
 
 #: Rows of :func:`markdown`, in this order, where a network's record has them.
-ROW_ORDER = ("default", "paper", "flat-gain-converged", "sparse-gain-converged", "l1-norm", "taylor", "batchnorm-scale", "random")
+ROW_ORDER = ("default", "layer-gain", "paper", "l1-norm", "taylor", "batchnorm-scale", "random")
 
 
 def markdown(records: list[dict]) -> str:

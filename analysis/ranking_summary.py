@@ -19,7 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
-__all__ = ["load_records", "paired", "summarize", "markdown", "main"]
+__all__ = ["load_records", "main", "markdown", "paired", "seed_agreement", "summarize"]
 
 RESULTS = Path(__file__).parent / "results" / "ranking-quality"
 #: The posterior row every other criterion is compared with.
@@ -46,6 +46,21 @@ def paired(values: list[float]) -> dict:
     return {"mean": mean, "se": se, "n": len(values)}
 
 
+def seed_agreement(rows: list[dict]) -> float | None:
+    """Mean over seed pairs and layers of the Spearman correlation between two seeds' scores:
+    how far a criterion's ranking is fixed by the network and data rather than by its random
+    numbers (1 for a deterministic one such as L1-norm); ``None`` with fewer than two seeds."""
+    import itertools
+
+    import torch
+
+    from analysis.ranking_quality import spearman
+
+    pairs = [statistics.fmean(spearman(torch.tensor(a["scores"][k]), torch.tensor(b["scores"][k])) for k in a["scores"])
+             for a, b in itertools.combinations(rows, 2)]
+    return statistics.fmean(pairs) if pairs else None
+
+
 def _accuracy(row: dict, stage: str, budget: str) -> float | None:
     part = row.get(stage) or {}
     return part[budget]["validation"] if budget in part else None
@@ -63,7 +78,8 @@ def summarize(records: dict[str, list[dict]]) -> dict:
         entry: dict = {"seeds": [r["seed"] for r in rows], "criteria": {}, "versus": {}}
         for name in names:
             present = [r["criteria"][name] for r in rows if name in r["criteria"]]
-            criterion: dict = {"spearman_mean": paired([row["spearman_mean"] for row in present])}
+            criterion: dict = {"spearman_mean": paired([row["spearman_mean"] for row in present]),
+                               "seed_agreement": seed_agreement(present)}
             for stage in STAGES:
                 for budget in BUDGETS:
                     values = [v for row in present if (v := _accuracy(row, stage, budget)) is not None]

@@ -24,12 +24,14 @@ from pyro_dirichlet.surgery import fold_scales, prune_channels
 __all__ = ["prune_by_posterior_mean", "prune_to_keep", "switch_scales"]
 
 
-def switch_scales(means: dict[str, torch.Tensor], gains: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+def switch_scales(means: dict[str, torch.Tensor], gains: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
     """``gain * E[s_c] * C`` per channel: the factor the switch applies at its posterior mean
     (1 at the prior mean of a fit without gains). ``gains``: the layers' learned gains
-    (:func:`pyro_dirichlet.posterior.layer_gains`); a layer without one has gain 1."""
+    (:func:`pyro_dirichlet.posterior.layer_gains`: a number per layer or an array per
+    channel); a layer without one has gain 1."""
     gains = gains or {}
-    return {layer: (mean * mean.numel() * gains.get(layer, 1.0)).to(torch.float32) for layer, mean in means.items()}
+    return {layer: (mean * mean.numel() * torch.as_tensor(gains.get(layer, 1.0), dtype=mean.dtype)).to(torch.float32)
+            for layer, mean in means.items()}
 
 
 def prune_to_keep(

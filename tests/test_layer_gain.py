@@ -63,3 +63,37 @@ def test_a_fit_learns_the_gains_and_the_saved_posterior_restores_them(tiny_cnn, 
     load_guide(tree, DirichletSwitches(tiny_cnn, tiny_images[:2], layer_gain=True))
     assert {layer.name: pyro.param(gain_param(layer.name)).item() for layer in switches.layers} == gains
     pyro.clear_param_store()
+
+
+def test_channel_gains_scale_each_channel_and_fold_into_the_pruned_network(tiny_cnn, tiny_images):
+    from pyro_dirichlet.posterior import layer_gains
+    from pyro_dirichlet.pruning import switch_scales
+
+    pyro.clear_param_store()
+    labels = _labels_of(tiny_cnn, tiny_images)
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2], gain="channel")
+    assert switches.gain == "channel" and DirichletSwitches(tiny_cnn, tiny_images[:2]).gain == "channel"  # the default
+    switches.create_model_params()
+    layer = switches.layers[0]
+    scale = torch.linspace(0.5, 2.0, layer.channels)
+    pyro.get_param_store()[gain_param(layer.name)] = scale
+    trace = poutine.trace(switches.model).get_trace(tiny_images, labels)
+    values = {l.name: trace.nodes[f"{l.name}.switch"]["value"] for l in switches.layers}
+    values[layer.name] = values[layer.name] * scale
+    with switches.switched(values) as network:
+        expected = network(tiny_images)
+    torch.testing.assert_close(trace.nodes["_RETURN"]["value"], expected)
+
+    images = torch.randn(128, 1, 14, 14, generator=torch.Generator().manual_seed(0))
+    result = fit(switches, Split(images, _labels_of(tiny_cnn, images)), FitConfig(epochs=2, batch_size=32, progress=False, device="cpu"))
+    gains = layer_gains(result.posterior(num_samples=20, seed=0))
+    assert gains[layer.name].shape == (layer.channels,) and (gains[layer.name] > 0).all()
+    means = {name: phi / phi.sum() for name, phi in result.concentrations.items()}
+    folded = switch_scales(means, gains)[layer.name]
+    expected_fold = (means[layer.name] * layer.channels * torch.as_tensor(gains[layer.name], dtype=means[layer.name].dtype)).float()
+    torch.testing.assert_close(folded, expected_fold)
+    with pytest.raises(ValueError, match="not both"):
+        DirichletSwitches(tiny_cnn, tiny_images[:2], gain="channel", layer_gain=True)
+    with pytest.raises(ValueError, match="gain must be one of"):
+        DirichletSwitches(tiny_cnn, tiny_images[:2], gain="per-unit")
+    pyro.clear_param_store()

@@ -40,8 +40,10 @@ def test_summary_pairs_criteria_by_seed_and_gives_the_standard_error_of_the_diff
 
     def record(seed, posterior, l1, random):
         def row(accuracy):
-            return {"spearman_mean": accuracy, "calibrated": {"50% FLOPs": {"validation": accuracy}}}
+            scores = {"conv": [accuracy, 1.0, 2.0 + seed * (accuracy < 0.45)]}  # random's order changes with the seed
+            return {"spearman_mean": accuracy, "calibrated": {"50% FLOPs": {"validation": accuracy}}, "scores": scores}
         return {"network": "net", "seed": seed, "criteria": {"default": row(posterior), "l1-norm": row(l1), "random": row(random)}}
+
 
     # Differences to L1 per seed: +0.02, +0.04, +0.06 -> mean 0.04, sd 0.02, se 0.02 / sqrt(3).
     summary = summarize({"net": [record(0, 0.52, 0.50, 0.40), record(1, 0.54, 0.50, 0.41), record(2, 0.56, 0.50, 0.30)]})
@@ -49,4 +51,5 @@ def test_summary_pairs_criteria_by_seed_and_gives_the_standard_error_of_the_diff
     assert versus["mean"] == pytest.approx(0.04) and versus["se"] == pytest.approx(0.02 / 3 ** 0.5) and versus["n"] == 3
     assert "fine_tuned" not in summary["net"]["versus"]["l1-norm"]  # nothing measured, nothing claimed
     assert summary["net"]["criteria"]["random"]["calibrated"]["50% FLOPs"]["mean"] == pytest.approx(0.37)
+    assert summary["net"]["criteria"]["l1-norm"]["seed_agreement"] == pytest.approx(1.0)
     assert "| net | 3 | l1-norm | +4.0 ± 1.2 | - |" in summary_markdown(summary)

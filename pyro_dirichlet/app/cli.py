@@ -48,7 +48,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
     "weights_key": (TrainOptions, "weights_key"), "validation_dir": (TrainOptions, "validation_dir"),
     "layers": (FitOptions, "layers"), "coupled": (FitOptions, "coupled"), "prior": (FitOptions, "prior"),
-    "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"),
+    "on_unsupported": (FitOptions, "on_unsupported"), "layer_gain": (FitOptions, "layer_gain"), "gain": (FitOptions, "gain"),
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "predictive_draws": (FitOptions, "predictive_draws"), "predictive_images": (FitOptions, "predictive_images"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
@@ -259,9 +259,11 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--on-unsupported", choices=["raise", "skip"],
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
+    group.add_argument("--gain", choices=["channel", "layer", "none"],
+                       help="learned scales beside each switch: channel (one per channel, so the switch's mean ranks channels "
+                            "by how much precision they need; the default), layer (one per layer) or none (the paper's model)")
     group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction,
-                       help=_help("fit one gain per layer beside its switch, so the switches rank channels instead of also "
-                                  "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
+                       help="the older spelling of --gain layer (--no-layer-gain: --gain none)")
     group.add_argument("--epochs", type=int, metavar="N",
                        help="SVI epochs; the paper's setting is 1 (default: fit until the posterior has converged -- "
                             "the ELBO levelled off and the half-width kept sets settled -- at least 600 steps)")

@@ -141,10 +141,11 @@ class FitOptions:
         fit: the SVI settings (seed, device and progress come from :class:`Runtime`; its
             ``hyper_guide`` covers the prior model's own latent sites).
         ci_prob: probability mass of the printed HDIs.
-        layer_gain: fit one positive gain per layer beside its switch
-            (:class:`~pyro_dirichlet.DirichletSwitches`' ``layer_gain``): the simplex then no
-            longer has to park mass on useless channels when the network wants a layer
-            turned down (the planted and ResNet-20 studies rank better with it).
+        gain: the learned scales beside each switch (:class:`~pyro_dirichlet.DirichletSwitches`'
+            ``gain``): ``"channel"`` (one per channel: the switch's mean then ranks channels by
+            how much precision they need; ResNet-20's ranking study), ``"layer"`` or ``"none"``.
+        layer_gain: the older boolean spelling of ``gain`` (True: ``"layer"``, False: ``"none"``);
+            ``None`` unless given.
         predictive_draws: posterior draws the validation images are predicted under, for
             ``posterior.nc``'s ``log_likelihood`` and ``posterior_predictive`` (``az.loo`` wants ~30+).
         predictive_images: validation images predicted; 0 writes no predictive groups.
@@ -157,7 +158,8 @@ class FitOptions:
     prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
-    layer_gain: bool = True
+    gain: str | None = None
+    layer_gain: bool | None = None
     predictive_draws: int = PREDICTIVE_DRAWS
     predictive_images: int = PREDICTIVE_IMAGES
 
@@ -165,8 +167,15 @@ class FitOptions:
         _check_number("prior", self.prior, low=0, finite=True)
         _check_int("predictive_draws", self.predictive_draws, low=1)
         _check_int("predictive_images", self.predictive_images, low=0)
-        if not isinstance(self.layer_gain, bool):
+        if self.layer_gain is not None and not isinstance(self.layer_gain, bool):
             raise ValueError(f"layer_gain must be true or false, got {self.layer_gain!r}.")
+        from pyro_dirichlet.infer.switches import resolve_gain
+
+        try:
+            object.__setattr__(self, "gain", resolve_gain(self.gain, self.layer_gain))
+        except (TypeError, ValueError) as error:
+            raise ValueError(str(error)) from None
+        object.__setattr__(self, "layer_gain", None)  # recorded once, as gain
         if self.prior_model is not None:
             if self.prior != DEFAULT_CONCENTRATION:
                 raise ValueError(f"prior_model and prior={self.prior:g} both set: a prior model replaces the symmetric concentration; give one of them.")

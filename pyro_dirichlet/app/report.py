@@ -99,7 +99,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),
                                      prior=prior, coupled=fit_config["coupled"],
                                      on_unsupported=fit_config.get("on_unsupported", "raise"),
-                                     layer_gain=fit_config.get("layer_gain", False))
+                                     gain=recorded_gain(fit_config))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
         keep = records["prune"]["result"]["kept_channels"]
         example = data.test.images[: options.latency_batch].to(device)
@@ -237,8 +237,7 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
         "hyper_guide": fit_config.get("fit", {}).get("hyper_guide"),
         "coupled": fit_config["coupled"],
         "on_unsupported": fit_config.get("on_unsupported", "raise"),
-        # Runs fitted before the option existed had no gain.
-        "layer_gain": fit_config.get("layer_gain", False),
+        "gain": recorded_gain(fit_config),
         # Runs fitted before the list was recorded have none.
         "skipped_layers": fitted.get("skipped_layers", []),
         "target": prune["target"],
@@ -368,7 +367,8 @@ def _intro(report: Mapping[str, Any]) -> str:
         prior = f"prior model {report['prior_model']} (its own latent sites under the {report['hyper_guide']} guide)"
     else:
         prior = f"symmetric Dirichlet prior with concentration {report['prior_concentration']:g} on every switch"
-    gain = ", a learned gain per layer" if report.get("layer_gain") else ""
+    gain = {"channel": ", a learned gain per channel", "layer": ", a learned gain per layer"}.get(
+        report.get("gain") or ("layer" if report.get("layer_gain") else "none"), "")
     return (f"{report['model']} on {report['dataset']}{subset}; {prior}{gain}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
             f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
             f"{report['seed']}; intervals are {round(report['ci_prob'] * 100)}% HDIs (highest density intervals).")
@@ -493,3 +493,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Layers left unpruned", "", _SKIPPED_NOTE, "",
                   *table(("layer", "why", "kind"), _skipped_rows(report))]
     return "\n".join(lines) + "\n"
+
+
+def recorded_gain(fit_config: dict) -> str:
+    """The gain mode a run's fit recorded: ``gain``, or for runs recorded before it existed
+    their ``layer_gain`` (True: ``"layer"``; absent or False: ``"none"``, as they were fitted)."""
+    if fit_config.get("gain"):
+        return fit_config["gain"]
+    return "layer" if fit_config.get("layer_gain") else "none"

@@ -209,7 +209,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         prior = options.prior if options.prior_model is None else load_prior_model(options.prior_model)
         switches = DirichletSwitches(network, example, layers=options.layers, prior=prior,
                                      coupled=options.coupled, on_unsupported=options.on_unsupported,
-                                     layer_gain=options.layer_gain)
+                                     gain=options.gain)
         # Every layer left unswitched, and why, for the report (the classifier, coupled
         # channels, and under on_unsupported="skip" the layers the analysis cannot follow).
         # The reasons spell options the way the command line does (--coupled group).

@@ -163,8 +163,9 @@ def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
     }
 
 
-def layer_gains(posterior: xr.DataTree) -> dict[str, float]:
-    """Each layer's learned gain (``DirichletSwitches(layer_gain=True)``), ``{}`` for a fit without gains.
+def layer_gains(posterior: xr.DataTree) -> dict[str, float | np.ndarray]:
+    """Each layer's learned gains, ``{}`` for a fit without gains: a float for one gain per
+    layer (``DirichletSwitches(gain="layer")``), an array of one per channel (``gain="channel"``).
 
     Read from the ``guide_parameters`` group, where Pyro's unconstrained value of the
     positive parameter ``<layer>.switch.gain`` is its logarithm.
@@ -173,4 +174,5 @@ def layer_gains(posterior: xr.DataTree) -> dict[str, float]:
         return {}
     suffix = ".switch.gain"
     stored = posterior[GUIDE_PARAMETERS].to_dataset()
-    return {str(name)[: -len(suffix)]: float(np.exp(stored[name].values)) for name in stored.data_vars if str(name).endswith(suffix)}
+    gains = {str(name)[: -len(suffix)]: np.exp(stored[name].values) for name in stored.data_vars if str(name).endswith(suffix)}
+    return {name: float(gain) if gain.ndim == 0 else gain for name, gain in gains.items()}
