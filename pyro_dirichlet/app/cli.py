@@ -261,7 +261,7 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction,
                        help=_help("fit one gain per layer beside its switch, so the switches rank channels instead of also "
-                                  "setting the layer's overall scale (ranks planted dead channels last; see README)", "layer_gain"))
+                                  "setting the layer's overall scale (ranks planted dead channels last; see docs/results.md)", "layer_gain"))
     group.add_argument("--epochs", type=int, metavar="N",
                        help="SVI epochs; the paper's setting is 1 (default: fit until the posterior has converged -- "
                             "the ELBO levelled off and the half-width kept sets settled -- at least 600 steps)")
