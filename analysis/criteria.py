@@ -187,13 +187,13 @@ def _digits(stage: str) -> int:
     return 2 if stage.startswith("finetune") else 1
 
 
-#: The README's question per row pair: the posterior as the library uses it (folded), and the ranking alone.
+#: The question docs/results.md asks per row pair: the posterior as the library uses it (folded), and the ranking alone.
 README_PAIRS = ((METHOD, "l1-norm"), (METHOD, "random"), (METHOD, "taylor"),
                 ("dirichlet mean, no fold", "l1-norm"), ("dirichlet mean, no fold", "random"))
 
 
 def readme_tables(result: dict) -> str:
-    """The two tables README's "Does it work?" quotes, made from ``criteria.json`` (a test keeps them in sync).
+    """The two tables docs/results.md's "Does it work?" quotes, made from ``criteria.json`` (a test keeps them in sync).
 
     Means over seeds per budget and criterion at every stage, then paired differences
     (points, mean ± standard error) for :data:`README_PAIRS`; bold where the mean is beyond

@@ -1,7 +1,7 @@
-"""The README's command-line prior model: ``pyro-dirichlet run`` on LeNet-5/MNIST with the flat Dirichlet(1) and with a
+"""The command-line prior model of docs/priors-and-posteriors.md: ``pyro-dirichlet run`` on LeNet-5/MNIST with the flat Dirichlet(1) and with a
 shared Gamma(2, 2) concentration named by ``--prior-model``, and each report's posterior predictive check.
 
-``shared_concentration`` below is the README's ``my_priors.py``, importable from the repository root as
+``shared_concentration`` below is that page's ``my_priors.py``, importable from the repository root as
 ``analysis.prior_model_run:shared_concentration``. Each run is the demo's (cached baseline, one SVI epoch, the default
 5-12-40 target and fine-tuning), its seed 0; the JSON holds each command, its seconds, the report's ``posterior_predictive``
 section, the pruned network's test accuracy, the shared concentration's prior and posterior (mean, 2.5% and 97.5%

@@ -352,7 +352,7 @@ ROW_ORDER = ("default", "layer-gain", "paper", "l1-norm", "taylor", "batchnorm-s
 
 
 def markdown(records: list[dict]) -> str:
-    """README's table: one row per (network, criterion): Spearman with removal cost (mean over
+    """The table of docs/results.md: one row per (network, criterion): Spearman with removal cost (mean over
     layers), dead-unit recall, validation accuracy after calibration at each FLOPs budget, and
     for fits their steps and wall time in baseline training epochs."""
     lines = ["| network | criterion | Spearman vs removal cost | dead-unit recall | 50% FLOPs | 30% FLOPs | fit steps | fit time (epochs) |",

@@ -345,12 +345,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: The paired differences README quotes: each Dirichlet row against these.
+#: The paired differences docs/results.md quotes: each Dirichlet row against these.
 README_VERSUS = ("l1-norm", "random", "taylor")
 
 
 def readme_tables(result: dict) -> str:
-    """The two tables README's "Does it work?" quotes, made from ``comparison.json`` (a test keeps them in sync).
+    """The two tables docs/results.md's "Does it work?" quotes, made from ``comparison.json`` (a test keeps them in sync).
 
     Test accuracy (%) per budget and row, mean over seeds ("-": not fine-tuned), then the
     paired differences (points, mean ± standard error) of both Dirichlet rows against

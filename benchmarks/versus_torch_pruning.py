@@ -58,7 +58,8 @@ from pyro_dirichlet.train import TrainConfig, train_classifier
 __all__ = ["Protocol", "REDUCED", "METHODS", "NETWORKS", "tp_prune_to_flops", "run_network", "readme_table", "main"]
 
 RESULTS = Path(__file__).parent / "results" / "versus_torch_pruning.json"
-README = Path(__file__).parent.parent / "README.md"
+#: The page whose table (between the markers) :func:`write_readme_table` rewrites.
+RESULTS_PAGE = Path(__file__).parent.parent / "docs" / "results.md"
 TABLE_START, TABLE_END = "<!-- versus-torch-pruning:start -->", "<!-- versus-torch-pruning:end -->"
 BASELINES = Path(__file__).parent.parent / "analysis" / "baselines"
 
@@ -379,11 +380,11 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-# --- the README table ----------------------------------------------------------------------------
+# --- the results page's table --------------------------------------------------------------------
 
 
 def readme_table(result: dict) -> str:
-    """The Markdown table README shows, from the JSON alone."""
+    """The Markdown table docs/results.md shows, from the JSON alone."""
     lines = [
         "| network | FLOPs budget | method | seeds | after pruning | after calibration | after fine-tuning | params | FLOPs | "
         "latency b1 / b64 (ms) | s to pruned |",
@@ -406,8 +407,8 @@ def readme_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(result: dict, readme: Path = README) -> None:
-    """Replace the table between README's markers by :func:`readme_table` of ``result``."""
+def write_readme_table(result: dict, readme: Path = RESULTS_PAGE) -> None:
+    """Replace the table between the markers of docs/results.md by :func:`readme_table` of ``result``."""
     text = readme.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
@@ -430,8 +431,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--add", action="store_true", help="keep the networks already in --out, replacing those run now")
-    parser.add_argument("--readme", action="store_true", help="also write the table into README.md")
-    parser.add_argument("--table-only", action="store_true", help="only regenerate README's table from --out")
+    parser.add_argument("--readme", action="store_true", help="also write the table into docs/results.md")
+    parser.add_argument("--table-only", action="store_true", help="only regenerate the table in docs/results.md from --out")
     return parser.parse_args(argv)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # A relative data folder (PYRO_DIRICHLET_DATA=../shared/data) means the folder as seen from
-# where pytest started; the README tests that run commands in a temporary folder would
+# where pytest started; the README and docs tests that run commands in a temporary folder would
 # otherwise look for it there.
 if os.environ.get("PYRO_DIRICHLET_DATA"):
     os.environ["PYRO_DIRICHLET_DATA"] = str(Path(os.environ["PYRO_DIRICHLET_DATA"]).resolve())

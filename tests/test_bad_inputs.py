@@ -2,7 +2,7 @@
 offending option or file, and a run directory whose every file (hidden ones too) has the same SHA-256 as before.
 
 The cases are parametrised by what they break: option values, config files, the manifest, the files the steps
-wrote. README.md's "Errors" paragraph quotes how many there are (``test_the_readme_counts_these_cases``).
+wrote. docs/reliability.md's "Errors" section quotes how many there are (``test_the_readme_counts_these_cases``).
 """
 
 import hashlib
@@ -15,7 +15,7 @@ import torch
 
 from pyro_dirichlet.app.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -370,8 +370,8 @@ def test_bad_input_exits_2_with_one_sentence_and_changes_nothing(run_copy, tmp_p
         assert victim.read_text() == "keep me"
 
 
-def test_the_readme_counts_these_cases():
-    text = " ".join(README.read_text().split())
+def test_the_reliability_page_counts_these_cases():
+    text = " ".join(RELIABILITY.read_text().split())
     counted = re.search(r"(\d+) bad inputs \(`tests/test_bad_inputs.py`\)", text)
     assert counted is not None and int(counted.group(1)) == len(CASES) >= 60
 

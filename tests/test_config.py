@@ -55,11 +55,11 @@ def test_read_config_errors(tmp_path):
         read_config(bad)
 
 
-def test_the_readme_config_example_is_accepted_by_every_step(actions):
+def test_the_cli_page_config_example_is_accepted_by_every_step(actions):
     import re
     import tomllib
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = tomllib.loads(re.search(r"```toml\n(.*?)```", readme, re.S).group(1))
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    table = tomllib.loads(re.search(r"```toml\n(.*?)```", page, re.S).group(1))
     assert values(actions, "fit", table) == {"out": Path("runs/a"), "prior": 0.5, "quiet": True}
     assert values(actions, "prune", table)["keep"] == {"conv1": 5, "conv2": 12, "fc1": 40}

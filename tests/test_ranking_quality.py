@@ -1,4 +1,4 @@
-"""The ranking study's metrics, and README's table kept equal to the committed JSON."""
+"""The ranking study's metrics, and the table of docs/results.md kept equal to the committed JSON."""
 
 import json
 from pathlib import Path
@@ -26,9 +26,9 @@ def test_dead_recall_counts_inert_channels_below_every_useful_one():
     assert dead_recall(torch.ones(5), torch.zeros(5, dtype=torch.bool), cost) is None
 
 
-def test_readme_table_is_the_committed_study():
+def test_results_page_table_is_the_committed_study():
     records = [json.loads((RESULTS / f"{name}.json").read_text()) for name in ("head-resnet", "resnet20", "lenet5")]
-    assert markdown(records) in (ROOT / "README.md").read_text()
+    assert markdown(records) in (ROOT / "docs" / "results.md").read_text()
     default = records[0]["criteria"]["default"]
     assert default["dead_recall"]["fc1"] == 1.0 and records[0]["criteria"]["paper"]["dead_recall"]["fc1"] < 0.1
     assert default["convergence"]["converged"] and default["overlap_with_twice_as_long"] >= 0.9

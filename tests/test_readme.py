@@ -1,4 +1,5 @@
-"""The README's Python example runs as written (on a real MNIST subset, to stay fast)."""
+"""The README's Python example runs as written (on a real MNIST subset, to stay fast), and so do the blocks of
+docs/python-api.md that continue it; docs/method.md and docs/reliability.md state the real defaults."""
 
 import re
 from pathlib import Path
@@ -6,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PYTHON_API = ROOT / "docs" / "python-api.md"
+METHOD = ROOT / "docs" / "method.md"
+RELIABILITY = ROOT / "docs" / "reliability.md"
 
 
 def readme_example() -> str:
@@ -34,9 +39,9 @@ def test_readme_example_is_short_and_runs(small_mnist_everywhere, tmp_path, monk
     namespace["small"].eval()
     assert torch.allclose(load_pruned(tmp_path / "lenet5-pruned")(example), namespace["small"](example))
 
-    # The calibration section continues this example.
-    (calibration_block,) = readme_blocks("## Calibration after pruning")
-    exec(compile(calibration_block, str(README), "exec"), namespace)
+    # docs/python-api.md's calibration section continues this example.
+    (calibration_block,) = page_blocks(PYTHON_API, "## Calibration after pruning")
+    exec(compile(calibration_block, str(PYTHON_API), "exec"), namespace)
     calibration = namespace["calibration"]
     assert calibration.loss_after < calibration.loss_before and calibration.scales_kept
     assert "training loss" in capsys.readouterr().out
@@ -44,23 +49,24 @@ def test_readme_example_is_short_and_runs(small_mnist_everywhere, tmp_path, monk
     assert (namespace["by_l1"].conv1.out_channels, namespace["by_l1"].fc1.out_features) == (5, 40)
 
 
-def readme_blocks(heading: str) -> list[str]:
-    """Every ```python block of the README section that starts at ``heading``."""
-    text = README.read_text()
+def page_blocks(page: Path, heading: str) -> list[str]:
+    """Every ```python block of ``page``'s section that starts at ``heading`` (to the next ``## `` or the end)."""
+    text = page.read_text()
     section = text[text.index(heading):]
-    section = section[: section.index("\n## ", 1)]
+    end = section.find("\n## ", 1)
+    section = section if end == -1 else section[:end]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 def test_readme_extension_adds_a_criterion_with_one_class():
     from pyro_dirichlet.importance import CRITERIA
 
-    definition, usage = readme_blocks("## Extending: a new criterion")
+    definition, usage = page_blocks(PYTHON_API, "## Extending: a new criterion")
     namespace: dict = {}
     try:
-        exec(compile(definition, str(README), "exec"), namespace)
+        exec(compile(definition, str(PYTHON_API), "exec"), namespace)
         assert "l2-norm" in CRITERIA
-        exec(compile(usage, str(README), "exec"), namespace)
+        exec(compile(usage, str(PYTHON_API), "exec"), namespace)
     finally:
         CRITERIA._entries.pop("l2-norm", None)
     net, small, scores = namespace["net"], namespace["small"], namespace["scores"]
@@ -96,11 +102,12 @@ def test_readme_prose_states_the_real_defaults():
     from pyro_dirichlet.infer.guide import DEFAULT_INIT_CONCENTRATION
     from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR
 
-    text = " ".join(README.read_text().split())
+    text = " ".join(METHOD.read_text().split())
     objective = re.search(r"Adam at lr ([\d.]+) falling tenfold per ([\d,]+) steps, batch (\d+), \*\*until converged\*\*", text)
     assert (float(objective.group(1)), int(objective.group(3)), None) == (FitConfig().lr, FitConfig().batch_size, FitConfig().epochs)
     assert FitConfig().lr_decay ** int(objective.group(2).replace(",", "")) == pytest.approx(0.1)
     tuning = re.search(r"Fine-tuning: (\d+) epochs of Adam at a peak learning rate of ([\de.-]+)", text)
     assert (int(tuning.group(1)), float(tuning.group(2))) == (DEFAULT_EPOCHS, DEFAULT_LR)
     assert float(re.search(r"initialised at ([\d.]+) per channel", text).group(1)) == DEFAULT_INIT_CONCENTRATION
-    assert int(re.search(r"atomically every (\d+) SVI steps", text).group(1)) == FIT_CHECKPOINT_EVERY
+    reliability = " ".join(RELIABILITY.read_text().split())
+    assert int(re.search(r"atomically every (\d+) SVI steps", reliability).group(1)) == FIT_CHECKPOINT_EVERY

@@ -1,4 +1,4 @@
-"""README.md's "Your own network and data": its commands run as written (on a 64-image subset of the CIFAR-10
+"""docs/your-network.md's "Your own network and data": its commands run as written (on a 64-image subset of the CIFAR-10
 JPEG copy unpacked into an ImageFolder), and its figures are those of the committed report.json."""
 
 import json
@@ -13,13 +13,13 @@ import torch
 from pyro_dirichlet.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "your-network.md"
 RESULT = ROOT / "analysis" / "results" / "resnet18-cifar10-imagefolder" / "report.json"
 HEADING = "## Your own network and data"
 
 
 def section() -> str:
-    text = README.read_text()
+    text = PAGE.read_text()
     start = text.index(HEADING)
     return text[start:text.index("\n## ", start + 1)]
 
@@ -81,7 +81,7 @@ def test_the_section_runs_as_written_on_a_small_subset(tmp_path, monkeypatch, ca
             opened.extractall(words[5])
     run = steps[-1]
     assert run[0].endswith("pyro-dirichlet") and run[1] == "run"
-    # Smaller than the README's run, so it stays a test: 64 training images, one epoch each.
+    # Smaller than the page's run, so it stays a test: 64 training images, one epoch each.
     for flag, value in (("--subset", "64"), ("--train-epochs", "1"), ("--finetune-epochs", "1")):
         run[run.index(flag) + 1] = value
     assert main([*run[1:], "--quiet", "--latency-batch", "8"]) == 0
@@ -98,7 +98,7 @@ def test_the_section_runs_as_written_on_a_small_subset(tmp_path, monkeypatch, ca
     (report_command,) = commands(report_block)
     assert main([*report_command[1:], "--quiet", "--latency-batch", "8"]) == 0
     namespace: dict = {}
-    exec(compile(python_block, str(README), "exec"), namespace)
+    exec(compile(python_block, str(PAGE), "exec"), namespace)
     small = namespace["small"]
     assert small(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and small.layer4[1].conv1.out_channels == 256
     capsys.readouterr()

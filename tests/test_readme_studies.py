@@ -1,4 +1,4 @@
-"""README's study figures come from the committed JSON the current study code writes."""
+"""The study figures of docs/results.md come from the committed JSON the current study code writes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 from analysis.criteria import readme_tables
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 CRITERIA = ROOT / "analysis" / "results" / "lenet5-mnist" / "criteria.json"
 CPU_FINETUNE = ROOT / "analysis" / "results" / "resnet20-cifar10-cpu-finetune"
-#: The recipe candidates run on this CPU (seed 0, L1-norm, 50% FLOPs, lr 0.05), as README names them.
+#: The recipe candidates run on this CPU (seed 0, L1-norm, 50% FLOPs, lr 0.05), as docs/results.md names them.
 CPU_PROBES = ("distil0", "distil0.9", "epochs30", "smoothing0.1")
 
 
@@ -29,13 +30,13 @@ def l1_at_half_flops(result: dict) -> dict:
 
 def test_readme_criteria_tables_are_the_committed_json():
     result = json.loads(CRITERIA.read_text())
-    # The current protocol: every criterion calibrated too, and the rows the README discusses.
+    # The current protocol: every criterion calibrated too, and the rows the page discusses.
     assert result["stages"][:2] == ["pruned", "calibrated"]
     assert {"dirichlet mean + fold", "dirichlet mean, no fold", "l1-norm", "random", "taylor"} <= {
         row["criterion"] for row in result["rows"]}
     assert len(result["seeds"]) == 3
-    readme = (ROOT / "README.md").read_text()
-    assert readme_tables(result) in readme, "README's criteria tables differ from readme_tables(criteria.json)"
+    page = RESULTS_PAGE.read_text()
+    assert readme_tables(result) in page, "the criteria tables of docs/results.md differ from readme_tables(criteria.json)"
 
 
 def test_readme_tables_bold_only_differences_beyond_two_standard_errors():
@@ -57,17 +58,17 @@ def test_readme_resnet20_tables_and_figures_are_the_committed_json():
     from analysis.resnet20_cifar10 import readme_tables as resnet20_tables
 
     result = json.loads(RESNET20.read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert resnet20_tables(result) in readme, "README's ResNet-20 tables differ from readme_tables(comparison.partial.json)"
-    # The baseline the comparison ran on is the committed one, and README quotes its accuracy.
+    page = RESULTS_PAGE.read_text()
+    assert resnet20_tables(result) in page, "the ResNet-20 tables of docs/results.md differ from readme_tables(comparison.partial.json)"
+    # The baseline the comparison ran on is the committed one, and the page quotes its accuracy.
     recipe = json.loads((ROOT / "analysis" / "baselines" / "resnet20-cifar10.json").read_text())
     assert result["weights"]["sha256"] == recipe["sha256"]
-    assert f"{100 * result['baseline']['test_accuracy']:.2f}% test accuracy" in readme
-    # The fine-tuned runs the GPU call finished before its limit, as README quotes them.
+    assert f"{100 * result['baseline']['test_accuracy']:.2f}% test accuracy" in page
+    # The fine-tuned runs the GPU call finished before its limit, as the page quotes them.
     tuned = {r["criterion"]: r["test_finetuned"] for r in result["rows"] if "test_finetuned" in r}
-    assert f"Dirichlet row {100 * tuned[METHOD]:.2f}%, L1-norm {100 * tuned['l1-norm']:.2f}%" in readme
+    assert f"Dirichlet row {100 * tuned[METHOD]:.2f}%, L1-norm {100 * tuned['l1-norm']:.2f}%" in page
     paired = {(p["budget"], p["method"], p["versus"], p["stage"]): p for p in result["paired"]}
-    for budget in ("30% FLOPs", "keep 0.25"):  # the bar README says is met there
+    for budget in ("30% FLOPs", "keep 0.25"):  # the bar the page says is met there
         assert all(paired[(budget, GAIN_METHOD, other, "calibrated")]["ahead"] for other in ("l1-norm", "random"))
 
 
@@ -75,20 +76,20 @@ def test_readme_resnet20_finetuned_comparison_is_the_committed_json():
     from analysis.resnet20_cifar10 import readme_tables as resnet20_tables
 
     result = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-30pct-finetune" / "comparison.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert resnet20_tables(result) in readme
+    page = RESULTS_PAGE.read_text()
+    assert resnet20_tables(result) in page
     calibrated = next(p for p in result["paired"] if p["stage"] == "calibrated")
     per_seed = ", ".join(f"{100 * d:+.1f}" for d in calibrated["per_seed"])
-    assert f"(per seed {per_seed} here" in readme
+    assert f"(per seed {per_seed} here" in page
     finetuned = next(p for p in result["paired"] if p["stage"] == "finetuned")
-    assert finetuned["behind"] and f"L1-norm is ahead by {-100 * finetuned['mean']:.1f} points" in readme
+    assert finetuned["behind"] and f"L1-norm is ahead by {-100 * finetuned['mean']:.1f} points" in page
 
 
 def test_readme_quotes_the_fifteen_epoch_finetune():
     result = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-50pct-15epochs" / "comparison.json").read_text())
     assert result["protocol"]["finetune_epochs"] == 15 and result["protocol"]["seeds"] == [0]
     (tuned,) = [r["test_finetuned"] for r in result["rows"] if "test_finetuned" in r]
-    assert f"fine-tuned 15 epochs on this CPU reaches {100 * tuned:.2f}%" in " ".join((ROOT / "README.md").read_text().split())
+    assert f"fine-tuned 15 epochs on this CPU reaches {100 * tuned:.2f}%" in " ".join(RESULTS_PAGE.read_text().split())
 
 
 
@@ -98,10 +99,10 @@ def test_readme_resnet20_finetune_with_a_chosen_recipe_is_the_committed_json():
 
     folder = ROOT / "analysis" / "results" / "resnet20-cifar10-h200-finetune"
     result = json.loads((folder / "comparison.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert resnet20_tables(result) in readme
-    flat = " ".join(readme.split())
-    # The recipe README names is what analysis.finetune_recipe chooses from the committed candidates.
+    page = RESULTS_PAGE.read_text()
+    assert resnet20_tables(result) in page
+    flat = " ".join(page.split())
+    # The recipe the page names is what analysis.finetune_recipe chooses from the committed candidates.
     probes = [json.loads((folder / "parts" / name / "comparison.json").read_text()) for name in ("probe-lr0.05", "probe-lr0.2")]
     choice = choose(probes)
     assert choice["chosen"]["finetune_lr"] == result["protocol"]["finetune_lr"] == 0.05
@@ -119,7 +120,7 @@ def test_readme_quotes_the_distillation_probe_and_the_cpu_30pct_pair():
     from analysis.finetune_recipe import RECIPE_FIELDS
     from analysis.resnet20_cifar10 import GAIN_METHOD
 
-    flat = " ".join((ROOT / "README.md").read_text().split())
+    flat = " ".join(RESULTS_PAGE.read_text().split())
     choice = cpu_probe_choice()
     # Validation decides: 30 epochs on the labels alone, neither distillation nor label smoothing.
     assert (choice["chosen"]["finetune_epochs"], choice["chosen"]["finetune_distillation"],
@@ -158,13 +159,13 @@ def test_readme_quotes_the_30_epoch_recipe_over_three_seeds():
     assert recipe_of(result["protocol"]) == {field: chosen[field] for field in RECIPE_FIELDS}
     l1 = l1_at_half_flops(result)
     seeds = [100 * r["test_finetuned"] for r in sorted(result["rows"], key=lambda r: r["seed"])]
-    flat = " ".join((ROOT / "README.md").read_text().split())
+    flat = " ".join(RESULTS_PAGE.read_text().split())
     assert (f"L1-norm reaches {100 * l1['finetuned_mean']:.2f} ± {100 * l1['finetuned_sd']:.2f}% (per seed "
             + ", ".join(f"{s:.2f}" for s in seeds) + ")") in flat
     gap = 100 * (result["baseline"]["test_accuracy"] - l1["finetuned_mean"])
     assert f"{gap:.2f} points under the {100 * result['baseline']['test_accuracy']:.2f}% baseline" in flat
     assert f"by {gap - 1.5:.2f} with the validation-chosen 30" in flat
-    # The four learning-rate-0.05 candidates on seed 0 (this CPU) span what README says.
+    # The four learning-rate-0.05 candidates on seed 0 (this CPU) span what the page says.
     tests = [100 * c["test_mean"] for c in cpu_probe_choice()["candidates"]]
     assert f"within {max(tests) - min(tests):.2f} points of each other on test ({min(tests):.2f}-{max(tests):.2f}%)" in flat
     h200 = json.loads((ROOT / "analysis" / "results" / "resnet20-cifar10-h200-finetune" / "parts" / "probe-lr0.2" / "comparison.json").read_text())

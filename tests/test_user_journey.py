@@ -1,9 +1,9 @@
-"""Issue 32's bar, end to end: README's "From your training script to deployment", run as written.
+"""Issue 32's bar, end to end: docs/your-network.md's "From your training script to deployment", run as written.
 
-In a fresh folder holding only README's ``mynets.py`` and generated ImageFolders, the user
+In a fresh folder holding only the page's ``mynets.py`` and generated ImageFolders, the user
 trains with their own loop and CIFAR's per-channel normalisation, saves ``state_dict()``,
-runs README's ``pyro-dirichlet layers`` and ``run`` commands without PYTHONPATH (and without
-the current folder on ``sys.path``: ``python -P``), then README's Python: ``load_pruned``,
+runs the page's ``pyro-dirichlet layers`` and ``run`` commands without PYTHONPATH (and without
+the current folder on ``sys.path``: ``python -P``), then the page's Python: ``load_pruned``,
 ``torch.export`` and ONNX export, whose outputs must match the pruned model's to 1e-5.
 """
 
@@ -21,7 +21,7 @@ import torch
 import pyro_dirichlet
 from pyro_dirichlet.factories import import_user_module
 from user_journey import (
-    CIFAR_MEAN, CIFAR_STD, CLASSES, MYNETS, README, read_images, readme_blocks, train_own_loop, write_image_folder,
+    CIFAR_MEAN, CIFAR_STD, CLASSES, MYNETS, PAGE, read_images, readme_blocks, train_own_loop, write_image_folder,
 )
 
 #: Where the package is, as an installed one would be: never the user's folder.
@@ -43,7 +43,7 @@ def pyro_dirichlet_cli(words: list[str], cwd: Path) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory):
-    """The user's folder after training their net, README's commands and README's Python."""
+    """The user's folder after training their net, the page's commands and its Python."""
     folder = tmp_path_factory.mktemp("user")
     (folder / "mynets.py").write_text(MYNETS)
     write_image_folder(folder / "images", size=32)
@@ -65,8 +65,8 @@ def journey(tmp_path_factory):
             outputs.append(done.stdout)
         _, deploy, save = readme_blocks("python")
         namespace: dict = {}
-        exec(compile(deploy, str(README), "exec"), namespace)
-        exec(compile(save, str(README), "exec"), namespace)
+        exec(compile(deploy, str(PAGE), "exec"), namespace)
+        exec(compile(save, str(PAGE), "exec"), namespace)
         yield folder, network, namespace, outputs
     finally:
         os.chdir(previous)
@@ -99,7 +99,7 @@ def test_pruned_json_records_what_a_deployment_needs(journey):
     assert deployment.weights_sha256 == hashlib.sha256((folder / "w.pt").read_bytes()).hexdigest()
     run = folder / "runs" / "mine"
     assert deployment.source_sha256 == hashlib.sha256((run / "baseline.safetensors").read_bytes()).hexdigest()
-    # Preprocessing as README shows it is the user's own loader's.
+    # Preprocessing as the page shows it is the user's own loader's.
     images, _ = read_images(folder / "held-out")
     raw = images * torch.tensor(CIFAR_STD).view(1, 3, 1, 1) + torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     assert torch.allclose(deployment.preprocess(raw), images, atol=1e-5)

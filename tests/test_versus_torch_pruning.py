@@ -1,5 +1,5 @@
 """The head to head with Torch-Pruning: its pruning hits the FLOPs budget, the default coupling
-switches every layer Torch-Pruning prunes, and README's table is the committed JSON's."""
+switches every layer Torch-Pruning prunes, and the table in docs/results.md is the committed JSON's."""
 
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmarks.small_resnet import SmallResNet
-from benchmarks.versus_torch_pruning import README, RESULTS, TABLE_END, TABLE_START, readme_table, tp_prune_to_flops
+from benchmarks.versus_torch_pruning import RESULTS, RESULTS_PAGE, TABLE_END, TABLE_START, readme_table, tp_prune_to_flops
 from pyro_dirichlet.measure import count_flops
 from pyro_dirichlet.structure import find_prunable_layers
 
@@ -35,9 +35,9 @@ def test_torch_pruning_reaches_the_flops_budget_and_every_layer_it_cuts_is_switc
     assert cut >= {"stem", "layer2.shortcut.0", "layer3.shortcut.0", "fc1"} and cut <= members
 
 
-def test_the_readme_table_is_the_committed_json():
+def test_the_results_page_table_is_the_committed_json():
     result = json.loads(RESULTS.read_text())
-    text = README.read_text()
+    text = RESULTS_PAGE.read_text()
     table = text[text.index(TABLE_START) + len(TABLE_START):text.index(TABLE_END)].strip()
     assert table == readme_table(result)
     assert set(result["networks"]) >= {"small-resnet", "resnet20"}
@@ -48,10 +48,10 @@ def test_the_readme_table_is_the_committed_json():
             assert row["flops"] <= row["budget"] * entry["baseline"]["flops"]
 
 
-def test_the_readme_quotes_the_diagnosis_json():
+def test_the_results_page_quotes_the_diagnosis_json():
     diagnosis = json.loads((RESULTS.parent / "versus_torch_pruning_diagnosis.json").read_text())
     rows = {(r["ranking"], r["allocation"], r["fold"]): r for r in diagnosis["fits"][0]["rows"]}
-    text = " ".join(README.read_text().split())
+    text = " ".join(RESULTS_PAGE.read_text().split())
     for key in [("dirichlet", "dirichlet", True), ("dirichlet", "dirichlet", False), ("l1-norm", "dirichlet", False)]:
         quoted = f"{100 * rows[key]['test_pruned']:.1f} / {100 * rows[key]['test_calibrated']:.1f}%"
         assert quoted in text, key

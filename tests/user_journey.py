@@ -1,6 +1,6 @@
 """A new user's material for the journey tests (issue 32): their own module, their images, their training loop.
 
-``MYNETS`` is the ``mynets.py`` of README's walk-through, kept beside the user's data: a
+``MYNETS`` is the ``mynets.py`` of docs/your-network.md's walk-through, kept beside the user's data: a
 small BatchNorm ResNet built by ``factory(num_classes=5, width=32)``. :func:`write_image_folder` makes a 5-class
 ImageFolder whose classes differ in colour, so a few steps of :func:`train_own_loop` learn
 something; the loop normalises per channel with CIFAR's statistics, as the user's own code does.
@@ -15,22 +15,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-#: README's walk-through and its blocks: the user's instructions, run as written.
-README = Path(__file__).resolve().parents[1] / "README.md"
+#: The walk-through of docs/your-network.md and its blocks: the user's instructions, run as written.
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "your-network.md"
 HEADING = "## From your training script to deployment"
 
 
 def readme_section() -> str:
-    text = README.read_text()
+    text = PAGE.read_text()
     start = text.index(HEADING)
-    return text[start:text.index("\n## ", start + 1)]
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
 
 
 def readme_blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", readme_section(), re.S)
 
 
-#: The ``mynets.py`` of README's walk-through.
+#: The ``mynets.py`` of the walk-through.
 MYNETS = readme_blocks("python")[0]
 
 #: CIFAR-10's per-channel mean and std, as a user's training script normalises with them.
