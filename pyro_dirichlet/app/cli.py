@@ -260,8 +260,9 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--gain", choices=["channel", "layer", "none"],
-                       help="learned scales beside each switch: channel (one per channel, so the switch's mean ranks channels "
-                            "by how much precision they need; the default), layer (one per layer) or none (the paper's model)")
+                       help="learned scales beside each switch: layer (one per layer, the default: planted and never-firing "
+                            "units rank last), channel (one per channel: closer to removal cost on ResNet-20, but some dead "
+                            "units rank high; see docs/results.md) or none (the paper's model)")
     group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction,
                        help="the older spelling of --gain layer (--no-layer-gain: --gain none)")
     group.add_argument("--epochs", type=int, metavar="N",
