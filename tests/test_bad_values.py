@@ -71,6 +71,22 @@ def weights(change):
 
 WEIGHTS = ["train", "--out", "{tmp}/fresh", "--weights", "{tmp}/w.pt"]
 
+
+def grow(name: str, *, forge_hash: bool = False):
+    """Append to a run file; with ``forge_hash`` record its new SHA-256 (not its size) in run.json, as a forger would."""
+    def apply(run: Path, tmp: Path) -> None:
+        with open(run / name, "ab") as handle:
+            handle.write(b"\0" * 4096)
+        if forge_hash:
+            import hashlib
+
+            manifest = json.loads((run / "run.json").read_text())
+            for record in manifest["steps"].values():
+                if name in record["sha256"]:
+                    record["sha256"][name] = hashlib.sha256((run / name).read_bytes()).hexdigest()
+            (run / "run.json").write_text(json.dumps(manifest))
+    return apply
+
 CASES = [
     ("posterior-mean-negative-prune", ["prune"], variational("conv1.switch.mean", negate),
      "conv1.switch.mean is not a point of the simplex"),
@@ -92,6 +108,16 @@ CASES = [
                                   "--dataset", "imagefolder:{tmp}", "--normalize", "0.5,1e-50"], None, "between 1e-06 and 1e+06"),
     ("normalize-mean-overflows", ["train", "--out", "{tmp}/fresh", "--model", "torchvision.models:resnet18",
                                   "--dataset", "imagefolder:{tmp}", "--normalize", "1e39,1"], None, "within ±1e+06"),
+    ("run-file-grew", ["prune"], grow("posterior.nc"),
+     "posterior.nc has changed since the fit step wrote it (it holds"),
+    ("run-file-grew-hash-forged", ["fit", "--epochs", "1"], grow("baseline.safetensors", forge_hash=True),
+     "baseline.safetensors has changed since the train step wrote it (it holds"),
+    ("spec-grew-hash-forged", ["report"], grow("pruned.json", forge_hash=True),
+     "pruned.json has changed since the finetune step wrote it (it holds"),
+    ("manifest-sizes-negative", ["prune"], edit_manifest(lambda m: m["steps"]["fit"]["sizes"].update({"posterior.nc": -1})),
+     "step 'fit' has 'sizes' that are not an object of byte counts"),
+    ("manifest-sizes-not-numbers", ["report"], edit_manifest(lambda m: m["steps"]["train"].update(sizes=["x"])),
+     "step 'train' has 'sizes' that are not an object of byte counts"),
     ("weights-float64", WEIGHTS, weights(lambda s: s.update({k: v.double() for k, v in s.items()})),
      "holds conv1.weight as float64: floating weights must be float32, float16 or bfloat16"),
     ("weights-sparse", WEIGHTS, weights(lambda s: s.update({"fc2.weight": s["fc2.weight"].to_sparse()})),
@@ -120,6 +146,21 @@ def test_a_bad_value_exits_2_with_one_sentence_and_changes_nothing(run_copy, tmp
 
 
 # --- the Python API ------------------------------------------------------------------------------
+
+
+def test_a_hash_bounded_by_a_size_reads_no_file_larger_than_that(tmp_path):
+    from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
+
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert sha256_of(tmp_path / "f", limit=10) == sha256_of(tmp_path / "f")
+    with pytest.raises(SpecialFileError, match="is larger than 9 bytes: refusing to read it"):
+        sha256_of(tmp_path / "f", limit=9)
+
+
+def test_the_manifest_records_each_files_size(small_run):
+    manifest = json.loads((small_run / "run.json").read_text())
+    for record in manifest["steps"].values():
+        assert record["sizes"] == {name: (small_run / name).stat().st_size for name in record["files"]}
 
 
 @pytest.fixture

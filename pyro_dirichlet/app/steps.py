@@ -202,6 +202,9 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
     with Stopwatch() as watch:
         run.record("train")
         check_writable(run.path)
+        checkpoint = fit_checkpoint_path(run, options, runtime)
+        if os.path.lexists(checkpoint):  # a link or a FIFO is refused before any work, never followed
+            check_regular(checkpoint, what="fit checkpoint", follow_links=False)
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
         network = load_baseline(run, runtime).to(device)
@@ -219,8 +222,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress, precision=precision)
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
-        checkpoint = fit_checkpoint_path(run, options, runtime)
-        if os.path.lexists(checkpoint):  # a link too: refused below, never followed
+        if os.path.lexists(checkpoint):
             _usable_checkpoint(checkpoint)
         if checkpoint.exists():
             _say(runtime, f"resuming the fit from {checkpoint}")
