@@ -253,6 +253,30 @@ def test_a_checkpoint_of_another_prior_or_likelihood_is_not_resumed(tiny_cnn, tm
         fit(other_prior, data, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt")
 
 
+def test_a_checkpoint_of_other_data_or_another_guide_is_not_resumed(tiny_cnn, tmp_path):
+    from pyro_dirichlet.data import Split
+    from pyro_dirichlet.infer.fit import FitConfig, fit
+    from pyro_dirichlet.infer.guide import make_guide
+
+    data = Split(torch.randn(16, 1, 14, 14), torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(0)))
+    config = FitConfig(epochs=1, progress=False, batch_size=8)
+    fit(switches_of(tiny_cnn), data, config, checkpoint=tmp_path / "c.pt")
+    saved = (tmp_path / "c.pt").read_bytes()
+    relabelled = Split(data.images, (data.labels + 1) % 3)  # the same size, other labels
+    with pytest.raises(ValueError, match="belongs to a different fit.*data 'split sha256:"):
+        fit(switches_of(tiny_cnn), relabelled, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt")
+
+    def own_guide(*args, **kwargs):
+        return make_guide(switches)(*args, **kwargs)
+
+    switches = switches_of(tiny_cnn)
+    with pytest.raises(ValueError, match="belongs to a different fit.*guide 'make_guide' in the checkpoint, "
+                                         "'test_bad_values.*own_guide' now"):
+        fit(switches, data, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt",
+            guide=own_guide)
+    assert (tmp_path / "c.pt").read_bytes() == saved  # refused, never overwritten
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("step", -3, "its step -3 is not a count of steps"),
     ("step", 1.5, "its step 1.5 is not a count of steps"),

@@ -255,6 +255,9 @@ def fit(
         >>> fit(switches, loader)  # streamed: the data size is len(loader.dataset)  # doctest: +SKIP
     """
     stream = None
+    # The guide a checkpoint must come from: the default one, or the caller's function by name.
+    guide_name = "make_guide" if guide is None else f"{getattr(guide, '__module__', '')}." \
+        f"{getattr(guide, '__qualname__', type(guide).__qualname__)}"
     if isinstance(train, Split):
         if len(train) == 0:
             raise ValueError("train is empty: the switches need data to fit.")
@@ -320,7 +323,8 @@ def fit(
     history: list[float] = []
 
     layers = [(layer.name, layer.channels) for layer in switches.layers]
-    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches)}
+    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches), "guide": guide_name,
+                **({"data": _data_identity(train)} if checkpoint is not None else {})}
     resumed = None
     if checkpoint is not None:
         resumed = FitCheckpoint.load_matching(checkpoint, layers=layers, config=identity)
@@ -545,10 +549,23 @@ def network_context(config: FitConfig, device: torch.device | str) -> Iterator[N
 
 
 def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:
-    """What a checkpoint must share with the fit resuming it: the settings and the data size."""
+    """What a checkpoint must share with the fit resuming it: the settings and the data size (the prior, the
+    likelihood, the guide and the data themselves are added beside them)."""
     identity = {key: value for key, value in asdict(config).items() if key not in _RESUMABLE_FIELDS}
     identity["train_size"] = train_size
     return identity
+
+
+def _data_identity(train: BatchSource) -> str:
+    """A preloaded split by the SHA-256 of its images and labels; streamed data only by its size (in the settings)."""
+    if not isinstance(train, Split):
+        return "streamed"
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (train.labels, train.images):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"split sha256:{digest.hexdigest()[:16]}"
 
 
 def _model_identity(switches: DirichletSwitches) -> dict:
