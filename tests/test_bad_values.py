@@ -230,6 +230,20 @@ def test_fit_refuses_float_labels_that_would_be_truncated(tiny_cnn):
         fit(switches_of(tiny_cnn), batches, FitConfig(epochs=1, progress=False, data_size=16))
 
 
+@pytest.mark.parametrize(("labels", "message"), [
+    (torch.tensor([0, 1, 2, 7, 0, 1, 2, 0]), r"train labels must lie in \[0, 2\] for this 3-class network, got \[0, 7\]"),
+    (torch.tensor([0, 1, 2, -1, 0, 1, 2, 0]), r"got \[-1, 2\]"),
+    (torch.full((8,), 1.5), "got float32 values such as 1.5"),
+])
+def test_streamed_labels_are_checked_batch_by_batch_not_only_the_first(tiny_cnn, labels, message):
+    from pyro_dirichlet.infer.fit import FitConfig, fit
+
+    good = (torch.randn(8, 1, 14, 14), torch.randint(0, 3, (8,)))
+    batches = [good, (torch.randn(8, 1, 14, 14), labels)]
+    with pytest.raises(ValueError, match=message):
+        fit(switches_of(tiny_cnn), batches, FitConfig(epochs=1, progress=False, data_size=16))
+
+
 def test_fit_refuses_a_data_size_other_than_the_loaders_data_set(tiny_cnn):
     from torch.utils.data import DataLoader, TensorDataset
 

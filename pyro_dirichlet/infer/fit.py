@@ -299,8 +299,9 @@ def fit(
                 f"a checkpoint needs the number of batches per epoch, but train ({type(train).__name__}) has no len(); "
                 "fit without checkpoint= or give a loader with a length."
             )
+    classes = None
     if isinstance(switches.likelihood, CategoricalLikelihood):
-        _check_labels(switches, first_images, data.labels if stream is None else first.targets)
+        classes = _check_labels(switches, first_images, data.labels if stream is None else first.targets)
     switches.check_likelihood(first_images, first_labels)
     pyro.set_rng_seed(config.seed)
     guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
@@ -365,6 +366,8 @@ def fit(
         """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
         if stream is not None:
             for step in stream.epoch(epoch, skip=done):
+                if classes is not None:  # streamed labels enter batch by batch: each is checked as it comes
+                    _check_label_values(step.labels, classes)
                 if config.channels_last and step.images.dim() == 4:
                     step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
                 yield step
@@ -601,11 +604,16 @@ def _network_layout(switches: DirichletSwitches, config: FitConfig):
         switches.network.to(memory_format=torch.contiguous_format)
 
 
-def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Labels must index the network's classes (checked once, since validation is off in the loop;
-    for streamed data, on the first batch)."""
+def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """Labels must index the network's classes (checked before the loop, since validation is off in it; streamed
+    data batch by batch, this the first). Returns the number of classes."""
     with torch.no_grad():
         classes = switches.network(images[:1]).shape[-1]
+    _check_label_values(labels, classes)
+    return classes
+
+
+def _check_label_values(labels: torch.Tensor, classes: int) -> None:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"train labels must be integer class indices, got {str(labels.dtype).removeprefix('torch.')} "
                          f"values such as {labels.flatten()[0].item()!r}: a float label would be truncated to a class.")
