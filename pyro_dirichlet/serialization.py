@@ -587,7 +587,6 @@ def _rebuild(architecture: dict[str, Any]) -> nn.Module:
 
 
 def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
-    check_channel_chain(entries)
     root = nn.Sequential()
     built: dict[str, nn.Module] = {"": root}
     for entry in entries:
@@ -602,6 +601,7 @@ def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
             parent.add_module(child, module)
         except (KeyError, TypeError) as err:  # a name such as "training", "forward" or "__class__"
             raise ModelFileError(f"module '{entry['name']}' has a name nn.Sequential cannot hold ({err})") from None
+    check_channel_chain([(name, _type_name(module), _arguments(module)) for name, module in root.named_modules() if name])
     return root
 
 

@@ -4,7 +4,8 @@ Pruning changes widths (channels, features, a grouped convolution's number of gr
 nothing else: a spec whose convolution has another stride, dilation, padding mode or bias
 flag than the architecture builds describes another function, even with every tensor shape
 right. :func:`check_narrowed` compares each module of a registered class's or a factory's
-spec (as built from the spec, so defaults count) with the module the class builds there; :func:`check_channel_chain` checks that the
+spec (as built from the spec, so defaults count) with the module the class builds there (a
+bias may appear where pruning folded removed channels' constant outputs into the next layer); :func:`check_channel_chain` checks that the
 modules of an ``nn.Sequential`` spec (which has no class to compare with) pass their
 channels on consistently. Each refusal is one :class:`~pyro_dirichlet.spec_file.ModelFileError`.
 """
@@ -64,6 +65,8 @@ def check_narrowed(modules: Iterable[tuple[str, str, dict[str, Any]]],
                                          f"builds it with {expected} and pruning only narrows it (1 to {expected})")
             elif key == "groups" and expected != 1:
                 _check_groups(where, args, built_args)
+            elif key == "bias" and kind in ("Conv2d", "Linear") and value is True and expected is False:
+                continue  # a pruned channel's constant output is folded into the next layer's bias, made for it
             elif value != expected:
                 raise ModelFileError(f"{where} ({kind}) has {key} {value!r} in the spec, but {description} builds "
                                      f"it with {expected!r}: pruning changes widths only")
@@ -80,25 +83,27 @@ def _check_groups(where: str, args: dict[str, Any], built: dict[str, Any]) -> No
                              f"groups of {per_in} input and {per_out} output channels")
 
 
-def check_channel_chain(entries: Iterable[dict[str, Any]]) -> None:
-    """An ``nn.Sequential`` spec's modules, in order, take the channels the one before gives.
+def check_channel_chain(modules: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+    """An ``nn.Sequential`` spec's modules, in the order the rebuilt network runs them, take the channels the one
+    before gives.
 
     A Conv2d's ``in_channels`` and a BatchNorm's ``num_features`` equal the channels before
     them; a Linear after a Linear takes its ``out_features``. After a Flatten the features are
     not known without the input's size, so the next Linear is not compared.
 
+    Args:
+        modules: ``(name, type name, constructor arguments)`` of every module, in running order.
+
     Raises:
         ModelFileError: naming the module and the two counts.
     """
     channels, source = None, ""
-    for entry in entries:
-        kind, args, name = entry["type"], entry["args"], entry["name"]
-        width = {"Conv2d": args.get("in_channels"), "BatchNorm1d": args.get("num_features"),
-                 "BatchNorm2d": args.get("num_features"), "Linear": args.get("in_features")}.get(kind)
-        if kind in ("Conv2d", "BatchNorm1d", "BatchNorm2d", "Linear") and channels is not None and width != channels:
-            key = {"Conv2d": "in_channels", "Linear": "in_features"}.get(kind, "num_features")
-            raise ModelFileError(f"module '{name}' ({kind}) has {key} {width!r} in the spec, but '{source}' before it "
-                                 f"gives {channels} channels")
+    for name, kind, args in modules:
+        key = {"Conv2d": "in_channels", "Linear": "in_features", "BatchNorm1d": "num_features",
+               "BatchNorm2d": "num_features"}.get(kind)
+        if key is not None and channels is not None and args.get(key) != channels:
+            raise ModelFileError(f"module '{name}' ({kind}) has {key} {args.get(key)!r} in the spec, but '{source}' "
+                                 f"before it gives {channels} channels")
         if kind == "Conv2d":
             channels, source = args.get("out_channels"), name
         elif kind == "Linear":
