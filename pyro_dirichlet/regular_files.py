@@ -90,14 +90,27 @@ def read_regular(path: str | os.PathLike[str], *, what: str = "file", follow_lin
     return data
 
 
-def sha256_of(path: str | os.PathLike[str], *, what: str = "file", follow_links: bool = True) -> str:
+def sha256_of(path: str | os.PathLike[str], *, what: str = "file", follow_links: bool = True,
+              limit: int | None = None) -> str:
     """The SHA-256 of a regular file's content, read in 1 MiB blocks (see :func:`open_regular` for what is refused).
 
+    With ``limit``, a file of more than ``limit`` bytes is refused, and never more than
+    ``limit + 1`` bytes are read even from a file that grows while it is hashed.
+
     Raises:
-        SpecialFileError: not a regular file (or a link, unless ``follow_links``).
+        SpecialFileError: not a regular file (or a link, unless ``follow_links``), or larger than ``limit``.
     """
     digest = hashlib.sha256()
     with os.fdopen(open_regular(path, what=what, follow_links=follow_links), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        if limit is not None and os.fstat(handle.fileno()).st_size > limit:
+            raise SpecialFileError(f"{what} {str(Path(path))!r} is larger than {limit} bytes: refusing to read it.")
+        left = None if limit is None else limit + 1
+        while left is None or left > 0:
+            block = handle.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
             digest.update(block)
+            left = None if left is None else left - len(block)
+        if left == 0:
+            raise SpecialFileError(f"{what} {str(Path(path))!r} is larger than {limit} bytes: refusing to read it.")
     return digest.hexdigest()

@@ -29,6 +29,7 @@ from pyro_dirichlet.atomic import atomic_write, atomic_write_json
 from pyro_dirichlet.deployment import Deployment
 from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
 from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
+from pyro_dirichlet.spec_checks import check_channel_chain, check_narrowed, check_widths
 from pyro_dirichlet.spec_file import FORMAT, FORMAT_VERSION, MAX_SPEC_BYTES, ModelFileError, read_spec as _read_spec
 from pyro_dirichlet.weights import WeightsError, check_weight_tensors
 
@@ -481,8 +482,10 @@ def load_pruned(
 
     Nothing is unpickled and no code is imported except a registered class's module. Before
     any weight is loaded, the weights file's SHA-256 must match the spec, the format and
-    version must be known, every module type must be whitelisted, and the tensor shapes of
-    the spec, the rebuilt architecture and the weights file must agree.
+    version must be known, every module type must be whitelisted, every module's arguments
+    must be those its class or factory builds there with widths no larger (an ``nn.Sequential``'s
+    must pass channels on consistently; :mod:`pyro_dirichlet.spec_checks`), and the tensor shapes
+    of the spec, the rebuilt architecture and the weights file must agree.
 
     Args:
         path_prefix: the prefix given to :func:`save_pruned`.
@@ -575,6 +578,7 @@ def _rebuild(architecture: dict[str, Any]) -> nn.Module:
                 f"module '{entry['name']}' has type {entry.get('type')!r}, which is not among "
                 f"the types load_pruned rebuilds: {', '.join(sorted(_LEAVES))}"
             )
+        check_widths(entry)
     if architecture["class"] == _SEQUENTIAL:
         return _rebuild_sequential(entries)
     if "build" in architecture:
@@ -597,6 +601,7 @@ def _rebuild_sequential(entries: list[dict[str, Any]]) -> nn.Module:
             parent.add_module(child, module)
         except (KeyError, TypeError) as err:  # a name such as "training", "forward" or "__class__"
             raise ModelFileError(f"module '{entry['name']}' has a name nn.Sequential cannot hold ({err})") from None
+    check_channel_chain([(name, _type_name(module), _arguments(module)) for name, module in root.named_modules() if name])
     return root
 
 
@@ -611,10 +616,23 @@ def _rebuild_registered(
             f"the spec's modules do not match {description}: missing from the spec "
             f"{sorted(leaves - listed)}, unknown to the class {sorted(listed - leaves)}"
         )
-    for entry in entries:
-        parent_name, _, child = entry["name"].rpartition(".")
-        setattr(model.get_submodule(parent_name), child, _build(entry))
+    modules = {entry["name"]: _build(entry) for entry in entries}
+    check_narrowed([(name, _type_name(module), _arguments(module)) for name, module in modules.items()],
+                   lambda name: _described(model.get_submodule(name)), description)
+    for name, module in modules.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module)
     return model
+
+
+def _described(module: nn.Module) -> tuple[str, dict[str, Any]]:
+    """A module's type name and constructor arguments as the spec records them (``{}`` for a type not whitelisted)."""
+    kind = _type_name(module)
+    return (type(module).__qualname__, {}) if kind is None else (kind, _arguments(module))
+
+
+def _arguments(module: nn.Module) -> dict[str, Any]:
+    return _jsonable(_LEAVES[_type_name(module)][1](module))
 
 
 def _build(entry: dict[str, Any]) -> nn.Module:

@@ -50,6 +50,8 @@ def rewrite(name: str, make):
         for record in manifest["steps"].values():
             if name in record.get("sha256", {}):
                 record["sha256"][name] = hashlib.sha256((run / name).read_bytes()).hexdigest()
+            if name in record.get("sizes", {}):
+                record["sizes"][name] = (run / name).stat().st_size
         (run / "run.json").write_text(json.dumps(manifest))
     return apply
 

@@ -71,6 +71,22 @@ def weights(change):
 
 WEIGHTS = ["train", "--out", "{tmp}/fresh", "--weights", "{tmp}/w.pt"]
 
+
+def grow(name: str, *, forge_hash: bool = False):
+    """Append to a run file; with ``forge_hash`` record its new SHA-256 (not its size) in run.json, as a forger would."""
+    def apply(run: Path, tmp: Path) -> None:
+        with open(run / name, "ab") as handle:
+            handle.write(b"\0" * 4096)
+        if forge_hash:
+            import hashlib
+
+            manifest = json.loads((run / "run.json").read_text())
+            for record in manifest["steps"].values():
+                if name in record["sha256"]:
+                    record["sha256"][name] = hashlib.sha256((run / name).read_bytes()).hexdigest()
+            (run / "run.json").write_text(json.dumps(manifest))
+    return apply
+
 CASES = [
     ("posterior-mean-negative-prune", ["prune"], variational("conv1.switch.mean", negate),
      "conv1.switch.mean is not a point of the simplex"),
@@ -92,6 +108,16 @@ CASES = [
                                   "--dataset", "imagefolder:{tmp}", "--normalize", "0.5,1e-50"], None, "between 1e-06 and 1e+06"),
     ("normalize-mean-overflows", ["train", "--out", "{tmp}/fresh", "--model", "torchvision.models:resnet18",
                                   "--dataset", "imagefolder:{tmp}", "--normalize", "1e39,1"], None, "within ±1e+06"),
+    ("run-file-grew", ["prune"], grow("posterior.nc"),
+     "posterior.nc has changed since the fit step wrote it (it holds"),
+    ("run-file-grew-hash-forged", ["fit", "--epochs", "1"], grow("baseline.safetensors", forge_hash=True),
+     "baseline.safetensors has changed since the train step wrote it (it holds"),
+    ("spec-grew-hash-forged", ["report"], grow("pruned.json", forge_hash=True),
+     "pruned.json has changed since the finetune step wrote it (it holds"),
+    ("manifest-sizes-negative", ["prune"], edit_manifest(lambda m: m["steps"]["fit"]["sizes"].update({"posterior.nc": -1})),
+     "step 'fit' has 'sizes' that are not an object of byte counts"),
+    ("manifest-sizes-not-numbers", ["report"], edit_manifest(lambda m: m["steps"]["train"].update(sizes=["x"])),
+     "step 'train' has 'sizes' that are not an object of byte counts"),
     ("weights-float64", WEIGHTS, weights(lambda s: s.update({k: v.double() for k, v in s.items()})),
      "holds conv1.weight as float64: floating weights must be float32, float16 or bfloat16"),
     ("weights-sparse", WEIGHTS, weights(lambda s: s.update({"fc2.weight": s["fc2.weight"].to_sparse()})),
@@ -120,6 +146,21 @@ def test_a_bad_value_exits_2_with_one_sentence_and_changes_nothing(run_copy, tmp
 
 
 # --- the Python API ------------------------------------------------------------------------------
+
+
+def test_a_hash_bounded_by_a_size_reads_no_file_larger_than_that(tmp_path):
+    from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
+
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert sha256_of(tmp_path / "f", limit=10) == sha256_of(tmp_path / "f")
+    with pytest.raises(SpecialFileError, match="is larger than 9 bytes: refusing to read it"):
+        sha256_of(tmp_path / "f", limit=9)
+
+
+def test_the_manifest_records_each_files_size(small_run):
+    manifest = json.loads((small_run / "run.json").read_text())
+    for record in manifest["steps"].values():
+        assert record["sizes"] == {name: (small_run / name).stat().st_size for name in record["files"]}
 
 
 @pytest.fixture
@@ -189,6 +230,20 @@ def test_fit_refuses_float_labels_that_would_be_truncated(tiny_cnn):
         fit(switches_of(tiny_cnn), batches, FitConfig(epochs=1, progress=False, data_size=16))
 
 
+@pytest.mark.parametrize(("labels", "message"), [
+    (torch.tensor([0, 1, 2, 7, 0, 1, 2, 0]), r"train labels must lie in \[0, 2\] for this 3-class network, got \[0, 7\]"),
+    (torch.tensor([0, 1, 2, -1, 0, 1, 2, 0]), r"got \[-1, 2\]"),
+    (torch.full((8,), 1.5), "got float32 values such as 1.5"),
+])
+def test_streamed_labels_are_checked_batch_by_batch_not_only_the_first(tiny_cnn, labels, message):
+    from pyro_dirichlet.infer.fit import FitConfig, fit
+
+    good = (torch.randn(8, 1, 14, 14), torch.randint(0, 3, (8,)))
+    batches = [good, (torch.randn(8, 1, 14, 14), labels)]
+    with pytest.raises(ValueError, match=message):
+        fit(switches_of(tiny_cnn), batches, FitConfig(epochs=1, progress=False, data_size=16))
+
+
 def test_fit_refuses_a_data_size_other_than_the_loaders_data_set(tiny_cnn):
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -210,6 +265,30 @@ def test_a_checkpoint_of_another_prior_or_likelihood_is_not_resumed(tiny_cnn, tm
     other_prior = DirichletSwitches(tiny_cnn, torch.randn(2, 1, 14, 14), prior=0.5)
     with pytest.raises(ValueError, match="belongs to a different fit.*prior 'Dirichlet concentrations sha256:"):
         fit(other_prior, data, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt")
+
+
+def test_a_checkpoint_of_other_data_or_another_guide_is_not_resumed(tiny_cnn, tmp_path):
+    from pyro_dirichlet.data import Split
+    from pyro_dirichlet.infer.fit import FitConfig, fit
+    from pyro_dirichlet.infer.guide import make_guide
+
+    data = Split(torch.randn(16, 1, 14, 14), torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(0)))
+    config = FitConfig(epochs=1, progress=False, batch_size=8)
+    fit(switches_of(tiny_cnn), data, config, checkpoint=tmp_path / "c.pt")
+    saved = (tmp_path / "c.pt").read_bytes()
+    relabelled = Split(data.images, (data.labels + 1) % 3)  # the same size, other labels
+    with pytest.raises(ValueError, match="belongs to a different fit.*data 'split sha256:"):
+        fit(switches_of(tiny_cnn), relabelled, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt")
+
+    def own_guide(*args, **kwargs):
+        return make_guide(switches)(*args, **kwargs)
+
+    switches = switches_of(tiny_cnn)
+    with pytest.raises(ValueError, match="belongs to a different fit.*guide 'make_guide' in the checkpoint, "
+                                         "'test_bad_values.*own_guide' now"):
+        fit(switches, data, FitConfig(epochs=2, progress=False, batch_size=8), checkpoint=tmp_path / "c.pt",
+            guide=own_guide)
+    assert (tmp_path / "c.pt").read_bytes() == saved  # refused, never overwritten
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

@@ -211,6 +211,11 @@ class RunDirectory:
                     fail(f"step {step!r} has no {key!r} of the right type")
             for name in record["files"]:
                 self._check_name(name)
+            sizes = record.get("sizes", {})
+            if not isinstance(sizes, dict) or not all(
+                    isinstance(n, str) and isinstance(b, int) and not isinstance(b, bool) and b >= 0
+                    for n, b in sizes.items()):
+                fail(f"step {step!r} has 'sizes' that are not an object of byte counts")
             for key in ("sha256", "inputs"):
                 digests = record.get(key, {})
                 if not isinstance(digests, dict) or not all(
@@ -263,6 +268,8 @@ class RunDirectory:
     def input(self, name: str) -> Path:
         """The path of a file an earlier step wrote, after checking it is the file that step recorded.
 
+        A file of another size than its step recorded is refused before it is read, and the
+        hash reads no more than that size (a file that grows meanwhile is never read whole).
         Its SHA-256 is remembered, and :meth:`commit` records it as one of the step's inputs
         and refuses to commit when the manifest no longer lists that content.
 
@@ -277,12 +284,22 @@ class RunDirectory:
                                     f"{MANIFEST} wrote it.")
         self.record(writer)
         path = self._check_name(name)
-        digest = file_sha256(path)
+        option = "--out" if writer == "train" else "--run"
+        redo = f"redo that step with `pyro-dirichlet {writer} {option} {self.path}`."
+        # The size the step recorded bounds the read: a file that grew is refused, never read whole.
+        size = steps[writer].get("sizes", {}).get(name)
+        if size is not None and os.lstat(path).st_size != size:
+            raise RunDirectoryError(f"{path} has changed since the {writer} step wrote it (it holds "
+                                    f"{os.lstat(path).st_size:,} bytes, {MANIFEST} records {size:,}): {redo}")
+        try:
+            digest = sha256_of(path, what="run file", follow_links=False, limit=size)
+        except SpecialFileError:
+            raise RunDirectoryError(f"{path} has changed since the {writer} step wrote it (it grew past the "
+                                    f"{size:,} bytes {MANIFEST} records): {redo}") from None
         expected = steps[writer].get("sha256", {}).get(name)
         if expected is not None and digest != expected:
-            option = "--out" if writer == "train" else "--run"
             raise RunDirectoryError(f"{path} has changed since the {writer} step wrote it (its SHA-256 differs from "
-                                    f"{MANIFEST}'s): redo that step with `pyro-dirichlet {writer} {option} {self.path}`.")
+                                    f"{MANIFEST}'s): {redo}")
         self._inputs[name] = digest
         return path
 
@@ -395,6 +412,7 @@ class RunDirectory:
             "config": dict(config), "result": dict(result), "files": files, "seconds": seconds,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sha256": {name: file_sha256(staging / name) for name in files},
+            "sizes": {name: os.lstat(staging / name).st_size for name in files},
             "inputs": dict(sorted(self._inputs.items())),
         }
         manifest = {**manifest, **(identity or {})}

@@ -31,6 +31,7 @@ from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, check_recorded_dataset, load_data, run_model, train_model
 from pyro_dirichlet.app.user_inputs import data_notes
+from pyro_dirichlet.app.data_identity import check_same_data, data_identity
 from pyro_dirichlet.infer.distributed import DataParallel, init_from_environment
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
@@ -178,12 +179,11 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         if isinstance(data, ImageFolderSplits) and data.normalization is not None:
             # What was used, measured or given: later steps normalise with exactly these values.
             data_record["normalize"] = data.normalization.to_dict()
-            data_record["classes"] = list(data.classes)
         identity = {
             "model": options.model,
             "dataset": data.name if is_user_source(options.dataset) else options.dataset,
-            "data": {**data_record, "source": data.source or data.name, "train": len(data.train),
-                     "validation": len(data.validation), "test": len(data.test)},
+            # What was read (class list, file-list digest, label count, split sizes): later steps refuse other data.
+            "data": {**data_record, "source": data.source or data.name, **data_identity(data)},
             **({"model_args": dict(factory.args)} if factory is not None else {}),
             **({"weights": weights} if weights is not None else {}),
         }
@@ -202,6 +202,9 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
     with Stopwatch() as watch:
         run.record("train")
         check_writable(run.path)
+        checkpoint = fit_checkpoint_path(run, options, runtime)
+        if os.path.lexists(checkpoint):  # a link or a FIFO is refused before any work, never followed
+            check_regular(checkpoint, what="fit checkpoint", follow_links=False)
         device = resolve_device(runtime.device)
         data = load_run_data(run, runtime)
         network = load_baseline(run, runtime).to(device)
@@ -219,8 +222,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         fit_config = dataclasses.replace(options.fit, seed=runtime.seed, device=str(device), progress=runtime.progress, precision=precision)
         if fit_config.checkpoint_every is None:
             fit_config = dataclasses.replace(fit_config, checkpoint_every=FIT_CHECKPOINT_EVERY)
-        checkpoint = fit_checkpoint_path(run, options, runtime)
-        if os.path.lexists(checkpoint):  # a link too: refused below, never followed
+        if os.path.lexists(checkpoint):
             _usable_checkpoint(checkpoint)
         if checkpoint.exists():
             _say(runtime, f"resuming the fit from {checkpoint}")
@@ -399,9 +401,15 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
 
 
 def load_run_data(run: RunDirectory, runtime: Runtime) -> DataSplits:
-    """The run's data set, cut (and for a user's images resized and normalised) as the train step did."""
+    """The run's data set, cut (and for a user's images resized and normalised) as the train step did.
+
+    Raises:
+        RunDirectoryError: the data are not those the train step read (:func:`check_same_data`).
+    """
     manifest = check_recorded_dataset(run)
-    return load_data(manifest["dataset"], runtime.data_dir, manifest["data"])
+    data = load_data(manifest["dataset"], runtime.data_dir, manifest["data"])
+    check_same_data(manifest["dataset"], manifest["data"], data)
+    return data
 
 
 def load_run_pruned(run: RunDirectory, stem: str, runtime: Runtime | None = None) -> nn.Module:

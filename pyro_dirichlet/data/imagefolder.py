@@ -9,6 +9,7 @@ decoded: with ``sizes``, a seeded subset of each split is chosen from the file l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import warnings
@@ -49,9 +50,11 @@ class ImageFolderError(DatasetError):
 class _Files:
     paths: list[str]
     labels: Tensor
+    sizes: list[int]
 
     def take(self, indices: Tensor) -> _Files:
-        return _Files([self.paths[i] for i in indices.tolist()], self.labels[indices])
+        chosen = indices.tolist()
+        return _Files([self.paths[i] for i in chosen], self.labels[indices], [self.sizes[i] for i in chosen])
 
 
 def load_image_folder(
@@ -102,6 +105,9 @@ def load_image_folder(
         found = [folder]
     validation = _index(found[0], classes) if found else None
     test = _index(root / "test", classes) if base is train_dir and (root / "test").is_dir() else None
+    listing = _listing_sha256([("train", base, train), ("validation", found[0] if found else None, validation),
+                               ("test", root / "test", test)])
+    count = sum(len(files.paths) for files in (train, validation, test) if files is not None)
     missing = tuple(name for name, held_out in (("test", test), ("validation", validation)) if held_out is None)
     for name, held_out in (("test", test), ("validation", validation)):
         if held_out is None:
@@ -126,6 +132,7 @@ def load_image_folder(
         train=train_split, validation=validation_split, test=test_split, name=f"imagefolder:{root}",
         num_classes=len(classes), input_shape=tuple(images[0].shape[1:]), split_seed=split_seed,
         source="imagefolder", classes=tuple(classes), normalization=normalize, carved=missing,
+        files_sha256=listing, file_count=count,
     )
 
 
@@ -137,6 +144,12 @@ class ImageFolderSplits(DataSplits):
     normalization: Normalization | None = None
     #: The splits carved from the training images (``"validation"``, ``"test"``) for want of a folder of their own.
     carved: tuple[str, ...] = ()
+    #: SHA-256 of the image folder's file list (each image's split, path in its folder and size; not its
+    #: content), and how many images it lists: a later step reading other images is told so. ``""``, 0 elsewhere.
+    files_sha256: str = ""
+    file_count: int = 0
+    #: Labels a torchvision data set's files hold (training and test), 0 elsewhere.
+    label_count: int = 0
 
 
 def _classes(folder: Path) -> list[str]:
@@ -161,27 +174,41 @@ def _index(folder: Path, classes: list[str], *, every_class: bool = False) -> _F
         raise ImageFolderError(folder, f"has class folders {unknown} that the training images do not have")
     paths: list[str] = []
     labels: list[int] = []
+    sizes: list[int] = []
     seen: dict[tuple[int, int], str] = {}
     for label, name in enumerate(classes):
         found = _class_images(folder / name, IMG_EXTENSIONS, seen)
         if not found and every_class:
             raise ImageFolderError(folder / name, "holds no images: remove the class folder or add its images")
-        paths += found
+        paths += [path for path, _ in found]
+        sizes += [size for _, size in found]
         labels += [label] * len(found)
     if not paths:
         raise ImageFolderError(folder, f"holds no images (files ending in {', '.join(IMG_EXTENSIONS)})")
-    return _Files(paths, torch.tensor(labels, dtype=torch.int64))
+    return _Files(paths, torch.tensor(labels, dtype=torch.int64), sizes)
 
 
-def _class_images(folder: Path, extensions: tuple[str, ...], seen: dict[tuple[int, int], str]) -> list[str]:
-    """Sorted image paths under ``folder``; a link to a folder, an unreadable folder or one image under two names is refused."""
+def _listing_sha256(parts: list[tuple[str, Path | None, _Files | None]]) -> str:
+    """SHA-256 of each image's split, path within its split's folder and size in bytes, in reading order."""
+    digest = hashlib.sha256()
+    for split, folder, files in parts:
+        if files is None or folder is None:
+            continue
+        for path, size in zip(files.paths, files.sizes):
+            digest.update(f"{split}\0{os.path.relpath(path, folder)}\0{size}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _class_images(folder: Path, extensions: tuple[str, ...], seen: dict[tuple[int, int], str]) -> list[tuple[str, int]]:
+    """Sorted ``(path, size)`` of the images under ``folder``; a link to a folder, an unreadable folder or one image
+    under two names is refused."""
     if not folder.is_dir():
         return []
 
     def refuse(error: OSError) -> None:
         raise ImageFolderError(error.filename or folder, f"cannot be read ({error.strerror or error})")
 
-    found: list[tuple[str, list[str]]] = []  # (folder, its images): torchvision's order, folder by folder
+    found: list[tuple[str, list[tuple[str, int]]]] = []  # (folder, its images): torchvision's order, folder by folder
     for directory, subfolders, files in os.walk(folder, onerror=refuse):
         found.append((directory, []))
         for name in sorted(subfolders):
@@ -202,8 +229,8 @@ def _class_images(folder: Path, extensions: tuple[str, ...], seen: dict[tuple[in
             if other != path:
                 raise ImageFolderError(path, f"is the same file as {other}: one image under two names would "
                                              "leak between the splits")
-            found[-1][1].append(path)
-    return [path for _, paths in sorted(found) for path in paths]
+            found[-1][1].append((path, status.st_size))
+    return [image for _, images in sorted(found) for image in images]
 
 
 #: Pillow's modes of 16-bit and 32-bit integer grayscale images, scaled from 0..65535 rather than clipped at 255.

@@ -77,8 +77,9 @@ def load_torchvision_dataset(
         reason = " ".join(str(error).split()).rstrip(".")[:200] or type(error).__name__
         raise TorchvisionDatasetError(name, f"cannot be read under {root.absolute()} ({reason}); put its files "
                                                   "there, or use --data-dir DIR or $PYRO_DIRICHLET_DATA") from None
-    train_images, train_labels = _tensors(train_set, image_size)
-    test_images, test_labels = _tensors(test_set, image_size)
+    train_images, train_labels = _tensors(name, train_set, image_size)
+    test_images, test_labels = _tensors(name, test_set, image_size)
+    label_count = len(train_labels) + len(test_labels)
     known = getattr(train_set, "classes", None)
     for split, images, labels in (("training", train_images, train_labels), ("test", test_images, test_labels)):
         _check_labels(name, split, images, labels, len(known) if known else None)
@@ -95,7 +96,22 @@ def load_torchvision_dataset(
         test=Split(normalize.apply(test_images), test_labels),
         name=f"torchvision:{name}", num_classes=len(classes), input_shape=tuple(train_images.shape[1:]),
         split_seed=split_seed, source=f"torchvision:{name}", classes=classes, normalization=normalize,
+        label_count=label_count,
     )
+
+
+def _integer_labels(name: str, labels: np.ndarray) -> Tensor:
+    """The labels as int64, refusing any that is not an integer (a label 2.7 would otherwise be truncated to class 2)."""
+    if labels.dtype.kind == "f":
+        fractional = [float(value) for value in labels.ravel() if not float(value).is_integer()]
+        if fractional:
+            raise TorchvisionDatasetError(name, f"has labels that are not class indices, such as {fractional[0]!r}: "
+                                                "its label file is damaged")
+        labels = labels.astype(np.int64)  # 2.0 is class 2
+    elif labels.dtype.kind not in "iu":
+        raise TorchvisionDatasetError(name, f"has labels of type {labels.dtype}, not class indices: its label file "
+                                            "is damaged")
+    return torch.as_tensor(labels, dtype=torch.int64)
 
 
 def _check_labels(name: str, split: str, images: Tensor, labels: Tensor, classes: int | None) -> None:
@@ -109,20 +125,20 @@ def _check_labels(name: str, split: str, images: Tensor, labels: Tensor, classes
                                             f"the class indices {bound}: its label file is damaged")
 
 
-def _tensors(dataset, image_size: int | None) -> tuple[Tensor, Tensor]:
+def _tensors(name: str, dataset, image_size: int | None) -> tuple[Tensor, Tensor]:
     """Images ``(N, C, H, W)`` in [0, 1] and int64 labels: from the ``data``/``targets`` arrays most sets hold, else one by one."""
     data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
     if data is not None and targets is not None and np.asarray(data).dtype == np.uint8 and np.asarray(data).ndim in (3, 4):
         images = torch.as_tensor(np.asarray(data))
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         images = images.float().div_(255.0)
-        labels = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        labels = _integer_labels(name, np.asarray(targets))
     else:
         from torchvision.transforms.functional import pil_to_tensor
 
-        pairs = [(pil_to_tensor(image), int(label)) for image, label in dataset]
+        pairs = [(pil_to_tensor(image), label) for image, label in dataset]
         images = torch.stack([image for image, _ in pairs]).float().div_(255.0)
-        labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
+        labels = _integer_labels(name, np.asarray([label for _, label in pairs]))
     if image_size is not None and images.shape[-2:] != (image_size, image_size):
         images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
                                                  antialias=True, align_corners=False).clamp_(0, 1)

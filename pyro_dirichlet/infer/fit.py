@@ -255,6 +255,9 @@ def fit(
         >>> fit(switches, loader)  # streamed: the data size is len(loader.dataset)  # doctest: +SKIP
     """
     stream = None
+    # The guide a checkpoint must come from: the default one, or the caller's function by name.
+    guide_name = "make_guide" if guide is None else f"{getattr(guide, '__module__', '')}." \
+        f"{getattr(guide, '__qualname__', type(guide).__qualname__)}"
     if isinstance(train, Split):
         if len(train) == 0:
             raise ValueError("train is empty: the switches need data to fit.")
@@ -296,8 +299,9 @@ def fit(
                 f"a checkpoint needs the number of batches per epoch, but train ({type(train).__name__}) has no len(); "
                 "fit without checkpoint= or give a loader with a length."
             )
+    classes = None
     if isinstance(switches.likelihood, CategoricalLikelihood):
-        _check_labels(switches, first_images, data.labels if stream is None else first.targets)
+        classes = _check_labels(switches, first_images, data.labels if stream is None else first.targets)
     switches.check_likelihood(first_images, first_labels)
     pyro.set_rng_seed(config.seed)
     guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
@@ -320,7 +324,8 @@ def fit(
     history: list[float] = []
 
     layers = [(layer.name, layer.channels) for layer in switches.layers]
-    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches)}
+    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches), "guide": guide_name,
+                **({"data": _data_identity(train)} if checkpoint is not None else {})}
     resumed = None
     if checkpoint is not None:
         resumed = FitCheckpoint.load_matching(checkpoint, layers=layers, config=identity)
@@ -361,6 +366,8 @@ def fit(
         """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
         if stream is not None:
             for step in stream.epoch(epoch, skip=done):
+                if classes is not None:  # streamed labels enter batch by batch: each is checked as it comes
+                    _check_label_values(step.labels, classes)
                 if config.channels_last and step.images.dim() == 4:
                     step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
                 yield step
@@ -545,10 +552,23 @@ def network_context(config: FitConfig, device: torch.device | str) -> Iterator[N
 
 
 def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:
-    """What a checkpoint must share with the fit resuming it: the settings and the data size."""
+    """What a checkpoint must share with the fit resuming it: the settings and the data size (the prior, the
+    likelihood, the guide and the data themselves are added beside them)."""
     identity = {key: value for key, value in asdict(config).items() if key not in _RESUMABLE_FIELDS}
     identity["train_size"] = train_size
     return identity
+
+
+def _data_identity(train: BatchSource) -> str:
+    """A preloaded split by the SHA-256 of its images and labels; streamed data only by its size (in the settings)."""
+    if not isinstance(train, Split):
+        return "streamed"
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (train.labels, train.images):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"split sha256:{digest.hexdigest()[:16]}"
 
 
 def _model_identity(switches: DirichletSwitches) -> dict:
@@ -584,11 +604,16 @@ def _network_layout(switches: DirichletSwitches, config: FitConfig):
         switches.network.to(memory_format=torch.contiguous_format)
 
 
-def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Labels must index the network's classes (checked once, since validation is off in the loop;
-    for streamed data, on the first batch)."""
+def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """Labels must index the network's classes (checked before the loop, since validation is off in it; streamed
+    data batch by batch, this the first). Returns the number of classes."""
     with torch.no_grad():
         classes = switches.network(images[:1]).shape[-1]
+    _check_label_values(labels, classes)
+    return classes
+
+
+def _check_label_values(labels: torch.Tensor, classes: int) -> None:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"train labels must be integer class indices, got {str(labels.dtype).removeprefix('torch.')} "
                          f"values such as {labels.flatten()[0].item()!r}: a float label would be truncated to a class.")
