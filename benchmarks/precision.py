@@ -241,6 +241,8 @@ _COLUMNS = (("train", "training epoch"), ("svi", "SVI epoch"), ("calibration", "
 
 
 def _seconds(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f} s"
     return f"{value:.3g} s" if value >= 0.01 else f"{value * 1000:.3g} ms"
 
 

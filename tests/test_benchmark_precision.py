@@ -86,7 +86,7 @@ def check_table_matches(result: dict) -> None:
             measured = model["passes"][key]
             for shown, value in ((fp32, measured["median"]["fp32"]), (bf16, measured["median"]["bf16"])):
                 number, unit = shown.split()
-                seconds = float(number) / (1000 if unit == "ms" else 1)
+                seconds = float(number.replace(",", "")) / (1000 if unit == "ms" else 1)
                 assert seconds == pytest.approx(value, rel=5e-3), (name, key)
             assert float(ratio.rstrip("x)")) == pytest.approx(measured["bf16_over_fp32"], abs=0.005), (name, key)
     if "mean_test_accuracy" in result.get("finetune", {}):
@@ -103,10 +103,13 @@ def test_the_readme_table_shows_the_json_numbers(mnist, monkeypatch, tmp_path):
     assert precision.main(["--models", "lenet5", "--repeats", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     result["models"]["vgg16"] = {"rounds": 0, "passes": {}}
+    result["models"]["resnet20"] = json.loads(json.dumps(result["models"]["lenet5"]))
+    result["models"]["resnet20"]["passes"]["train"]["median"]["fp32"] = 3046.7
     result["finetune"] = {"rows": [{"seed": 0}], "mean_test_accuracy": {"fp32": 0.81234, "bf16": 0.80987},
                           "bf16_minus_fp32_points": -0.247, "protocol": {"epochs": 1, "train_images": 45000}}
     check_table_matches(result)
-    assert "| lenet5 (3) | 4.3 s -> 2.15 s (0.50x) |" in precision.render_table(result)
+    table = precision.render_table(result)
+    assert "| lenet5 (3) | 4.3 s -> 2.15 s (0.50x) |" in table and "| resnet20 (3) | 3,047 s -> 2.15 s" in table
 
 
 @pytest.mark.skipif(not precision.RESULTS.is_file(), reason="no committed benchmarks/results/precision.json")
