@@ -237,7 +237,9 @@ def finetune_accuracy(*, seeds: int, epochs: int, images: int, data_dir: str | N
 
 #: The passes of README's table, in its column order, with their headers.
 _COLUMNS = (("train", "training epoch"), ("svi", "SVI epoch"), ("calibration", "calibration pass"),
-            ("inference_batch1", "pruned inference, batch 1"), ("inference_batch256", "pruned inference, batch 256"))
+            ("inference_batch1", "pruned inference, batch 1"), ("inference_batch256", "pruned inference, batch 256"),
+            # This process's CPU seconds: on a shared machine the wall seconds also hold other jobs' turns.
+            ("train_cpu", "training epoch, CPU"), ("svi_cpu", "SVI epoch, CPU"), ("calibration_cpu", "calibration, CPU"))
 
 
 def _seconds(value: float) -> str:
@@ -249,7 +251,8 @@ def _seconds(value: float) -> str:
 def render_table(result: dict) -> str:
     """README's markdown table of a ``precision.json``: fp32 and bf16 medians and the median bf16/fp32 ratio per pass.
 
-    One row per network, one column per pass (``fp32 -> bf16 (ratio)``); with a fine-tune
+    One row per network, one column per pass (``fp32 -> bf16 (ratio)``), the wall seconds
+    and then the CPU seconds of the training, SVI and calibration passes; with a fine-tune
     comparison, a second table of the mean test accuracies. Every number is the JSON's,
     rounded: seconds to three significant figures, ratios to two decimals.
 
