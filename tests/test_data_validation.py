@@ -8,6 +8,7 @@ message is one sentence naming the offending file, and what it says was wrong.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import warnings
@@ -395,3 +396,55 @@ def test_a_good_cache_is_read_without_decoding(small_cifar, tmp_path, monkeypatc
 
     monkeypatch.setattr(cifar10_module, "read_image_zip", no_decode)
     assert len(load_cifar10(small_cifar, validation_size=5).test) == 30
+
+
+def test_each_data_root_has_its_own_cache(small_cifar, tmp_path, monkeypatch):
+    load_cifar10(small_cifar, validation_size=5)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "cifar10-jpeg").mkdir()
+    for name in ("train.zip", "test.zip"):  # the same files, same sizes and times, another root
+        source = small_cifar / "cifar10-jpeg" / name
+        (other / "cifar10-jpeg" / name).write_bytes(source.read_bytes())
+        status = source.stat()
+        os.utime(other / "cifar10-jpeg" / name, ns=(status.st_atime_ns, status.st_mtime_ns))
+    decoded = []
+    real_decode = cifar10_module.read_image_zip
+    monkeypatch.setattr(cifar10_module, "read_image_zip", lambda *a, **k: decoded.append(a) or real_decode(*a, **k))
+    load_cifar10(other, validation_size=5)
+    assert len(decoded) == 2  # not the first root's cache
+    caches = sorted((tmp_path / "cache").glob("cifar10-jpeg-*.safetensors"))
+    assert len(caches) == 2 and caches[0].name[:30] != caches[1].name[:30]
+    load_cifar10(small_cifar, validation_size=5)
+    load_cifar10(other, validation_size=5)
+    assert len(decoded) == 2  # and each root reads its own
+
+
+def _link_elsewhere(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "elsewhere.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["symbolic link", "directory", "FIFO"])
+def test_a_cache_that_is_not_a_regular_file_is_decoded_again_and_replaced(small_cifar, tmp_path, kind):
+    first = load_cifar10(small_cifar, validation_size=5)
+    path = cache_file(tmp_path)
+    good = path.read_bytes()
+    if kind == "symbolic link":
+        (tmp_path / "cache" / "elsewhere.safetensors").write_bytes(good)
+        _link_elsewhere(path)
+    elif kind == "directory":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.unlink()
+        os.mkfifo(path)  # a reader that opened it would block forever
+    with pytest.warns(UserWarning, match="not a regular file"):
+        again = load_cifar10(small_cifar, validation_size=5)
+    torch.testing.assert_close(again.train.images, first.train.images)
+    if kind == "directory":
+        assert path.is_dir()  # not replaceable: decoded each time, with the warning
+    else:
+        assert not path.is_symlink() and path.is_file() and path.read_bytes() == good
+    if kind == "symbolic link":  # the link was replaced, its target left as it was
+        assert (tmp_path / "cache" / "elsewhere.safetensors").read_bytes() == good

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import warnings
 import zipfile
 import zlib
@@ -147,17 +148,39 @@ def read_image_zip(
     return torch.stack(images), labels
 
 
-def _jpeg_cache_path(zips: Sequence[Path], cache_dir: str | os.PathLike[str] | None) -> Path:
+def _jpeg_cache_path(folder: Path, zips: Sequence[Path], cache_dir: str | os.PathLike[str] | None) -> Path:
+    """``cifar10-jpeg-<root>-<files>.safetensors``: one name per data root, one per state of its zips.
+
+    ``<root>`` hashes the folder's resolved path, so two roots never share a cache file and
+    an older cache of the same root can be found and removed; ``<files>`` hashes each zip's
+    name, size and modification time (a changed archive is decoded again without hashing
+    62 MB on every load) and the cache format.
+    """
     from pyro_dirichlet.cache import resolve_cache_dir
 
-    # Size and modification time identify a changed archive without hashing 60 MB each load.
     described = []
     for path in zips:
-        stat = path.stat()
-        described.append([path.name, stat.st_size, stat.st_mtime_ns])
+        status = path.stat()
+        described.append([path.name, status.st_size, status.st_mtime_ns])
     description = {"format": _JPEG_CACHE_FORMAT, "classes": CIFAR10_CLASSES, "zips": described}
-    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-    return resolve_cache_dir("datasets", cache_dir) / f"cifar10-jpeg-{key[:16]}.safetensors"
+    files = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+    root = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return resolve_cache_dir("datasets", cache_dir) / f"cifar10-jpeg-{root}-{files}.safetensors"
+
+
+def _remove_older_caches(current: Path) -> None:
+    """Remove this root's caches of earlier states of its zips: each holds 185 MB nobody reads again.
+
+    Only regular files named like ``current`` (same root, other zips) go; links and anything
+    else are left where they are, and a file that cannot be removed is left too.
+    """
+    prefix = current.name[: len("cifar10-jpeg-") + 17]  # "cifar10-jpeg-<root>-"
+    for older in current.parent.glob(f"{prefix}*.safetensors"):
+        try:
+            if older != current and stat.S_ISREG(older.lstat().st_mode):
+                older.unlink()
+        except OSError:
+            pass
 
 
 def _check_split(images: Tensor, labels: Tensor, source: Path, split: str) -> None:
@@ -201,6 +224,13 @@ def _read_cache(path: Path) -> dict[str, Tensor]:
     """
     from safetensors import SafetensorError, safe_open
 
+    from pyro_dirichlet.regular_files import SpecialFileError, check_regular
+
+    try:
+        # Not through a link, and not a FIFO or a device that would block or never end.
+        check_regular(path, what="decoded CIFAR-10 cache", follow_links=False)
+    except (SpecialFileError, OSError) as error:
+        raise DatasetError(path, f"is not a regular file ({error})") from error
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -224,8 +254,8 @@ def _load_cifar10_jpeg(
     from pyro_dirichlet.atomic import atomic_write
 
     zips = [folder / name for name in _CIFAR10_JPEG_ZIPS]
-    cache_path = _jpeg_cache_path(zips, cache_dir)
-    if cache_path.is_file():
+    cache_path = _jpeg_cache_path(folder, zips, cache_dir)
+    if os.path.lexists(cache_path):  # a link or a FIFO too: refused by _read_cache, then replaced
         try:
             return _read_cache(cache_path)
         except DatasetError as error:
@@ -241,6 +271,7 @@ def _load_cifar10_jpeg(
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(cache_path, "wb") as handle:
             handle.write(serialize(tensors, metadata={"sha256": _digest(tensors)}))
+        _remove_older_caches(cache_path)
     except OSError:
         pass  # a read-only cache folder costs a decode per load, not the load itself
     return tensors
@@ -281,8 +312,10 @@ def load_cifar10(
     1. ``<root>/cifar10-jpeg/train.zip`` and ``test.zip``: the JPEG re-encoding (zip
        members ``<split>/<class name>/<NNNN>.jpg``). Decoded once into uint8 tensors and
        cached as a safetensors file in the ``datasets`` cache (see
-       :func:`pyro_dirichlet.cache.resolve_cache_dir`); the cache key covers each zip's size
-       and modification time, so a changed archive is decoded again. ``source`` is
+       :func:`pyro_dirichlet.cache.resolve_cache_dir`), one file per data root: the cache
+       key covers the root's resolved path and each zip's name, size and modification
+       time, so a changed archive is decoded again and the root's older cache removed
+       (decoding costs about 10 CPU seconds, reading the cache about 1). ``source`` is
        ``"cifar10-jpeg"``: accuracies on it are close to, not equal to, published ones.
     2. ``<root>/cifar-10-batches-py/``: the official python batches, through
        ``torchvision.datasets.CIFAR10`` (downloaded there when the root is ``./data``).
