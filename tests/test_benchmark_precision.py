@@ -115,3 +115,14 @@ def test_the_readme_table_shows_the_json_numbers(mnist, monkeypatch, tmp_path):
 @pytest.mark.skipif(not precision.RESULTS.is_file(), reason="no committed benchmarks/results/precision.json")
 def test_the_committed_results_render_to_their_own_numbers():
     check_table_matches(json.loads(precision.RESULTS.read_text()))
+
+
+def test_the_results_page_shows_the_committed_trial():
+    import json
+    from pathlib import Path
+
+    from benchmarks.precision import render_table
+
+    root = Path(__file__).resolve().parents[1]
+    trial = json.loads((root / "benchmarks" / "results" / "precision-trial-1round.json").read_text())
+    assert render_table(trial) in (root / "docs" / "results.md").read_text()
