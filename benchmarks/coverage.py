@@ -344,6 +344,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning yardstick")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
+        "--resume", action="store_true",
+        help="with --json: keep the rows an interrupted run wrote there and measure only the models it lacks",
+    )
+    parser.add_argument(
         "--update", type=Path, default=None,
         help="rerun only --models and replace their rows in this JSON from a full run (totals recomputed, the rerun recorded)",
     )
@@ -352,6 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--timeout, --tp-timeout and --memory-gb must be positive")
     if args.update is not None and (args.models is None or args.json is not None):
         parser.error("--update reruns the models named by --models and rewrites its own file: give --models, not --json")
+    if args.resume and args.json is None:
+        parser.error("--resume continues the run recorded in --json: give --json")
     if args.update is not None and not args.update.is_file():
         parser.error(f"--update {args.update} is not a file")
     return args
@@ -379,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     _preload(args.population)
     start = time.perf_counter()
-    entries = []
-    for name in names:
+    entries = _resumed(args.json, names) if args.resume else []
+    done = {entry["model"] for entry in entries}
+    for name in [name for name in names if name not in done]:
         entries.append(check_in_child(name, args.timeout, args.memory_gb, not args.no_torch_pruning, args.tp_timeout))
         print(_line(entries[-1]), flush=True)
         if args.json is not None and len(entries) < len(names):
@@ -401,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.update is not None:
         atomic_write_json(args.update, report)
     return 0
+
+
+def _resumed(path: Path, names: list[str]) -> list[dict]:
+    """The rows an interrupted run wrote to ``path`` for models among ``names`` (none if there is
+    no file yet). A model stopped at a limit keeps its row: resuming does not retry it."""
+    if not path.is_file():
+        return []
+    return [entry for entry in json.loads(path.read_text())["models"] if entry["model"] in names]
 
 
 def _report(args: argparse.Namespace, argv: list[str] | None, entries: list[dict], start: float) -> dict:
