@@ -153,15 +153,20 @@ def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
 
     result: dict = {}
     start = time.perf_counter()
+    # DirichletSwitches fits on one input tensor; a model taking several (T5's and Whisper's
+    # decoder ids) is analysed by find_prunable_layers, which the switch sites come from.
+    sites = DirichletSwitches if not isinstance(x, tuple) else _Layers
+    if isinstance(x, tuple):
+        result["sites_from"] = "find_prunable_layers (DirichletSwitches takes one input tensor)"
     try:
-        DirichletSwitches(model, x, coupled="group")
+        sites(model, x, coupled="group")
         result["raise"] = {"ok": True}
     except UnsupportedStructureError as err:
         result["raise"] = {"ok": False, "error": _first_line(err), "unsupported_layers": max(1, len(err.problems))}
     except Exception as err:  # noqa: BLE001 - every failure is a finding to report
         result["raise"] = {"ok": False, "error": _first_line(err), "unsupported_layers": None}
     try:
-        switches = DirichletSwitches(model, x, coupled="group", on_unsupported="skip")
+        switches = sites(model, x, coupled="group", on_unsupported="skip")
     except Exception as err:  # noqa: BLE001
         result["skip"] = {"ok": False, "error": _first_line(err)}
         result["seconds"] = round(time.perf_counter() - start, 2)
@@ -187,6 +192,15 @@ def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
     result["raise"]["ok"] = result["raise"]["ok"] and skip["ok"]
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+class _Layers:
+    """``find_prunable_layers``'s answer where :class:`DirichletSwitches` is used otherwise."""
+
+    def __init__(self, model: nn.Module, x: tuple[torch.Tensor, ...], **options) -> None:
+        from pyro_dirichlet.structure import find_prunable_layers
+
+        self.layers = find_prunable_layers(model, x, **options)
 
 
 def check_torch_pruning(model: nn.Module, x: torch.Tensor) -> dict:

@@ -48,7 +48,7 @@ def _configs():
             image_size=_SIDE, patch_size=8, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=64, num_labels=10)),
         "convnext": (t.ConvNextForImageClassification, t.ConvNextConfig(
-            hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)),
+            num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)),
         "swin": (t.SwinForImageClassification, t.SwinConfig(
             image_size=_SIDE, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
             window_size=4, num_labels=10)),
