@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,14 +54,14 @@ def trace_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> TracedModel | S
         if not gm.meta["kept_whole"]:
             return TracedModel(model, gm)
     calls = _record_calls(model, inputs)
-    scopes: list[tuple[str, TracedModel, dict[str, str]]] = []
+    scopes: list[tuple[str, TracedModel, str]] = []
     refused: dict[str, str] = {}
     if gm is None:
-        _children(model, "", calls, scopes, refused, str(root_error))
+        _children(model, "", calls, scopes, refused, str(root_error).split("; channel coupling")[0])
     else:
-        scopes.append(("", _restricted(TracedModel(model, gm), gm.meta["kept_whole"]), gm.meta["kept_whole"]))
+        scopes.append(("", _restricted(TracedModel(model, gm), gm.meta["kept_whole"]), ""))
         for path, why in gm.meta["kept_whole"].items():
-            _scope(model.get_submodule(path), path, calls, scopes, refused, why)
+            _scope(model.get_submodule(path), path, calls, scopes, refused, _within(path, why))
     return ScopedModel(model, scopes, refused)
 
 
@@ -69,18 +70,17 @@ class ScopedModel:
     ``coupled``, ``analyse``), with the model's own qualified names."""
 
     def __init__(
-        self, model: nn.Module, scopes: list[tuple[str, TracedModel, dict[str, str]]], refused: dict[str, str]
+        self, model: nn.Module, scopes: list[tuple[str, TracedModel, str]], refused: dict[str, str]
     ) -> None:
         self.model = model
         self.scopes = scopes
         self.refused = refused
-        self._owner: dict[str, tuple[str, TracedModel, str]] = {}
+        self._owner: dict[str, tuple[str, TracedModel, str, str]] = {}
         self.order: dict[str, float] = {}
         module_order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-        for prefix, graph, _ in scopes:
+        for prefix, graph, why in scopes:
             for local in graph.candidates:
-                name = _global(prefix, local)
-                self._owner[name] = (prefix, graph, local)
+                self._owner[_global(prefix, local)] = (prefix, graph, local, why)
             for local, position in graph.order.items():
                 # forward order within a scope, scopes in the model's module order
                 start = module_order.get(prefix, 0) if prefix else 0
@@ -102,7 +102,7 @@ class ScopedModel:
         """Layer ``name`` in its scope; a layer whose channels leave a scope is unsupported."""
         if name in self.refused:
             raise UnsupportedStructureError(f"layer '{name}': {self.refused[name]}")
-        prefix, graph, local = self._owner[name]
+        prefix, graph, local, why = self._owner[name]
         where = f" (analysed within module '{prefix}', whose surroundings torch.fx cannot trace)" if prefix else ""
         try:
             outcome = graph.analyse(local, named)
@@ -111,9 +111,8 @@ class ScopedModel:
         if isinstance(outcome, NotPrunable):
             if prefix and graph.reaches_output(local):
                 raise UnsupportedStructureError(
-                    f"layer '{name}': its channels leave module '{prefix}', which is traced on its "
-                    "own because the model around it cannot be traced by torch.fx, so the layers "
-                    "that read them are unknown"
+                    f"layer '{name}': its channels leave module '{prefix}', which is analysed on its "
+                    f"own because {why}, so the layers that read them are unknown"
                 )
             return NotPrunable(_globalised_text(prefix, outcome.reason), outcome.unsupported)
         return _globalised(prefix, outcome)
@@ -151,8 +150,8 @@ def _scope(
         return
     if len(recorded) != 1:
         reason = (
-            f"it lies in module '{path}', which torch.fx cannot trace as part of the model "
-            f"({why}) and which forward calls {len(recorded)} times, so it cannot be traced on its own"
+            f"it lies in module '{path}', which forward calls {len(recorded)} times, so it cannot be "
+            f"traced on its own, and {why}"
         )
         for name in names:
             refused[_global(path, name)] = reason
@@ -162,16 +161,20 @@ def _scope(
     try:
         gm = trace(wrapper, tensors, _keep_whole, fallback=True)
     except (UnsupportedStructureError, ValueError) as err:
-        _children(module, path, calls, scopes, refused, str(err))
+        _children(module, path, calls, scopes, refused, f"module '{path}' cannot be traced by torch.fx ({err})")
         return
     kept_whole = gm.meta["kept_whole"]
     if _SCOPE in kept_whole:  # the module's own forward cannot be traced
-        _children(module, path, calls, scopes, refused, kept_whole[_SCOPE])
+        _children(module, path, calls, scopes, refused, f"module '{path}' cannot be traced by torch.fx ({kept_whole[_SCOPE]})")
         return
-    scopes.append((path, _restricted(TracedModel(wrapper, gm), kept_whole), kept_whole))
+    scopes.append((path, _restricted(TracedModel(wrapper, gm), kept_whole), why))
     for local, reason in kept_whole.items():
         inner = local.removeprefix(_SCOPE + ".")
-        _scope(module.get_submodule(inner), _global(path, inner), calls, scopes, refused, reason)
+        _scope(module.get_submodule(inner), _global(path, inner), calls, scopes, refused, _within(_global(path, inner), reason))
+
+
+def _within(path: str, why: str) -> str:
+    return f"torch.fx cannot trace module '{path}' as part of its parent ({why})"
 
 
 def _children(module: nn.Module, path: str, calls: dict, scopes: list, refused: dict, why: str) -> None:
@@ -217,7 +220,7 @@ def _wrapped(module: nn.Module, args: tuple, kwargs: dict) -> tuple[nn.Module, t
         return tuple(positional), keywords
 
     namespace: dict[str, Any] = {}
-    exec(
+    exec(  # noqa: S102 - a forward with exactly these parameters, for fx to trace
         f"def forward(self, {', '.join(names)}):\n"
         f"    args, kwargs = self.rebuild(({''.join(n + ', ' for n in names)}))\n"
         f"    return self.{_SCOPE}(*args, **kwargs)\n",
