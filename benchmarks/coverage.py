@@ -20,10 +20,14 @@ model runs in a forked child with a time limit, so one giant model cannot stall 
 
 ``--population`` picks the models: ``torchvision`` (the default: the builders and the registered
 models), ``timm`` (one model per architecture family, :mod:`benchmarks.timm_population`;
-results in ``benchmarks/results/coverage_timm.json``)::
+results in ``benchmarks/results/coverage_timm.json``), ``transformers`` (13 Hugging Face
+architectures from tiny configs, :mod:`benchmarks.transformers_population`; results in
+``benchmarks/results/coverage_transformers.json``)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.coverage --population timm --timeout 90 --tp-timeout 60 \\
-        --json benchmarks/results/coverage_timm.json
+        --json benchmarks/results/coverage_timm.json --resume
+    OMP_NUM_THREADS=1 python -m benchmarks.coverage --population transformers \\
+        --json benchmarks/results/coverage_transformers.json
 """
 
 from __future__ import annotations
@@ -87,11 +91,25 @@ def timm_names() -> list[str]:
     return [TIMM + name for name in TIMM_MODELS]
 
 
-def build(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
+# Hugging Face models go by "transformers:NAME".
+TRANSFORMERS = "transformers:"
+
+
+def transformers_names() -> list[str]:
+    from benchmarks.transformers_population import TRANSFORMERS_MODELS
+
+    return [TRANSFORMERS + name for name in TRANSFORMERS_MODELS]
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor | tuple[torch.Tensor, ...], dict]:
     """The model in eval mode, a seeded input of the smallest size it takes, and the builder kwargs."""
     torch.manual_seed(SEED)
     from pyro_dirichlet.models import MODELS
 
+    if name.startswith(TRANSFORMERS):
+        from benchmarks.transformers_population import build as build_transformers
+
+        return build_transformers(name.removeprefix(TRANSFORMERS), BATCH, SEED)
     if name.startswith(TIMM):
         from benchmarks.timm_population import build as build_timm
 
@@ -121,9 +139,9 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:400]
 
 
-def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _output(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
     with torch.no_grad():
-        out = model.eval()(x)
+        out = model.eval()(*x) if isinstance(x, tuple) else model.eval()(x)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -135,15 +153,20 @@ def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
 
     result: dict = {}
     start = time.perf_counter()
+    # DirichletSwitches fits on one input tensor; a model taking several (T5's and Whisper's
+    # decoder ids) is analysed by find_prunable_layers, which the switch sites come from.
+    sites = DirichletSwitches if not isinstance(x, tuple) else _Layers
+    if isinstance(x, tuple):
+        result["sites_from"] = "find_prunable_layers (DirichletSwitches takes one input tensor)"
     try:
-        DirichletSwitches(model, x, coupled="group")
+        sites(model, x, coupled="group")
         result["raise"] = {"ok": True}
     except UnsupportedStructureError as err:
         result["raise"] = {"ok": False, "error": _first_line(err), "unsupported_layers": max(1, len(err.problems))}
     except Exception as err:  # noqa: BLE001 - every failure is a finding to report
         result["raise"] = {"ok": False, "error": _first_line(err), "unsupported_layers": None}
     try:
-        switches = DirichletSwitches(model, x, coupled="group", on_unsupported="skip")
+        switches = sites(model, x, coupled="group", on_unsupported="skip")
     except Exception as err:  # noqa: BLE001
         result["skip"] = {"ok": False, "error": _first_line(err)}
         result["seconds"] = round(time.perf_counter() - start, 2)
@@ -169,6 +192,15 @@ def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
     result["raise"]["ok"] = result["raise"]["ok"] and skip["ok"]
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+class _Layers:
+    """``find_prunable_layers``'s answer where :class:`DirichletSwitches` is used otherwise."""
+
+    def __init__(self, model: nn.Module, x: tuple[torch.Tensor, ...], **options) -> None:
+        from pyro_dirichlet.structure import find_prunable_layers
+
+        self.layers = find_prunable_layers(model, x, **options)
 
 
 def check_torch_pruning(model: nn.Module, x: torch.Tensor) -> dict:
@@ -214,7 +246,7 @@ def check(name: str, send, torch_pruning: bool = True) -> None:
         "model": name,
         "source": _source(name),
         "builder_options": options,
-        "input_shape": list(x.shape),
+        "input_shape": [list(t.shape) for t in x] if isinstance(x, tuple) else list(x.shape),
         "params": count_parameters(model),
     }
     entry["ours"] = check_ours(model, x)
@@ -227,6 +259,8 @@ def check(name: str, send, torch_pruning: bool = True) -> None:
 def _source(name: str) -> str:
     if name.startswith(REGISTERED):
         return "registry"
+    if name.startswith(TRANSFORMERS):
+        return "transformers"
     return "timm" if name.startswith(TIMM) else "torchvision"
 
 
@@ -334,8 +368,9 @@ def _line(entry: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.coverage", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--population", choices=("torchvision", "timm"), default="torchvision",
-        help="which models: torchvision builders and registered models (default), or one timm model per family (timm:NAME)",
+        "--population", choices=("torchvision", "timm", "transformers"), default="torchvision",
+        help="which models: torchvision builders and registered models (default), one timm model per family (timm:NAME), "
+        "or 13 Hugging Face architectures from tiny configs (transformers:NAME)",
     )
     parser.add_argument("--models", nargs="+", default=None, help="only these (default: the whole --population)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one model may take (default 300)")
@@ -343,6 +378,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-gb", type=float, default=8.0, help="resident memory one model may take (default 8)")
     parser.add_argument("--no-torch-pruning", action="store_true", help="skip the Torch-Pruning yardstick")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="with --json: keep the rows an interrupted run wrote there and measure only the models it lacks",
+    )
     parser.add_argument(
         "--update", type=Path, default=None,
         help="rerun only --models and replace their rows in this JSON from a full run (totals recomputed, the rerun recorded)",
@@ -352,6 +391,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--timeout, --tp-timeout and --memory-gb must be positive")
     if args.update is not None and (args.models is None or args.json is not None):
         parser.error("--update reruns the models named by --models and rewrites its own file: give --models, not --json")
+    if args.resume and args.json is None:
+        parser.error("--resume continues the run recorded in --json: give --json")
     if args.update is not None and not args.update.is_file():
         parser.error(f"--update {args.update} is not a file")
     return args
@@ -359,13 +400,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    population = registered_names() + torchvision_names() if args.population == "torchvision" else timm_names()
+    population = {
+        "torchvision": lambda: registered_names() + torchvision_names(), "timm": timm_names,
+        "transformers": transformers_names,
+    }[args.population]()
     names = args.models or population
-    if args.models and args.population == "timm":
-        names = [name if name.startswith(TIMM) else TIMM + name for name in names]
+    prefix = {"timm": TIMM, "transformers": TRANSFORMERS}.get(args.population)
+    if args.models and prefix:
+        names = [name if name.startswith(prefix) else prefix + name for name in names]
     unknown = [name for name in names if name not in population]
     if unknown:
-        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5) nor timm models of --population timm", file=sys.stderr)
+        print(f"error: --models names {unknown}, which are neither torchvision builders nor registered models (named registered:NAME, e.g. registered:lenet5) nor timm models of --population timm nor transformers models of --population transformers", file=sys.stderr)
         return 2
     if args.update is not None:
         try:
@@ -379,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     _preload(args.population)
     start = time.perf_counter()
-    entries = []
-    for name in names:
+    entries = _resumed(args.json, names) if args.resume else []
+    done = {entry["model"] for entry in entries}
+    for name in [name for name in names if name not in done]:
         entries.append(check_in_child(name, args.timeout, args.memory_gb, not args.no_torch_pruning, args.tp_timeout))
         print(_line(entries[-1]), flush=True)
         if args.json is not None and len(entries) < len(names):
@@ -403,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _resumed(path: Path, names: list[str]) -> list[dict]:
+    """The rows an interrupted run wrote to ``path`` for models among ``names`` (none if there is
+    no file yet). A model stopped at a limit keeps its row: resuming does not retry it."""
+    if not path.is_file():
+        return []
+    return [entry for entry in json.loads(path.read_text())["models"] if entry["model"] in names]
+
+
 def _report(args: argparse.Namespace, argv: list[str] | None, entries: list[dict], start: float) -> dict:
     import torchvision
 
@@ -411,6 +465,7 @@ def _report(args: argparse.Namespace, argv: list[str] | None, entries: list[dict
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": _version("timm") if args.population == "timm" else None,
+        "transformers": _version("transformers") if args.population == "transformers" else None,
         "population": args.population,
         "torch_pruning": _version("torch-pruning"),
         "machine": platform.machine(),
@@ -430,6 +485,8 @@ def _preload(population: str) -> None:
 
     if population == "timm":
         import timm  # noqa: F401
+    if population == "transformers":
+        import transformers  # noqa: F401
     try:
         import torch_pruning  # noqa: F401
     except ImportError:

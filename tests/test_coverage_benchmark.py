@@ -61,3 +61,39 @@ def test_update_refuses_models_the_full_run_lacks_and_a_missing_file(tmp_path, c
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2
+
+
+def test_resume_keeps_the_rows_an_interrupted_run_wrote_and_measures_only_the_rest(tmp_path, capsys):
+    path = tmp_path / "coverage.json"
+    assert main(["--models", "registered:lenet5", "--no-torch-pruning", "--json", str(path)]) == 0
+    first = json.loads(path.read_text())
+    first["models"][0]["ours"]["skip"]["params_kept"] = 0.123  # marks the row as the earlier run's
+    first["complete"] = False
+    path.write_text(json.dumps(first))
+    capsys.readouterr()
+    assert main(["--models", "registered:lenet5", "registered:lenet300", "--no-torch-pruning", "--json", str(path), "--resume"]) == 0
+    report = json.loads(path.read_text())
+    assert [entry["model"] for entry in report["models"]] == ["registered:lenet5", "registered:lenet300"]
+    assert report["models"][0]["ours"]["skip"]["params_kept"] == 0.123  # kept, not measured again
+    assert "complete" not in report and report["totals"]["models"] == 2
+    assert "registered:lenet5 " not in capsys.readouterr().out
+
+
+def test_the_table_renders_each_row_and_fills_the_missing_ones_from_a_log(tmp_path, capsys):
+    from benchmarks.coverage_table import main as table
+
+    path = tmp_path / "coverage.json"
+    assert main(["--models", "registered:lenet5", "--no-torch-pruning", "--json", str(path)]) == 0
+    log = tmp_path / "run.log"
+    log.write_text(
+        "registered:lenet5      skip  kept 0.900 diff 1.0e-07 sites   1 unsupported   1  TP fails  1s\n"
+        "timm:big               stopped at the time limit (90 s)\n"
+        "timm:small             skip  kept 0.500 diff 2.0e-07 sites   3 unsupported   2  TP 0.250  5s\n"
+    )
+    capsys.readouterr()
+    assert table([str(path), "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "| registered:lenet5 | raise | 0.25" in out  # the JSON's row, not the log's
+    assert "| timm:small | skip (log) | 0.500 | 2.0e-07 | 3 | 2 | 0.250 |" in out
+    assert "| timm:big (stopped at the time limit (90 s)) | no (log) |" in out
+    assert "3 models: 1 prune in raise mode, 2 in skip mode; Torch-Pruning runs on 1" in out

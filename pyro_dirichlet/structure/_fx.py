@@ -48,24 +48,31 @@ def as_input_tuple(example_inputs: Any) -> tuple[Tensor, ...]:
 
 
 def trace(
-    model: nn.Module, inputs: tuple[Tensor, ...], keep_whole: Callable[[type], bool] = lambda cls: False
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    keep_whole: Callable[[type], bool] = lambda cls: False,
+    *,
+    fallback: bool = False,
 ) -> fx.GraphModule:
     """Trace a copy of ``model`` and run it once on ``inputs``, recording every tensor's shape.
 
     ``keep_whole(cls)``: whether modules of class ``cls`` stay one node (the op table's
-    library layers), besides torch's own and those timm declares untraceable.
+    library layers), besides torch's own and those timm declares untraceable. ``fallback``: a
+    submodule whose forward torch.fx cannot trace (control flow on tensor values, Hugging
+    Face's attention dispatch) stays one node instead of failing the trace; the qualified
+    names of such modules, with why, are in ``gm.meta["kept_whole"]``.
 
     Each tensor-valued node gets ``node.meta["shape"]``. The caller's model is not touched.
 
     Raises:
-        UnsupportedStructureError: ``torch.fx`` cannot trace the model.
+        UnsupportedStructureError: ``torch.fx`` cannot trace the model's own forward.
         ValueError: the model does not run on ``inputs``.
     """
     # A copy in eval mode: shape propagation runs forward, which would update BatchNorm
     # running statistics and flip training flags on the caller's model.
     traced = copy.deepcopy(model).eval()
+    tracer = _LeafTracer(keep_whole, fallback)
     try:
-        tracer = _LeafTracer(keep_whole)
         gm = fx.GraphModule(traced, tracer.trace(traced), type(traced).__name__)
     except Exception as err:
         raise UnsupportedStructureError(
@@ -73,6 +80,7 @@ def trace(
             f"{err}); channel coupling is found from the traced graph, so the model's "
             "forward must be traceable (no control flow that depends on tensor values)"
         ) from err
+    gm.meta["kept_whole"] = tracer.kept_whole
     recorder = _ShapeRecorder(gm)
     try:
         with torch.no_grad():
@@ -98,8 +106,11 @@ class _LeafTracer(fx.Tracer):
     module or function kept whole that the table does not know is one precise refusal for the
     layers whose channels reach it, instead of a model that cannot be traced at all."""
 
-    def __init__(self, keep_whole: Callable[[type], bool]) -> None:
+    def __init__(self, keep_whole: Callable[[type], bool], fallback: bool = False) -> None:
         self.keep_whole = keep_whole
+        self.fallback = fallback
+        self.kept_whole: dict[str, str] = {}
+        self._forced: nn.Module | None = None
         timm_fx = sys.modules.get("timm.layers._fx")  # only once the model's package loaded it
         functions = tuple(f for f in timm_fx.get_notrace_functions() if callable(f)) if timm_fx else ()
         super().__init__(autowrap_functions=functions)
@@ -107,9 +118,28 @@ class _LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         cls = type(module)
-        if cls in self.leaves or self.keep_whole(cls):
+        if module is self._forced or cls in self.leaves or self.keep_whole(cls):
             return True
         return super().is_leaf_module(module, qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        path = self.path_of_module(m)
+        if not self.fallback or self.is_leaf_module(m, path):
+            return super().call_module(m, forward, args, kwargs)
+        # Enough state to undo a failed attempt: the nodes it added, fx's module stack.
+        last, stack, calls = self.graph._root.prev, self.module_stack.copy(), self.num_calls.copy()
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure keeps the module whole
+            while self.graph._root.prev is not last:
+                self.graph.erase_node(self.graph._root.prev)
+            self.module_stack, self.num_calls = stack, calls
+            self.kept_whole.setdefault(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            self._forced = m
+            try:
+                return super().call_module(m, forward, args, kwargs)
+            finally:
+                self._forced = None
 
 
 class _ShapeRecorder(fx.Interpreter):

@@ -23,6 +23,7 @@ from pyro_dirichlet.structure.layers import (
     UnsupportedPolicy,
     UnsupportedStructureError,
 )
+from pyro_dirichlet.structure.scopes import ScopedModel, trace_model
 
 __all__ = ["find_prunable_layers"]
 
@@ -107,7 +108,7 @@ def find_prunable_layers(
         raise ValueError(f"coupled must be 'group' or 'skip', got {coupled!r}")
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}")
-    graph = TracedModel.trace(model, as_input_tuple(example_inputs))
+    graph = trace_model(model, as_input_tuple(example_inputs))
     graph.coupled = coupled
 
     if layers is None:
@@ -178,7 +179,7 @@ def _raise_if_unsupported(
     )
 
 
-def _not_a_candidate_message(model: nn.Module, graph: TracedModel, name: str) -> str:
+def _not_a_candidate_message(model: nn.Module, graph: TracedModel | ScopedModel, name: str) -> str:
     prunable = _prunable_names(graph)
     listing = f"prunable layers are: {', '.join(prunable)}" if prunable else "no layer is prunable"
     try:
@@ -204,7 +205,7 @@ def _prunable_names(graph: TracedModel) -> list[str]:
     return names
 
 
-def _no_prunable_layer_message(model: nn.Module, graph: TracedModel, skipped: list[SkippedLayer]) -> str:
+def _no_prunable_layer_message(model: nn.Module, graph: TracedModel | ScopedModel, skipped: list[SkippedLayer]) -> str:
     if not graph.candidates:
         return f"{type(model).__name__} has no prunable layer: it has no Conv2d or Linear"
     reasons = "; ".join(f"'{layer.name}': {brief(layer.reason)}" for layer in skipped)

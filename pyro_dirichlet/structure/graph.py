@@ -43,6 +43,7 @@ from pyro_dirichlet.structure.rules import (
     fused_activation,
     is_depthwise,
     layer_base,
+    linear_features,
     op_of,
     qualified_class,
 )
@@ -228,6 +229,17 @@ class TracedModel:
                 raise
             return NotPrunable(str(err))
 
+    def reaches_output(self, name: str) -> bool:
+        """Whether layer ``name``'s channels, or those of a layer coupled to it, reach the output."""
+        if not isinstance(self._walks.get(name), _Walk):
+            return False
+        groups = self._coupling()
+        root = groups.find(name)
+        return any(
+            isinstance(walk, _Walk) and walk.reaches_output and groups.find(member) == root
+            for member, walk in self._walks.items()
+        )
+
     def _attention(self, name: str, named: bool) -> PrunableLayer | NotPrunable:
         """A site of an attention (its values, or queries/keys); an unsupported one is
         reported, not raised, in automatic mode (attention was never pruned before it could be)."""
@@ -280,7 +292,7 @@ class TracedModel:
         if isinstance(module, nn.Conv2d):
             kind, channels, start = "conv", module.out_channels, Flow(node, 1, 1)
         else:
-            kind, channels, start = "linear", module.out_features, Flow(node, len(shape) - 1, 1)
+            kind, channels, start = "linear", linear_features(module)[1], Flow(node, len(shape) - 1, 1)
 
         walk = _Walk(name, kind, channels, name, [])
         bn = self._batchnorm_directly_after(node, len(shape))
@@ -593,7 +605,7 @@ class TracedModel:
     def width(self, layer: str) -> int:
         """Layer ``layer``'s output channels."""
         module = self.modules[layer]
-        return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        return module.out_channels if isinstance(module, nn.Conv2d) else linear_features(module)[1]
 
     def _concat(self, layer: str, flow: Flow, user: fx.Node) -> Flow:
         tensors = argument(user, 0, "tensors", None)

@@ -154,6 +154,7 @@ def qualified_class(cls: type) -> Qualified:
 LAYER_SUBCLASSES = {
     Qualified("timm.layers.linear.Linear"): nn.Linear,
     Qualified("timm.layers.conv2d_same.Conv2dSame"): nn.Conv2d,
+    Qualified("transformers.pytorch_utils.Conv1D"): nn.Linear,  # weight stored (in, out)
 }
 _SAME_PADDING = Qualified("timm.layers.conv2d_same.Conv2dSame")
 
@@ -165,6 +166,13 @@ def layer_base(module: nn.Module) -> type | None:
     if cls in (nn.Conv2d, nn.Linear):
         return cls
     return LAYER_SUBCLASSES.get(qualified_class(cls))
+
+
+def linear_features(module: nn.Module) -> tuple[int, int]:
+    """A Linear's (or Hugging Face's transposed ``Conv1D``'s) input and output features."""
+    if hasattr(module, "nf"):
+        return module.nx, module.nf
+    return module.in_features, module.out_features
 
 
 def fused_activation(module: nn.Module) -> nn.Module | None:
@@ -572,6 +580,11 @@ _ZERO_TO_CONSTANT = _elementwise(maps_zero_to_zero=False)
 _POOL_1D_MODULE, _POOL_2D_MODULE = _pool(1, _module_pool_padding), _pool(2, _module_pool_padding)
 _POOL_1D, _POOL_2D = _pool(1, _function_pool_padding), _pool(2, _function_pool_padding)
 
+_HF_ACTIVATIONS = (
+    "GELUActivation", "NewGELUActivation", "FastGELUActivation", "QuickGELUActivation", "GELUTanh",
+    "PytorchGELUTanh", "SiLUActivation", "ClippedGELUActivation", "AccurateGELUActivation",
+    "MishActivation", "LinearActivation", "ReLUSquaredActivation",
+)
 # ReLU6, Hardtanh, GELU, SiLU, sigmoid... clip or bend at a fixed value, so they do not commute
 # with a scale; nor does BatchNorm (it shifts). AlphaDropout is affine in training mode.
 OPS: dict[Any, Op] = {
@@ -670,6 +683,8 @@ OPS: dict[Any, Op] = {
     Qualified("timm.layers.linear.Linear"): Op(_linear_consumer),
     _SAME_PADDING: Op(_conv_consumer),
     Qualified("timm.layers.norm_act.BatchNormAct2d"): _BATCHNORM_ACT,
+    Qualified("transformers.pytorch_utils.Conv1D"): Op(_linear_consumer),  # HF's activations, 0 -> 0:
+    **_rows(tuple(Qualified(f"transformers.activations.{name}") for name in _HF_ACTIVATIONS), Op(_ZERO_TO_ZERO)),
     # several tensors: the walk couples (sum) or shifts (concat) their channels
     **_rows(
         (

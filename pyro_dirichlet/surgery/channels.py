@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
-from pyro_dirichlet.structure.rules import OPS, fused_activation
+from pyro_dirichlet.structure.rules import OPS, fused_activation, linear_features
 from pyro_dirichlet.surgery.attention import scale_attention_channels, slice_attention
 from pyro_dirichlet.surgery.slicing import (
     add_to_bias,
+    is_transposed_linear,
     scale_batchnorm,
     scale_output_channels,
     slice_batchnorm,
@@ -271,7 +272,7 @@ def _given_layers(
         # A cheap check that the layers describe this model, not another one.
         for member in layer.members:
             module = modules.get(member)
-            width = getattr(module, "out_channels", getattr(module, "out_features", None))
+            width = getattr(module, "out_channels", getattr(module, "out_features", getattr(module, "nf", None)))
             if layer.kind in ATTENTION_PARTS:
                 width = getattr(module, "embed_dim", None)
             if width != layer.channels:
@@ -452,6 +453,8 @@ def _bias_corrections(
                 values = seen[name][..., features].reshape(-1, len(features))
                 constant = values[:1]
                 weight_sums = module.weight.detach()[:, features]
+                if is_transposed_linear(module):
+                    weight_sums = module.weight.detach()[features].T
             if not torch.allclose(values, constant.expand_as(values), rtol=1e-5, atol=1e-6):
                 raise RuntimeError(
                     f"layer '{layer.name}': the dropped channels do not reach '{name}' as "
@@ -512,7 +515,7 @@ def _slice_selection(
             "conv_in": lambda m: m.in_channels,
             "depthwise": lambda m: m.in_channels,
             "grouped": lambda m: m.in_channels,
-            "linear_in": lambda m: m.in_features,
+            "linear_in": lambda m: linear_features(m)[0],
         }[kind](module)
         keep = _complement(torch.cat(parts), size)
         {

@@ -147,6 +147,11 @@ def slice_linear_out(linear: nn.Linear, keep: Tensor) -> None:
         >>> linear.weight.shape, linear.bias.shape, linear.out_features
         (torch.Size([2, 4]), torch.Size([2]), 2)
     """
+    if is_transposed_linear(linear):
+        linear.weight = _sliced(linear.weight, 1, keep)
+        linear.bias = _sliced(linear.bias, 0, keep)
+        linear.nf = len(keep)
+        return
     _check_module(linear, nn.Linear, "linear")
     linear.weight = _sliced(linear.weight, 0, keep)
     if linear.bias is not None:
@@ -163,6 +168,10 @@ def slice_linear_in(linear: nn.Linear, keep: Tensor) -> None:
         >>> linear.weight.shape, linear.in_features
         (torch.Size([6, 3]), 3)
     """
+    if is_transposed_linear(linear):
+        linear.weight = _sliced(linear.weight, 0, keep)
+        linear.nx = len(keep)
+        return
     _check_module(linear, nn.Linear, "linear")
     linear.weight = _sliced(linear.weight, 1, keep)
     linear.in_features = len(keep)
@@ -202,12 +211,13 @@ def scale_output_channels(layer: nn.Conv2d | nn.Linear, scales: Tensor) -> None:
         >>> torch.equal(linear.weight[0], 2 * before[0])
         True
     """
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+    transposed = is_transposed_linear(layer)
+    if not transposed and not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
-    _check_scales(scales, layer.weight.shape[0], "layer")
+    _check_scales(scales, layer.weight.shape[1 if transposed else 0], "layer")
     with torch.no_grad():
         factors = scales.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        layer.weight.mul_(factors.view(-1, *[1] * (layer.weight.dim() - 1)))
+        layer.weight.mul_(factors if transposed else factors.view(-1, *[1] * (layer.weight.dim() - 1)))
         if layer.bias is not None:
             layer.bias.mul_(factors)
 
@@ -244,15 +254,22 @@ def add_to_bias(layer: nn.Conv2d | nn.Linear, delta: Tensor) -> None:
         >>> linear.bias.tolist()
         [1.0, 1.0, 1.0]
     """
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+    transposed = is_transposed_linear(layer)
+    if not transposed and not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise TypeError(f"layer must be a Conv2d or Linear, got {type(layer).__name__}")
-    _check_scales(delta, layer.weight.shape[0], "layer")
+    _check_scales(delta, layer.weight.shape[1 if transposed else 0], "layer")
     delta = delta.detach().to(device=layer.weight.device, dtype=layer.weight.dtype)
     if layer.bias is None:
         layer.bias = nn.Parameter(delta.clone(), requires_grad=layer.weight.requires_grad)
     else:
         with torch.no_grad():
             layer.bias.add_(delta)
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is Hugging Face's ``Conv1D`` (GPT-2): a Linear whose weight is stored
+    as (in, out), with its widths in ``nx`` and ``nf``."""
+    return type(module).__qualname__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
 def _sliced(parameter: nn.Parameter, dim: int, keep: Tensor) -> nn.Parameter:

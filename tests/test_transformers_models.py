@@ -1,0 +1,163 @@
+"""Hugging Face transformers' models, built from tiny random configs (no download): torch.fx
+cannot trace them whole, so the structure analysis traces them scope by scope
+(:mod:`pyro_dirichlet.structure.scopes`) and finds the MLP hidden neurons of every block
+(BERT's intermediate, ViT's ``mlp.fc1``, GPT-2's ``Conv1D`` ``c_fc``); the pruned model's
+logits equal those of the model with the same neurons masked. The plain-torch tests run
+without transformers; the others skip, saying why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.structure import UnsupportedStructureError, find_prunable_layers
+from pyro_dirichlet.surgery import mask_channels, prune_channels
+
+
+def logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = net.eval()(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def random_half(layers) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
+    return plan_keep(scores, dict.fromkeys(scores, 0.5))
+
+
+# --- plain torch: what the library code does, without transformers ------------------------------
+
+
+class Gate(nn.Module):
+    """Control flow on a tensor's values: torch.fx cannot trace this forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.proj(x)
+        return -self.proj(x)
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 6)
+
+    def forward(self, x):
+        x = x + self.gate(x)
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        if x.abs().max() > 100:  # the model's own forward cannot be traced either
+            x = x / 100
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
+def test_a_model_torch_fx_cannot_trace_is_analysed_block_by_block():
+    torch.manual_seed(0)
+    net, x = Untraceable().eval(), torch.randn(2, 5, 6)
+    with pytest.raises(UnsupportedStructureError, match="leave module"):
+        find_prunable_layers(net, x)
+    layers = find_prunable_layers(net, x, on_unsupported="skip")
+    assert [layer.name for layer in layers] == ["blocks.0.fc1", "blocks.1.fc1"]
+    assert [c.name for c in layers[0].consumers] == ["blocks.0.fc2"]
+    unsupported = {layer.name for layer in layers.unsupported}
+    assert {"blocks.0.gate.proj", "blocks.0.fc2", "head"} <= unsupported
+    keep = random_half(layers)
+    pruned = prune_channels(net, keep, x, layers=layers)
+    assert pruned.blocks[0].fc1.out_features == pruned.blocks[0].fc2.in_features == 8
+    torch.testing.assert_close(logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x))
+
+
+def test_a_layer_named_inside_a_scope_is_found_by_its_model_name():
+    net, x = Untraceable().eval(), torch.randn(2, 5, 6)
+    (layer,) = find_prunable_layers(net, x, layers=["blocks.1.fc1"])
+    assert layer.switch_at == "blocks.1.fc1"
+
+
+# --- transformers --------------------------------------------------------------------------------
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install transformers: the 'coverage' extra)"
+)
+
+
+def bert():
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, num_labels=3,
+    )
+    return transformers.BertForSequenceClassification(config), torch.randint(0, 50, (2, 7))
+
+
+def vit():
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, num_labels=3,
+    )
+    return transformers.ViTForImageClassification(config), torch.randn(2, 3, 32, 32)
+
+
+def gpt2():
+    config = transformers.GPT2Config(
+        vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16, use_cache=False,
+        bos_token_id=0, eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config), torch.randint(0, 50, (2, 7))
+
+
+# (builder, the MLP hidden layer of block 0, the layer that reads it)
+MODELS = {
+    "bert": (bert, "bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense"),
+    "vit": (vit, "vit.layers.0.mlp.fc1", "vit.layers.0.mlp.fc2"),
+    "gpt2": (gpt2, "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_mlp_neurons_of_a_transformer_prune_and_pruned_equals_masked(name):
+    build, hidden, reader = MODELS[name]
+    torch.manual_seed(0)
+    net, x = build()
+    net.eval()
+    layers = find_prunable_layers(net, x, on_unsupported="skip")
+    assert len(layers) == 2  # one MLP per block; attention and residual streams left whole
+    layer = next(layer for layer in layers if layer.name == hidden)
+    assert [c.name for c in layer.consumers] == [reader]
+    keep = random_half(layers)
+    pruned = prune_channels(net, keep, x, layers=layers)
+    got, expected = logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x)
+    assert got.shape == logits(net, x).shape
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    kept = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in net.parameters())
+    assert kept < 0.95
+    # the reader's input width shrank with the hidden layer
+    weight = pruned.get_submodule(reader).weight
+    assert len(keep[hidden]) in weight.shape
+
+
+def test_gpt2s_transposed_conv1d_is_sliced_along_its_stored_axes():
+    torch.manual_seed(0)
+    net, x = gpt2()
+    layers = find_prunable_layers(net.eval(), x, on_unsupported="skip")
+    keep = {layer.name: torch.arange(0, layer.channels, 4) for layer in layers}
+    pruned = prune_channels(net, keep, x, layers=layers)
+    mlp = pruned.transformer.h[0].mlp
+    assert (mlp.c_fc.nx, mlp.c_fc.nf) == (32, 32) and mlp.c_fc.weight.shape == (32, 32)
+    assert (mlp.c_proj.nx, mlp.c_proj.nf) == (32, 32) and mlp.c_proj.bias.shape == (32,)
