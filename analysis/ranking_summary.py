@@ -22,8 +22,8 @@ from pathlib import Path
 __all__ = ["load_records", "main", "markdown", "paired", "seed_agreement", "summarize"]
 
 RESULTS = Path(__file__).parent / "results" / "ranking-quality"
-#: The posterior row every other criterion is compared with.
-POSTERIOR = "default"
+#: The posterior rows compared with the cheap criteria: the default fit and one gain per channel.
+POSTERIORS = ("default", "channel-gain")
 BUDGETS = ("50% FLOPs", "30% FLOPs")
 STAGES = ("calibrated", "fine_tuned")
 
@@ -86,47 +86,52 @@ def summarize(records: dict[str, list[dict]]) -> dict:
                     if values:
                         criterion.setdefault(stage, {})[budget] = paired(values)
             entry["criteria"][name] = criterion
-        for other in ("l1-norm", "random", "taylor"):
-            versus: dict = {}
-            for stage in STAGES:
-                for budget in BUDGETS:
-                    differences = []
-                    for record in rows:
-                        criteria = record["criteria"]
-                        if POSTERIOR in criteria and other in criteria:
-                            mine, theirs = _accuracy(criteria[POSTERIOR], stage, budget), _accuracy(criteria[other], stage, budget)
-                            if mine is not None and theirs is not None:
-                                differences.append(mine - theirs)
-                    if differences:
-                        versus.setdefault(stage, {})[budget] = paired(differences)
-            spearman = [r["criteria"][POSTERIOR]["spearman_mean"] - r["criteria"][other]["spearman_mean"]
-                        for r in rows if POSTERIOR in r["criteria"] and other in r["criteria"]]
-            if spearman:
-                versus["spearman"] = paired(spearman)
-            entry["versus"][other] = versus
+        for posterior in POSTERIORS:
+            for other in ("l1-norm", "random", "taylor"):
+                versus = _versus(rows, posterior, other)
+                if versus:
+                    entry["versus"].setdefault(posterior, {})[other] = versus
         summary[network] = entry
     return summary
 
 
-def _cell(stat: dict | None, *, scale: float = 100.0, sign: bool = False) -> str:
+def _versus(rows: list[dict], posterior: str, other: str) -> dict:
+    """The per-seed differences ``posterior - other``: accuracies by stage and budget, and Spearman."""
+    versus: dict = {}
+    pairs = [r["criteria"] for r in rows if posterior in r["criteria"] and other in r["criteria"]]
+    for stage in STAGES:
+        for budget in BUDGETS:
+            differences = [mine - theirs for criteria in pairs
+                           if (mine := _accuracy(criteria[posterior], stage, budget)) is not None
+                           and (theirs := _accuracy(criteria[other], stage, budget)) is not None]
+            if differences:
+                versus.setdefault(stage, {})[budget] = paired(differences)
+    if pairs:
+        versus["spearman"] = paired([c[posterior]["spearman_mean"] - c[other]["spearman_mean"] for c in pairs])
+    return versus
+
+
+def _cell(stat: dict | None, *, scale: float = 100.0, digits: int = 1) -> str:
     if stat is None:
         return "-"
-    mean = f"{scale * stat['mean']:+.1f}" if sign else f"{scale * stat['mean']:.1f}"
-    return mean if stat["se"] is None else f"{mean} ± {scale * stat['se']:.1f}"
+    mean = f"{scale * stat['mean']:+.{digits}f}"
+    return f"{mean} (1 seed)" if stat["se"] is None else f"{mean} ± {scale * stat['se']:.{digits}f}"
 
 
 def markdown(summary: dict) -> str:
-    """The posterior's paired differences to L1-norm and random (points of validation
-    accuracy, mean ± standard error over seeds), after calibration and after fine-tuning."""
-    lines = ["| network | seeds | versus | after calibration, 50% FLOPs | 30% FLOPs | after fine-tuning, 50% FLOPs | 30% FLOPs | Spearman difference |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Each posterior row's paired differences to L1-norm and random (points of validation
+    accuracy, mean ± standard error over the seeds both were measured on), after calibration
+    and after fine-tuning, and in mean Spearman correlation with removal cost."""
+    lines = ["| network | posterior | versus | seeds | after calibration, 50% FLOPs | 30% FLOPs | after fine-tuning, 50% FLOPs | 30% FLOPs | Spearman difference |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for network, entry in summary.items():
-        for other in ("l1-norm", "random"):
-            versus = entry["versus"].get(other, {})
-            cells = [network, str(len(entry["seeds"])), other,
-                     *(_cell(versus.get(stage, {}).get(budget), sign=True) for stage in STAGES for budget in BUDGETS),
-                     _cell(versus.get("spearman"), scale=1.0, sign=True)]
-            lines.append("| " + " | ".join(cells) + " |")
+        for posterior, rows in entry["versus"].items():
+            for other in ("l1-norm", "random"):
+                versus = rows.get(other, {})
+                cells = [network, posterior, other, str(versus.get("spearman", {}).get("n", "-")),
+                         *(_cell(versus.get(stage, {}).get(budget)) for stage in STAGES for budget in BUDGETS),
+                         _cell(versus.get("spearman"), scale=1.0, digits=2)]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

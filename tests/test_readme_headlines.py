@@ -39,6 +39,13 @@ def test_the_ranking_summary_is_the_committed_study():
             assert spearman["default"] > max(cheap), name
         else:
             assert spearman["default"] < min(cheap), name
+    # "One gain per channel ranks ResNet-20 ahead of L1-norm (+0.19 against +0.11, three seeds) but ranked some never-firing units high"
+    from analysis.ranking_summary import RESULTS, load_records, summarize
+
+    resnet20 = summarize(load_records(RESULTS))["resnet20"]["criteria"]
+    channel, l1 = resnet20["channel-gain"]["spearman_mean"], resnet20["l1-norm"]["spearman_mean"]
+    assert channel["n"] == 3 and f"(+{channel['mean']:.2f} against +{l1['mean']:.2f}, three seeds)" in text
+    assert records["head-resnet"]["criteria"]["channel-gain"]["dead_recall"]["fc1"] < 1.0
 
 
 def test_the_torch_pruning_summary_is_the_committed_json():
