@@ -97,3 +97,16 @@ def test_the_table_renders_each_row_and_fills_the_missing_ones_from_a_log(tmp_pa
     assert "| timm:small | skip (log) | 0.500 | 2.0e-07 | 3 | 2 | 0.250 |" in out
     assert "| timm:big (stopped at the time limit (90 s)) | no (log) |" in out
     assert "3 models: 1 prune in raise mode, 2 in skip mode; Torch-Pruning runs on 1" in out
+
+
+def test_the_architectures_page_shows_the_committed_transformers_coverage():
+    import json
+    from pathlib import Path
+
+    from benchmarks.coverage_table import render, rows
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "benchmarks" / "results" / "coverage_transformers.json").read_text())
+    table = render(rows(report))
+    assert "13 models: 0 prune in raise mode, 13 in skip mode" in table
+    assert table in (root / "docs" / "architectures.md").read_text()
