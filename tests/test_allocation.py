@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyro_dirichlet.structure.graph
+import pyro_dirichlet.structure.scopes
 from pyro_dirichlet.allocation import (
     CostModel,
     budget_counts,
@@ -43,8 +44,8 @@ class Mixed(nn.Module):
 def count_traces(monkeypatch):
     """How many times the model has been traced since the fixture was made."""
     calls = []
-    real = pyro_dirichlet.structure.graph.trace
-    monkeypatch.setattr(pyro_dirichlet.structure.graph, "trace", lambda *a: calls.append(1) or real(*a))
+    real = pyro_dirichlet.structure.scopes.trace
+    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
     return lambda: len(calls)
 
 

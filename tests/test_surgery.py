@@ -13,6 +13,7 @@ from torch import nn
 
 import pyro_dirichlet.structure.find
 import pyro_dirichlet.structure.graph
+import pyro_dirichlet.structure.scopes
 import pyro_dirichlet.structure.layers
 import pyro_dirichlet.structure.placement
 import pyro_dirichlet.surgery.channels
@@ -411,8 +412,8 @@ def test_torchvision_models_prune_exactly(name, coupled, seed, fraction):
 def count_traces(monkeypatch):
     """How many times any model has been traced since the fixture was made."""
     calls = []
-    real = pyro_dirichlet.structure.graph.trace
-    monkeypatch.setattr(pyro_dirichlet.structure.graph, "trace", lambda *a: calls.append(1) or real(*a))
+    real = pyro_dirichlet.structure.scopes.trace
+    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
     return lambda: len(calls)
 
 
