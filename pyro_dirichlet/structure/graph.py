@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from pyro_dirichlet.structure._fx import (
@@ -23,7 +23,6 @@ from pyro_dirichlet.structure._fx import (
     is_shape_query,
     quoted,
     shape_of,
-    trace,
     uses,
 )
 from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
@@ -36,7 +35,6 @@ from pyro_dirichlet.structure.layers import (
 )
 from pyro_dirichlet.structure.placement import find_switch_input
 from pyro_dirichlet.structure.rules import (
-    OPS,
     Flow,
     NotFoldable,
     Pinned,
@@ -45,7 +43,6 @@ from pyro_dirichlet.structure.rules import (
     layer_base,
     linear_features,
     op_of,
-    qualified_class,
 )
 
 __all__ = ["PARAMETRIZED", "NotPrunable", "TracedModel", "brief"]
@@ -165,10 +162,6 @@ class TracedModel:
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
         self._groups: _Groups | None = None
         self._walking: str | None = None
-
-    @classmethod
-    def trace(cls, model: nn.Module, inputs: tuple[Tensor, ...]) -> TracedModel:
-        return cls(model, trace(model, inputs, lambda module_class: qualified_class(module_class) in OPS))
 
     def analyse(self, name: str, named: bool = False) -> PrunableLayer | NotPrunable:
         """Layer ``name`` as a switch site, or why it is not one; raise if unsupported.
