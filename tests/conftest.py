@@ -190,3 +190,14 @@ def random_resnet20() -> nn.Module:
             if isinstance(module, nn.BatchNorm2d):
                 module.weight.uniform_(0.2, 1.5)
     return net
+
+
+@pytest.fixture
+def count_traces(monkeypatch):
+    """How many times any model has been traced (by the structure analysis, through fx) since the fixture was made."""
+    import pyro_dirichlet.structure.scopes
+
+    calls = []
+    real = pyro_dirichlet.structure.scopes.trace
+    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return lambda: len(calls)

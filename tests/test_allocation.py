@@ -3,8 +3,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pyro_dirichlet.structure.graph
-import pyro_dirichlet.structure.scopes
 from pyro_dirichlet.allocation import (
     CostModel,
     budget_counts,
@@ -38,15 +36,6 @@ class Mixed(nn.Module):
         y = y + self.res2(F.relu(y))
         y = F.adaptive_avg_pool2d(y, 4).flatten(1)
         return self.fc2(F.relu(self.fc1(y)))
-
-
-@pytest.fixture
-def count_traces(monkeypatch):
-    """How many times the model has been traced since the fixture was made."""
-    calls = []
-    real = pyro_dirichlet.structure.scopes.trace
-    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return lambda: len(calls)
 
 
 def scores_for(widths, seed=0):

@@ -408,15 +408,6 @@ def test_torchvision_models_prune_exactly(name, coupled, seed, fraction):
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture
-def count_traces(monkeypatch):
-    """How many times any model has been traced since the fixture was made."""
-    calls = []
-    real = pyro_dirichlet.structure.scopes.trace
-    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return lambda: len(calls)
-
-
 def test_surgery_with_layers_does_not_trace_again_and_cuts_the_same(count_traces):
     net, x = build("conv_bn")
     keep = {"0": [1, 3, 5], "8": [0, 2, 4, 6], "13": list(range(0, 32, 3))}
