@@ -23,6 +23,19 @@ def snapshot(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def default_fit_checkpoint(run: Path) -> Path:
+    """Where `fit --run RUN` with every option at its default keeps its checkpoint."""
+    from pyro_dirichlet.app.cli import _build, _settings, options_from
+    from pyro_dirichlet.app.rundir import RunDirectory
+    from pyro_dirichlet.app.steps import fit_checkpoint_path
+
+    parser, options = _build()
+    args = parser.parse_args(["fit", "--run", str(run)])
+    del args.command
+    config = options_from(_settings("fit", args, options))
+    return fit_checkpoint_path(RunDirectory(run), config.fit, config.runtime)
+
+
 def invoke(argv: list[str], capsys) -> tuple[int, str]:
     try:
         code = main(argv)
@@ -415,15 +428,7 @@ def test_a_diverged_fit_leaves_no_checkpoint_to_resume_into_the_same_divergence(
 
 
 def test_a_truncated_fit_checkpoint_is_removed_and_the_fit_starts_over(run_copy, small_mnist_everywhere, capsys):
-    from pyro_dirichlet.app.cli import _build, _settings, options_from
-    from pyro_dirichlet.app.rundir import RunDirectory
-    from pyro_dirichlet.app.steps import fit_checkpoint_path
-
-    parser, options = _build()
-    args = parser.parse_args(["fit", "--run", str(run_copy)])
-    del args.command
-    config = options_from(_settings("fit", args, options))
-    checkpoint = fit_checkpoint_path(RunDirectory(run_copy), config.fit, config.runtime)
+    checkpoint = default_fit_checkpoint(run_copy)
     checkpoint.write_bytes(b"PK\x03\x04 truncated")
     code, error = invoke(["fit", "--run", str(run_copy), "--quiet"], capsys)
     assert code == 0, error

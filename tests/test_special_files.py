@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_dirichlet.app.cli import main
-from test_bad_inputs import invoke
+from test_bad_inputs import default_fit_checkpoint, invoke
 
 #: Every case must end within this many seconds (a hang would block forever; the bar is 5 s).
 LIMIT_S = 5.0
@@ -166,15 +165,7 @@ def test_a_run_file_linked_inside_the_directory_is_refused_too(run_copy, tmp_pat
 
 @pytest.mark.parametrize("make", [fifo, dev_zero], ids=["fifo", "dev-zero"])
 def test_a_fit_checkpoint_that_is_a_special_file_is_refused_not_followed(run_copy, capsys, make):
-    from pyro_dirichlet.app.cli import _build, _settings, options_from
-    from pyro_dirichlet.app.rundir import RunDirectory
-    from pyro_dirichlet.app.steps import fit_checkpoint_path
-
-    parser, options = _build()
-    args = parser.parse_args(["fit", "--run", str(run_copy)])
-    del args.command
-    config = options_from(_settings("fit", args, options))
-    checkpoint = fit_checkpoint_path(RunDirectory(run_copy), config.fit, config.runtime)
+    checkpoint = default_fit_checkpoint(run_copy)
     make(checkpoint)
     before = snapshot(run_copy)
     started = time.monotonic()
