@@ -19,6 +19,7 @@ from pyro_dirichlet.factories import is_factory_path
 from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
+from pyro_dirichlet.infer.switches import resolve_gain
 from pyro_dirichlet.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
@@ -169,8 +170,6 @@ class FitOptions:
         _check_int("predictive_images", self.predictive_images, low=0)
         if self.layer_gain is not None and not isinstance(self.layer_gain, bool):
             raise ValueError(f"layer_gain must be true or false, got {self.layer_gain!r}.")
-        from pyro_dirichlet.infer.switches import resolve_gain
-
         try:
             object.__setattr__(self, "gain", resolve_gain(self.gain, self.layer_gain))
         except (TypeError, ValueError) as error:

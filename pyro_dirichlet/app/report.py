@@ -367,8 +367,8 @@ def _intro(report: Mapping[str, Any]) -> str:
         prior = f"prior model {report['prior_model']} (its own latent sites under the {report['hyper_guide']} guide)"
     else:
         prior = f"symmetric Dirichlet prior with concentration {report['prior_concentration']:g} on every switch"
-    gain = {"channel": ", a learned gain per channel", "layer": ", a learned gain per layer"}.get(
-        report.get("gain") or ("layer" if report.get("layer_gain") else "none"), "")
+    # A report.json written before `gain` existed says `layer_gain`: recorded_gain reads either.
+    gain = {"channel": ", a learned gain per channel", "layer": ", a learned gain per layer"}.get(recorded_gain(report), "")
     return (f"{report['model']} on {report['dataset']}{subset}; {prior}{gain}{tempering}; {report['svi']['epochs']} SVI epoch(s), "
             f"{report['svi']['steps']} steps; {report['pruned']['finetune_epochs']} fine-tune epoch(s); seed "
             f"{report['seed']}; intervals are {round(report['ci_prob'] * 100)}% HDIs (highest density intervals).")
@@ -495,9 +495,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recorded_gain(fit_config: dict) -> str:
-    """The gain mode a run's fit recorded: ``gain``, or for runs recorded before it existed
-    their ``layer_gain`` (True: ``"layer"``; absent or False: ``"none"``, as they were fitted)."""
-    if fit_config.get("gain"):
-        return fit_config["gain"]
-    return "layer" if fit_config.get("layer_gain") else "none"
+def recorded_gain(record: Mapping[str, Any]) -> str:
+    """The gain mode a fit's config (or a report) recorded: ``gain``, or for ones recorded before
+    it existed their ``layer_gain`` (True: ``"layer"``; absent or False: ``"none"``, as they were fitted)."""
+    if record.get("gain"):
+        return record["gain"]
+    return "layer" if record.get("layer_gain") else "none"
