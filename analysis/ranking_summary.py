@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from analysis.study import mean_sd
+
 __all__ = ["load_records", "main", "markdown", "paired", "seed_agreement", "summarize"]
 
 RESULTS = Path(__file__).parent / "results" / "ranking-quality"
@@ -41,8 +43,9 @@ def load_records(results: Path = RESULTS) -> dict[str, list[dict]]:
 
 def paired(values: list[float]) -> dict:
     """Mean and standard error of per-seed values (``se`` is ``None`` for one seed)."""
-    mean = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+    mean, sd = mean_sd(values)
+    # One seed has no standard error (as analysis.resnet20_cifar10.paired_differences).
+    se = sd / math.sqrt(len(values)) if len(values) > 1 else None
     return {"mean": mean, "se": se, "n": len(values)}
 
 
