@@ -15,8 +15,8 @@ import math
 
 from analysis.study import Fitted, Study, fit_switches, mean_sd, percent
 from pyro_dirichlet.infer.fit import FitConfig
-from pyro_dirichlet.importance import get_criterion
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.criteria import get_criterion
+from pyro_dirichlet.planning.plan import plan_keep
 
 DEFAULTS = FitConfig()
 

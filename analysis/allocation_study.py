@@ -1,7 +1,7 @@
 """Automatic per-layer allocation under a global FLOP budget against uniform per-layer ratios.
 
 For each seed and FLOP budget: the keep counts from one threshold on ``E[s]*C`` across all
-layers (:func:`pyro_dirichlet.allocation.budget_counts`) and from the largest uniform
+layers (:func:`pyro_dirichlet.planning.allocation.budget_counts`) and from the largest uniform
 fraction of every layer that fits (:func:`uniform_counts`). Both keep each layer's channels
 of highest posterior mean and fold the scales in, so only the allocation differs. Writes
 ``allocation.json`` and ``allocation.md``.
@@ -10,8 +10,8 @@ of highest posterior mean and fold the scales in, so only the allocation differs
 from __future__ import annotations
 
 from analysis.study import Study, keep_sizes, mean_sd, percent, stage_headers, stage_names, stage_summary
-from pyro_dirichlet.allocation import budget_counts, uniform_counts
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.allocation import budget_counts, uniform_counts
+from pyro_dirichlet.planning.plan import plan_keep
 
 #: Fractions of the baseline's FLOPs per model. The ResNets only prune their inner convs
 #: (block outputs are tied by the additions), so about half their FLOPs are reachable.

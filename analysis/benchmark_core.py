@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bars import CORE_BARS, bar_lines, judge
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.app.pipeline import RunConfig, Runtime, TrainOptions, run
 
 

@@ -29,7 +29,7 @@ import torch
 from torch.fx.experimental.optimization import fuse
 
 from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_CONV_NAMES, VGG16_WIDTHS
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from benchmarks.bars import VGG_SPEED_BAR
 from pyro_dirichlet.measure import count_flops, count_parameters, latency_seconds
 from pyro_dirichlet.surgery import prune_channels

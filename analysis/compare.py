@@ -25,8 +25,8 @@ from analysis.study import Study
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.registry import resnet_inner_keep
 from pyro_dirichlet.models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
-from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
-from pyro_dirichlet.calibrate import CalibrationConfig
+from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.repair.calibrate import CalibrationConfig
 from pyro_dirichlet.data import load_dataset
 from pyro_dirichlet.devices import resolve_device
 

@@ -13,8 +13,8 @@ import math
 from torch import nn
 
 from analysis.study import Study, mean_sd, percent, stage_headers, stage_names, stage_summary
-from pyro_dirichlet.importance import CRITERIA, get_criterion
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.criteria import CRITERIA, get_criterion
+from pyro_dirichlet.planning.plan import plan_keep
 
 STAGES = ("pruned", "finetune_1", "finetune_3")
 #: The method and the two baselines the quality bar names.

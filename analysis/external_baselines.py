@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import BatchSource, DataSplits, iterate_batches, load_dataset
-from pyro_dirichlet.importance import Scores, get_criterion
+from pyro_dirichlet.criteria import Scores, get_criterion
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import prune_channels
 

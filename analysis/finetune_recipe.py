@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from analysis.comparison_files import read_comparisons
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 
 __all__ = ["RECIPE_FIELDS", "choose", "main", "recipe_of"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from analysis.comparison_files import read_comparisons
 from analysis.resnet20_cifar10 import markdown, paired_differences, summarise
-from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 
 __all__ = ["merge", "main"]
 

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.data import Split, load_dataset, minibatches
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.structure import find_prunable_layers
 

@@ -5,13 +5,13 @@ the posterior mean of each fit variant (:data:`VARIANTS`), L1-norm, Taylor, Batc
 |gamma| (where every layer has one) and random scores. Each ranking is judged by
 
 - its Spearman correlation with the *removal cost* of each channel
-  (:func:`pyro_dirichlet.removal_cost.removal_effects`: the validation-loss increase when
+  (:func:`pyro_dirichlet.criteria.removal_cost.removal_effects`: the validation-loss increase when
   that channel alone is zeroed), per layer and averaged over layers;
 - its dead-unit recall: of the ``k`` inert channels (removing them changes no logit of any
   validation image), the share among its ``k`` lowest-ranked ones (1.0: all ranked last);
 - the validation accuracy of the network pruned to 50% and 30% of its FLOPs (uniform
   per-layer counts, the same for every criterion) after the same calibration
-  (:func:`pyro_dirichlet.calibrate.calibrate`); test accuracy is recorded, never chosen on;
+  (:func:`pyro_dirichlet.repair.calibrate.calibrate`); test accuracy is recorded, never chosen on;
 
 and each fit by its steps, wall time (also in units of one baseline training epoch on the
 same data), ELBO change over its last fifth, and the overlap of its half-width kept sets
@@ -44,12 +44,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyro_dirichlet.allocation import uniform_counts
-from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.cache import resolve_cache_dir
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.planning.allocation import uniform_counts
+from pyro_dirichlet.io.atomic import atomic_write_json
+from pyro_dirichlet.io.cache import resolve_cache_dir
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, Split, load_dataset
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.infer.convergence import (
     FitNotConvergedWarning,
     StoppingRule,
@@ -59,11 +59,11 @@ from pyro_dirichlet.infer.convergence import (
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches, gain_param
 from pyro_dirichlet.measure import Stopwatch, accuracy
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.pruning import prune_to_keep, switch_scales
-from pyro_dirichlet.removal_cost import removal_effects
+from pyro_dirichlet.criteria.removal_cost import removal_effects
 from pyro_dirichlet.structure import find_prunable_layers
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["VARIANTS", "Variant", "dead_recall", "main", "spearman", "study"]
 
@@ -244,9 +244,9 @@ FINE_TUNED = ("default", "l1-norm", "random", "taylor")
 
 def fine_tuned_accuracy(network, layers, scores, counts, data, example, *, seed: int, epochs: int, fold=None) -> dict:
     """Accuracy after the same calibration and the same fine-tune (``epochs``, the library's
-    :func:`~pyro_dirichlet.train.finetune` recipe, bf16 where the CPU has it; the epoch is
+    :func:`~pyro_dirichlet.repair.train.finetune` recipe, bf16 where the CPU has it; the epoch is
     chosen on the validation split, the test split only recorded)."""
-    from pyro_dirichlet.train import finetune
+    from pyro_dirichlet.repair.train import finetune
 
     tuned = calibrated_network(network, layers, scores, counts, data, example, seed=seed, fold=fold)
     result = finetune(tuned, data, epochs=epochs, seed=seed, progress=False, precision="auto")

@@ -21,7 +21,7 @@ from analysis.study import Study, fit_switches, keep_sizes, mean_sd, recipe_epoc
 from benchmarks.bars import REPRODUCTION_BARS, judge
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.measure import count_flops, count_parameters
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 
 #: Fine-tune lengths tried; the one reported is chosen by mean validation accuracy among
 #: those whose fit + fine-tune time stays within the bar's 3 baseline epochs.

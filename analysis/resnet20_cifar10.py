@@ -3,12 +3,12 @@
 One trained network (a weights file), several seeds (each its own SVI fit, Taylor and
 calibration shuffle, random scores and fine-tune order). Every criterion keeps the same
 per-layer counts at each budget -- a share of the FLOPs (the largest uniform ratio of every
-inner conv that fits, :func:`pyro_dirichlet.allocation.uniform_counts`) or a per-layer keep
+inner conv that fits, :func:`pyro_dirichlet.planning.allocation.uniform_counts`) or a per-layer keep
 ratio -- and goes through the same plan and surgery; the Dirichlet row folds ``E[s]*C``
 into the kept weights, as the library does. A second Dirichlet row comes from a fit with
 ``DirichletSwitches(layer_gain=True)`` (issue 15, item 3: the gain is what ranks planted
 dead channels below every useful one, see ``analysis/planted.py``). Each pruned network is scored right after
-pruning and after :func:`pyro_dirichlet.calibrate.calibrate` (BatchNorm statistics and one
+pruning and after :func:`pyro_dirichlet.repair.calibrate.calibrate` (BatchNorm statistics and one
 scale per kept channel, on the data the fit sees), then fine-tuned from the calibrated
 network (SGD, Nesterov, cosine, best validation epoch kept). The fit, Taylor and the
 calibration all see the same training images. Writes ``comparison.json`` and
@@ -44,17 +44,17 @@ import torch
 from torch import nn
 
 from analysis.study import fit_switches, mean_sd, pruned_network, stage_summary
-from pyro_dirichlet.allocation import uniform_counts
-from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.planning.allocation import uniform_counts
+from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, load_dataset
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.baseline import load_checkpoint
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import find_prunable_layers
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "readme_tables", "load_weights", "budget_counts_by_name", "run", "main"]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
-from pyro_dirichlet.train import finetune
+from pyro_dirichlet.repair.train import finetune
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.pruning import prune_by_posterior_mean

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.app.pipeline import FinetuneOptions, RunConfig, Runtime, TrainOptions, run
 
 #: Baseline epochs per model: WRN-28-10 costs 10.5 GFLOPs per image, so it gets one.

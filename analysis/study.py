@@ -20,12 +20,12 @@ import xarray as xr
 from torch import nn
 
 from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
-from pyro_dirichlet.atomic import atomic_write_json, atomic_write_text
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, Split
-from pyro_dirichlet.train import finetune
+from pyro_dirichlet.repair.train import finetune
 from pyro_dirichlet.infer.fit import FitConfig, FitResult, fit
-from pyro_dirichlet.posterior_criteria import posterior_mean
+from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.pruning import prune_to_keep, switch_scales
 from pyro_dirichlet.infer.switches import DirichletSwitches
@@ -118,7 +118,7 @@ def score_pruned(
     schedule and keeps its best epoch on the validation split. Accuracies are reported on
     each of ``splits`` as ``"<split>_pruned"`` and ``"<split>_finetune_<epochs>"``; anything
     used to choose a setting must read the ``validation`` ones. With ``calibration`` the
-    pruned network is also calibrated on the training split (:func:`pyro_dirichlet.calibrate.calibrate`,
+    pruned network is also calibrated on the training split (:func:`pyro_dirichlet.repair.calibrate.calibrate`,
     seeded by ``seed``) and scored as ``"<split>_calibrated"``; fine-tuning still starts
     from the uncalibrated network, so the other columns do not change.
     """

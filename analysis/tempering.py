@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from analysis.ablation import channels_in_use
 from analysis.study import Study, fit_switches
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 
 PRIORS = (0.3, 1.0, 3.0)
 #: ``None`` is the full training split.

@@ -14,8 +14,8 @@ import itertools
 import numpy as np
 
 from analysis.study import Study, fit_switches, mean_sd
-from pyro_dirichlet.atomic import atomic_write
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.io.atomic import atomic_write
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.app.plots import mass_curves_png
 from pyro_dirichlet.posterior import layer_summaries
 from pyro_dirichlet.posterior.uncertainty import mass_curve, straddling_channels, top_k_overlap

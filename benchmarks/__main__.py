@@ -21,7 +21,7 @@ from benchmarks.inference import measure_inference
 from benchmarks.overhead import measure_overhead
 from benchmarks.posterior_time import measure_posterior
 from benchmarks.workloads import lenet5_workload, vgg16_workload
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.devices import resolve_device
 
 SECTIONS = ("epochs", "overhead", "posterior", "inference")

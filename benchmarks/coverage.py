@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.measure import count_parameters
 
 TOLERANCE = 1e-4
@@ -148,7 +148,7 @@ def _output(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> tor
 def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
     """Raise and skip mode, a random half pruned, pruned vs masked, parameters kept."""
     from pyro_dirichlet import DirichletSwitches, UnsupportedStructureError
-    from pyro_dirichlet.plan import plan_keep
+    from pyro_dirichlet.planning.plan import plan_keep
     from pyro_dirichlet.surgery import mask_channels, prune_channels
 
     result: dict = {}

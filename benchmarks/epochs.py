@@ -18,7 +18,7 @@ from benchmarks.workloads import Workload
 from pyro_dirichlet.models.registry import get_model_entry
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.train import train_classifier
+from pyro_dirichlet.repair.train import train_classifier
 
 __all__ = ["EpochTiming", "measure_epochs", "svi_epoch_seconds", "train_epoch_seconds"]
 

@@ -3,12 +3,12 @@
 Issue 31. For each network and each precision (alternating within every repeat, so both see
 the same machine state) it times
 
-- a training epoch: :func:`~pyro_dirichlet.train.train_classifier`, one epoch with the
+- a training epoch: :func:`~pyro_dirichlet.repair.train.train_classifier`, one epoch with the
   registry's recipe on ``images`` training images, validation excluded, **scaled** to the
   full training split (LeNet-5: 55,000 MNIST images; ResNet-20 and VGG-16: 45,000 CIFAR-10
   images) -- a fixed number of steps, each costing what every step of a full epoch costs;
 - an SVI epoch: :func:`~pyro_dirichlet.infer.fit.fit`, one epoch on the same images, scaled the same way;
-- a calibration pass: :func:`~pyro_dirichlet.calibrate.calibrate` of the network pruned to
+- a calibration pass: :func:`~pyro_dirichlet.repair.calibrate.calibrate` of the network pruned to
   its registry widths, one pass of scale steps over the same images (plus its BatchNorm and
   check batches), not scaled;
 - pruned inference: :func:`~pyro_dirichlet.measure.latency_seconds` of that pruned network
@@ -27,7 +27,7 @@ trained weights.
 
 ``--finetune-seeds N`` adds the accuracy comparison: the trained ResNet-20 baseline
 (``analysis/baselines/resnet20-cifar10.safetensors``), pruned by L1-norm to 50% of its FLOPs
-(every inner conv the same share, :func:`~pyro_dirichlet.allocation.uniform_counts`),
+(every inner conv the same share, :func:`~pyro_dirichlet.planning.allocation.uniform_counts`),
 fine-tuned in fp32 and in bf16 from the same pruned weights with the same seed (SGD,
 Nesterov, lr 0.05, batch 512, cosine, the best validation epoch kept), test accuracy in
 fp32, for seeds 0..N-1. On real CIFAR-10 (JPEG copy); ``--finetune-epochs`` (default 1)
@@ -65,14 +65,14 @@ from pyro_dirichlet.models.registry import get_model_entry
 
 from benchmarks.inference import pruned_copy
 from benchmarks.workloads import Workload, synthetic_splits
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import load_dataset
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, latency_seconds
 from pyro_dirichlet.precision import native_bf16
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["NETWORKS", "finetune_accuracy", "main", "render_table", "time_model"]
 
@@ -193,9 +193,9 @@ def finetune_accuracy(*, seeds: int, epochs: int, images: int, data_dir: str | N
     """
     from pyro_dirichlet.models.baseline import load_checkpoint
 
-    from pyro_dirichlet.allocation import uniform_counts
-    from pyro_dirichlet.importance import get_criterion
-    from pyro_dirichlet.plan import plan_keep
+    from pyro_dirichlet.planning.allocation import uniform_counts
+    from pyro_dirichlet.criteria import get_criterion
+    from pyro_dirichlet.planning.plan import plan_keep
     from pyro_dirichlet.structure import find_prunable_layers
     from pyro_dirichlet.surgery import prune_channels
 

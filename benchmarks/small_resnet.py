@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.cache import resolve_cache_dir
+from pyro_dirichlet.io.cache import resolve_cache_dir
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.data.root import resolve_data_root
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["CLASSES", "SmallResNet", "SmallResNetRecipe", "image_folder", "load_or_train_small_resnet"]
 

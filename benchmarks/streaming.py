@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bars import STREAMING_BARS, bar_lines, judge
-from pyro_dirichlet.atomic import atomic_write_json
+from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.measure import peak_rss_bytes
 
 __all__ = ["extract_imagefolder", "main", "measure_path"]

@@ -2,7 +2,7 @@
 
 Every row prunes the same trained network to a share of its FLOPs (as
 :func:`pyro_dirichlet.measure.count_flops` counts them), then goes through the same
-calibration (:func:`pyro_dirichlet.calibrate.calibrate`: BatchNorm statistics and per-channel
+calibration (:func:`pyro_dirichlet.repair.calibrate.calibrate`: BatchNorm statistics and per-channel
 scales, on the same training images) and the same fine-tune recipe (SGD, Nesterov, cosine,
 best validation epoch kept). The rows:
 
@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.io.atomic import atomic_write_json
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, iterate_batches, load_dataset
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters, latency_seconds
 from pyro_dirichlet.structure import find_prunable_layers
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["Protocol", "REDUCED", "METHODS", "NETWORKS", "tp_prune_to_flops", "run_network", "readme_table", "main"]
 

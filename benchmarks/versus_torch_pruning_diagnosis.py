@@ -22,14 +22,14 @@ from torch import nn
 from benchmarks.small_resnet import load_or_train_small_resnet
 from benchmarks.versus_torch_pruning import REDUCED, tp_prune_to_flops
 from pyro_dirichlet import DirichletSwitches, fit
-from pyro_dirichlet.allocation import budget_counts, uniform_counts
-from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.planning.allocation import budget_counts, uniform_counts
+from pyro_dirichlet.io.atomic import atomic_write_json
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.measure import accuracy, count_flops
-from pyro_dirichlet.plan import plan_keep
-from pyro_dirichlet.posterior_criteria import posterior_mean
+from pyro_dirichlet.planning.plan import plan_keep
+from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.pruning import prune_to_keep, switch_scales
 
 __all__ = ["main"]

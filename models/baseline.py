@@ -23,12 +23,12 @@ from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from pyro_dirichlet.models.registry import get_model_entry
-from pyro_dirichlet.atomic import atomic_write
-from pyro_dirichlet.cache import CACHE_ENV_VAR
-from pyro_dirichlet.cache import resolve_cache_dir as resolve_cache_dir_of_kind
+from pyro_dirichlet.io.atomic import atomic_write
+from pyro_dirichlet.io.cache import CACHE_ENV_VAR
+from pyro_dirichlet.io.cache import resolve_cache_dir as resolve_cache_dir_of_kind
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
-from pyro_dirichlet.train import TrainConfig, TrainResult, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, TrainResult, train_classifier
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -48,7 +48,7 @@ _CACHE_FORMAT = 1
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The baseline cache folder: ``cache_dir``, else ``$PYRO_DIRICHLET_CACHE``, else
-    ``~/.cache/pyro-dirichlet/baselines`` (see :func:`pyro_dirichlet.cache.resolve_cache_dir`).
+    ``~/.cache/pyro-dirichlet/baselines`` (see :func:`pyro_dirichlet.io.cache.resolve_cache_dir`).
 
     Example:
         >>> resolve_cache_dir("/tmp/baselines")

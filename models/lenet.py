@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pyro_dirichlet.models.widths import check_width
-from pyro_dirichlet.serialization import register_architecture
+from pyro_dirichlet.io.serialization import register_architecture
 
 __all__ = ["LeNet300100", "LeNet5Caffe"]
 

@@ -11,7 +11,7 @@ from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.models.resnet_cifar import ResNet20, ResNet56
 from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_CONV_NAMES
 from pyro_dirichlet.models.wrn import WideResNet
-from pyro_dirichlet.train import TrainConfig
+from pyro_dirichlet.repair.train import TrainConfig
 
 __all__ = ["MODELS", "ModelEntry", "get_model_entry", "resnet_inner_keep"]
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pyro_dirichlet.models.widths import check_width
-from pyro_dirichlet.serialization import register_architecture
+from pyro_dirichlet.io.serialization import register_architecture
 
 __all__ = ["VGG16", "VGG16_CONV_NAMES", "VGG16_WIDTHS", "DIRICHLET_PAPER_WIDTHS", "DIRICHLET_PAPER_FC"]
 

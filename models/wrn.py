@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pyro_dirichlet.models.widths import block_widths, check_width
-from pyro_dirichlet.serialization import register_architecture
+from pyro_dirichlet.io.serialization import register_architecture
 
 __all__ = ["WideBlock", "WideResNet", "WideResNet10x1", "wrn_28_10"]
 

@@ -4,7 +4,7 @@ A posterior that ranks channels worse than their filter norms, or no better than
 should not be trusted silently. :func:`check_decision` prunes the same network to the same
 per-layer counts three ways -- the given keep set (with its folded scales), the L1-norm
 choice and random choices -- gives each the same cheap calibration
-(:func:`pyro_dirichlet.calibrate.calibrate` on training data) and measures each on the
+(:func:`pyro_dirichlet.repair.calibrate.calibrate` on training data) and measures each on the
 validation split. The test split is never read. A few seconds on small networks.
 
     check = check_decision(network, keep, data, example, layers=layers, scales=scales)
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import Stopwatch, accuracy
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales, prune_channels
 

@@ -13,10 +13,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.allocation import Cost, budget_counts
+from pyro_dirichlet.planning.allocation import Cost, budget_counts
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.posterior_criteria import posterior_mean
-from pyro_dirichlet.plan import Target, plan_keep
+from pyro_dirichlet.criteria.posterior import posterior_mean
+from pyro_dirichlet.planning.plan import Target, plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.naming import keep_name_error
 from pyro_dirichlet.surgery import fold_scales, prune_channels
@@ -79,7 +79,7 @@ def prune_by_posterior_mean(
 
     Give one of ``keep`` (per-layer counts or fractions, or one fraction for every switched
     layer) or ``budget`` (a fraction of the network's FLOPs or parameters, each layer's width
-    from one threshold on ``E[s_c] * C``: :func:`pyro_dirichlet.allocation.budget_counts`).
+    from one threshold on ``E[s_c] * C``: :func:`pyro_dirichlet.planning.allocation.budget_counts`).
 
     With ``fold=True`` (the default) every channel of a switched layer is first scaled by its
     posterior-mean switch value times the layer width, ``E[s_c] * C``, and by the layer's

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.allocation import (
+from pyro_dirichlet.planning.allocation import (
     CostModel,
     budget_counts,
     keep_from_budget,

@@ -95,7 +95,7 @@ def _fake_study(network, layers, names, images):
 
 
 def test_criteria_computes_only_the_rows_asked_for_through_the_registry():
-    from pyro_dirichlet.importance import L1Norm, RandomScores
+    from pyro_dirichlet.criteria import L1Norm, RandomScores
     from pyro_dirichlet.structure import find_prunable_layers
 
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def test_criteria_computes_only_the_rows_asked_for_through_the_registry():
 def test_study_prunes_the_way_prune_by_posterior_mean_does():
     from analysis.study import pruned_network
     from pyro_dirichlet.posterior import sample_posterior
-    from pyro_dirichlet.posterior_criteria import posterior_mean
+    from pyro_dirichlet.criteria.posterior import posterior_mean
     from pyro_dirichlet.pruning import prune_by_posterior_mean
 
     torch.manual_seed(0)

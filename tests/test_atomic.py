@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pyro_dirichlet.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
+from pyro_dirichlet.io.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
 
 
 class Boom(Exception):

@@ -13,7 +13,7 @@ from torch import nn
 import pyro_dirichlet.structure.attention
 import pyro_dirichlet.surgery.attention
 from pyro_dirichlet import DirichletSwitches
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import UnsupportedStructureError, find_prunable_layers
 from pyro_dirichlet.surgery import (
     PrunedMultiheadAttention,
@@ -292,7 +292,7 @@ def test_vit_b_16_loses_at_least_45_percent_of_its_parameters_at_half_width():
 
 
 def test_the_cost_model_prices_attention_value_channels_exactly():
-    from pyro_dirichlet.allocation import CostModel
+    from pyro_dirichlet.planning.allocation import CostModel
     from pyro_dirichlet.measure import count_flops, count_parameters
 
     for model, x in (small_vit(), (Block(batch_first=False).eval(), torch.randn(5, 2, 16))):
@@ -308,8 +308,8 @@ def test_the_cost_model_prices_attention_value_channels_exactly():
 
 
 def test_criteria_and_calibration_scales_reach_the_values():
-    from pyro_dirichlet.calibrate import scaled_channels
-    from pyro_dirichlet.importance import get_criterion
+    from pyro_dirichlet.repair.calibrate import scaled_channels
+    from pyro_dirichlet.criteria import get_criterion
 
     torch.manual_seed(4)
     model, x = Block().eval(), torch.randn(4, 5, 16)

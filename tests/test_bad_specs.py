@@ -11,7 +11,7 @@ from test_bad_inputs import invoke, rewrite, snapshot
 from test_bad_values import one_sentence
 from torch import nn
 
-from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+from pyro_dirichlet.io.serialization import ModelFileError, load_pruned, save_pruned
 
 
 def edited(tmp_path, network: nn.Module, change) -> None:
@@ -82,7 +82,7 @@ def test_a_sequential_spec_whose_modules_do_not_pass_channels_on_is_refused(tmp_
 
 
 def test_a_grouped_convolution_keeps_whole_groups_of_the_built_size():
-    from pyro_dirichlet.spec_checks import check_narrowed
+    from pyro_dirichlet.io.spec_checks import check_narrowed
 
     built = {"conv": ("Conv2d", {"in_channels": 8, "out_channels": 8, "groups": 4, "kernel_size": [3, 3]})}
 

@@ -149,7 +149,7 @@ def test_a_bad_value_exits_2_with_one_sentence_and_changes_nothing(run_copy, tmp
 
 
 def test_a_hash_bounded_by_a_size_reads_no_file_larger_than_that(tmp_path):
-    from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
+    from pyro_dirichlet.io.regular_files import SpecialFileError, sha256_of
 
     (tmp_path / "f").write_bytes(b"x" * 10)
     assert sha256_of(tmp_path / "f", limit=10) == sha256_of(tmp_path / "f")
@@ -203,7 +203,7 @@ def test_load_pruned_refuses_non_finite_weights_or_another_dtype_than_recorded(t
     from safetensors.torch import load_file, save_file
 
     from pyro_dirichlet.models import LeNet5Caffe
-    from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+    from pyro_dirichlet.io.serialization import ModelFileError, load_pruned, save_pruned
 
     weights, spec = save_pruned(LeNet5Caffe(), tmp_path / "net")
     state = load_file(str(weights))
@@ -422,7 +422,7 @@ def test_sixteen_bit_and_grayscale_images_keep_their_values_and_colours(tmp_path
 def test_a_sequential_spec_with_a_child_named_like_an_attribute_is_refused(tmp_path, name):
     from torch import nn
 
-    from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+    from pyro_dirichlet.io.serialization import ModelFileError, load_pruned, save_pruned
 
     _, spec = save_pruned(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), tmp_path / "net")
     record = json.loads(spec.read_text())
@@ -435,7 +435,7 @@ def test_a_sequential_spec_with_a_child_named_like_an_attribute_is_refused(tmp_p
 def test_a_spec_nested_too_deeply_is_refused(tmp_path):
     from torch import nn
 
-    from pyro_dirichlet.serialization import ModelFileError, load_pruned, save_pruned
+    from pyro_dirichlet.io.serialization import ModelFileError, load_pruned, save_pruned
 
     _, spec = save_pruned(nn.Sequential(nn.Linear(3, 4)), tmp_path / "net")
     spec.write_text("[" * 200_000 + "]" * 200_000)

@@ -18,7 +18,7 @@ from pyro_dirichlet.models import (
     save_checkpoint,
 )
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.train import TrainConfig
+from pyro_dirichlet.repair.train import TrainConfig
 
 TINY = TrainConfig(epochs=1, batch_size=64)
 

@@ -12,7 +12,7 @@ import torch
 
 from pyro_dirichlet import prune_channels, save_pruned
 from pyro_dirichlet.models import get_model_entry
-from pyro_dirichlet.serialization import ModelFileError, load_pruned
+from pyro_dirichlet.io.serialization import ModelFileError, load_pruned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_a_small_spec_asking_for_a_huge_layer_allocates_nothing(pruned_lenet):
             module["args"]["out_features"] = 2_000_000  # 800 x 2,000,000 float32: 6.4 GB
     prefix.with_suffix(".json").write_text(json.dumps(spec))
     assert prefix.with_suffix(".json").stat().st_size < 10_000
-    code = ("import resource, sys\nfrom pyro_dirichlet.serialization import ModelFileError, load_pruned\n"
+    code = ("import resource, sys\nfrom pyro_dirichlet.io.serialization import ModelFileError, load_pruned\n"
             "import pyro_dirichlet.models\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n    load_pruned(sys.argv[1])\nexcept ModelFileError as error:\n    print(str(error))\n"

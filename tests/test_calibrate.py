@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_dirichlet.calibrate import Calibration, CalibrationConfig, calibrate, scaled_channels, mean_loss, recalibrate_batchnorm
+from pyro_dirichlet.repair.calibrate import Calibration, CalibrationConfig, calibrate, scaled_channels, mean_loss, recalibrate_batchnorm
 from pyro_dirichlet.data import Split, minibatches
-from pyro_dirichlet.importance import get_criterion
+from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.surgery import prune_channels
 

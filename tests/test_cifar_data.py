@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from pyro_dirichlet.data import cifar10 as cifar10_module
-from pyro_dirichlet.cache import resolve_cache_dir
+from pyro_dirichlet.io.cache import resolve_cache_dir
 from pyro_dirichlet.data import (
     CIFAR10_CLASSES,
     DatasetMissingError,
@@ -27,7 +27,7 @@ from pyro_dirichlet.data import (
     read_image_zip,
     split_indices,
 )
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 SHARED = Path(os.environ.get("PYRO_DIRICHLET_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 REAL_ZIPS = SHARED / "cifar10-jpeg"

@@ -9,7 +9,7 @@ from torch import nn
 from pyro_dirichlet.models import MODELS, VGG16, ResNet20, ResNet56, WideResNet, WideResNet10x1, get_model_entry
 from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_WIDTHS, VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.measure import count_flops, count_parameters
-from pyro_dirichlet.serialization import load_pruned, save_pruned
+from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 
 PAPER_VGG_WIDTHS = DIRICHLET_PAPER_WIDTHS
 EXAMPLE = torch.zeros(1, 3, 32, 32)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_dirichlet.app.cli import main
-from pyro_dirichlet.factories import import_factory
+from pyro_dirichlet.io.factories import import_factory
 from pyro_dirichlet.measure import count_flops, layer_costs
 from user_journey import MYNETS
 

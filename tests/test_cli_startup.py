@@ -67,14 +67,14 @@ def test_every_option_default_reads_the_same_from_the_source_as_from_the_class()
 
 def test_names_the_help_lists_read_the_same_from_the_source():
     from pyro_dirichlet.data import DATASETS
-    from pyro_dirichlet.factories import FACTORY_PATH
+    from pyro_dirichlet.io.factories import FACTORY_PATH
     from pyro_dirichlet.infer.guide import HYPER_GUIDES
     from pyro_dirichlet.models import MODELS
 
     assert sorted(source_value("pyro_dirichlet.models.registry", "MODELS")) == sorted(MODELS)
     assert source_value("pyro_dirichlet.data.catalog", "DATASETS") == DATASETS
     assert sorted(source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")) == sorted(HYPER_GUIDES)
-    assert source_value("pyro_dirichlet.factories", "FACTORY_PATH").pattern == FACTORY_PATH.pattern
+    assert source_value("pyro_dirichlet.io.factories", "FACTORY_PATH").pattern == FACTORY_PATH.pattern
 
 
 def test_a_default_the_source_reader_cannot_follow_comes_from_the_imported_class():

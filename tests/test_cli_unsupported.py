@@ -12,8 +12,8 @@ from torch import nn
 
 from pyro_dirichlet.app.cli import main
 from pyro_dirichlet.models import MODELS, ModelEntry
-from pyro_dirichlet.serialization import register_architecture
-from pyro_dirichlet.train import TrainConfig
+from pyro_dirichlet.io.serialization import register_architecture
+from pyro_dirichlet.repair.train import TrainConfig
 
 
 @register_architecture  # so that the pruned network saves and loads

@@ -77,7 +77,7 @@ def test_the_default_fit_drops_planted_dead_units_and_says_it_converged(mnist_sm
     from analysis.planted import dead_unit_case
     from pyro_dirichlet.infer.fit import FitConfig, fit
     from pyro_dirichlet.infer.switches import DirichletSwitches
-    from pyro_dirichlet.plan import plan_keep
+    from pyro_dirichlet.planning.plan import plan_keep
 
     # Killed before training: the network learns without them, so no live unit is harmful.
     case = dead_unit_case(mnist_small.train, width=32, dead=8, seed=0, kill="before")

@@ -22,7 +22,7 @@ from torch import nn
 from pyro_dirichlet.models.resnet_cifar import resnet20, resnet56
 from pyro_dirichlet.models.vgg import VGG16
 from pyro_dirichlet.models.wrn import WideResNet10x1, wrn_28_10
-from pyro_dirichlet import serialization
+from pyro_dirichlet.io import serialization
 from pyro_dirichlet.structure import UnsupportedStructureError, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales, mask_channels, prune_channels
 

@@ -13,10 +13,10 @@ from torch.nn import functional as F
 from conftest import shrink
 
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.distillation import distillation_loss
+from pyro_dirichlet.repair.distillation import distillation_loss
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.models import get_model_entry
-from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, finetune, train_classifier
 
 
 def test_the_loss_blends_cross_entropy_with_the_tempered_kl_by_hand():

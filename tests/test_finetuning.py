@@ -5,9 +5,9 @@ import torch
 
 from pyro_dirichlet.models.lenet import LeNet300100
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.train import finetune
+from pyro_dirichlet.repair.train import finetune
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.train import TrainResult
+from pyro_dirichlet.repair.train import TrainResult
 
 
 @pytest.fixture(scope="module")

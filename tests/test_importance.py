@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.importance import (
+from pyro_dirichlet.criteria import (
     CRITERIA,
     BatchNormScale,
     Criterion,
@@ -17,7 +17,7 @@ from pyro_dirichlet.importance import (
     get_criterion,
     register_criterion,
 )
-from pyro_dirichlet.posterior_criteria import posterior_lower_bound, posterior_mean, top_k_probability
+from pyro_dirichlet.criteria.posterior import posterior_lower_bound, posterior_mean, top_k_probability
 from pyro_dirichlet.posterior import sample_posterior
 from pyro_dirichlet.structure import find_prunable_layers
 
@@ -95,13 +95,13 @@ def test_l1_ranking_imports_neither_pyro_nor_arviz():
     code = (
         "import sys, torch\n"
         "from torch import nn\n"
-        "import pyro_dirichlet.importance as importance\n"
+        "import pyro_dirichlet.criteria as criteria\n"
         "from pyro_dirichlet.structure import find_prunable_layers\n"
         "net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))\n"
         "layers = find_prunable_layers(net, torch.zeros(2, 4))\n"
-        "scores = importance.get_criterion('l1-norm')(net, layers)\n"
+        "scores = criteria.get_criterion('l1-norm')(net, layers)\n"
         "assert scores['0'].shape == (5,)\n"
-        "assert sorted(importance.CRITERIA) and 'posterior-mean' in importance.CRITERIA\n"
+        "assert sorted(criteria.CRITERIA) and 'posterior-mean' in criteria.CRITERIA\n"
         "loaded = [m for m in ('pyro', 'arviz', 'xarray') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "print('clean')\n"
@@ -176,7 +176,14 @@ def test_taylor_reads_a_dataloader_like_the_split_it_wraps(tiny_cnn, tiny_images
         torch.testing.assert_close(from_loader[name], from_split[name])
 
 
-def test_old_import_path_of_the_posterior_scores_still_works():
-    from pyro_dirichlet import importance, posterior_mean as exported
+def test_posterior_criteria_come_from_one_registration_and_the_package_exports_them():
+    from pyro_dirichlet import posterior_mean as exported
+    from pyro_dirichlet.criteria import CRITERIA
+    from pyro_dirichlet.criteria import posterior as module
 
-    assert importance.posterior_mean is posterior_mean is exported
+    assert exported is posterior_mean is module.posterior_mean
+    # Registered by name in pyro_dirichlet.criteria only: the module's classes carry no decorator.
+    for name, factory in (("posterior-mean", module.PosteriorMean), ("posterior-lower-bound", module.PosteriorLowerBound),
+                          ("top-k-probability", module.TopKProbability)):
+        assert CRITERIA[name] is factory
+    assert "register_criterion" not in Path(module.__file__).read_text()

@@ -10,7 +10,7 @@ from torch import nn
 
 from pyro_dirichlet.app.cli import build_parser, main, parse_target
 from pyro_dirichlet.app.steps import PruneOptions
-from pyro_dirichlet.plan import keep_counts, per_layer
+from pyro_dirichlet.planning.plan import keep_counts, per_layer
 from pyro_dirichlet.structure.naming import CLI_SPELLING, PYTHON_SPELLING, keep_name_error
 
 

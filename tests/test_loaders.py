@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from pyro_dirichlet.data import Batch, DataSplits, Split, count_batches, count_examples, iterate_batches
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.models.lenet import LeNet300100
-from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, finetune, train_classifier
 
 
 @pytest.fixture(scope="module")

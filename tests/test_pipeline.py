@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from pyro_dirichlet.app.cli import main, parse_target
-from pyro_dirichlet.train import DEFAULT_EPOCHS
+from pyro_dirichlet.repair.train import DEFAULT_EPOCHS
 from pyro_dirichlet.app.options import FitOptions
 from pyro_dirichlet.infer.fit_config import FitConfig
 from pyro_dirichlet.measure import accuracy
 from pyro_dirichlet.app.pipeline import FinetuneOptions, RunConfig, Runtime, TrainOptions, run
 from pyro_dirichlet.posterior import load_posterior
-from pyro_dirichlet.serialization import load_pruned
+from pyro_dirichlet.io.serialization import load_pruned
 
 
 @pytest.fixture(scope="module")

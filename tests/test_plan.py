@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pyro_dirichlet.plan import keep_counts, plan_keep
+from pyro_dirichlet.planning.plan import keep_counts, plan_keep
 
 
 def test_keeps_highest_scores_sorted_with_ties_to_lower_index():

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dirichlet.calibrate import CalibrationConfig, calibrate
+from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.infer.fit import FitConfig, network_context
 from pyro_dirichlet.measure import accuracy, latency_seconds
 from pyro_dirichlet.models import LeNet5Caffe
 from pyro_dirichlet.precision import PRECISIONS, autocast, check_precision, native_bf16, resolve_precision
 from pyro_dirichlet.surgery import prune_channels
-from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, finetune, train_classifier
 
 
 def test_precision_names_are_checked_and_resolved():

@@ -59,7 +59,7 @@ def page_blocks(page: Path, heading: str) -> list[str]:
 
 
 def test_readme_extension_adds_a_criterion_with_one_class():
-    from pyro_dirichlet.importance import CRITERIA
+    from pyro_dirichlet.criteria import CRITERIA
 
     definition, usage = page_blocks(PYTHON_API, "## Extending: a new criterion")
     namespace: dict = {}
@@ -85,7 +85,7 @@ def test_readme_example_comments_state_the_real_defaults():
     import inspect
 
     from pyro_dirichlet.infer.fit import FitConfig
-    from pyro_dirichlet.train import DEFAULT_EPOCHS, finetune
+    from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, finetune
 
     code = readme_example()
     finetuned = re.search(r"^finetune\(small, data\)\s*# (\d+) epochs", code, re.M)
@@ -100,7 +100,7 @@ def test_readme_prose_states_the_real_defaults():
     from pyro_dirichlet.app.steps import FIT_CHECKPOINT_EVERY
     from pyro_dirichlet.infer.fit import FitConfig
     from pyro_dirichlet.infer.guide import DEFAULT_INIT_CONCENTRATION
-    from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR
+    from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
 
     text = " ".join(METHOD.read_text().split())
     objective = re.search(r"Adam at lr ([\d.]+) falling tenfold per ([\d,]+) steps, batch (\d+), \*\*until converged\*\*", text)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pyro_dirichlet.removal_cost as removal
+import pyro_dirichlet.criteria.removal_cost as removal
 from pyro_dirichlet.data import Split
-from pyro_dirichlet.removal_cost import removal_cost, removal_effects
+from pyro_dirichlet.criteria.removal_cost import removal_cost, removal_effects
 from pyro_dirichlet.structure import find_prunable_layers
 
 

@@ -93,7 +93,7 @@ def test_the_posterior_predictive_section_compares_networks_on_validation_images
     from pyro_dirichlet.infer.switches import DirichletSwitches
     from pyro_dirichlet.posterior import exact_means, load_posterior
     from pyro_dirichlet.posterior.calibration import expected_calibration_error, predictive_check
-    from pyro_dirichlet.serialization import load_pruned
+    from pyro_dirichlet.io.serialization import load_pruned
 
     report = json.loads((small_run / "report.json").read_text())
     check = report["posterior_predictive"]

@@ -70,7 +70,7 @@ def test_every_criterion_is_scored_at_every_budget_with_equal_counts(result):
 
 
 def test_flop_budgets_are_the_largest_uniform_ratio_that_fits(network, one_thread):
-    from pyro_dirichlet.allocation import pruned_cost
+    from pyro_dirichlet.planning.allocation import pruned_cost
     from pyro_dirichlet.measure import count_flops
     from pyro_dirichlet.structure import find_prunable_layers
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.models.lenet import LeNet5Caffe
-from pyro_dirichlet import serialization
-from pyro_dirichlet.serialization import (
+from pyro_dirichlet.io import serialization
+from pyro_dirichlet.io.serialization import (
     FORMAT,
     ModelFileError,
     load_pruned,
@@ -258,7 +258,7 @@ TINY_NET_MODULE = """
 import torch
 from torch import nn
 
-from pyro_dirichlet.serialization import register_architecture
+from pyro_dirichlet.io.serialization import register_architecture
 
 
 @register_architecture
@@ -281,7 +281,7 @@ sys.path.insert(0, sys.argv[1])
 import safetensors.torch
 import torch
 
-import pyro_dirichlet.serialization as serialization
+import pyro_dirichlet.io.serialization as serialization
 
 # Registered by name only: load_pruned imports the module because the spec names it.
 serialization.register_architecture("tinynet_for_serialization_test:TinyNet")

@@ -191,7 +191,7 @@ def test_weights_given_as_a_special_file_are_refused(tmp_path, capsys, make):
 @pytest.fixture
 def saved_pruned(tmp_path):
     from pyro_dirichlet.models import LeNet5Caffe
-    from pyro_dirichlet.serialization import save_pruned
+    from pyro_dirichlet.io.serialization import save_pruned
 
     save_pruned(LeNet5Caffe(), tmp_path / "net")
     return tmp_path / "net"
@@ -200,7 +200,7 @@ def saved_pruned(tmp_path):
 @pytest.mark.parametrize("make", [fifo, dev_zero], ids=["fifo", "dev-zero"])
 @pytest.mark.parametrize("suffix", [".json", ".safetensors"])
 def test_load_pruned_refuses_a_special_file(saved_pruned, make, suffix):
-    from pyro_dirichlet.serialization import ModelFileError, load_pruned
+    from pyro_dirichlet.io.serialization import ModelFileError, load_pruned
 
     make(Path(f"{saved_pruned}{suffix}"))
     started = time.monotonic()
@@ -212,8 +212,8 @@ def test_load_pruned_refuses_a_special_file(saved_pruned, make, suffix):
 @pytest.mark.parametrize("make", [fifo, dev_zero], ids=["fifo", "dev-zero"])
 def test_load_posterior_and_read_state_dict_refuse_a_special_file(tmp_path, make):
     from pyro_dirichlet.posterior import load_posterior
-    from pyro_dirichlet.regular_files import SpecialFileError
-    from pyro_dirichlet.weights import WeightsError, read_state_dict
+    from pyro_dirichlet.io.regular_files import SpecialFileError
+    from pyro_dirichlet.io.weights import WeightsError, read_state_dict
 
     make(tmp_path / "file")
     started = time.monotonic()
@@ -257,7 +257,7 @@ def test_fit_stops_an_iterable_that_yields_more_than_its_len(tiny_cnn, tmp_path,
 @pytest.mark.parametrize("make", [fifo, dev_zero], ids=["fifo", "dev-zero"])
 def test_fit_refuses_a_checkpoint_that_is_a_special_file(tiny_cnn, tmp_path, make):
     from pyro_dirichlet.infer.fit import FitConfig, fit
-    from pyro_dirichlet.regular_files import SpecialFileError
+    from pyro_dirichlet.io.regular_files import SpecialFileError
 
     make(tmp_path / "c.pt")
     data = [(torch.randn(8, 1, 14, 14), torch.randint(0, 3, (8,)))] * 2

@@ -19,7 +19,7 @@ import pyro_dirichlet.structure.placement
 import pyro_dirichlet.surgery.channels
 import pyro_dirichlet.surgery.slicing
 from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.surgery import (
     fold_scales,

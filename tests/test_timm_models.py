@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales, mask_channels, prune_channels
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_dirichlet import DirichletSwitches, UnsupportedStructureError
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import Consumer, find_prunable_layers
 from pyro_dirichlet.surgery import mask_channels, prune_channels
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-import pyro_dirichlet.train as training
+import pyro_dirichlet.repair.train as training
 from pyro_dirichlet.data import DataSplits, Split
-from pyro_dirichlet.train import TrainConfig, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 RECIPE = TrainConfig(
     epochs=4, batch_size=32, lr=0.1, optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1

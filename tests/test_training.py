@@ -4,11 +4,11 @@ import pytest
 from conftest import shrink
 import torch
 
-import pyro_dirichlet.train as training
+import pyro_dirichlet.repair.train as training
 from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.train import TrainConfig, TrainResult, train_classifier
+from pyro_dirichlet.repair.train import TrainConfig, TrainResult, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_the_current_directory_shadows_no_installed_package(tmp_path):
     code = (
         "import importlib.util, os, sys\n"
         "from pyro_dirichlet.app.prior_model import load_prior_model\n"
-        "from pyro_dirichlet.factories import ModelFactory\n"
+        "from pyro_dirichlet.io.factories import ModelFactory\n"
         "load_prior_model('my_priors:prior')\n"
         "assert ModelFactory('mynets:factory').build().out_features == 2\n"
         "assert os.getcwd() not in sys.path and '' not in sys.path, sys.path\n"

@@ -17,8 +17,8 @@ from torch import nn
 
 from pyro_dirichlet.app.cli import main
 from pyro_dirichlet.data.normalization import Normalization, parse_normalize
-from pyro_dirichlet.factories import FactoryError, import_factory
-from pyro_dirichlet.serialization import load_pruned, save_pruned
+from pyro_dirichlet.io.factories import FactoryError, import_factory
+from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 from pyro_dirichlet.surgery import prune_channels
 from user_journey import CIFAR_MEAN, CIFAR_STD, MYNETS, write_image_folder
 
@@ -88,7 +88,7 @@ def test_save_pruned_takes_a_factory_path_or_the_callable(user_folder, given):
 
 
 def test_load_pruned_hands_back_the_recorded_deployment_without_touching_the_networks_own(user_folder):
-    from pyro_dirichlet.deployment import read_deployment
+    from pyro_dirichlet.io.deployment import read_deployment
 
     network = import_factory("mynets:factory")(width=4).eval()
     metadata = {"classes": ["a", "b"], "source": {"baseline_sha256": "ab" * 32, "weights_sha256": None},

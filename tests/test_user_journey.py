@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import pyro_dirichlet
-from pyro_dirichlet.factories import import_user_module
+from pyro_dirichlet.io.factories import import_user_module
 from user_journey import (
     CIFAR_MEAN, CIFAR_STD, CLASSES, MYNETS, PAGE, read_images, readme_blocks, train_own_loop, write_image_folder,
 )

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pyro_dirichlet.app.cli import main
-from pyro_dirichlet.factories import parse_model_arg
-from pyro_dirichlet.serialization import ModelFileError, load_pruned
+from pyro_dirichlet.io.factories import parse_model_arg
+from pyro_dirichlet.io.serialization import ModelFileError, load_pruned
 
 USERNETS = '''
 from torch import nn

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyro_dirichlet.app.config import TRUST_FLAG, config_values, read_config
 from pyro_dirichlet.app.source_values import DeferredClass, source_value
-from pyro_dirichlet.user_code import describe_failure
+from pyro_dirichlet.io.user_code import describe_failure
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.pipeline import RunConfig
@@ -118,7 +118,7 @@ def model_name(text: str) -> str:
     models = source_value("pyro_dirichlet.models.registry", "MODELS")
     if text in models:
         return text
-    if source_value("pyro_dirichlet.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
+    if source_value("pyro_dirichlet.io.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
         return text
     # Not in the source: a model registered at run time (by code that imported the registry) is
     # only in the imported registry; a fresh process never imports torch just to refuse a name.
@@ -147,7 +147,7 @@ def dataset_name(text: str) -> str:
 
 def model_arg(text: str) -> tuple[str, Any]:
     """``--model-arg key=value``: one keyword argument of the model factory."""
-    from pyro_dirichlet.factories import parse_model_arg
+    from pyro_dirichlet.io.factories import parse_model_arg
 
     try:
         return parse_model_arg(text)
@@ -412,7 +412,7 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
         names = {f.name: renamed.get(f.name, f.name) for f in dataclasses.fields(kind)}
         return {name: settings[setting] for name, setting in names.items() if setting in settings}
 
-    from pyro_dirichlet.factories import is_factory_path
+    from pyro_dirichlet.io.factories import is_factory_path
 
     model = settings.get("model") or TrainOptions.model
     factory = model if is_factory_path(model) else None

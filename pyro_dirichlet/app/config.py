@@ -111,7 +111,7 @@ def _names_code(dest: str, value: Any) -> bool:
     """Whether a config value of a :data:`COMMAND_LINE_ONLY` option names code (anything but a registered model's name)."""
     if dest != "model":
         return True
-    from pyro_dirichlet.factories import is_factory_path
+    from pyro_dirichlet.io.factories import is_factory_path
 
     return is_factory_path(value)
 

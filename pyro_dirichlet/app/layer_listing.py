@@ -142,9 +142,9 @@ def layers_command(args: argparse.Namespace) -> str:
     """
     import torch
 
-    from pyro_dirichlet.factories import ModelFactory, is_factory_path
+    from pyro_dirichlet.io.factories import ModelFactory, is_factory_path
     from pyro_dirichlet.models import get_model_entry
-    from pyro_dirichlet.weights import load_weights
+    from pyro_dirichlet.io.weights import load_weights
 
     model_args = dict(getattr(args, "model_args", None) or ())
     shape = getattr(args, "input_shape", None)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from pyro_dirichlet.regular_files import open_regular
+from pyro_dirichlet.io.regular_files import open_regular
 
 __all__ = ["LOCK", "RunDirectoryLockedError", "exclusive"]
 

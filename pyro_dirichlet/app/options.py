@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.data.normalization import Normalization
-from pyro_dirichlet.factories import is_factory_path
-from pyro_dirichlet.train import DEFAULT_EPOCHS, DEFAULT_LR
+from pyro_dirichlet.io.factories import is_factory_path
+from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.infer.switches import resolve_gain
-from pyro_dirichlet.plan import Target
+from pyro_dirichlet.planning.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB
@@ -78,7 +78,7 @@ class TrainOptions:
 
     Attributes:
         model: a name from ``models.MODELS``, or a user's factory ``"package.module:callable"``
-            returning an ``nn.Module`` (:mod:`pyro_dirichlet.factories`).
+            returning an ``nn.Module`` (:mod:`pyro_dirichlet.io.factories`).
         dataset: the model's data set, ``imagefolder:DIR`` or ``torchvision:NAME``; ``None``
             only where the model has no data set of its own, which ``train`` refuses.
         subset: for smoke runs, cut the training split to this many examples and validation
@@ -196,10 +196,10 @@ class PruneOptions:
 
     Attributes:
         keep: counts or fractions per layer, or one fraction of every switched layer (see
-            :data:`pyro_dirichlet.plan.Target`).
+            :data:`pyro_dirichlet.planning.plan.Target`).
         budget: the fraction of the baseline's ``budget_cost`` the pruned network may keep;
             one threshold on ``E[s_c] * C`` picks every layer's count
-            (:func:`pyro_dirichlet.allocation.budget_counts`).
+            (:func:`pyro_dirichlet.planning.allocation.budget_counts`).
         budget_cost: ``"flops"`` or ``"params"``.
         check: compare the posterior's keep set with L1-norm's and random ones at the same
             counts after the same calibration, on the validation split
@@ -240,11 +240,11 @@ class FinetuneOptions:
 
     Attributes:
         epochs: 0 keeps the pruned network as it is (default: see
-            :data:`pyro_dirichlet.train.DEFAULT_EPOCHS` for how it was chosen).
-        lr: peak learning rate (:data:`pyro_dirichlet.train.DEFAULT_LR`).
+            :data:`pyro_dirichlet.repair.train.DEFAULT_EPOCHS` for how it was chosen).
+        lr: peak learning rate (:data:`pyro_dirichlet.repair.train.DEFAULT_LR`).
         distillation: share of the loss that matches the run's baseline (the unpruned
             network, the teacher) at temperature 4, in ``[0, 1]``; 0 fine-tunes on the
-            labels alone (:func:`pyro_dirichlet.train.finetune`).
+            labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
     """
 
     epochs: int = DEFAULT_EPOCHS

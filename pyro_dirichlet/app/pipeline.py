@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from pyro_dirichlet.factories import is_factory_path
+from pyro_dirichlet.io.factories import is_factory_path
 from pyro_dirichlet.measure import Stopwatch
 from pyro_dirichlet.app.report import ReportOptions, report_step
 from pyro_dirichlet.app.rundir import STAGING_PREFIX, RunDirectory, replace_run
@@ -40,7 +40,7 @@ class RunConfig:
     """Everything the main job needs: where to write, and each step's own options.
 
     Every default lives in the step's options dataclass; ``RunConfig()`` is the documented
-    run (LeNet-5 on MNIST, the model's default target, :data:`pyro_dirichlet.train.DEFAULT_EPOCHS`
+    run (LeNet-5 on MNIST, the model's default target, :data:`pyro_dirichlet.repair.train.DEFAULT_EPOCHS`
     fine-tune epochs).
 
     Attributes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from pyro_dirichlet.infer.priors import PriorModel
-from pyro_dirichlet.user_code import UserCodeError, check_function, import_user_module
+from pyro_dirichlet.io.user_code import UserCodeError, check_function, import_user_module
 
 __all__ = ["check_prior_model_name", "check_recorded", "load_prior_model"]
 

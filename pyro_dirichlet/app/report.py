@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyro_dirichlet.atomic import atomic_write, atomic_write_json, atomic_write_text
+from pyro_dirichlet.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.switches import DirichletSwitches

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pyro_dirichlet.app.lock import LOCK, RunDirectoryLockedError, exclusive
-from pyro_dirichlet.atomic import atomic_write_json
-from pyro_dirichlet.regular_files import SpecialFileError, check_regular, read_regular, sha256_of
+from pyro_dirichlet.io.atomic import atomic_write_json
+from pyro_dirichlet.io.regular_files import SpecialFileError, check_regular, read_regular, sha256_of
 
 __all__ = [
     "FORMAT",

@@ -20,7 +20,7 @@ from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.data.normalization import Normalization
-from pyro_dirichlet.factories import FactoryError, ModelFactory, is_factory_path
+from pyro_dirichlet.io.factories import FactoryError, ModelFactory, is_factory_path
 
 if TYPE_CHECKING:
     from pyro_dirichlet.app.steps import Runtime, TrainOptions

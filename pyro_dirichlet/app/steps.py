@@ -26,8 +26,8 @@ from torch import nn
 
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.data.catalog import is_user_source
-from pyro_dirichlet.factories import is_factory_path
-from pyro_dirichlet.train import TrainConfig, finetune, train_classifier
+from pyro_dirichlet.io.factories import is_factory_path
+from pyro_dirichlet.repair.train import TrainConfig, finetune, train_classifier
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.app.sources import FactoryBaseline, check_outputs, check_recorded_dataset, load_data, run_model, train_model
 from pyro_dirichlet.app.user_inputs import data_notes
@@ -37,14 +37,14 @@ from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.convergence import FitNotConvergedWarning
 from pyro_dirichlet.infer.fit import FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
-from pyro_dirichlet.plan import per_layer
+from pyro_dirichlet.planning.plan import per_layer
 from pyro_dirichlet.precision import resolve_precision
 from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
-from pyro_dirichlet.regular_files import check_regular
-from pyro_dirichlet.serialization import load_pruned, save_pruned
+from pyro_dirichlet.io.regular_files import check_regular
+from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.structure import COUPLING_POLICIES
 from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
@@ -128,7 +128,7 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         network = factory.build() if factory is not None else entry.build() if options.weights is not None else None
         weights = None
         if options.weights is not None:
-            from pyro_dirichlet.weights import load_weights
+            from pyro_dirichlet.io.weights import load_weights
 
             notes: list[str] = []
             load_weights(network, options.weights, key=options.weights_key, notes=notes)
@@ -300,8 +300,8 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
     from pyro_dirichlet.models import get_model_entry
-    from pyro_dirichlet.allocation import budget_counts
-    from pyro_dirichlet.posterior_criteria import posterior_mean
+    from pyro_dirichlet.planning.allocation import budget_counts
+    from pyro_dirichlet.criteria.posterior import posterior_mean
 
     with Stopwatch() as watch:
         run.record("train")
@@ -515,8 +515,8 @@ def format_layer_summary(summary: LayerSummary, *, count: int = 3) -> str:
 
 
 def _pruned_metadata(manifest: dict[str, Any], architecture: dict[str, int], data: DataSplits) -> dict[str, Any]:
-    """What pruned.json records: the model, its widths, and what a deployment needs (:mod:`pyro_dirichlet.deployment`)."""
-    from pyro_dirichlet.deployment import deployment_metadata
+    """What pruned.json records: the model, its widths, and what a deployment needs (:mod:`pyro_dirichlet.io.deployment`)."""
+    from pyro_dirichlet.io.deployment import deployment_metadata
 
     return {"model": manifest["model"], "dataset": manifest["dataset"], "architecture": architecture,
             **deployment_metadata(manifest, tuple(data.input_shape))}

@@ -156,7 +156,7 @@ def _jpeg_cache_path(folder: Path, zips: Sequence[Path], cache_dir: str | os.Pat
     name, size and modification time (a changed archive is decoded again without hashing
     62 MB on every load) and the cache format.
     """
-    from pyro_dirichlet.cache import resolve_cache_dir
+    from pyro_dirichlet.io.cache import resolve_cache_dir
 
     described = []
     for path in zips:
@@ -224,7 +224,7 @@ def _read_cache(path: Path) -> dict[str, Tensor]:
     """
     from safetensors import SafetensorError, safe_open
 
-    from pyro_dirichlet.regular_files import SpecialFileError, check_regular
+    from pyro_dirichlet.io.regular_files import SpecialFileError, check_regular
 
     try:
         # Not through a link, and not a FIFO or a device that would block or never end.
@@ -251,7 +251,7 @@ def _load_cifar10_jpeg(
 ) -> dict[str, Tensor]:
     from safetensors.torch import save as serialize
 
-    from pyro_dirichlet.atomic import atomic_write
+    from pyro_dirichlet.io.atomic import atomic_write
 
     zips = [folder / name for name in _CIFAR10_JPEG_ZIPS]
     cache_path = _jpeg_cache_path(folder, zips, cache_dir)
@@ -312,7 +312,7 @@ def load_cifar10(
     1. ``<root>/cifar10-jpeg/train.zip`` and ``test.zip``: the JPEG re-encoding (zip
        members ``<split>/<class name>/<NNNN>.jpg``). Decoded once into uint8 tensors and
        cached as a safetensors file in the ``datasets`` cache (see
-       :func:`pyro_dirichlet.cache.resolve_cache_dir`), one file per data root: the cache
+       :func:`pyro_dirichlet.io.cache.resolve_cache_dir`), one file per data root: the cache
        key covers the root's resolved path and each zip's name, size and modification
        time, so a changed archive is decoded again and the root's older cache removed
        (decoding costs about 10 CPU seconds, reading the cache about 1). ``source`` is

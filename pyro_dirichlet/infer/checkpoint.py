@@ -22,8 +22,8 @@ import pyro.optim
 import pyro.util
 import torch
 
-from pyro_dirichlet.atomic import atomic_write
-from pyro_dirichlet.regular_files import check_regular
+from pyro_dirichlet.io.atomic import atomic_write
+from pyro_dirichlet.io.regular_files import check_regular
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointWriter", "FitCheckpoint"]
 

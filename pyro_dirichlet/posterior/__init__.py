@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from pyro_dirichlet.atomic import atomic_path, atomic_write
-from pyro_dirichlet.regular_files import check_regular
+from pyro_dirichlet.io.atomic import atomic_path, atomic_write
+from pyro_dirichlet.io.regular_files import check_regular
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 

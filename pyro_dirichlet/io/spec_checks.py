@@ -7,7 +7,7 @@ right. :func:`check_narrowed` compares each module of a registered class's or a 
 spec (as built from the spec, so defaults count) with the module the class builds there (a
 bias may appear where pruning folded removed channels' constant outputs into the next layer); :func:`check_channel_chain` checks that the
 modules of an ``nn.Sequential`` spec (which has no class to compare with) pass their
-channels on consistently. Each refusal is one :class:`~pyro_dirichlet.spec_file.ModelFileError`.
+channels on consistently. Each refusal is one :class:`~pyro_dirichlet.io.spec_file.ModelFileError`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pyro_dirichlet.spec_file import ModelFileError
+from pyro_dirichlet.io.spec_file import ModelFileError
 
 __all__ = ["WIDTHS", "check_channel_chain", "check_narrowed", "check_widths"]
 

@@ -3,7 +3,7 @@
 Post-training pruning always has the trained network at hand, and its softened class
 probabilities carry more than the labels do (which wrong classes an image resembles), so a
 pruned network fine-tuned to match them as well as the labels recovers with fewer labelled
-epochs (Hinton, Vinyals & Dean 2015). :func:`pyro_dirichlet.train.train_classifier` uses
+epochs (Hinton, Vinyals & Dean 2015). :func:`pyro_dirichlet.repair.train.train_classifier` uses
 :func:`distillation_loss` when ``TrainConfig.distillation`` is above 0 and a ``teacher`` is
 given; the teacher is never trained.
 """

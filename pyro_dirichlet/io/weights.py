@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pyro_dirichlet.regular_files import SpecialFileError, open_regular
+from pyro_dirichlet.io.regular_files import SpecialFileError, open_regular
 
 __all__ = ["WEIGHT_DTYPES", "WeightsError", "check_weight_tensors", "read_state_dict", "load_weights"]
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.measure import count_flops, count_parameters
-from pyro_dirichlet.plan import plan_keep
+from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery import prune_channels

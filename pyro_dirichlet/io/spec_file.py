@@ -1,6 +1,6 @@
 """A pruned model's JSON spec on disk: its format, its size bound, and reading it without trusting it.
 
-:mod:`pyro_dirichlet.serialization` writes the spec beside the safetensors weights; this
+:mod:`pyro_dirichlet.io.serialization` writes the spec beside the safetensors weights; this
 module reads one back (a regular file, at most :data:`MAX_SPEC_BYTES`, valid JSON of this
 format and version with the fields a rebuild needs), refusing anything else in one sentence.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pyro_dirichlet.regular_files import SpecialFileError, read_regular
+from pyro_dirichlet.io.regular_files import SpecialFileError, read_regular
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MAX_SPEC_BYTES", "ModelFileError", "read_spec"]
 

@@ -4,7 +4,7 @@ A criterion is good when the channels it ranks low are the ones the network can 
 direct measurement of that is the *removal cost* of a channel: the increase of the mean
 cross-entropy on held-out data when that channel alone is zeroed at its switch points
 (every member's, for a coupling group; the same places the Dirichlet switches and the
-calibration scales act, :func:`pyro_dirichlet.calibrate.scaled_channels`). It is exact --
+calibration scales act, :func:`pyro_dirichlet.repair.calibrate.scaled_channels`). It is exact --
 no Taylor expansion -- and costs one forward pass over the data per channel, so it is a
 measuring instrument for studies and checks, not a criterion for large networks.
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from tqdm.auto import tqdm
 
-from pyro_dirichlet.calibrate import scaled_channels
+from pyro_dirichlet.repair.calibrate import scaled_channels
 from pyro_dirichlet.data import BatchSource, iterate_batches
 from pyro_dirichlet.structure import PrunableLayer
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
@@ -131,7 +131,7 @@ class _Tails:
     point on (``Interpreter.run(initial_env=...)`` skips every node given a value): a
     late layer's channels cost a fraction of a forward pass each. Otherwise (untraceable
     networks, coupling groups, attention sites) every channel gets a whole forward pass
-    under :func:`~pyro_dirichlet.calibrate.scaled_channels`. Both give the same logits.
+    under :func:`~pyro_dirichlet.repair.calibrate.scaled_channels`. Both give the same logits.
     """
 
     def __init__(self, network: nn.Module, layers: Sequence[PrunableLayer]) -> None:

@@ -1,7 +1,7 @@
 """Importance criteria read from a fitted Dirichlet switch posterior: mean, HDI lower bound, P(top-k).
 
-Each is a :class:`pyro_dirichlet.importance.Criterion` built with the posterior it reads
-(registered as ``posterior-mean``, ``posterior-lower-bound`` and ``top-k-probability``),
+Each is a :class:`pyro_dirichlet.criteria.Criterion` built with the posterior it reads
+(registered by :mod:`pyro_dirichlet.criteria` as ``posterior-mean``, ``posterior-lower-bound`` and ``top-k-probability``),
 and each has a functional form taking the posterior alone. :mod:`pyro_dirichlet.posterior`
 (ArviZ, Pyro) is imported when a score is computed, not when this module is.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pyro_dirichlet.data import BatchSource
-from pyro_dirichlet.importance import Scores, register_criterion
+from pyro_dirichlet.criteria.registry import Scores
 from pyro_dirichlet.structure import PrunableLayer
 
 if TYPE_CHECKING:
@@ -104,7 +104,6 @@ def _only(scores: Scores, layers: Sequence[PrunableLayer]) -> Scores:
     return {layer.name: scores[layer.name] for layer in layers}
 
 
-@register_criterion("posterior-mean")
 @dataclass(frozen=True)
 class PosteriorMean:
     """:func:`posterior_mean` of ``posterior`` as a criterion (the network and data are not read)."""
@@ -115,7 +114,6 @@ class PosteriorMean:
         return _only(posterior_mean(self.posterior), layers)
 
 
-@register_criterion("posterior-lower-bound")
 @dataclass(frozen=True)
 class PosteriorLowerBound:
     """:func:`posterior_lower_bound` of ``posterior`` at ``ci_prob`` as a criterion."""
@@ -127,7 +125,6 @@ class PosteriorLowerBound:
         return _only(posterior_lower_bound(self.posterior, ci_prob=self.ci_prob), layers)
 
 
-@register_criterion("top-k-probability")
 @dataclass(frozen=True)
 class TopKProbability:
     """:func:`top_k_probability` of ``posterior`` at the keep ``counts`` of the budget being planned."""

@@ -25,13 +25,13 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from pyro_dirichlet.atomic import atomic_write, atomic_write_json
-from pyro_dirichlet.deployment import Deployment
-from pyro_dirichlet.factories import FactoryError, ModelFactory, import_factory
-from pyro_dirichlet.regular_files import SpecialFileError, sha256_of
-from pyro_dirichlet.spec_checks import check_channel_chain, check_narrowed, check_widths
-from pyro_dirichlet.spec_file import FORMAT, FORMAT_VERSION, MAX_SPEC_BYTES, ModelFileError, read_spec as _read_spec
-from pyro_dirichlet.weights import WeightsError, check_weight_tensors
+from pyro_dirichlet.io.atomic import atomic_write, atomic_write_json
+from pyro_dirichlet.io.deployment import Deployment
+from pyro_dirichlet.io.factories import FactoryError, ModelFactory, import_factory
+from pyro_dirichlet.io.regular_files import SpecialFileError, sha256_of
+from pyro_dirichlet.io.spec_checks import check_channel_chain, check_narrowed, check_widths
+from pyro_dirichlet.io.spec_file import FORMAT, FORMAT_VERSION, MAX_SPEC_BYTES, ModelFileError, read_spec as _read_spec
+from pyro_dirichlet.io.weights import WeightsError, check_weight_tensors
 
 __all__ = [
     "FORMAT",
@@ -315,7 +315,7 @@ def save_pruned(
             factory whose model has the same class and module names.
         factory: the user's factory that builds the unpruned model: its
             ``"module:callable"`` path (``"mynets:factory"``), the module-level callable
-            itself (``mynets.factory``) or a :class:`~pyro_dirichlet.factories.ModelFactory`;
+            itself (``mynets.factory``) or a :class:`~pyro_dirichlet.io.factories.ModelFactory`;
             its path and ``factory_args`` are recorded in the spec, and :func:`load_pruned`
             then needs it named again.
         factory_args: keyword arguments the factory is called with at load time (plain
@@ -477,14 +477,14 @@ def load_pruned(
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`, in eval mode, with its spec's metadata as ``model.deployment``.
 
-    ``model.deployment`` (a :class:`~pyro_dirichlet.deployment.Deployment`) holds the
+    ``model.deployment`` (a :class:`~pyro_dirichlet.io.deployment.Deployment`) holds the
     preprocessing, class names and source network a run recorded, and the whole metadata.
 
     Nothing is unpickled and no code is imported except a registered class's module. Before
     any weight is loaded, the weights file's SHA-256 must match the spec, the format and
     version must be known, every module type must be whitelisted, every module's arguments
     must be those its class or factory builds there with widths no larger (an ``nn.Sequential``'s
-    must pass channels on consistently; :mod:`pyro_dirichlet.spec_checks`), and the tensor shapes
+    must pass channels on consistently; :mod:`pyro_dirichlet.io.spec_checks`), and the tensor shapes
     of the spec, the rebuilt architecture and the weights file must agree.
 
     Args:

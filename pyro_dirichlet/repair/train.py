@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from pyro_dirichlet.atomic import atomic_write
-from pyro_dirichlet.distillation import check_teacher, distillation_loss
+from pyro_dirichlet.io.atomic import atomic_write
+from pyro_dirichlet.repair.distillation import check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
 from pyro_dirichlet.precision import autocast, check_precision
@@ -57,7 +57,7 @@ class TrainConfig:
         nesterov: Nesterov momentum for SGD.
         label_smoothing: cross-entropy label smoothing, in ``[0, 1)``.
         distillation: share of the loss that matches a ``teacher``'s softened class
-            probabilities (:func:`pyro_dirichlet.distillation.distillation_loss`), in
+            probabilities (:func:`pyro_dirichlet.repair.distillation.distillation_loss`), in
             ``[0, 1]``; 0 trains on the labels alone and takes no teacher.
         temperature: softmax temperature of that matching term, positive.
         seed: seeds the shuffling and torch's global generator.

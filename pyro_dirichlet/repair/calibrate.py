@@ -161,7 +161,7 @@ def scaled_channels(network: nn.Module, layers: Sequence[PrunableLayer], scales:
 
     Forward hooks for the duration of the block; ``network`` is unchanged afterwards. Layers
     without an entry in ``scales`` are left alone. Calibration fits the scales through it,
-    :func:`pyro_dirichlet.removal_cost.removal_cost` zeroes one channel at a time with it.
+    :func:`pyro_dirichlet.criteria.removal_cost.removal_cost` zeroes one channel at a time with it.
     """
     modules = dict(network.named_modules())
 

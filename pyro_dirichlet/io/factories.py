@@ -4,7 +4,7 @@ A factory path is imported only when a person names it (a command-line ``--model
 ``factory=`` argument), never because a file says so: a run directory or a saved spec
 records the path and the arguments, and a later reader asks the user to name the factory
 again and checks that it is the recorded one. This module imports only torch and the
-standard library, so :mod:`pyro_dirichlet.serialization` can use it without Pyro.
+standard library, so :mod:`pyro_dirichlet.io.serialization` can use it without Pyro.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, Union
 
 from torch import nn
 
-from pyro_dirichlet.user_code import UserCodeError, check_function, describe_failure, import_user_module
+from pyro_dirichlet.io.user_code import UserCodeError, check_function, describe_failure, import_user_module
 
-# import_user_module is re-exported: a user's module is found one way everywhere (pyro_dirichlet.user_code).
+# import_user_module is re-exported: a user's module is found one way everywhere (pyro_dirichlet.io.user_code).
 __all__ = ["FACTORY_PATH", "FactoryError", "ModelFactory", "factory_path_of", "import_factory", "import_user_module",
            "is_factory_path", "parse_model_arg"]
 
@@ -84,7 +84,7 @@ def _parse_value(text: str) -> ArgValue:
 def import_factory(path: str) -> Callable[..., Any]:
     """The callable a factory path names, imported now.
 
-    The module is found as :func:`pyro_dirichlet.user_code.import_user_module` finds it (a
+    The module is found as :func:`pyro_dirichlet.io.user_code.import_user_module` finds it (a
     file in the current directory first, never by putting that directory on ``sys.path``),
     and what the path names must be a Python function or an ``nn.Module`` class: a builtin
     such as ``os:system`` or another class is refused before anything calls it.
