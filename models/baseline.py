@@ -240,12 +240,7 @@ def load_or_train_baseline(
         0.991
     """
     entry = get_model_entry(name)
-    if not isinstance(data, DataSplits):
-        raise TypeError(f"data must be a DataSplits, got {type(data).__name__}")
-    if data.name != entry.dataset:
-        raise ValueError(f"data is {data.name!r} but model {name!r} is trained on {entry.dataset!r}")
-    if train_config is not None and not isinstance(train_config, TrainConfig):
-        raise TypeError(f"train_config must be a TrainConfig or None, got {type(train_config).__name__}")
+    _check_arguments(name, entry.dataset, data, train_config)
     config = dataclasses.replace(entry.train if train_config is None else train_config, seed=seed)
     init_state, init_sha256 = (None, None) if init_from is None else _read_init(init_from, entry.build)
     key = _cache_key(name, data, config, init_sha256)
@@ -263,21 +258,67 @@ def load_or_train_baseline(
         else:
             return Baseline(model.to(device).eval(), metadata, trained_now=False, train_result=None)
 
+    # A long CPU training (CIFAR ResNets) is killed and rerun: it continues from here.
+    resume_from = path.with_name(f"{path.stem}.resume.pt")
+    model, result = _train_baseline(entry.build, data, config, init_state=init_state, channels_last=channels_last,
+                                    device=device, progress=progress, seed=seed, resume_from=resume_from)
+    metadata = _trained_metadata(name, data, config, model, result, key=key, init_sha256=init_sha256, seed=seed,
+                                 device=device)
+    save_checkpoint(path, model, metadata)
+    return Baseline(model, metadata, trained_now=True, train_result=result)
+
+
+def _check_arguments(name: str, dataset: str, data: DataSplits, train_config: TrainConfig | None) -> None:
+    if not isinstance(data, DataSplits):
+        raise TypeError(f"data must be a DataSplits, got {type(data).__name__}")
+    if data.name != dataset:
+        raise ValueError(f"data is {data.name!r} but model {name!r} is trained on {dataset!r}")
+    if train_config is not None and not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config must be a TrainConfig or None, got {type(train_config).__name__}")
+
+
+def _train_baseline(
+    build: Callable[[], nn.Module],
+    data: DataSplits,
+    config: TrainConfig,
+    *,
+    init_state: dict[str, Tensor] | None,
+    channels_last: bool,
+    device: torch.device | str,
+    progress: bool,
+    seed: int,
+    resume_from: Path,
+) -> tuple[nn.Module, TrainResult]:
+    """A model built (seeded, or from ``init_state``) and trained, in eval mode; its training record."""
     # Seeding before building makes the initial weights, not only the training, reproducible.
     torch.manual_seed(seed)
-    model = entry.build()
+    model = build()
     if init_state is not None:
         model.load_state_dict(init_state)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # A long CPU training (CIFAR ResNets) is killed and rerun: it continues from here.
-    resume_from = path.with_name(f"{path.stem}.resume.pt")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    resume_from.parent.mkdir(parents=True, exist_ok=True)
     result = train_classifier(
         model, data, config, device=device, progress=progress, resume_from=resume_from
     )
     model.eval()
-    metadata = {
+    return model, result
+
+
+def _trained_metadata(
+    name: str,
+    data: DataSplits,
+    config: TrainConfig,
+    model: nn.Module,
+    result: TrainResult,
+    *,
+    key: str,
+    init_sha256: str | None,
+    seed: int,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """What the cached checkpoint of a baseline trained now records: recipe, data, accuracies and costs."""
+    return {
         "cache_key": key,
         "model": name,
         "dataset": data.name,
@@ -296,5 +337,3 @@ def load_or_train_baseline(
         "torch_version": str(torch.__version__),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_checkpoint(path, model, metadata)
-    return Baseline(model, metadata, trained_now=True, train_result=result)

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle among its modules, and no module too long to read."""
+"""The package's shape: no import cycle among its modules, and no module or function too long to read."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pyro_dirichlet.models
 PACKAGE = Path(pyro_dirichlet.__file__).parent
 MODELS = Path(pyro_dirichlet.models.__file__).parent
 MAX_LINES = 700
+#: Lines of one function or method, its signature and docstring included (issue 30).
+MAX_FUNCTION_LINES = 80
 
 
 def module_files() -> dict[str, Path]:
@@ -158,3 +160,41 @@ def test_no_module_imports_an_analysis_only_package():
     # The check can fail: the same walk sees a lazy import inside a function.
     lazy = ast.parse("def f():\n    import torch_pruning as tp\n")
     assert [t for t, _ in _imported_names(lazy, "a.b", False)] == ["torch_pruning"]
+
+
+def long_functions(tree: ast.Module, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """``(qualified name, lines)`` of every function or method in ``tree`` longer than ``limit`` lines,
+    counted from its ``def`` line to its last line (``end_lineno - lineno + 1``: docstring included)."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    lines = child.end_lineno - child.lineno + 1
+                    if lines > limit:
+                        found.append((name, lines))
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def test_no_function_over_80_lines():
+    offenders = []
+    for path in module_files().values():
+        for function, lines in long_functions(ast.parse(path.read_text(), filename=str(path))):
+            offenders.append(f"{path.relative_to(PACKAGE.parent)}: {function} ({lines} lines)")
+    assert not offenders, (
+        f"functions over {MAX_FUNCTION_LINES} lines; split each into the steps it takes:\n" + "\n".join(offenders)
+    )
+
+
+def test_the_function_length_check_can_fail():
+    body = "".join(f"        x{i} = {i}\n" for i in range(80))
+    tree = ast.parse(f"class A:\n    def long(self):\n{body}\n    def short(self):\n        pass\n"
+                     f"def outer():\n    def inner():\n{body}")
+    assert long_functions(tree) == [("A.long", 81), ("outer", 82), ("outer.inner", 81)]

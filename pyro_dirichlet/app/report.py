@@ -104,32 +104,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         keep = records["prune"]["result"]["kept_channels"]
         example = data.test.images[: options.latency_batch].to(device)
 
-        layers = {}
-        baseline_costs = layer_costs(baseline, list(summaries), example)
-        pruned_costs = layer_costs(pruned, list(summaries), example)
-        for layer, summary in summaries.items():
-            kept = keep.get(layer, [int(c) for c in summary.channels])
-            layers[layer] = {
-                "width": len(summary.channels),
-                "kept": len(kept),
-                "params": baseline_costs[layer]["params"],
-                "pruned_params": pruned_costs[layer]["params"],
-                "flops": baseline_costs[layer]["flops"],
-                "pruned_flops": pruned_costs[layer]["flops"],
-                "mass_curve": {str(level): count for level, count in mass_curve(summary, MASS_LEVELS).items()},
-                "keep_threshold": keep_threshold(summary, kept),
-                "kept_channels": kept,
-                "straddling_channels": straddling_channels(summary, kept),
-            }
-        precision = resolve_precision(runtime.precision, device)
-        latency = {
-            "batch": len(example),
-            "device": str(device),
-            "precision": precision,
-            "baseline_seconds": _latency(baseline, example, options.latency_repeats, device, precision),
-            "pruned_seconds": _latency(pruned, example, options.latency_repeats, device, precision),
-        }
-        latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
+        layers = _layer_records(baseline, pruned, summaries, keep, example)
+        latency = _latency_row(baseline, pruned, example, options, resolve_precision(runtime.precision, device), device)
         report = _assemble(manifest, records, layers, latency, options, device)
         predictive, accuracy_per_draw = _posterior_predictive(
             run, posterior, switches, {"pruned_before_finetune": before_finetune, "pruned": pruned}, data.validation, device)
@@ -139,17 +115,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         report["what_next"] = [advice.to_dict() for advice in what_next(report, str(run.path))]
         report["model_graph"] = {"figure": None if graph.png is None else "report-model.png", "missing": graph.missing}
 
-        steps_per_epoch = records["fit"]["result"]["steps"] // max(1, records["fit"]["result"]["epochs"])
-        figures = {
-            "report-elbo.png": elbo_curve_png(report["svi"]["elbo"], steps_per_epoch=steps_per_epoch),
-            "report-mass.png": mass_curves_png(summaries, {layer: row["kept"] for layer, row in layers.items()}),
-        }
-        if predictive is not None:
-            figures["report-accuracy.png"] = accuracy_histogram_png(
-                accuracy_per_draw,
-                {PREDICTIVE_LABELS[name]: row["accuracy"] for name, row in predictive["networks"].items()})
-        if graph.png is not None:
-            figures["report-model.png"] = graph.png
+        figures = _figures(report, records, summaries, layers, predictive, accuracy_per_draw, graph)
         with writing(run.path), run.stage() as staging:
             for name, png in figures.items():
                 with atomic_write(staging / name, "wb") as handle:
@@ -171,6 +137,65 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
                       "device": runtime.device, "prior": fit_config.get("prior"), "prior_model": options.prior_model}
             run.commit("report", staging, config=config, result={"latency": latency}, seconds=watch.elapsed)
     return report
+
+
+def _layer_records(
+    baseline: nn.Module, pruned: nn.Module, summaries: dict, keep: dict[str, list[int]], example: torch.Tensor
+) -> dict[str, dict[str, Any]]:
+    """The report's row of each pruned layer: widths, costs before and after, posterior mass and threshold."""
+    layers = {}
+    baseline_costs = layer_costs(baseline, list(summaries), example)
+    pruned_costs = layer_costs(pruned, list(summaries), example)
+    for layer, summary in summaries.items():
+        kept = keep.get(layer, [int(c) for c in summary.channels])
+        layers[layer] = {
+            "width": len(summary.channels),
+            "kept": len(kept),
+            "params": baseline_costs[layer]["params"],
+            "pruned_params": pruned_costs[layer]["params"],
+            "flops": baseline_costs[layer]["flops"],
+            "pruned_flops": pruned_costs[layer]["flops"],
+            "mass_curve": {str(level): count for level, count in mass_curve(summary, MASS_LEVELS).items()},
+            "keep_threshold": keep_threshold(summary, kept),
+            "kept_channels": kept,
+            "straddling_channels": straddling_channels(summary, kept),
+        }
+    return layers
+
+
+def _latency_row(
+    baseline: nn.Module, pruned: nn.Module, example: torch.Tensor, options: ReportOptions, precision: str,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Median forward seconds of the baseline and the pruned network on ``example``, and the speed-up."""
+    latency = {
+        "batch": len(example),
+        "device": str(device),
+        "precision": precision,
+        "baseline_seconds": _latency(baseline, example, options.latency_repeats, device, precision),
+        "pruned_seconds": _latency(pruned, example, options.latency_repeats, device, precision),
+    }
+    latency["speedup"] = latency["baseline_seconds"] / latency["pruned_seconds"]
+    return latency
+
+
+def _figures(
+    report: dict[str, Any], records: dict[str, dict], summaries: dict, layers: dict[str, dict[str, Any]],
+    predictive: dict[str, Any] | None, accuracy_per_draw: Any, graph: Any,
+) -> dict[str, bytes]:
+    """The PNGs the report shows besides the forest plots, by file name."""
+    steps_per_epoch = records["fit"]["result"]["steps"] // max(1, records["fit"]["result"]["epochs"])
+    figures = {
+        "report-elbo.png": elbo_curve_png(report["svi"]["elbo"], steps_per_epoch=steps_per_epoch),
+        "report-mass.png": mass_curves_png(summaries, {layer: row["kept"] for layer, row in layers.items()}),
+    }
+    if predictive is not None:
+        figures["report-accuracy.png"] = accuracy_histogram_png(
+            accuracy_per_draw,
+            {PREDICTIVE_LABELS[name]: row["accuracy"] for name, row in predictive["networks"].items()})
+    if graph.png is not None:
+        figures["report-model.png"] = graph.png
+    return figures
 
 
 #: The networks the posterior predictive check compares, as the report names them.

@@ -115,7 +115,6 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
     Starts the run: the manifest records the model (a registered name, or a factory path
     with its arguments), the weights' SHA-256, the data set and the data cut every later step uses.
     """
-    from pyro_dirichlet.models import load_or_train_baseline  # the application layer: library stays model-agnostic
     from pyro_dirichlet.models.baseline import save_checkpoint
 
     factory, entry = train_model(options)
@@ -126,15 +125,7 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         # The model and its weights are checked before the data are read: a wrong path fails in a second.
         torch.manual_seed(runtime.seed)
         network = factory.build() if factory is not None else entry.build() if options.weights is not None else None
-        weights = None
-        if options.weights is not None:
-            from pyro_dirichlet.io.weights import load_weights
-
-            notes: list[str] = []
-            load_weights(network, options.weights, key=options.weights_key, notes=notes)
-            for note in notes:
-                _say(runtime, note)
-            weights = {"file": str(Path(options.weights).absolute()), "sha256": file_sha256(Path(options.weights))}
+        weights = None if options.weights is None else _load_given_weights(network, options, runtime)
         data_record: dict[str, Any] = {"subset": options.subset, "subset_seed": runtime.seed}
         if is_user_source(options.dataset):
             data_record.update(image_size=options.image_size,
@@ -144,32 +135,10 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
         for note in data_notes(options, data):
             _say(runtime, note)
         example = data.train.images[:2].to(device)
-        recipe, baseline = None, None
-        if network is not None:
-            check_outputs(network.to(device), example, options, data)
-            if weights is None:
-                recipe = TrainConfig(**{"seed": runtime.seed, "precision": precision,
-                                        **({"epochs": options.train_epochs} if options.train_epochs else {})})
-                trained = train_classifier(network, data, recipe, device=device, progress=runtime.progress)
-                baseline = FactoryBaseline(trained)
-        else:
-            recipe = dataclasses.replace(entry.train, precision=precision,
-                                         **({} if options.train_epochs is None else {"epochs": options.train_epochs}))
-            baseline = load_or_train_baseline(
-                options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
-                progress=runtime.progress, train_config=recipe,
-            )
-            network = baseline.model
-        network = network.to(device).eval()
-        result = {
-            "test_accuracy": accuracy(network, data.test, device=device, precision=precision),
-            "validation_accuracy": accuracy(network, data.validation, device=device, precision=precision),
-            "precision": precision,
-            "params": count_parameters(network),
-            "flops": count_flops(network, example),
-            "trained_in_this_run": baseline is not None and baseline.trained_now,
-            "baseline_source": "weights" if weights is not None else "trained" if baseline.trained_now else "cache",
-        }
+        network, recipe, baseline = _baseline(network, entry, options, runtime, data, example, weights=weights,
+                                              precision=precision, device=device)
+        result = _baseline_result(network, data, example, weights=weights, baseline=baseline,
+                                  precision=precision, device=device)
         if baseline is not None and baseline.train_result is not None:
             result["seconds_per_epoch"] = statistics.median(baseline.train_result.seconds_per_epoch)
             result["epochs"] = baseline.train_result.epochs
@@ -194,6 +163,60 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
             config = {**_jsonable(options), **_jsonable(runtime), "train": None if recipe is None else recipe.to_dict()}
             return run.commit("train", staging, config=config, result=result, seconds=watch.elapsed,
                               identity=identity)["steps"]["train"]
+
+
+def _load_given_weights(network: nn.Module, options: TrainOptions, runtime: Runtime) -> dict[str, str]:
+    """Load ``--weights`` into ``network``, saying what the loading noticed; the file and its SHA-256."""
+    from pyro_dirichlet.io.weights import load_weights
+
+    notes: list[str] = []
+    load_weights(network, options.weights, key=options.weights_key, notes=notes)
+    for note in notes:
+        _say(runtime, note)
+    return {"file": str(Path(options.weights).absolute()), "sha256": file_sha256(Path(options.weights))}
+
+
+def _baseline(
+    network: nn.Module | None, entry: Any, options: TrainOptions, runtime: Runtime, data: Any, example: torch.Tensor,
+    *, weights: dict[str, str] | None, precision: str, device: torch.device,
+) -> tuple[nn.Module, TrainConfig | None, Any]:
+    """The baseline network in eval mode on ``device``, the recipe it was trained with (``None`` for
+    given weights) and, unless the weights were given, its baseline record (trained now or from the cache)."""
+    from pyro_dirichlet.models import load_or_train_baseline  # the application layer: library stays model-agnostic
+
+    recipe, baseline = None, None
+    if network is not None:
+        check_outputs(network.to(device), example, options, data)
+        if weights is None:
+            recipe = TrainConfig(**{"seed": runtime.seed, "precision": precision,
+                                    **({"epochs": options.train_epochs} if options.train_epochs else {})})
+            trained = train_classifier(network, data, recipe, device=device, progress=runtime.progress)
+            baseline = FactoryBaseline(trained)
+    else:
+        recipe = dataclasses.replace(entry.train, precision=precision,
+                                     **({} if options.train_epochs is None else {"epochs": options.train_epochs}))
+        baseline = load_or_train_baseline(
+            options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
+            progress=runtime.progress, train_config=recipe,
+        )
+        network = baseline.model
+    return network.to(device).eval(), recipe, baseline
+
+
+def _baseline_result(
+    network: nn.Module, data: Any, example: torch.Tensor, *, weights: dict[str, str] | None, baseline: Any,
+    precision: str, device: torch.device,
+) -> dict[str, Any]:
+    """What the train step records of the baseline: accuracies, costs, and where it came from."""
+    return {
+        "test_accuracy": accuracy(network, data.test, device=device, precision=precision),
+        "validation_accuracy": accuracy(network, data.validation, device=device, precision=precision),
+        "precision": precision,
+        "params": count_parameters(network),
+        "flops": count_flops(network, example),
+        "trained_in_this_run": baseline is not None and baseline.trained_now,
+        "baseline_source": "weights" if weights is not None else "trained" if baseline.trained_now else "cache",
+    }
 
 
 @_locked

@@ -76,76 +76,90 @@ def read_image_zip(
         >>> images.shape, labels[:3].tolist()  # doctest: +SKIP
         (torch.Size([10000, 3, 32, 32]), [0, 0, 0])
     """
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    label_of = {name: index for index, name in enumerate(classes)}
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
         raise DatasetError(path, f"is not a readable zip archive ({error})") from error
     with archive:
-        members: list[tuple[int, str]] = []
-        for name in archive.namelist():
-            if name.endswith("/") or not name.lower().endswith((".jpg", ".jpeg")):
-                continue
-            parts = name.split("/")
-            if len(parts) < 2 or parts[-2] not in label_of:
-                raise DatasetError(
-                    path, f"has member {name!r}, which is not in a folder named after one of the "
-                    f"classes {', '.join(classes)}"
-                )
-            members.append((label_of[parts[-2]], name))
-        members.sort()
-        if max_per_class is not None:
-            taken: dict[int, int] = {}
-            kept = []
-            for label, name in members:
-                taken[label] = taken.get(label, 0) + 1
-                if taken[label] <= max_per_class:
-                    kept.append((label, name))
-            members = kept
-        if not members:
-            raise DatasetError(path, "holds no JPEG images")
+        members = _image_members(archive, path, classes, max_per_class)
         images = []
         for _, name in members:
-            size = archive.getinfo(name).file_size
-            if size > _MAX_MEMBER_BYTES:
-                # Checked before reading: a zip bomb would otherwise be inflated into memory.
-                raise DatasetError(
-                    path, f"has member {name!r} of {size} bytes uncompressed, more than the "
-                    f"{_MAX_MEMBER_BYTES} bytes allowed for one image"
-                )
-            try:
-                content = archive.read(name)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
-                # A bad CRC, a cut-off or garbled compressed stream, an unknown compression.
-                raise DatasetError(path, f"has a corrupt member {name!r} ({error})") from error
-            try:
-                with warnings.catch_warnings():
-                    # Beyond Pillow's pixel limit is refused, not merely warned about: decoding
-                    # would allocate whatever the header claims.
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(io.BytesIO(content)) as decoded:
-                        width, height = decoded.size
-                        # Checked before decoding, so an odd image costs no allocation.
-                        if images and (height, width) != tuple(images[0].shape[1:]):
-                            raise DatasetError(
-                                path, f"has member {name!r} of {height} x {width} pixels, unlike the "
-                                f"first image's {images[0].shape[1]} x {images[0].shape[2]}"
-                            )
-                        pixels = np.asarray(decoded.convert("RGB"))
-            except DatasetError:
-                raise
-            except UnidentifiedImageError as error:
-                raise DatasetError(path, f"has member {name!r}, which is not an image file") from error
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-                # Pillow's ways of saying "corrupt" or "too large".
-                raise DatasetError(path, f"has member {name!r}, which cannot be decoded ({error})") from error
-            image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
-            images.append(image)
+            images.append(_decode_member(archive, path, name, images[0] if images else None))
     labels = torch.tensor([label for label, _ in members], dtype=torch.int64)
     return torch.stack(images), labels
+
+
+def _image_members(
+    archive: zipfile.ZipFile, path: str | os.PathLike[str], classes: Sequence[str], max_per_class: int | None
+) -> list[tuple[int, str]]:
+    """The archive's JPEG members as ``(label, name)``, sorted, at most ``max_per_class`` of each class."""
+    label_of = {name: index for index, name in enumerate(classes)}
+    members: list[tuple[int, str]] = []
+    for name in archive.namelist():
+        if name.endswith("/") or not name.lower().endswith((".jpg", ".jpeg")):
+            continue
+        parts = name.split("/")
+        if len(parts) < 2 or parts[-2] not in label_of:
+            raise DatasetError(
+                path, f"has member {name!r}, which is not in a folder named after one of the "
+                f"classes {', '.join(classes)}"
+            )
+        members.append((label_of[parts[-2]], name))
+    members.sort()
+    if max_per_class is not None:
+        taken: dict[int, int] = {}
+        kept = []
+        for label, name in members:
+            taken[label] = taken.get(label, 0) + 1
+            if taken[label] <= max_per_class:
+                kept.append((label, name))
+        members = kept
+    if not members:
+        raise DatasetError(path, "holds no JPEG images")
+    return members
+
+
+def _decode_member(
+    archive: zipfile.ZipFile, path: str | os.PathLike[str], name: str, first: Tensor | None
+) -> Tensor:
+    """Member ``name`` decoded as a uint8 ``(3, H, W)`` image of the same size as ``first``, the first image decoded."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    size = archive.getinfo(name).file_size
+    if size > _MAX_MEMBER_BYTES:
+        # Checked before reading: a zip bomb would otherwise be inflated into memory.
+        raise DatasetError(
+            path, f"has member {name!r} of {size} bytes uncompressed, more than the "
+            f"{_MAX_MEMBER_BYTES} bytes allowed for one image"
+        )
+    try:
+        content = archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        # A bad CRC, a cut-off or garbled compressed stream, an unknown compression.
+        raise DatasetError(path, f"has a corrupt member {name!r} ({error})") from error
+    try:
+        with warnings.catch_warnings():
+            # Beyond Pillow's pixel limit is refused, not merely warned about: decoding
+            # would allocate whatever the header claims.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content)) as decoded:
+                width, height = decoded.size
+                # Checked before decoding, so an odd image costs no allocation.
+                if first is not None and (height, width) != tuple(first.shape[1:]):
+                    raise DatasetError(
+                        path, f"has member {name!r} of {height} x {width} pixels, unlike the "
+                        f"first image's {first.shape[1]} x {first.shape[2]}"
+                    )
+                pixels = np.asarray(decoded.convert("RGB"))
+    except DatasetError:
+        raise
+    except UnidentifiedImageError as error:
+        raise DatasetError(path, f"has member {name!r}, which is not an image file") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow's ways of saying "corrupt" or "too large".
+        raise DatasetError(path, f"has member {name!r}, which cannot be decoded ({error})") from error
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
 
 
 def _jpeg_cache_path(folder: Path, zips: Sequence[Path], cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -351,35 +365,48 @@ def load_cifar10(
     root, may_download = resolve_data_root(data_dir)
     jpeg_folder = root / _CIFAR10_JPEG_DIR
     jpeg_files = [jpeg_folder / name for name in _CIFAR10_JPEG_ZIPS]
-    batch_files = [root / _CIFAR10_BATCHES_DIR / name for name in _CIFAR10_BATCHES]
     if all(path.is_file() for path in jpeg_files):
+        # Called from here, not from a helper: its warning about a bad cache (stacklevel 3)
+        # names the caller's line.
         tensors = _load_cifar10_jpeg(jpeg_folder, cache_dir)
-        source = "cifar10-jpeg"
+        source, origin = "cifar10-jpeg", jpeg_files[0]
     else:
-        missing = [path for path in batch_files if not path.is_file()]
-        reason = (
-            "neither the JPEG copy (cifar10-jpeg/train.zip and test.zip) nor the official "
-            "python batches (cifar-10-batches-py/) are there; either layout will do"
-        )
-        if missing and not may_download:
-            raise DatasetMissingError("CIFAR-10", root, jpeg_files + batch_files, reason=reason)
-        try:
-            tensors = _load_cifar10_batches(root, may_download)
-        except (RuntimeError, URLError, OSError) as error:
-            if not missing:
-                # torchvision checks every batch's MD5 sum before reading it.
-                raise DatasetError(
-                    root / _CIFAR10_BATCHES_DIR, f"holds batches that fail torchvision's check ({error})"
-                ) from error
-            raise DatasetMissingError(
-                "CIFAR-10", root, jpeg_files + batch_files, reason=f"{reason}; download failed ({error})"
-            ) from error
-        source = "cifar10"
+        tensors = _load_cifar10_official(root, may_download, jpeg_files)
+        source, origin = "cifar10", root / _CIFAR10_BATCHES_DIR
+    return _cifar10_splits(tensors, source, origin, validation_size=validation_size, split_seed=split_seed)
 
+
+def _load_cifar10_official(root: Path, may_download: bool, jpeg_files: list[Path]) -> dict[str, Tensor]:
+    """The official python batches, downloaded where the root allows it; missing or failing ones say which."""
+    batch_files = [root / _CIFAR10_BATCHES_DIR / name for name in _CIFAR10_BATCHES]
+    missing = [path for path in batch_files if not path.is_file()]
+    reason = (
+        "neither the JPEG copy (cifar10-jpeg/train.zip and test.zip) nor the official "
+        "python batches (cifar-10-batches-py/) are there; either layout will do"
+    )
+    if missing and not may_download:
+        raise DatasetMissingError("CIFAR-10", root, jpeg_files + batch_files, reason=reason)
+    try:
+        return _load_cifar10_batches(root, may_download)
+    except (RuntimeError, URLError, OSError) as error:
+        if not missing:
+            # torchvision checks every batch's MD5 sum before reading it.
+            raise DatasetError(
+                root / _CIFAR10_BATCHES_DIR, f"holds batches that fail torchvision's check ({error})"
+            ) from error
+        raise DatasetMissingError(
+            "CIFAR-10", root, jpeg_files + batch_files, reason=f"{reason}; download failed ({error})"
+        ) from error
+
+
+def _cifar10_splits(
+    tensors: dict[str, Tensor], source: str, origin: Path, *, validation_size: int, split_seed: int
+) -> DataSplits:
+    """The decoded copy (read from ``origin``) as normalised train, validation and test splits."""
     labels = tensors["train_labels"].to(torch.int64)
     if isinstance(validation_size, int) and len(labels) <= validation_size:
         raise DatasetError(
-            jpeg_files[0] if source == "cifar10-jpeg" else root / _CIFAR10_BATCHES_DIR,
+            origin,
             f"holds {len(labels)} training images, too few to hold out validation_size={validation_size} "
             "for validation"
         )

@@ -22,8 +22,11 @@ from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor
 from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, FitConfig
+from pyro_dirichlet.infer.fit_data import (
+    FitData, check_label_values, check_labels, check_split, data_identity, preload, stream_data,
+)
 from pyro_dirichlet.infer.objective import elbo_estimator, switch_optimizer
-from pyro_dirichlet.data import BatchSource, Split, count_examples, iterate_batches, minibatches
+from pyro_dirichlet.data import BatchSource, Split, iterate_batches, minibatches
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
 from pyro_dirichlet.infer.optim import SkipNonFinite
 from pyro_dirichlet.measure import Stopwatch
@@ -38,7 +41,6 @@ from pyro_dirichlet.infer.guide import (
 )
 from pyro_dirichlet.structure import PrunableLayer
 from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood
-from pyro_dirichlet.infer.stream import StreamedBatches
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
 if TYPE_CHECKING:
@@ -254,57 +256,90 @@ def fit(
         >>> loader = DataLoader(TensorDataset(images, labels), batch_size=128, shuffle=True)  # doctest: +SKIP
         >>> fit(switches, loader)  # streamed: the data size is len(loader.dataset)  # doctest: +SKIP
     """
-    stream = None
-    # The guide a checkpoint must come from: the default one, or the caller's function by name.
-    guide_name = "make_guide" if guide is None else f"{getattr(guide, '__module__', '')}." \
+    run = _setup(switches, train, config, checkpoint=checkpoint, guide=guide)
+    _resume(run, train, checkpoint, guide_name=_guide_name(guide))
+    seconds = _fit_epochs(run)
+    concentrations = _final_concentrations(run)
+    # Called here, not in a helper: its FitNotConvergedWarning (stacklevel 3) names the caller's line.
+    convergence = run.monitor.final(run.history, concentrations)
+    return _result(run, seconds, concentrations, convergence)
+
+
+@dataclass
+class _FitRun:
+    """A fit in progress: built by :func:`_setup`, restored by :func:`_resume`, advanced by :func:`_fit_epochs`."""
+
+    switches: DirichletSwitches
+    config: FitConfig
+    device: torch.device
+    parallel: DataParallel | None
+    data: FitData
+    classes: int | None
+    guide: Callable
+    param_names: list[str]
+    optim: SkipNonFinite
+    reduce: AllReduceGradients | None
+    svi: SVI
+    epochs: int
+    total_steps: int | None
+    monitor: ConvergenceMonitor
+    history: list[float] = field(default_factory=list)
+    start: int = 0
+    earlier_seconds: float = 0.0
+    writer: CheckpointWriter | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.parallel is None or self.parallel.is_main
+
+    @property
+    def until_converged(self) -> bool:
+        return self.config.epochs is None
+
+    @property
+    def size(self) -> int:
+        """The data size the likelihood is scaled to."""
+        return self.config.effective_data_size or self.data.size
+
+    @property
+    def finished(self) -> bool:
+        return self.monitor.stopped or (self.until_converged and len(self.history) >= self.total_steps)
+
+
+def _guide_name(guide: Callable | None) -> str:
+    """The guide a checkpoint must come from: the default one, or the caller's function by name."""
+    return "make_guide" if guide is None else f"{getattr(guide, '__module__', '')}." \
         f"{getattr(guide, '__qualname__', type(guide).__qualname__)}"
+
+
+def _setup(
+    switches: DirichletSwitches,
+    train: BatchSource,
+    config: FitConfig,
+    *,
+    checkpoint: str | os.PathLike[str] | None,
+    guide: Callable | None,
+) -> _FitRun:
+    """The data on the device, the guide's parameters and the SVI of a fit, before any step or checkpoint."""
     if isinstance(train, Split):
-        if len(train) == 0:
-            raise ValueError("train is empty: the switches need data to fit.")
-        if config.data_size is not None and config.data_size != len(train):
-            raise ValueError(f"FitConfig.data_size is {config.data_size}, but the train Split holds {len(train)} examples; leave it None for a Split.")
+        check_split(train, config)
     parallel = DataParallel.current()
-    main = parallel is None or parallel.is_main
     device = resolve_device(config.device)
     if parallel is not None:
         device = parallel.device(device)
     switches.to(device)
     if isinstance(train, Split):
-        train_size = len(train)
-        # Whole split on the device once, so a step only slices (the data is small next to the network).
-        data = train.to(device)
-        if config.channels_last:
-            data = Split(data.images.contiguous(memory_format=torch.channels_last), data.labels)
-        first_images, first_labels = data.images[:2], data.labels[:2]
-        steps_per_epoch = math.ceil(len(train) / config.batch_size)
-        generator = torch.Generator().manual_seed(config.seed)
+        data = preload(train, config, device)
     else:
-        if config.data_size is None and not hasattr(getattr(train, "dataset", None), "__len__"):
-            raise ValueError(
-                f"the number of examples of train ({type(train).__name__}) is unknown: give it as FitConfig(data_size=...) "
-                "(a DataLoader over a data set with len() says it itself)."
-            )
-        dataset = getattr(train, "dataset", None)
-        if config.data_size is not None and hasattr(dataset, "__len__") and config.data_size != len(dataset):
-            raise ValueError(f"FitConfig.data_size is {config.data_size}, but the loader's data set holds {len(dataset)} "
-                             "examples; leave it None for a loader whose data set has len().")
-        train_size = count_examples(train, config.data_size)
-        stream = StreamedBatches(train, device=device, seed=config.seed, parallel=parallel)
-        first = stream.first()
-        first_images, first_labels = first.inputs[:2].to(device), first.targets[:2].to(device)
-        steps_per_epoch = stream.steps_per_epoch
-        generator = stream.generator
-        if checkpoint is not None and steps_per_epoch is None:
-            raise ValueError(
-                f"a checkpoint needs the number of batches per epoch, but train ({type(train).__name__}) has no len(); "
-                "fit without checkpoint= or give a loader with a length."
-            )
+        data = stream_data(train, config, device, parallel, checkpoint)
     classes = None
     if isinstance(switches.likelihood, CategoricalLikelihood):
-        classes = _check_labels(switches, first_images, data.labels if stream is None else first.targets)
-    switches.check_likelihood(first_images, first_labels)
+        classes = check_labels(switches, data.first_images, data.labels)
+    switches.check_likelihood(data.first_images, data.first_labels)
     pyro.set_rng_seed(config.seed)
-    guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
+    guide, param_names = _prepare_guide(
+        switches, config, device, (data.first_images[:1], data.first_labels[:1]), data.size, guide
+    )
     # A step whose gradients are not finite changes nothing, so a diverging fit keeps its last
     # good guide; under torchrun the gradients are summed over ranks before that check.
     optim = SkipNonFinite(switch_optimizer(config.lr, config.lr_decay, config.optimizer))
@@ -312,138 +347,172 @@ def fit(
     model = fit_model(switches, config, device)
     svi = SVI(model, guide, reduce or optim, elbo_estimator(config.analytic_kl, config.num_particles,
                                                              vectorize=config.vectorize_particles and switches.vectorizable))
-    size = config.effective_data_size or train_size
-    until_converged = config.epochs is None
-    if until_converged:
-        total_steps = config.stopping.max_steps
-        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else total_steps
-    else:
-        epochs = config.epochs
-        total_steps = config.epochs * steps_per_epoch if steps_per_epoch is not None else None
-    monitor = ConvergenceMonitor(config.stopping, until_converged=until_converged)
-    history: list[float] = []
+    epochs, total_steps = _planned_steps(config, data.steps_per_epoch)
+    return _FitRun(
+        switches=switches, config=config, device=device, parallel=parallel, data=data, classes=classes,
+        guide=guide, param_names=param_names, optim=optim, reduce=reduce, svi=svi, epochs=epochs,
+        total_steps=total_steps, monitor=ConvergenceMonitor(config.stopping, until_converged=config.epochs is None),
+    )
 
+
+def _planned_steps(config: FitConfig, steps_per_epoch: int | None) -> tuple[int, int | None]:
+    """The epochs the loop may run and its total steps (``None``: streamed data of unknown length)."""
+    if config.epochs is None:
+        total_steps = config.stopping.max_steps
+        return (math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else total_steps), total_steps
+    return config.epochs, (config.epochs * steps_per_epoch if steps_per_epoch is not None else None)
+
+
+def _resume(
+    run: _FitRun, train: BatchSource, checkpoint: str | os.PathLike[str] | None, *, guide_name: str
+) -> None:
+    """Continue ``run`` from ``checkpoint`` where it holds a matching fit, and set up its writer (rank 0)."""
+    switches, config = run.switches, run.config
+    steps_per_epoch, total_steps = run.data.steps_per_epoch, run.total_steps
     layers = [(layer.name, layer.channels) for layer in switches.layers]
-    identity = {**_checkpoint_identity(config, train_size), **_model_identity(switches), "guide": guide_name,
-                **({"data": _data_identity(train)} if checkpoint is not None else {})}
+    identity = {**_checkpoint_identity(config, run.data.size), **_model_identity(switches), "guide": guide_name,
+                **({"data": data_identity(train)} if checkpoint is not None else {})}
     resumed = None
     if checkpoint is not None:
         resumed = FitCheckpoint.load_matching(checkpoint, layers=layers, config=identity)
-        if parallel is not None:
-            parallel.barrier()  # rank 0 must not overwrite the file before every rank read it
-    start, earlier_seconds = 0, 0.0
+        if run.parallel is not None:
+            run.parallel.barrier()  # rank 0 must not overwrite the file before every rank read it
     if resumed is not None:
         if resumed.step > total_steps:
             raise ValueError(
                 f"checkpoint {checkpoint} has {resumed.step} steps, more than the {total_steps} of "
                 f"FitConfig.epochs={config.epochs}; ask for at least {math.ceil(resumed.step / steps_per_epoch)} epochs"
-                + (", fit until converged (epochs=None)," if not until_converged else "") + " or delete it to start over."
+                + (", fit until converged (epochs=None)," if not run.until_converged else "") + " or delete it to start over."
             )
-        if sorted(resumed.params) != sorted(param_names):
+        if sorted(resumed.params) != sorted(run.param_names):
             raise ValueError(
                 f"checkpoint {checkpoint} holds parameters {sorted(resumed.params)}, this fit has "
-                f"{sorted(param_names)}; delete it or pass another checkpoint path."
+                f"{sorted(run.param_names)}; delete it or pass another checkpoint path."
             )
-        resumed.restore(optim, device)
-        generator.set_state(resumed.generator)
-        history = list(resumed.elbo)
-        start, earlier_seconds = resumed.step, resumed.seconds
-        monitor.restore(resumed.kept)
-    writer = None
-    if checkpoint is not None and main:
-        writer = CheckpointWriter(
+        resumed.restore(run.optim, run.device)
+        run.data.generator.set_state(resumed.generator)
+        run.history = list(resumed.elbo)
+        run.start, run.earlier_seconds = resumed.step, resumed.seconds
+        run.monitor.restore(resumed.kept)
+    if checkpoint is not None and run.main:
+        run.writer = CheckpointWriter(
             checkpoint,
             every=config.checkpoint_every,
             steps_per_epoch=steps_per_epoch,
-            param_names=param_names,
-            optim=optim,
+            param_names=run.param_names,
+            optim=run.optim,
             layers=layers,
             config=identity,
-            saved_step=start,
+            saved_step=run.start,
         )
 
-    def steps(epoch: int, done: int):
-        """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
-        if stream is not None:
-            for step in stream.epoch(epoch, skip=done):
-                if classes is not None:  # streamed labels enter batch by batch: each is checked as it comes
-                    _check_label_values(step.labels, classes)
-                if config.channels_last and step.images.dim() == 4:
-                    step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
-                yield step
-            return
-        batches = minibatches(data, config.batch_size, shuffle=True, generator=generator)
-        for indices, images, labels in itertools.islice(batches, done, None):
-            weight = None
-            if reduce is not None:
-                indices, weight = parallel.shard(indices)
-                images, labels = data.images[indices], data.labels[indices]
-            yield images, labels, indices, weight
 
+def _fit_epochs(run: _FitRun) -> float:
+    """Run the SVI steps from ``run.start`` until the planned steps end or the fit converges; its seconds."""
+    config, history, steps_per_epoch = run.config, run.history, run.data.steps_per_epoch
     # Distribution validation is off inside the loop: it costs time at every step, and a
     # NaN must reach the finiteness check below (which keeps the last good guide) instead
     # of surfacing as a constraint error from the likelihood.
     with (
-        _network_layout(switches, config),
-        Stopwatch(device) as watch,
+        _network_layout(run.switches, config),
+        Stopwatch(run.device) as watch,
         pyro.validation_enabled(False),
         warnings.catch_warnings(),  # Pyro's "Encountered NaN" warning: FitDivergedError says it better
 
-        tqdm(total=total_steps, initial=start, desc="SVI", unit="step", disable=not (config.progress and main), leave=False) as bar,
+        tqdm(total=run.total_steps, initial=run.start, desc="SVI", unit="step", disable=not (config.progress and run.main), leave=False) as bar,
     ):
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
-            for epoch in range(start // steps_per_epoch if steps_per_epoch else 0, epochs):
-                if monitor.stopped or (until_converged and len(history) >= total_steps):
+            for epoch in range(run.start // steps_per_epoch if steps_per_epoch else 0, run.epochs):
+                if run.finished:
                     break
                 # Replaying this state replays the epoch's order: a resumed fit sees the same batches.
-                epoch_start = generator.get_state()
+                epoch_start = run.data.generator.get_state()
                 done_in_epoch = len(history) - epoch * steps_per_epoch if steps_per_epoch else 0
-                for images, labels, subsample, weight in steps(epoch, done_in_epoch):
-                    if reduce is not None:
-                        reduce.weight = weight
-                    loss = svi.step(images, labels, subsample=subsample, size=size)
-                    if reduce is not None:
-                        loss = parallel.all_reduce_loss(loss, reduce.weight, device)
-                    elbo = -loss
-                    if not math.isfinite(elbo):
-                        # SkipNonFinite skipped the update when the NaN reached the gradients,
-                        # so the guide still holds the last good state.
-                        raise FitDivergedError(len(history), elbo, history, _concentrations(guide, switches, first_images))
+                for images, labels, subsample, weight in _batches(run, epoch, done_in_epoch):
+                    elbo = _svi_step(run, images, labels, subsample, weight)
                     history.append(elbo)
                     bar.update()
-                    if monitor.due(len(history)):
-                        monitor.check(history, _concentrations(guide, switches, first_images))
+                    if run.monitor.due(len(history)):
+                        run.monitor.check(history, _concentrations(run.guide, run.switches, run.data.first_images))
                     if len(history) % 20 == 0:
                         bar.set_postfix(elbo=f"{elbo:.4g}")
-                    if writer is not None:
-                        writer.completed(
-                            elbo=history, seconds=earlier_seconds + watch.elapsed, generator=generator,
-                            epoch_start=epoch_start, kept=monitor.snapshot(),
+                    if run.writer is not None:
+                        run.writer.completed(
+                            elbo=history, seconds=run.earlier_seconds + watch.elapsed, generator=run.data.generator,
+                            epoch_start=epoch_start, kept=run.monitor.snapshot(),
                         )
-                    if monitor.stopped or (until_converged and len(history) >= total_steps):
+                    if run.finished:
                         break
         except KeyboardInterrupt:
             # Ctrl-C mid-step leaves the guide half-updated: the writer holds the last whole step.
-            if writer is not None:
-                writer.flush()
+            if run.writer is not None:
+                run.writer.flush()
             raise
-    concentrations = _concentrations(guide, switches, first_images)
-    if writer is not None and monitor.stopped:
-        writer.flush()  # a stop mid-epoch: the file holds the last step, so a rerun does not go on fitting
+    return watch.seconds
+
+
+def _batches(run: _FitRun, epoch: int, done: int) -> Iterator[tuple]:
+    """The epoch's ``(images, labels, subsample, weight)`` after its first ``done`` steps."""
+    config, stream, data = run.config, run.data.stream, run.data.split
+    if stream is not None:
+        for step in stream.epoch(epoch, skip=done):
+            if run.classes is not None:  # streamed labels enter batch by batch: each is checked as it comes
+                check_label_values(step.labels, run.classes)
+            if config.channels_last and step.images.dim() == 4:
+                step = step._replace(images=step.images.contiguous(memory_format=torch.channels_last))
+            yield step
+        return
+    batches = minibatches(data, config.batch_size, shuffle=True, generator=run.data.generator)
+    for indices, images, labels in itertools.islice(batches, done, None):
+        weight = None
+        if run.reduce is not None:
+            indices, weight = run.parallel.shard(indices)
+            images, labels = data.images[indices], data.labels[indices]
+        yield images, labels, indices, weight
+
+
+def _svi_step(run: _FitRun, images: torch.Tensor, labels: torch.Tensor, subsample, weight) -> float:
+    """One SVI step on a minibatch; its ELBO (over every rank under torchrun)."""
+    if run.reduce is not None:
+        run.reduce.weight = weight
+    loss = run.svi.step(images, labels, subsample=subsample, size=run.size)
+    if run.reduce is not None:
+        loss = run.parallel.all_reduce_loss(loss, run.reduce.weight, run.device)
+    elbo = -loss
+    if not math.isfinite(elbo):
+        # SkipNonFinite skipped the update when the NaN reached the gradients,
+        # so the guide still holds the last good state.
+        raise FitDivergedError(len(run.history), elbo, run.history, _concentrations(run.guide, run.switches, run.data.first_images))
+    return elbo
+
+
+def _final_concentrations(run: _FitRun) -> dict[str, torch.Tensor]:
+    """The fitted concentrations, with the checkpoint holding the last step of a fit that stopped."""
+    concentrations = _concentrations(run.guide, run.switches, run.data.first_images)
+    if run.writer is not None and run.monitor.stopped:
+        run.writer.flush()  # a stop mid-epoch: the file holds the last step, so a rerun does not go on fitting
+    return concentrations
+
+
+def _result(
+    run: _FitRun, seconds: float, concentrations: dict[str, torch.Tensor], convergence: Convergence
+) -> FitResult:
+    """The :class:`FitResult` of a finished run whose last loop took ``seconds``."""
+    history, steps_per_epoch, first_images = run.history, run.data.steps_per_epoch, run.data.first_images
     return FitResult(
-        layers=switches.layers,
+        layers=run.switches.layers,
         concentrations=concentrations,
-        convergence=monitor.final(history, concentrations),
+        convergence=convergence,
         elbo=history,
-        epochs=config.epochs if config.epochs is not None else math.ceil(len(history) / steps_per_epoch) if steps_per_epoch else 1,
+        epochs=run.config.epochs if run.config.epochs is not None else math.ceil(len(history) / steps_per_epoch) if steps_per_epoch else 1,
         steps=len(history),
-        seconds=earlier_seconds + watch.seconds,
-        device=str(device),
-        config=config,
-        switches=switches,
-        guide=guide,
-        parameters=_unconstrained(param_names),
+        seconds=run.earlier_seconds + seconds,
+        device=str(run.device),
+        config=run.config,
+        switches=run.switches,
+        guide=run.guide,
+        parameters=_unconstrained(run.param_names),
         example=first_images[:1].detach().cpu().clone(),
     )
 
@@ -559,18 +628,6 @@ def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:
     return identity
 
 
-def _data_identity(train: BatchSource) -> str:
-    """A preloaded split by the SHA-256 of its images and labels; streamed data only by its size (in the settings)."""
-    if not isinstance(train, Split):
-        return "streamed"
-    import hashlib
-
-    digest = hashlib.sha256()
-    for tensor in (train.labels, train.images):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"split sha256:{digest.hexdigest()[:16]}"
-
-
 def _model_identity(switches: DirichletSwitches) -> dict:
     """What a checkpoint must share with the fit resuming it besides the settings: the prior and the likelihood.
 
@@ -602,21 +659,3 @@ def _network_layout(switches: DirichletSwitches, config: FitConfig):
         yield
     finally:
         switches.network.to(memory_format=torch.contiguous_format)
-
-
-def _check_labels(switches: DirichletSwitches, images: torch.Tensor, labels: torch.Tensor) -> int:
-    """Labels must index the network's classes (checked before the loop, since validation is off in it; streamed
-    data batch by batch, this the first). Returns the number of classes."""
-    with torch.no_grad():
-        classes = switches.network(images[:1]).shape[-1]
-    _check_label_values(labels, classes)
-    return classes
-
-
-def _check_label_values(labels: torch.Tensor, classes: int) -> None:
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"train labels must be integer class indices, got {str(labels.dtype).removeprefix('torch.')} "
-                         f"values such as {labels.flatten()[0].item()!r}: a float label would be truncated to a class.")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise ValueError(f"train labels must lie in [0, {classes - 1}] for this {classes}-class network, got [{low}, {high}].")

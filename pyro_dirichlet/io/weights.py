@@ -52,6 +52,20 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
         >>> state = read_state_dict("resnet18-cifar.pt")  # doctest: +SKIP
     """
     path = Path(path)
+    state = _state_dict_in(_read_weights_file(path), path, key)
+    state = dict(state)
+    prefix = "module."
+    if state and all(name.startswith(prefix) for name in state):
+        state = {name[len(prefix):]: value for name, value in state.items()}
+        if notes is not None:
+            notes.append(f"weights file {str(path)!r}: stripped the 'module.' prefix that nn.DataParallel or "
+                         "DistributedDataParallel adds from every key.")
+    check_weight_tensors(state, f"weights file {str(path)!r}")
+    return state
+
+
+def _read_weights_file(path: Path) -> Any:
+    """What ``path`` holds, read as a safetensors file (by its header) or with ``torch.load(weights_only=True)``."""
     try:  # a FIFO, or a link to /dev/zero, would block or never end: refused before any read
         handle = os.fdopen(open_regular(path, what="weights file"), "rb")
     except (SpecialFileError, OSError):
@@ -86,6 +100,11 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
         except Exception as error:  # noqa: BLE001 - torch.load fails with whatever its zip reader raises
             raise WeightsError(f"weights file {str(path)!r} is neither a safetensors file nor a PyTorch state dict "
                                f"readable with torch.load(weights_only=True) ({_reason(error)}).") from None
+    return state
+
+
+def _state_dict_in(state: Any, path: Path, key: str | None) -> Mapping[str, Tensor]:
+    """The mapping of names to tensors in what ``path`` held (the entry ``key`` of a checkpoint dict)."""
     if not isinstance(state, Mapping):
         raise WeightsError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict: "
                            "save model.state_dict().")
@@ -105,14 +124,6 @@ def read_state_dict(path: str | os.PathLike[str], *, key: str | None = None,
                                "the state dict inside it, or save model.state_dict() itself.")
         raise WeightsError(f"weights file {str(path)!r} is not a state dict: entry {odd[0]!r} is not a named tensor "
                            "(a checkpoint wrapping one? save model.state_dict() itself).")
-    state = dict(state)
-    prefix = "module."
-    if state and all(name.startswith(prefix) for name in state):
-        state = {name[len(prefix):]: value for name, value in state.items()}
-        if notes is not None:
-            notes.append(f"weights file {str(path)!r}: stripped the 'module.' prefix that nn.DataParallel or "
-                         "DistributedDataParallel adds from every key.")
-    check_weight_tensors(state, f"weights file {str(path)!r}")
     return state
 
 

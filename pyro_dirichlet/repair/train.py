@@ -296,6 +296,63 @@ def train_classifier(
         >>> result.validation_accuracy[result.best_epoch]  # doctest: +SKIP
         0.99
     """
+    trainable = _check_arguments(model, data, config, validation=validation, teacher=teacher)
+    if config.epochs == 0:
+        return TrainResult(epochs=0)
+    run = _setup(model, data, config, trainable, validation=validation, device=device, progress=progress, teacher=teacher)
+    resume_path = None if resume_from is None else Path(resume_from)
+    # Read here, not in a helper: its warnings (stacklevel 3) name the caller's line.
+    resumed = None if resume_path is None else _load_resume_state(resume_path, config)
+    if resumed is not None:
+        _resume(run, resumed)
+    elif keep_initial:
+        run.best_accuracy = run.result.initial_validation_accuracy = run.accuracy()
+        run.best_state = _copy_state(model)
+    for epoch in range(run.first_epoch, config.epochs):
+        _train_epoch(run, epoch)
+        _select_epoch(run, epoch)
+        if resume_path is not None:
+            _save_resume_state(resume_path, _resume_state(run))
+    return _finish(run, resume_path)
+
+
+@dataclass
+class _Training:
+    """A training run in progress: built by :func:`_setup`, restored by :func:`_resume`, advanced by :func:`_train_epoch`."""
+
+    model: nn.Module
+    config: TrainConfig
+    device: torch.device | str
+    progress: bool
+    teacher: nn.Module | None
+    train: BatchSource
+    validation: BatchSource
+    augment: Any
+    steps_per_epoch: int | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    shuffle_generator: torch.Generator
+    augment_generator: torch.Generator
+    was_training: bool
+    teacher_was_training: bool | None
+    result: TrainResult
+    best_accuracy: float = -math.inf
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    first_epoch: int = 0
+
+    def accuracy(self) -> float:
+        return accuracy(self.model, self.validation, device=self.device, precision=self.config.precision)
+
+
+def _check_arguments(
+    model: nn.Module,
+    data: DataSplits | BatchSource,
+    config: TrainConfig,
+    *,
+    validation: BatchSource | None,
+    teacher: nn.Module | None,
+) -> list[nn.Parameter]:
+    """Raise on arguments :func:`train_classifier` cannot train with; the parameters it trains."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(data, DataSplits):
@@ -312,11 +369,21 @@ def train_classifier(
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not trainable:
         raise ValueError("model has no parameter with requires_grad=True, so nothing to train")
+    return trainable
 
-    result = TrainResult(epochs=config.epochs)
-    if config.epochs == 0:
-        return result
 
+def _setup(
+    model: nn.Module,
+    data: DataSplits | BatchSource,
+    config: TrainConfig,
+    trainable: list[nn.Parameter],
+    *,
+    validation: BatchSource | None,
+    device: torch.device | str,
+    progress: bool,
+    teacher: nn.Module | None,
+) -> _Training:
+    """Seeds, the model (and teacher) and data on the device, the optimiser and schedule: a run before its first epoch."""
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     # A separate stream: adding augmentation must not change which examples a batch holds.
@@ -332,7 +399,7 @@ def train_classifier(
         train, validation, augment = data.train, data.validation, data.augment
     else:
         train = data
-    # Preloaded splits go to the device once; streamed batches go one by one below.
+    # Preloaded splits go to the device once; streamed batches go one by one in the epoch.
     train = train.to(device) if isinstance(train, Split) else train
     validation = validation.to(device) if isinstance(validation, Split) else validation
 
@@ -345,110 +412,131 @@ def train_classifier(
             f"({type(train).__name__}) has no len(): use schedule='constant' or a DataLoader over a sized data set"
         )
     optimizer = _make_optimizer(trainable, config)
-    scheduler = _make_scheduler(optimizer, config, config.epochs * (steps_per_epoch or 0))
+    return _Training(
+        model=model, config=config, device=device, progress=progress, teacher=teacher, train=train,
+        validation=validation, augment=augment, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+        scheduler=_make_scheduler(optimizer, config, config.epochs * (steps_per_epoch or 0)),
+        shuffle_generator=shuffle_generator, augment_generator=augment_generator, was_training=was_training,
+        teacher_was_training=teacher_was_training, result=TrainResult(epochs=config.epochs),
+    )
 
-    best_accuracy = -math.inf
-    best_state: dict[str, torch.Tensor] = {}
-    first_epoch = 0
-    resume_path = None if resume_from is None else Path(resume_from)
-    resumed = None if resume_path is None else _load_resume_state(resume_path, config)
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resumed["scheduler"])
-        shuffle_generator.set_state(resumed["shuffle_generator"])
-        augment_generator.set_state(resumed["augment_generator"])
-        torch.set_rng_state(resumed["torch_rng"])
-        best_accuracy, best_state = resumed["best_accuracy"], resumed["best_state"]
-        result = TrainResult(**resumed["result"])
-        first_epoch = len(result.train_loss)
-    elif keep_initial:
-        best_accuracy = result.initial_validation_accuracy = accuracy(model, validation, device=device, precision=config.precision)
-        best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    for epoch in range(first_epoch, config.epochs):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        with Stopwatch(device) as watch, bar:
-            for step, (images, labels, _) in enumerate(
-                iterate_batches(train, config.batch_size, shuffle=True, generator=shuffle_generator)
-            ):
-                # No-ops for a split already on the device.
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if augment is not None:
-                    images = augment(images, augment_generator)
-                with autocast(config.precision, device):
-                    scores = model(images)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_scores = teacher(images).float()
-                # The loss in float32 whatever the forward's precision (a no-op in fp32).
-                scores = scores.float()
-                if teacher is None:
-                    loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
-                else:
-                    loss = distillation_loss(scores, teacher_scores, labels, weight=config.distillation,
-                                             temperature=config.temperature, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                loss_sum += loss.detach() * len(labels)
-                seen += len(labels)
-                bar.update()
-                if progress:
-                    # Running accuracy of the training minibatches (augmented, in train mode): a
-                    # display of progress, not a measurement; validation accuracy is that.
-                    correct += (scores.detach().argmax(dim=1) == labels).sum()
-                    # Reading the loss forces a GPU sync, so refresh the display only now and then.
-                    if step % 20 == 0 or step + 1 == steps_per_epoch:
-                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}")
-            if seen == 0:
-                raise ValueError(f"the training data ({type(train).__name__}) yielded no batches in epoch {epoch + 1}")
-            epoch_loss = loss_sum.item() / seen
-        result.seconds_per_epoch.append(watch.seconds)
-        result.train_loss.append(epoch_loss)
 
-        validation_accuracy = accuracy(model, validation, device=device, precision=config.precision)
-        result.validation_accuracy.append(validation_accuracy)
-        if validation_accuracy > best_accuracy:
-            best_accuracy = validation_accuracy
-            result.best_epoch = epoch
-            best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-        if resume_path is not None:
-            _save_resume_state(
-                resume_path,
-                {
-                    "config": config.to_dict(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "shuffle_generator": shuffle_generator.get_state(),
-                    "augment_generator": augment_generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "best_accuracy": best_accuracy,
-                    "best_state": best_state,
-                    "result": result.to_dict(),
-                },
-            )
+def _resume(run: _Training, resumed: dict[str, Any]) -> None:
+    """Put ``run`` back in the state a resume file holds: after its last whole epoch."""
+    run.model.load_state_dict(resumed["model"])
+    run.optimizer.load_state_dict(resumed["optimizer"])
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(resumed["scheduler"])
+    run.shuffle_generator.set_state(resumed["shuffle_generator"])
+    run.augment_generator.set_state(resumed["augment_generator"])
+    torch.set_rng_state(resumed["torch_rng"])
+    run.best_accuracy, run.best_state = resumed["best_accuracy"], resumed["best_state"]
+    run.result = TrainResult(**resumed["result"])
+    run.first_epoch = len(run.result.train_loss)
 
-    model.load_state_dict(best_state)
+
+def _train_epoch(run: _Training, epoch: int) -> None:
+    """One pass over the training data; records its mean loss and seconds in ``run.result``."""
+    config, device, progress = run.config, run.device, run.progress
+    run.model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    bar = tqdm(
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    with Stopwatch(device) as watch, bar:
+        for step, (images, labels, _) in enumerate(
+            iterate_batches(run.train, config.batch_size, shuffle=True, generator=run.shuffle_generator)
+        ):
+            # No-ops for a split already on the device.
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            loss, scores = _train_step(run, images, labels)
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
+            bar.update()
+            if progress:
+                # Running accuracy of the training minibatches (augmented, in train mode): a
+                # display of progress, not a measurement; validation accuracy is that.
+                correct += (scores.detach().argmax(dim=1) == labels).sum()
+                # Reading the loss forces a GPU sync, so refresh the display only now and then.
+                if step % 20 == 0 or step + 1 == run.steps_per_epoch:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", accuracy=f"{correct.item() / seen:.4f}")
+        if seen == 0:
+            raise ValueError(f"the training data ({type(run.train).__name__}) yielded no batches in epoch {epoch + 1}")
+        epoch_loss = loss_sum.item() / seen
+    run.result.seconds_per_epoch.append(watch.seconds)
+    run.result.train_loss.append(epoch_loss)
+
+
+def _train_step(run: _Training, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser (and schedule) step on a minibatch, augmented first; its loss and the model's scores."""
+    config, teacher = run.config, run.teacher
+    if run.augment is not None:
+        images = run.augment(images, run.augment_generator)
+    with autocast(config.precision, run.device):
+        scores = run.model(images)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_scores = teacher(images).float()
+    # The loss in float32 whatever the forward's precision (a no-op in fp32).
+    scores = scores.float()
+    if teacher is None:
+        loss = F.cross_entropy(scores, labels, label_smoothing=config.label_smoothing)
+    else:
+        loss = distillation_loss(scores, teacher_scores, labels, weight=config.distillation,
+                                 temperature=config.temperature, label_smoothing=config.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.scheduler is not None:
+        run.scheduler.step()
+    return loss, scores
+
+
+def _select_epoch(run: _Training, epoch: int) -> None:
+    """Score the epoch on validation; keep its weights when they are the best so far (the earliest, on ties)."""
+    validation_accuracy = run.accuracy()
+    run.result.validation_accuracy.append(validation_accuracy)
+    if validation_accuracy > run.best_accuracy:
+        run.best_accuracy = validation_accuracy
+        run.result.best_epoch = epoch
+        run.best_state = _copy_state(run.model)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _resume_state(run: _Training) -> dict[str, Any]:
+    """Everything a killed run needs to end with the same weights (the resume file's format)."""
+    return {
+        "config": run.config.to_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+        "shuffle_generator": run.shuffle_generator.get_state(),
+        "augment_generator": run.augment_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "best_accuracy": run.best_accuracy,
+        "best_state": run.best_state,
+        "result": run.result.to_dict(),
+    }
+
+
+def _finish(run: _Training, resume_path: Path | None) -> TrainResult:
+    """The best weights back in the model, the resume file gone, the modes as on entry."""
+    run.model.load_state_dict(run.best_state)
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
-    model.train(was_training)
-    if teacher is not None:
-        teacher.train(teacher_was_training)
-    return result
+    run.model.train(run.was_training)
+    if run.teacher is not None:
+        run.teacher.train(run.teacher_was_training)
+    return run.result
 
 #: Fine-tune epochs of the command line's prune -> fine-tune. 8 was chosen among 3, 5 and 8
 #: by mean validation accuracy of LeNet-5 pruned to 5-12-40 (3 seeds), keeping fit plus

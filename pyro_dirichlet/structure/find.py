@@ -97,6 +97,15 @@ def find_prunable_layers(
         >>> layer.name, layer.switch_at, [c.name for c in layer.consumers]
         ('0', '1', ['1', '4'])
     """
+    _check_arguments(model, layers, coupled, on_unsupported)
+    graph = trace_model(model, as_input_tuple(example_inputs))
+    graph.coupled = coupled
+    if layers is None:
+        return _find_all(model, graph, on_unsupported)
+    return _find_named(model, graph, layers, on_unsupported)
+
+
+def _check_arguments(model: nn.Module, layers: object, coupled: object, on_unsupported: object) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(layers, str):
@@ -108,29 +117,34 @@ def find_prunable_layers(
         raise ValueError(f"coupled must be 'group' or 'skip', got {coupled!r}")
     if on_unsupported not in ("raise", "skip"):
         raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}")
-    graph = trace_model(model, as_input_tuple(example_inputs))
-    graph.coupled = coupled
 
-    if layers is None:
-        found, skipped, problems = [], [], []
-        for name in graph.candidates:
-            try:
-                outcome = graph.analyse(name)
-            except UnsupportedStructureError as err:
-                problems.append(SkippedLayer(name, str(err), unsupported=True))
-                skipped.append(problems[-1])
-                continue
-            if isinstance(outcome, PrunableLayer):
-                found.append(outcome)
-            else:
-                skipped.append(SkippedLayer(name, outcome.reason, outcome.unsupported))
-        # A grouped convolution's own output is skipped (reported as unsupported) without
-        # raising: it stops no other layer's analysis.
-        _raise_if_unsupported(model, problems, on_unsupported)
-        if not found:
-            raise ValueError(_no_prunable_layer_message(model, graph, skipped))
-        return PrunableLayers(found, skipped)
 
+def _find_all(model: nn.Module, graph: TracedModel | ScopedModel, on_unsupported: UnsupportedPolicy) -> PrunableLayers:
+    """Automatic mode: every candidate layer the analysis can prune, and the others with their reasons."""
+    found, skipped, problems = [], [], []
+    for name in graph.candidates:
+        try:
+            outcome = graph.analyse(name)
+        except UnsupportedStructureError as err:
+            problems.append(SkippedLayer(name, str(err), unsupported=True))
+            skipped.append(problems[-1])
+            continue
+        if isinstance(outcome, PrunableLayer):
+            found.append(outcome)
+        else:
+            skipped.append(SkippedLayer(name, outcome.reason, outcome.unsupported))
+    # A grouped convolution's own output is skipped (reported as unsupported) without
+    # raising: it stops no other layer's analysis.
+    _raise_if_unsupported(model, problems, on_unsupported)
+    if not found:
+        raise ValueError(_no_prunable_layer_message(model, graph, skipped))
+    return PrunableLayers(found, skipped)
+
+
+def _find_named(
+    model: nn.Module, graph: TracedModel | ScopedModel, layers: Sequence[str], on_unsupported: UnsupportedPolicy
+) -> PrunableLayers:
+    """The named layers, in forward order; a name that is not prunable is an error."""
     names = list(layers)
     if not names:
         raise ValueError("layers is empty: name at least one layer, or pass None for all")

@@ -261,6 +261,32 @@ class TracedModel:
 
     def _walk_uncached(self, name: str) -> _Walk | NotPrunable:
         """Follow layer ``name``'s output to its consumers; raise if the path is unsupported."""
+        begun = self._walk_start(name)
+        if isinstance(begun, NotPrunable):
+            return begun
+        walk, start, has_batchnorm = begun
+        self._walking = name
+        unsupported = self._follow_flows(name, walk, start)
+        if walk.pinned is not None or walk.reaches_output:
+            return walk
+        if unsupported is not None:
+            raise unsupported
+        if len(walk.consumers) == (1 if has_batchnorm else 0):
+            return NotPrunable("no layer reads its output")
+        for consumer in walk.consumers:
+            if consumer.kind != "scale" and len(self.calls[consumer.name]) > 1:
+                raise UnsupportedStructureError(
+                    f"layer '{name}': its consumer '{consumer.name}' is called "
+                    f"{len(self.calls[consumer.name])} times in forward; a shared module "
+                    "couples channels of several layers, which is not supported"
+                )
+        walk.consumers = _merged_consumers(walk.consumers)
+        walk.consumers.sort(key=lambda consumer: (self.order[consumer.name], consumer.offset))
+        return walk
+
+    def _walk_start(self, name: str) -> tuple[_Walk, Flow, bool] | NotPrunable:
+        """Layer ``name``'s walk before it is followed, the flow it starts from (after a
+        BatchNorm directly behind the layer, already its first consumer), and whether there is one."""
         # The graph holds only the modules forward calls; an unused layer is in the model.
         module = self.modules.get(name)
         if module is None:
@@ -293,8 +319,11 @@ class TracedModel:
             walk.switch_at = bn.target
             walk.consumers.append(Consumer(bn.target, "batchnorm"))
             start = replace(start, node=bn)
+        return walk, start, bn is not None
 
-        self._walking = name
+    def _follow_flows(self, name: str, walk: _Walk, start: Flow) -> UnsupportedStructureError | None:
+        """Follow every flow of layer ``name``'s channels from ``start``, recording in ``walk``
+        what consumes, pins or reaches the output; the first unsupported operation met, if any."""
         seen = set()
         stack = [start]
         unsupported = None
@@ -327,23 +356,7 @@ class TracedModel:
                     walk.consumers.append(outcome)
                 elif isinstance(outcome, Flow):
                     stack.append(outcome)
-
-        if walk.pinned is not None or walk.reaches_output:
-            return walk
-        if unsupported is not None:
-            raise unsupported
-        if len(walk.consumers) == (1 if bn is not None else 0):
-            return NotPrunable("no layer reads its output")
-        for consumer in walk.consumers:
-            if consumer.kind != "scale" and len(self.calls[consumer.name]) > 1:
-                raise UnsupportedStructureError(
-                    f"layer '{name}': its consumer '{consumer.name}' is called "
-                    f"{len(self.calls[consumer.name])} times in forward; a shared module "
-                    "couples channels of several layers, which is not supported"
-                )
-        walk.consumers = _merged_consumers(walk.consumers)
-        walk.consumers.sort(key=lambda consumer: (self.order[consumer.name], consumer.offset))
-        return walk
+        return unsupported
 
     _REACHES_OUTPUT = (
         "its output channels reach the network's output (it is the classifier, or feeds "
