@@ -1,9 +1,33 @@
-"""The package's shape: no import cycle among its modules, and no module too long to read."""
+"""The package's shape: no import cycle among its modules, and no module too long to read.
+
+The import graph is over each module's own import statements, wherever they are written:
+at the top, inside a function (a lazy import hides a cycle from the interpreter, not from a
+reader), and under ``if TYPE_CHECKING:`` (a reader, and a type checker, still follow it).
+It also counts the imports the package makes by name at run time, which no ``import``
+statement shows:
+
+* a string constant that is a module of the package, alone or as ``"module:attribute"``
+  (``importlib.import_module("pyro_dirichlet.x")``, the criteria registry's
+  ``"pyro_dirichlet.criteria.posterior:PosteriorMean"``, ``DeferredClass(...)`` and
+  ``source_value(...)`` in ``app/``), or an f-string that starts with ``"module:"``;
+  a string that names no module of the package (a docstring, a message) is no edge;
+* a package's ``_EXPORTS`` table (``pyro_dirichlet/__init__.py``'s lazy exports), read as
+  edges from that package to the modules it names, relative to it.
+
+Parent packages are not implied: ``from pyro_dirichlet.infer.fit import fit`` is an edge to
+``pyro_dirichlet.infer.fit`` only. The interpreter runs ``pyro_dirichlet/__init__.py`` and
+``infer/__init__.py`` first, but counting that would put every package that re-exports its
+submodules on a cycle with each of them. A module that imports a package by name
+(``import pyro_dirichlet``, ``from pyro_dirichlet import fit``) has an edge to it, and so
+through ``_EXPORTS`` to what it exports lazily.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -13,6 +37,18 @@ import pyro_dirichlet.models
 PACKAGE = Path(pyro_dirichlet.__file__).parent
 MODELS = Path(pyro_dirichlet.models.__file__).parent
 MAX_LINES = 700
+
+#: A dotted module name inside the package, as a string names it.
+_MODULE_NAME = r"pyro_dirichlet(?:\.[a-z_][a-z0-9_]*)+"
+_STRING_IMPORT = re.compile(rf"({_MODULE_NAME})(?::[A-Za-z_][\w.]*)?")
+_FSTRING_IMPORT = re.compile(rf"({_MODULE_NAME}):")
+
+
+class Source(NamedTuple):
+    """One module's text, and whether it is a package's ``__init__`` (relative imports start there)."""
+
+    text: str
+    is_package: bool = False
 
 
 def module_files() -> dict[str, Path]:
@@ -27,24 +63,9 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imported_names(tree: ast.Module, module: str, is_package: bool):
-    """(module, imported names) for every import, at any depth, outside ``if TYPE_CHECKING:``.
-
-    Imports inside functions count: a lazy import hides a cycle from the interpreter, not
-    from a reader.
-    """
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
+    """(module, imported names) for every import statement, at any depth, ``if TYPE_CHECKING:`` included."""
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, ()
@@ -56,25 +77,49 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool):
             else:
                 target = node.module or ""
             yield target, tuple(alias.name for alias in node.names)
-        stack.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = module_files()
-    graph: dict[str, set[str]] = {name: set() for name in files}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for target, names in _imported_names(tree, name, path.name == "__init__.py"):
+def _string_imports(tree: ast.Module, module: str, is_package: bool):
+    """Modules named by strings: ``"pyro_dirichlet.x"``, ``"pyro_dirichlet.x:attr"``, ``f"pyro_dirichlet.x:{a}"``, ``_EXPORTS``.
+
+    May name things that are not modules; :func:`graph_of` keeps only the package's modules.
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if found := _STRING_IMPORT.fullmatch(node.value):
+                yield found[1]
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            if found := _FSTRING_IMPORT.fullmatch(str(node.values[0].value)):
+                yield found[1]
+        elif is_package and isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
+            isinstance(target, ast.Name) and target.id == "_EXPORTS" for target in node.targets
+        ):
+            for value in node.value.values:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    yield f"{module}.{value.value}"
+
+
+def graph_of(sources: dict[str, Source]) -> dict[str, set[str]]:
+    """Module -> the modules of ``sources`` it imports, by statement or by name (see the module docstring)."""
+    graph: dict[str, set[str]] = {name: set() for name in sources}
+    for name, source in sources.items():
+        tree = ast.parse(source.text)
+        for target, names in _imported_names(tree, name, source.is_package):
             # `from package import submodule` depends on the submodule, not only the package.
-            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in files]
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in sources]
             if submodules:
                 graph[name].update(submodules)
                 if len(submodules) < len(names):
                     graph[name].add(target)
-            elif target in files:
+            elif target in sources:
                 graph[name].add(target)
+        graph[name].update(t for t in _string_imports(tree, name, source.is_package) if t in sources)
         graph[name].discard(name)
     return graph
+
+
+def import_graph() -> dict[str, set[str]]:
+    return graph_of({name: Source(path.read_text(), path.name == "__init__.py") for name, path in module_files().items()})
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -121,7 +166,7 @@ def test_no_import_cycle_among_pyro_dirichlet_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_import_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
+def test_the_import_graph_sees_relative_lazy_type_checking_and_submodule_imports(tmp_path):
     # The checker must be able to fail: a lazy import inside a function that closes a loop.
     graph = import_graph()
     assert "pyro_dirichlet.structure.rules" in graph["pyro_dirichlet.structure.placement"]
@@ -134,7 +179,64 @@ def test_the_import_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
         "from . import other\n"
     )
     found = dict(_imported_names(tree, "a.b.c", is_package=False))
-    assert "a.b.sibling" in found and "a.b" in found and "x.y" not in found
+    assert "a.b.sibling" in found and "a.b" in found and "x.y" in found
+
+
+def test_the_import_graph_sees_the_package_s_imports_by_name():
+    graph = import_graph()
+    assert "pyro_dirichlet.criteria.posterior" in graph["pyro_dirichlet.criteria"]  # CRITERIA.add(name, f"...:{attr}")
+    assert "pyro_dirichlet.app.options" in graph["pyro_dirichlet.app.cli"]  # DeferredClass
+    assert "pyro_dirichlet.structure.layers" in graph["pyro_dirichlet.app.cli"]  # source_value
+    assert {"pyro_dirichlet.infer.fit", "pyro_dirichlet.posterior"} <= graph["pyro_dirichlet"]  # _EXPORTS
+
+
+def test_a_cycle_closed_under_type_checking_is_found():
+    graph = graph_of({
+        "pyro_dirichlet.a": Source("from pyro_dirichlet.b import B\n"),
+        "pyro_dirichlet.b": Source(
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pyro_dirichlet.a import A\n"
+        ),
+    })
+    assert find_cycle(graph) == ["pyro_dirichlet.a", "pyro_dirichlet.b", "pyro_dirichlet.a"]
+
+
+@pytest.mark.parametrize(
+    "by_name",
+    [
+        'importlib.import_module("pyro_dirichlet.b")',
+        'import_module("pyro_dirichlet.b")',
+        'CRITERIA.add("b-score", "pyro_dirichlet.b:Score")',
+        'CRITERIA.add(name, f"pyro_dirichlet.b:{attribute}")',
+        'DeferredClass("pyro_dirichlet.b", "Options")',
+        'source_value("pyro_dirichlet.b", "LIMIT")',
+    ],
+)
+def test_a_cycle_closed_by_a_string_import_is_found(by_name):
+    graph = graph_of({
+        "pyro_dirichlet.a": Source(f"def load():\n    return {by_name}\n"),
+        "pyro_dirichlet.b": Source("from pyro_dirichlet.a import load\n"),
+    })
+    assert find_cycle(graph) == ["pyro_dirichlet.a", "pyro_dirichlet.b", "pyro_dirichlet.a"]
+
+
+def test_strings_that_name_no_module_and_parent_packages_make_no_edge():
+    graph = graph_of({
+        "pyro_dirichlet": Source('_EXPORTS = {"fit": "infer.fit"}\n', is_package=True),
+        "pyro_dirichlet.infer": Source("from pyro_dirichlet.infer.fit import fit\n", is_package=True),
+        "pyro_dirichlet.infer.fit": Source(
+            '"""Fits; see pyro_dirichlet.infer for the package."""\n'
+            "from pyro_dirichlet.infer.guide import Guide\n"
+            'MESSAGE = "pyro_dirichlet.nowhere:thing"\n'
+        ),
+        "pyro_dirichlet.infer.guide": Source(""),
+    })
+    assert graph == {
+        "pyro_dirichlet": {"pyro_dirichlet.infer.fit"},
+        "pyro_dirichlet.infer": {"pyro_dirichlet.infer.fit"},
+        "pyro_dirichlet.infer.fit": {"pyro_dirichlet.infer.guide"},
+        "pyro_dirichlet.infer.guide": set(),
+    }
+    assert find_cycle(graph) is None
 
 
 @pytest.mark.parametrize("name", sorted(n for n in module_files() if n.startswith("pyro_dirichlet.")))
