@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dirichlet.criteria import posterior_mean
+from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.posterior import (
     layer_draws,
     channel_dim,
