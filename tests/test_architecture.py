@@ -239,6 +239,40 @@ def test_strings_that_name_no_module_and_parent_packages_make_no_edge():
     assert find_cycle(graph) is None
 
 
+def _executed_on_import(tree: ast.Module) -> ast.Module:
+    """The module with its function bodies left out: what runs when it is imported."""
+    body: list[ast.stmt] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            body.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return ast.Module(body=body, type_ignores=[])
+
+
+def test_fitting_loads_no_posterior_and_the_posterior_needs_no_fit():
+    # A fit (each torchrun rank) must not pay for ArviZ; FitResult.posterior imports it when called.
+    files = module_files()
+    found = [
+        f"{name} imports {target}"
+        for name, path in files.items() if name.startswith("pyro_dirichlet.infer")
+        for target, _ in _imported_names(_executed_on_import(ast.parse(path.read_text())), name, path.name == "__init__.py")
+        if target.startswith("pyro_dirichlet.posterior")
+    ]
+    assert not found, found
+    graph, reached, stack = import_graph(), set(), ["pyro_dirichlet.posterior"]
+    while stack:
+        for nxt in graph[stack.pop()] - reached:
+            reached.add(nxt)
+            stack.append(nxt)
+    assert "pyro_dirichlet.infer.fit" not in reached
+    lazy = ast.parse("import os\ndef posterior():\n    from pyro_dirichlet.posterior import from_fit\n")
+    assert [t for t, _ in _imported_names(_executed_on_import(lazy), "a", False)] == ["os"]
+
+
 @pytest.mark.parametrize("name", sorted(n for n in module_files() if n.startswith("pyro_dirichlet.")))
 def test_no_module_over_700_lines(name):
     lines = module_files()[name].read_text().count("\n")
