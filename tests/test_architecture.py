@@ -17,9 +17,9 @@ statement shows:
 Parent packages are not implied: ``from pyro_dirichlet.infer.fit import fit`` is an edge to
 ``pyro_dirichlet.infer.fit`` only. The interpreter runs ``pyro_dirichlet/__init__.py`` and
 ``infer/__init__.py`` first, but counting that would put every package that re-exports its
-submodules on a cycle with each of them. A module that imports a package by name
-(``import pyro_dirichlet``, ``from pyro_dirichlet import fit``) has an edge to it, and so
-through ``_EXPORTS`` to what it exports lazily.
+submodules on a cycle with each of them. ``from pyro_dirichlet import fit`` is an edge to
+the module ``_EXPORTS`` names for ``fit`` (``infer.fit``), which is what it imports;
+``import pyro_dirichlet`` is an edge to the package, and so to everything it exports.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool):
             yield target, tuple(alias.name for alias in node.names)
 
 
-def _string_imports(tree: ast.Module, module: str, is_package: bool):
-    """Modules named by strings: ``"pyro_dirichlet.x"``, ``"pyro_dirichlet.x:attr"``, ``f"pyro_dirichlet.x:{a}"``, ``_EXPORTS``.
+def _string_imports(tree: ast.Module):
+    """Modules named by strings: ``"pyro_dirichlet.x"``, ``"pyro_dirichlet.x:attr"``, ``f"pyro_dirichlet.x:{a}"``.
 
     May name things that are not modules; :func:`graph_of` keeps only the package's modules.
     """
@@ -91,30 +91,42 @@ def _string_imports(tree: ast.Module, module: str, is_package: bool):
         elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
             if found := _FSTRING_IMPORT.fullmatch(str(node.values[0].value)):
                 yield found[1]
-        elif is_package and isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
-            isinstance(target, ast.Name) and target.id == "_EXPORTS" for target in node.targets
-        ):
-            for value in node.value.values:
-                if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                    yield f"{module}.{value.value}"
+
+
+def _lazy_exports(tree: ast.Module, package: str) -> dict[str, str]:
+    """A package's ``_EXPORTS = {name: "relative.module"}`` table as ``{name: module}``."""
+    for node in tree.body:
+        if (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "_EXPORTS"
+                        for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))):
+            return {
+                key.value: f"{package}.{value.value}"
+                for key, value in zip(node.value.keys, node.value.values)
+                if isinstance(key, ast.Constant) and isinstance(value, ast.Constant)
+            }
+    return {}
 
 
 def graph_of(sources: dict[str, Source]) -> dict[str, set[str]]:
     """Module -> the modules of ``sources`` it imports, by statement or by name (see the module docstring)."""
+    trees = {name: ast.parse(source.text) for name, source in sources.items()}
+    exports = {name: _lazy_exports(trees[name], name) for name, source in sources.items() if source.is_package}
     graph: dict[str, set[str]] = {name: set() for name in sources}
     for name, source in sources.items():
-        tree = ast.parse(source.text)
-        for target, names in _imported_names(tree, name, source.is_package):
-            # `from package import submodule` depends on the submodule, not only the package.
+        for target, names in _imported_names(trees[name], name, source.is_package):
+            # `from package import submodule` depends on the submodule, not only the package, and
+            # `from package import name` on the module the package's _EXPORTS imports it from.
             submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in sources]
+            submodules += [exports[target][n] for n in names if n in exports.get(target, {})]
             if submodules:
                 graph[name].update(submodules)
                 if len(submodules) < len(names):
                     graph[name].add(target)
             elif target in sources:
                 graph[name].add(target)
-        graph[name].update(t for t in _string_imports(tree, name, source.is_package) if t in sources)
-        graph[name].discard(name)
+        graph[name].update(exports.get(name, {}).values())
+        graph[name].update(_string_imports(trees[name]))
+        graph[name] &= sources.keys() - {name}
     return graph
 
 
@@ -219,19 +231,19 @@ def test_a_cycle_closed_by_a_string_import_is_found(by_name):
     assert find_cycle(graph) == ["pyro_dirichlet.a", "pyro_dirichlet.b", "pyro_dirichlet.a"]
 
 
-def test_strings_that_name_no_module_and_parent_packages_make_no_edge():
+def test_parent_packages_lazy_exports_and_strings_that_name_no_module_make_no_false_edge():
     graph = graph_of({
-        "pyro_dirichlet": Source('_EXPORTS = {"fit": "infer.fit"}\n', is_package=True),
+        "pyro_dirichlet": Source('_EXPORTS = {"fit": "infer.fit", "DirichletGuide": "infer.guide"}\n', is_package=True),
         "pyro_dirichlet.infer": Source("from pyro_dirichlet.infer.fit import fit\n", is_package=True),
         "pyro_dirichlet.infer.fit": Source(
             '"""Fits; see pyro_dirichlet.infer for the package."""\n'
-            "from pyro_dirichlet.infer.guide import Guide\n"
+            "from pyro_dirichlet import DirichletGuide\n"  # through _EXPORTS, not back to the package
             'MESSAGE = "pyro_dirichlet.nowhere:thing"\n'
         ),
         "pyro_dirichlet.infer.guide": Source(""),
     })
     assert graph == {
-        "pyro_dirichlet": {"pyro_dirichlet.infer.fit"},
+        "pyro_dirichlet": {"pyro_dirichlet.infer.fit", "pyro_dirichlet.infer.guide"},
         "pyro_dirichlet.infer": {"pyro_dirichlet.infer.fit"},
         "pyro_dirichlet.infer.fit": {"pyro_dirichlet.infer.guide"},
         "pyro_dirichlet.infer.guide": set(),
