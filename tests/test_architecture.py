@@ -1,9 +1,33 @@
-"""The package's shape: no import cycle among its modules, and no module or function too long to read."""
+"""The package's shape: no import cycle among its modules, and no module or function too long to read.
+
+The import graph is over each module's own import statements, wherever they are written:
+at the top, inside a function (a lazy import hides a cycle from the interpreter, not from a
+reader), and under ``if TYPE_CHECKING:`` (a reader, and a type checker, still follow it).
+It also counts the imports the package makes by name at run time, which no ``import``
+statement shows:
+
+* a string constant that is a module of the package, alone or as ``"module:attribute"``
+  (``importlib.import_module("pyro_dirichlet.x")``, the criteria registry's
+  ``"pyro_dirichlet.criteria.posterior:PosteriorMean"``, ``DeferredClass(...)`` and
+  ``source_value(...)`` in ``app/``), or an f-string that starts with ``"module:"``;
+  a string that names no module of the package (a docstring, a message) is no edge;
+* a package's ``_EXPORTS`` table (``pyro_dirichlet/__init__.py``'s lazy exports), read as
+  edges from that package to the modules it names, relative to it.
+
+Parent packages are not implied: ``from pyro_dirichlet.infer.fit import fit`` is an edge to
+``pyro_dirichlet.infer.fit`` only. The interpreter runs ``pyro_dirichlet/__init__.py`` and
+``infer/__init__.py`` first, but counting that would put every package that re-exports its
+submodules on a cycle with each of them. ``from pyro_dirichlet import fit`` is an edge to
+the module ``_EXPORTS`` names for ``fit`` (``infer.fit``), which is what it imports;
+``import pyro_dirichlet`` is an edge to the package, and so to everything it exports.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -15,6 +39,18 @@ MODELS = Path(pyro_dirichlet.models.__file__).parent
 MAX_LINES = 700
 #: Lines of one function or method, its signature and docstring included (issue 30).
 MAX_FUNCTION_LINES = 80
+
+#: A dotted module name inside the package, as a string names it.
+_MODULE_NAME = r"pyro_dirichlet(?:\.[a-z_][a-z0-9_]*)+"
+_STRING_IMPORT = re.compile(rf"({_MODULE_NAME})(?::[A-Za-z_][\w.]*)?")
+_FSTRING_IMPORT = re.compile(rf"({_MODULE_NAME}):")
+
+
+class Source(NamedTuple):
+    """One module's text, and whether it is a package's ``__init__`` (relative imports start there)."""
+
+    text: str
+    is_package: bool = False
 
 
 def module_files() -> dict[str, Path]:
@@ -29,24 +65,9 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imported_names(tree: ast.Module, module: str, is_package: bool):
-    """(module, imported names) for every import, at any depth, outside ``if TYPE_CHECKING:``.
-
-    Imports inside functions count: a lazy import hides a cycle from the interpreter, not
-    from a reader.
-    """
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
+    """(module, imported names) for every import statement, at any depth, ``if TYPE_CHECKING:`` included."""
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, ()
@@ -58,25 +79,61 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool):
             else:
                 target = node.module or ""
             yield target, tuple(alias.name for alias in node.names)
-        stack.extend(ast.iter_child_nodes(node))
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = module_files()
-    graph: dict[str, set[str]] = {name: set() for name in files}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for target, names in _imported_names(tree, name, path.name == "__init__.py"):
-            # `from package import submodule` depends on the submodule, not only the package.
-            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in files]
+def _string_imports(tree: ast.Module):
+    """Modules named by strings: ``"pyro_dirichlet.x"``, ``"pyro_dirichlet.x:attr"``, ``f"pyro_dirichlet.x:{a}"``.
+
+    May name things that are not modules; :func:`graph_of` keeps only the package's modules.
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if found := _STRING_IMPORT.fullmatch(node.value):
+                yield found[1]
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            if found := _FSTRING_IMPORT.fullmatch(str(node.values[0].value)):
+                yield found[1]
+
+
+def _lazy_exports(tree: ast.Module, package: str) -> dict[str, str]:
+    """A package's ``_EXPORTS = {name: "relative.module"}`` table as ``{name: module}``."""
+    for node in tree.body:
+        if (isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id == "_EXPORTS"
+                        for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))):
+            return {
+                key.value: f"{package}.{value.value}"
+                for key, value in zip(node.value.keys, node.value.values)
+                if isinstance(key, ast.Constant) and isinstance(value, ast.Constant)
+            }
+    return {}
+
+
+def graph_of(sources: dict[str, Source]) -> dict[str, set[str]]:
+    """Module -> the modules of ``sources`` it imports, by statement or by name (see the module docstring)."""
+    trees = {name: ast.parse(source.text) for name, source in sources.items()}
+    exports = {name: _lazy_exports(trees[name], name) for name, source in sources.items() if source.is_package}
+    graph: dict[str, set[str]] = {name: set() for name in sources}
+    for name, source in sources.items():
+        for target, names in _imported_names(trees[name], name, source.is_package):
+            # `from package import submodule` depends on the submodule, not only the package, and
+            # `from package import name` on the module the package's _EXPORTS imports it from.
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in sources]
+            submodules += [exports[target][n] for n in names if n in exports.get(target, {})]
             if submodules:
                 graph[name].update(submodules)
                 if len(submodules) < len(names):
                     graph[name].add(target)
-            elif target in files:
+            elif target in sources:
                 graph[name].add(target)
-        graph[name].discard(name)
+        graph[name].update(exports.get(name, {}).values())
+        graph[name].update(_string_imports(trees[name]))
+        graph[name] &= sources.keys() - {name}
     return graph
+
+
+def import_graph() -> dict[str, set[str]]:
+    return graph_of({name: Source(path.read_text(), path.name == "__init__.py") for name, path in module_files().items()})
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -123,7 +180,7 @@ def test_no_import_cycle_among_pyro_dirichlet_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_import_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
+def test_the_import_graph_sees_relative_lazy_type_checking_and_submodule_imports(tmp_path):
     # The checker must be able to fail: a lazy import inside a function that closes a loop.
     graph = import_graph()
     assert "pyro_dirichlet.structure.rules" in graph["pyro_dirichlet.structure.placement"]
@@ -136,7 +193,98 @@ def test_the_import_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
         "from . import other\n"
     )
     found = dict(_imported_names(tree, "a.b.c", is_package=False))
-    assert "a.b.sibling" in found and "a.b" in found and "x.y" not in found
+    assert "a.b.sibling" in found and "a.b" in found and "x.y" in found
+
+
+def test_the_import_graph_sees_the_package_s_imports_by_name():
+    graph = import_graph()
+    assert "pyro_dirichlet.criteria.posterior" in graph["pyro_dirichlet.criteria"]  # CRITERIA.add(name, f"...:{attr}")
+    assert "pyro_dirichlet.app.options" in graph["pyro_dirichlet.app.cli"]  # DeferredClass
+    assert "pyro_dirichlet.structure.layers" in graph["pyro_dirichlet.app.cli"]  # source_value
+    assert {"pyro_dirichlet.infer.fit", "pyro_dirichlet.posterior"} <= graph["pyro_dirichlet"]  # _EXPORTS
+
+
+def test_a_cycle_closed_under_type_checking_is_found():
+    graph = graph_of({
+        "pyro_dirichlet.a": Source("from pyro_dirichlet.b import B\n"),
+        "pyro_dirichlet.b": Source(
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pyro_dirichlet.a import A\n"
+        ),
+    })
+    assert find_cycle(graph) == ["pyro_dirichlet.a", "pyro_dirichlet.b", "pyro_dirichlet.a"]
+
+
+@pytest.mark.parametrize(
+    "by_name",
+    [
+        'importlib.import_module("pyro_dirichlet.b")',
+        'import_module("pyro_dirichlet.b")',
+        'CRITERIA.add("b-score", "pyro_dirichlet.b:Score")',
+        'CRITERIA.add(name, f"pyro_dirichlet.b:{attribute}")',
+        'DeferredClass("pyro_dirichlet.b", "Options")',
+        'source_value("pyro_dirichlet.b", "LIMIT")',
+    ],
+)
+def test_a_cycle_closed_by_a_string_import_is_found(by_name):
+    graph = graph_of({
+        "pyro_dirichlet.a": Source(f"def load():\n    return {by_name}\n"),
+        "pyro_dirichlet.b": Source("from pyro_dirichlet.a import load\n"),
+    })
+    assert find_cycle(graph) == ["pyro_dirichlet.a", "pyro_dirichlet.b", "pyro_dirichlet.a"]
+
+
+def test_parent_packages_lazy_exports_and_strings_that_name_no_module_make_no_false_edge():
+    graph = graph_of({
+        "pyro_dirichlet": Source('_EXPORTS = {"fit": "infer.fit", "DirichletGuide": "infer.guide"}\n', is_package=True),
+        "pyro_dirichlet.infer": Source("from pyro_dirichlet.infer.fit import fit\n", is_package=True),
+        "pyro_dirichlet.infer.fit": Source(
+            '"""Fits; see pyro_dirichlet.infer for the package."""\n'
+            "from pyro_dirichlet import DirichletGuide\n"  # through _EXPORTS, not back to the package
+            'MESSAGE = "pyro_dirichlet.nowhere:thing"\n'
+        ),
+        "pyro_dirichlet.infer.guide": Source(""),
+    })
+    assert graph == {
+        "pyro_dirichlet": {"pyro_dirichlet.infer.fit", "pyro_dirichlet.infer.guide"},
+        "pyro_dirichlet.infer": {"pyro_dirichlet.infer.fit"},
+        "pyro_dirichlet.infer.fit": {"pyro_dirichlet.infer.guide"},
+        "pyro_dirichlet.infer.guide": set(),
+    }
+    assert find_cycle(graph) is None
+
+
+def _executed_on_import(tree: ast.Module) -> ast.Module:
+    """The module with its function bodies left out: what runs when it is imported."""
+    body: list[ast.stmt] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            body.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return ast.Module(body=body, type_ignores=[])
+
+
+def test_fitting_loads_no_posterior_and_the_posterior_needs_no_fit():
+    # A fit (each torchrun rank) must not pay for ArviZ; FitResult.posterior imports it when called.
+    files = module_files()
+    found = [
+        f"{name} imports {target}"
+        for name, path in files.items() if name.startswith("pyro_dirichlet.infer")
+        for target, _ in _imported_names(_executed_on_import(ast.parse(path.read_text())), name, path.name == "__init__.py")
+        if target.startswith("pyro_dirichlet.posterior")
+    ]
+    assert not found, found
+    graph, reached, stack = import_graph(), set(), ["pyro_dirichlet.posterior"]
+    while stack:
+        for nxt in graph[stack.pop()] - reached:
+            reached.add(nxt)
+            stack.append(nxt)
+    assert "pyro_dirichlet.infer.fit" not in reached
+    lazy = ast.parse("import os\ndef posterior():\n    from pyro_dirichlet.posterior import from_fit\n")
+    assert [t for t, _ in _imported_names(_executed_on_import(lazy), "a", False)] == ["os"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in module_files() if n.startswith("pyro_dirichlet.")))

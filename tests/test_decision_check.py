@@ -70,12 +70,12 @@ def test_margin_keeps_a_tie_quiet():
 def test_prune_by_posterior_mean_warns_when_its_choice_loses(teacher_task):
     """A posterior that favours the unread units: pruning with check= says so in one sentence."""
     from pyro_dirichlet.decision_check import DecisionWarning
-    from pyro_dirichlet.posterior import from_fit
+    from pyro_dirichlet.posterior import from_concentrations
     from pyro_dirichlet.pruning import prune_by_posterior_mean
 
     net, data = teacher_task
     phi = torch.cat([torch.full((6,), 1.0), torch.full((6,), 50.0)])
-    posterior = from_fit({"1": phi}, num_samples=50, seed=0)
+    posterior = from_concentrations({"1": phi}, num_samples=50, seed=0)
     with pytest.warns(DecisionWarning, match="lose to"):
         small, keep = prune_by_posterior_mean(net, posterior, {"1": 6}, data.train.images[:2], check=data)
     assert keep["1"] == list(range(6, 12)) and small[1].out_features == 6

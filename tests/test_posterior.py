@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_dirichlet.criteria import posterior_mean
+from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.posterior import (
     layer_draws,
     channel_dim,
@@ -96,9 +96,9 @@ def test_layer_draws_are_the_posterior_samples_in_channel_order():
 
 
 def test_summaries_and_plots_read_the_switches_and_leave_latent_sites_out(tmp_path):
-    from pyro_dirichlet.posterior import from_fit
+    from pyro_dirichlet.posterior import from_concentrations
 
-    tree = from_fit(CONCENTRATIONS, num_samples=100, latents={"alpha": np.linspace(0.5, 1.5, 100)})
+    tree = from_concentrations(CONCENTRATIONS, num_samples=100, latents={"alpha": np.linspace(0.5, 1.5, 100)})
     assert tree["posterior"]["alpha"].dims == ("chain", "draw")
     assert sorted(layer_summaries(tree)) == sorted(layer_draws(tree)) == ["conv1", "features.3"]
     assert "alpha" in summary_table(tree).index  # ArviZ's own summary still shows it

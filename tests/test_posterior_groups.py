@@ -144,7 +144,7 @@ def test_render_model_draws_the_switch_model(tmp_path):
 
 
 def test_ranking_reads_the_exact_mean_where_the_posterior_has_it(fitted):
-    from pyro_dirichlet.criteria import posterior_mean
+    from pyro_dirichlet.criteria.posterior import posterior_mean
 
     _, result = fitted
     scores = posterior_mean(result.posterior(num_samples=50))  # 50 draws: a noisy Monte Carlo mean

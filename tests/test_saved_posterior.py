@@ -12,7 +12,7 @@ from pyro_dirichlet.app.rundir import RunDirectory
 from pyro_dirichlet.app.steps import load_baseline
 from pyro_dirichlet.infer.guide import guide_concentrations, load_guide
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.posterior import from_fit, load_posterior
+from pyro_dirichlet.posterior import from_concentrations, load_posterior
 from pyro_dirichlet.pruning import prune_by_posterior_mean
 from pyro_dirichlet.posterior.calibration import predictive_check
 
@@ -41,7 +41,7 @@ def test_the_saved_demo_posterior_supports_loo_ppc_and_an_exact_reload(small_run
         assert torch.equal(phi, torch.as_tensor(tree["variational"][f"{layer}.switch.concentration"].values)), layer
     # and the reloaded concentrations prune exactly the channels the run's prune step kept
     record = json.loads((small_run / "run.json").read_text())["steps"]["prune"]["result"]
-    reloaded = from_fit(concentrations, num_samples=10, seed=123)  # another seed: the decision reads the exact mean
+    reloaded = from_concentrations(concentrations, num_samples=10, seed=123)  # another seed: the decision reads the exact mean
     _, keep = prune_by_posterior_mean(network, reloaded, record["target"], torch.zeros(2, 1, 28, 28))
     assert {layer: list(map(int, kept)) for layer, kept in keep.items()} == record["kept_channels"]
     pyro.clear_param_store()

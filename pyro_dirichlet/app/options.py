@@ -17,7 +17,6 @@ from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.io.factories import is_factory_path
 from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
-from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.infer.switches import resolve_gain
 from pyro_dirichlet.planning.plan import Target
@@ -110,7 +109,13 @@ class TrainOptions:
     validation_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        check_user_inputs(self)
+        if self.weights_key is not None and (not isinstance(self.weights_key, str) or not self.weights_key):
+            raise ValueError(f"weights_key must name an entry of the checkpoint dict, got {self.weights_key!r}.")
+        if self.weights_key is not None and self.weights is None:
+            raise ValueError("--weights-key names the entry of a --weights checkpoint dict: give --weights FILE too.")
+        if self.validation_dir is not None and not (isinstance(self.dataset, str)
+                                                    and self.dataset.startswith("imagefolder:")):
+            raise ValueError(f"--validation-dir is for an imagefolder:DIR data set, not {self.dataset!r}.")
         if self.subset is not None:
             _check_int("subset", self.subset, low=MIN_SUBSET)
         if self.train_epochs is not None:

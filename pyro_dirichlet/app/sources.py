@@ -23,7 +23,7 @@ from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.io.factories import FactoryError, ModelFactory, is_factory_path
 
 if TYPE_CHECKING:
-    from pyro_dirichlet.app.steps import Runtime, TrainOptions
+    from pyro_dirichlet.app.options import Runtime, TrainOptions
 
 __all__ = ["FactoryBaseline", "check_recorded_dataset", "train_model", "check_outputs", "load_data", "run_model", "subset_sizes", "cut"]
 

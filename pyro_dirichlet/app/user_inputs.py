@@ -1,4 +1,4 @@
-"""Checks and one-line notes for what a user brings to ``train``: their weights, their images, their normalisation.
+"""One-line notes for what a user brings to ``train``: their weights, their images, their normalisation.
 
 A note says, once, what the tool decided on the user's behalf where the choice changes the
 result: statistics it measured instead of the user's, a validation split carved from the
@@ -12,25 +12,10 @@ from typing import TYPE_CHECKING, Any
 from pyro_dirichlet.data.catalog import is_user_source
 
 if TYPE_CHECKING:
-    from pyro_dirichlet.app.steps import TrainOptions
+    from pyro_dirichlet.app.options import TrainOptions
     from pyro_dirichlet.data import DataSplits
 
-__all__ = ["check_user_inputs", "data_notes"]
-
-
-def check_user_inputs(options: TrainOptions) -> None:
-    """``--weights-key`` needs ``--weights``; ``--validation-dir`` needs ``imagefolder:`` data.
-
-    Raises:
-        ValueError: one sentence naming the flag.
-    """
-    if options.weights_key is not None and (not isinstance(options.weights_key, str) or not options.weights_key):
-        raise ValueError(f"weights_key must name an entry of the checkpoint dict, got {options.weights_key!r}.")
-    if options.weights_key is not None and options.weights is None:
-        raise ValueError("--weights-key names the entry of a --weights checkpoint dict: give --weights FILE too.")
-    if options.validation_dir is not None and not (isinstance(options.dataset, str)
-                                                   and options.dataset.startswith("imagefolder:")):
-        raise ValueError(f"--validation-dir is for an imagefolder:DIR data set, not {options.dataset!r}.")
+__all__ = ["data_notes"]
 
 
 def data_notes(options: TrainOptions, data: DataSplits) -> list[str]:

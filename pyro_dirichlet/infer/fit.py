@@ -21,17 +21,15 @@ from tqdm.auto import tqdm
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor
-from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, FitConfig
+from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, FitConfig, network_context
 from pyro_dirichlet.infer.fit_data import (
     FitData, check_label_values, check_labels, check_split, data_identity, preload, stream_data,
 )
 from pyro_dirichlet.infer.objective import elbo_estimator, switch_optimizer
-from pyro_dirichlet.data import BatchSource, Split, iterate_batches, minibatches
+from pyro_dirichlet.data import BatchSource, Split, minibatches
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
 from pyro_dirichlet.infer.optim import SkipNonFinite
 from pyro_dirichlet.measure import Stopwatch
-from pyro_dirichlet.precision import autocast
-from pyro_dirichlet.infer._fast import NoGradMaxPool
 from pyro_dirichlet.infer.guide import (
     DirichletGuide,
     concentration_param,
@@ -86,19 +84,13 @@ class FitResult:
         predictive_draws: int = 100,
         validation_size: int = 128,
     ) -> xr.DataTree:
-        """The fitted posterior as an ArviZ DataTree (see :func:`pyro_dirichlet.posterior.from_fit`).
+        """The fitted posterior as an ArviZ DataTree: :func:`pyro_dirichlet.posterior.from_fit` of this result.
 
         Args:
             num_samples: draws of every switch and latent site from the guide, and from the prior.
             seed: seed of every draw (the global random streams are left as they were).
-            validation: held-out data (a ``Split`` or an iterable of batches): with it, the
-                first ``validation_size`` examples become ``observed_data``, and the first
-                ``predictive_draws`` posterior draws give the ``log_likelihood`` and
-                ``posterior_predictive`` groups (``az.loo``, ``az.plot_ppc_dist``). PSIS
-                needs at least ~30 draws. For a likelihood other than the categorical one
-                there are no class ``probabilities``, the draws run one at a time, and a
-                loss likelihood draws no targets (no ``posterior_predictive``; see
-                :func:`~pyro_dirichlet.infer.predictive.predict_targets`).
+            validation: held-out data; with it the tree has ``observed_data``,
+                ``log_likelihood`` and ``posterior_predictive`` groups (see ``from_fit``).
             predictive_draws: posterior draws the network is run under.
             validation_size: validation examples predicted.
 
@@ -108,43 +100,10 @@ class FitResult:
         """
         # Imported here: ArviZ takes seconds to import, which every fitting process (each
         # torchrun rank) would otherwise pay without drawing a posterior.
-        from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict, predict_targets
-        from pyro_dirichlet.posterior import from_fit, switch_draws
+        from pyro_dirichlet.posterior.fitted import from_fit
 
-        if self.switches is None or self.guide is None or self.example is None:
-            return from_fit(self.concentrations, num_samples=num_samples, seed=seed)
-        if validation is not None and not 1 <= predictive_draws <= num_samples:
-            raise ValueError(f"predictive_draws must lie in [1, num_samples={num_samples}], got {predictive_draws!r}.")
-        device = torch.device(self.device)
-        example = self.example.to(device)
-        latents = draw_latents(self.switches, self.guide, example, num_samples=num_samples, seed=seed)
-        prior = draw_prior(self.switches, example, num_samples=num_samples, seed=seed)
-        labels = predictive = None
-        held_out = _first_examples(validation, validation_size) if validation is not None else None
-        if held_out is not None:
-            images, labels = held_out[0].to(device), held_out[1].to(device)
-            draws, _, _ = switch_draws(self.concentrations, num_samples=num_samples, seed=seed)
-            samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
-            samples.update({site: value[:predictive_draws] for site, value in latents.items()})
-            # The network's forward as in the fit (its precision, fast pooling); probabilities in float64.
-            with network_context(self.config, device):
-                if isinstance(self.switches.likelihood, CategoricalLikelihood):
-                    predictive = predict(self.switches, samples, images, labels, seed=seed)
-                else:
-                    predictive = predict_targets(self.switches, samples, images, labels, seed=seed)
-            labels = labels.cpu().numpy()
-        attrs = {"hyper_guide": self.config.hyper_guide, "init_concentration": self.config.init_concentration}
-        return from_fit(
-            self.concentrations,
-            num_samples=num_samples,
-            seed=seed,
-            latents=latents,
-            prior=prior,
-            labels=labels,
-            predictive=predictive,
-            parameters=self.parameters,
-            attrs=attrs,
-        )
+        return from_fit(self, num_samples=num_samples, seed=seed, validation=validation,
+                        predictive_draws=predictive_draws, validation_size=validation_size)
 
     def to_dict(self) -> dict:
         """JSON-ready record for reports (the concentrations are in the posterior file)."""
@@ -563,20 +522,6 @@ def _create_params(switches: DirichletSwitches, guide: Callable, example: tuple,
     switches.create_model_params(*example)
 
 
-def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first ``count`` examples of ``data`` as ``(inputs, targets)``, or ``None`` when it holds none."""
-    inputs, targets, held = [], [], 0
-    for batch in iterate_batches(data, count, shuffle=False, name="validation"):
-        inputs.append(batch.inputs[: count - held])
-        targets.append(batch.targets[: count - held])
-        held += len(inputs[-1])
-        if held >= count:
-            break
-    if held == 0:
-        return None
-    return torch.cat(inputs), torch.cat(targets)
-
-
 def _unconstrained(names: list[str]) -> dict[str, torch.Tensor]:
     """Copies of the named parameters as Pyro stores them (unconstrained), on the CPU."""
     store = dict(pyro.get_param_store().named_parameters())
@@ -605,19 +550,6 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
             return switches.model(*args, **kwargs)
 
     return model
-
-
-@contextlib.contextmanager
-def network_context(config: FitConfig, device: torch.device | str) -> Iterator[None]:
-    """What :func:`fit` runs the frozen network's forward under: ``config.precision`` (or
-    ``config.autocast``), and on the CPU ``config.fast_pooling``
-    (:class:`~pyro_dirichlet.infer._fast.NoGradMaxPool`)."""
-    device_type = torch.device(device).type
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(autocast(config.autocast or config.precision, device))
-        if config.fast_pooling and device_type == "cpu":
-            stack.enter_context(NoGradMaxPool())
-        yield
 
 
 def _checkpoint_identity(config: FitConfig, train_size: int) -> dict:

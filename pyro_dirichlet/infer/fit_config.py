@@ -1,22 +1,28 @@
-"""How to fit the switches: :class:`FitConfig`, the settings of :func:`pyro_dirichlet.infer.fit.fit`.
+"""How to fit the switches: :class:`FitConfig`, the settings of :func:`pyro_dirichlet.infer.fit.fit`, and
+:func:`network_context`, the forward its precision and pooling settings give the frozen network.
 
-Apart from the fit itself so that a reader finds every default of a fit in one place, and so
-that ``--help`` reads them from this file's source without importing the fitting machinery.
+Apart from the fit itself so that a reader finds every default of a fit in one place, so
+that ``--help`` reads them from this file's source without importing the fitting machinery,
+and so that the posterior's predictions (:mod:`pyro_dirichlet.posterior.fitted`) run the
+network as the fit did without depending on the fit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from pyro_dirichlet.infer._fast import NoGradMaxPool
 from pyro_dirichlet.infer.convergence import StoppingRule
 from pyro_dirichlet.infer.guide import DEFAULT_INIT_CONCENTRATION, HYPER_GUIDES
 from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, OPTIMIZERS
-from pyro_dirichlet.precision import check_precision
+from pyro_dirichlet.precision import autocast, check_precision
 
-__all__ = ["AUTOCAST_DTYPES", "FitConfig"]
+__all__ = ["AUTOCAST_DTYPES", "FitConfig", "network_context"]
 
 #: ``FitConfig.autocast`` names and the dtype the frozen network's forward runs in.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
@@ -147,3 +153,16 @@ class FitConfig:
         for name in ("vectorize_particles", "channels_last", "fast_pooling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FitConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+
+
+@contextlib.contextmanager
+def network_context(config: FitConfig, device: torch.device | str) -> Iterator[None]:
+    """What :func:`~pyro_dirichlet.infer.fit.fit` runs the frozen network's forward under: ``config.precision`` (or
+    ``config.autocast``), and on the CPU ``config.fast_pooling``
+    (:class:`~pyro_dirichlet.infer._fast.NoGradMaxPool`)."""
+    device_type = torch.device(device).type
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(autocast(config.autocast or config.precision, device))
+        if config.fast_pooling and device_type == "cpu":
+            stack.enter_context(NoGradMaxPool())
+        yield

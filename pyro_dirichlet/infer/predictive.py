@@ -7,7 +7,7 @@ from a likelihood that is only a factor, such as a tempered loss).
 
 Every draw goes through ``pyro.infer.Predictive``, seeded on copies of the random streams
 (drawing a posterior never shifts the user's), and comes back as NumPy arrays for
-:func:`pyro_dirichlet.posterior.from_fit`.
+:func:`pyro_dirichlet.posterior.from_concentrations`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Every ArviZ call in the project lives in this module. The posterior is an
 named like its Pyro site (``conv1.switch``), with dimensions ``(chain, draw,
 conv1_channel)`` whose channel coordinates are the original channel indices -- so a summary
 row reads ``conv1.switch[17]`` whatever was pruned before or after. A fit's whole posterior
-(:func:`~pyro_dirichlet.posterior.fitted.from_fit`) adds the prior's latent sites and more
-groups to it.
+(:func:`~pyro_dirichlet.posterior.fitted.from_fit`, or
+:func:`~pyro_dirichlet.posterior.fitted.from_concentrations` from draws already made) adds
+the prior's latent sites and more groups to it.
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ def load_posterior(path: str | os.PathLike) -> xr.DataTree:
         return tree.load()
 
 
-from pyro_dirichlet.posterior.fitted import GUIDE_PARAMETERS, VARIATIONAL, exact_means, from_fit, layer_gains  # noqa: E402
+from pyro_dirichlet.posterior.fitted import (  # noqa: E402
+    GUIDE_PARAMETERS, VARIATIONAL, exact_means, from_concentrations, from_fit, layer_gains,
+)
 
-__all__ += ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_fit", "layer_gains"]
+__all__ += ["GUIDE_PARAMETERS", "VARIATIONAL", "exact_means", "from_concentrations", "from_fit", "layer_gains"]

@@ -1,6 +1,9 @@
 """A fit's whole posterior as one DataTree: switch and latent draws, the prior, predictions on held-out data, the fitted parameters.
 
-The groups: ``posterior`` (every switch, and the prior's latent sites), ``prior``,
+:func:`from_fit` draws all of it from a fit's result (what
+:meth:`pyro_dirichlet.infer.fit.FitResult.posterior` returns); :func:`from_concentrations`
+assembles the tree from fitted concentrations and draws already made. The groups:
+``posterior`` (every switch, and the prior's latent sites), ``prior``,
 ``observed_data``, ``log_likelihood`` and ``posterior_predictive`` (so ``az.loo``,
 ``az.plot_ppc_dist`` and prior-against-posterior plots work), ``variational`` (the fitted
 concentrations and the exact posterior means ``phi / sum(phi)``) and ``guide_parameters``
@@ -10,17 +13,25 @@ concentrations and the exact posterior means ``phi / sum(phi)``) and ``guide_par
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import arviz as az
 import numpy as np
 import torch
 import xarray as xr
 
-from pyro_dirichlet.infer.switches import switch_site
+from pyro_dirichlet.data import BatchSource, iterate_batches
+from pyro_dirichlet.infer.fit_config import FitConfig, network_context
+from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood
+from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict, predict_targets
+from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
-__all__ = ["GUIDE_PARAMETERS", "VARIATIONAL", "check_variational", "exact_means", "from_fit", "layer_gains"]
+__all__ = [
+    "GUIDE_PARAMETERS", "VARIATIONAL", "FittedSwitches", "check_variational", "exact_means", "from_concentrations",
+    "from_fit", "layer_gains",
+]
 
 #: Group of the fitted concentrations ``<layer>.switch.concentration`` and the exact posterior
 #: means ``<layer>.switch.mean`` (``phi / sum(phi)``).
@@ -29,7 +40,112 @@ VARIATIONAL = "variational"
 GUIDE_PARAMETERS = "guide_parameters"
 
 
+class FittedSwitches(Protocol):
+    """What :func:`from_fit` reads of a fit: :class:`pyro_dirichlet.infer.fit.FitResult`'s fields.
+
+    Named here rather than imported so that the posterior does not depend on the fitting
+    machinery (which imports this module to draw its posterior).
+    """
+
+    concentrations: dict[str, torch.Tensor]
+    device: str
+    config: FitConfig
+    switches: DirichletSwitches | None
+    guide: Callable | None
+    parameters: dict[str, torch.Tensor]
+    example: torch.Tensor | None
+
+
 def from_fit(
+    result: FittedSwitches,
+    *,
+    num_samples: int = 1000,
+    seed: int = 0,
+    validation: BatchSource | None = None,
+    predictive_draws: int = 100,
+    validation_size: int = 128,
+) -> xr.DataTree:
+    """A fit's whole posterior as an ArviZ DataTree: switch and latent draws from the guide, prior draws, predictions.
+
+    Args:
+        result: the fit (:class:`~pyro_dirichlet.infer.fit.FitResult`). One built from
+            concentrations alone (no ``switches``, ``guide`` or ``example``) gives the
+            switch draws and the ``variational`` group only.
+        num_samples: draws of every switch and latent site from the guide, and from the prior.
+        seed: seed of every draw (the global random streams are left as they were).
+        validation: held-out data (a ``Split`` or an iterable of batches): with it, the
+            first ``validation_size`` examples become ``observed_data``, and the first
+            ``predictive_draws`` posterior draws give the ``log_likelihood`` and
+            ``posterior_predictive`` groups (``az.loo``, ``az.plot_ppc_dist``). PSIS
+            needs at least ~30 draws. For a likelihood other than the categorical one
+            there are no class ``probabilities``, the draws run one at a time, and a
+            loss likelihood draws no targets (no ``posterior_predictive``; see
+            :func:`~pyro_dirichlet.infer.predictive.predict_targets`).
+        predictive_draws: posterior draws the network is run under.
+        validation_size: validation examples predicted.
+
+    Returns:
+        groups ``posterior``, ``prior``, ``variational``, ``guide_parameters`` and, with
+        ``validation``, ``observed_data``, ``log_likelihood``, ``posterior_predictive``
+        (see :func:`from_concentrations`).
+
+    Raises:
+        ValueError: ``predictive_draws`` is not in ``[1, num_samples]`` where ``validation`` is given.
+
+    Example:
+        >>> tree = from_fit(fit(switches, data.train), validation=data.validation)  # doctest: +SKIP
+    """
+    if result.switches is None or result.guide is None or result.example is None:
+        return from_concentrations(result.concentrations, num_samples=num_samples, seed=seed)
+    if validation is not None and not 1 <= predictive_draws <= num_samples:
+        raise ValueError(f"predictive_draws must lie in [1, num_samples={num_samples}], got {predictive_draws!r}.")
+    device = torch.device(result.device)
+    example = result.example.to(device)
+    latents = draw_latents(result.switches, result.guide, example, num_samples=num_samples, seed=seed)
+    prior = draw_prior(result.switches, example, num_samples=num_samples, seed=seed)
+    labels = predictive = None
+    held_out = _first_examples(validation, validation_size) if validation is not None else None
+    if held_out is not None:
+        images, labels = held_out[0].to(device), held_out[1].to(device)
+        draws, _, _ = switch_draws(result.concentrations, num_samples=num_samples, seed=seed)
+        samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
+        samples.update({site: value[:predictive_draws] for site, value in latents.items()})
+        # The network's forward as in the fit (its precision, fast pooling); probabilities in float64.
+        with network_context(result.config, device):
+            if isinstance(result.switches.likelihood, CategoricalLikelihood):
+                predictive = predict(result.switches, samples, images, labels, seed=seed)
+            else:
+                predictive = predict_targets(result.switches, samples, images, labels, seed=seed)
+        labels = labels.cpu().numpy()
+    attrs = {"hyper_guide": result.config.hyper_guide, "init_concentration": result.config.init_concentration}
+    return from_concentrations(
+        result.concentrations,
+        num_samples=num_samples,
+        seed=seed,
+        latents=latents,
+        prior=prior,
+        labels=labels,
+        predictive=predictive,
+        parameters=result.parameters,
+        attrs=attrs,
+    )
+
+
+def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``count`` examples of ``data`` as ``(inputs, targets)``, or ``None`` when it holds none."""
+    inputs, targets, held = [], [], 0
+    for batch in iterate_batches(data, count, shuffle=False, name="validation"):
+        inputs.append(batch.inputs[: count - held])
+        targets.append(batch.targets[: count - held])
+        held += len(inputs[-1])
+        if held >= count:
+            break
+    if held == 0:
+        return None
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def from_concentrations(
     concentrations: Mapping[str, torch.Tensor],
     *,
     num_samples: int = 1000,
@@ -72,7 +188,7 @@ def from_fit(
         ``example`` (and ``class``); a latent site's dims are ArviZ's ``<site>_dim_<i>``.
 
     Example:
-        >>> tree = from_fit({"fc1": torch.ones(4)}, num_samples=100)
+        >>> tree = from_concentrations({"fc1": torch.ones(4)}, num_samples=100)
         >>> sorted(tree.children)
         ['posterior', 'variational']
     """
@@ -154,7 +270,7 @@ def exact_means(posterior: xr.DataTree) -> dict[str, np.ndarray]:
         ValueError: the tree has no ``variational`` group (a posterior of draws alone).
     """
     if VARIATIONAL not in posterior.children:
-        raise ValueError(f"the posterior has no {VARIATIONAL!r} group: it holds draws only (see from_fit).")
+        raise ValueError(f"the posterior has no {VARIATIONAL!r} group: it holds draws only (see from_concentrations).")
     check_variational(posterior)
     return {
         str(name).removesuffix(".switch.mean"): np.asarray(data.values)
