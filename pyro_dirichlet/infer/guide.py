@@ -124,8 +124,8 @@ class DirichletGuide(PyroModule):
                     node.add_module(segment, _SitePath(segment if depth == 0 else None))
                 node = node._modules[segment]
             node.concentration = PyroParam(self._initial(layer, torch.device("cpu")), constraint=constraints.positive)
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module._read_store())
-        self.register_load_state_dict_pre_hook(lambda module, *args: module._read_store())
+        self.register_state_dict_pre_hook(_read_store_before_save)
+        self.register_load_state_dict_pre_hook(_read_store_before_load)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Sample every switch from its Dirichlet; same signature as the model.
@@ -135,7 +135,7 @@ class DirichletGuide(PyroModule):
         """
         self._follow(images.device)
         return {
-            switch_site(layer.name): pyro.sample(switch_site(layer.name), dist.Dirichlet(self._site(layer).concentration))
+            switch_site(layer.name): pyro.sample(switch_site(layer.name), dist.Dirichlet(self._concentration(layer)))
             for layer in self.layers
         }
 
@@ -144,6 +144,11 @@ class DirichletGuide(PyroModule):
 
     def _site(self, layer: PrunableLayer) -> PyroModule:
         return self.sites.get_submodule(switch_site(layer.name))
+
+    def _concentration(self, layer: PrunableLayer) -> torch.Tensor:
+        """The layer's concentration; inside the guide's context a ``pyro.param`` site, the
+        value taken from the param store where it holds one (PyroModule's rule), put there if not."""
+        return self._site(layer).concentration
 
     def _follow(self, device: torch.device) -> None:
         """Move the parameters to ``device`` where they are elsewhere (the first call on a GPU)."""
@@ -158,7 +163,7 @@ class DirichletGuide(PyroModule):
         with poutine.block():
             for layer in self.layers:
                 if concentration_param(layer.name) in store:
-                    self._site(layer).concentration  # PyroModule takes the store's tensor on access
+                    self._concentration(layer)
 
     @pyro_method
     def initialise(self, device: torch.device | str = "cpu") -> None:
@@ -166,7 +171,7 @@ class DirichletGuide(PyroModule):
         self._follow(torch.device(device))
         with poutine.block():
             for layer in self.layers:
-                self._site(layer).concentration
+                self._concentration(layer)
 
     def reset(self) -> None:
         """Forget fitted values, here and in the param store: the next call starts again from ``init_concentration``."""
@@ -182,7 +187,16 @@ class DirichletGuide(PyroModule):
     def concentrations(self) -> dict[str, torch.Tensor]:
         """The current concentrations, detached, on the CPU, ``{layer name: (channels,)}``."""
         with poutine.block():
-            return {layer.name: self._site(layer).concentration.detach().cpu().clone() for layer in self.layers}
+            return {layer.name: self._concentration(layer).detach().cpu().clone() for layer in self.layers}
+
+
+# Module-level hooks, not lambdas, so a guide pickles (torch.save) and deep-copies.
+def _read_store_before_save(guide: DirichletGuide, prefix: str, keep_vars: bool) -> None:
+    guide._read_store()
+
+
+def _read_store_before_load(guide: DirichletGuide, *args) -> None:
+    guide._read_store()
 
 
 def _check_site_paths(names: list[str]) -> None:
