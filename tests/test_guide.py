@@ -115,3 +115,22 @@ def test_make_guide_adds_an_autoguide_only_for_latent_sites(tiny_cnn, tiny_image
     assert {"alpha", "conv1.switch", "conv2.switch", "fc1.switch"} <= set(trace.stochastic_nodes)
     with pytest.raises(ValueError, match="hyper_guide must be one of \\['delta', 'normal'\\], got 'flow'"):
         make_guide(hierarchical, hyper_guide="flow")
+
+
+def test_an_svi_step_moves_the_guide_modules_own_parameters(switches, tiny_images):
+    guide = DirichletGuide(switches.layers)
+    before = {key: value.clone() for key, value in guide.state_dict().items()}  # state_dict shares memory
+    svi = pyro.infer.SVI(switches.model, guide, pyro.optim.Adam({"lr": 0.1}), pyro.infer.TraceMeanField_ELBO())
+    svi.step(tiny_images[:4], torch.zeros(4, dtype=torch.long))
+    store = dict(pyro.get_param_store().named_parameters())
+    for key, value in guide.state_dict(keep_vars=True).items():
+        name = key.removeprefix("sites.").removesuffix("_unconstrained")
+        assert value is store[name]  # one tensor: the optimizer steps the module's parameter
+        assert not torch.equal(value, before[key])
+
+
+def test_the_parameters_follow_the_inputs_device(switches):
+    guide = DirichletGuide(switches.layers)
+    guide.initialise("meta")  # the device a GPU fit would name; meta needs no GPU
+    assert {value.device.type for _, value in pyro.get_param_store().named_parameters()} == {"meta"}
+    assert {value.device.type for value in guide.state_dict().values()} == {"meta"}
