@@ -10,6 +10,7 @@ import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch.distributions import constraints
 
 from pyro_dirichlet.structure import PrunableLayer
@@ -47,25 +48,63 @@ def concentration_param(layer_name: str) -> str:
     return f"{switch_site(layer_name)}.concentration"
 
 
-class DirichletGuide:
-    """Mean-field guide ``q(s_l) = Dirichlet(phi_l)``, one per switch site.
+class _SitePath(PyroModule):
+    """One segment of a switch site's name (``conv1``, ``switch``) in :attr:`DirichletGuide.sites`.
 
-    Parametrisation: ``phi_l`` is a ``pyro.param`` constrained to ``constraints.positive``,
+    Pyro names a sub-``PyroModule``'s parameters after its path from the root module, so
+    inside an ``AutoGuideList`` (which wraps the guide in an ``AutoCallable``) they would
+    read ``AutoGuideList.0._guide.sites.conv1.switch.concentration``. A site's first segment
+    keeps its own name as its Pyro name instead, so every concentration is named
+    :func:`concentration_param` wherever the guide sits: the name the trace, posterior
+    files and checkpoints use.
+    """
+
+    def __init__(self, root_name: str | None = None) -> None:
+        super().__init__(root_name or "")
+        self._root_name = root_name
+
+    def _pyro_set_supermodule(self, name: str, context) -> None:
+        super()._pyro_set_supermodule(self._root_name or name, context)
+
+
+class DirichletGuide(PyroModule):
+    """Mean-field guide ``q(s_l) = Dirichlet(phi_l)``, one per switch site, as a ``PyroModule``.
+
+    Parametrisation: ``phi_l`` is a ``PyroParam`` constrained to ``constraints.positive``,
     which Pyro stores unconstrained as ``log phi_l`` (its bijection is ``exp``). Gradient
     steps on ``log phi`` change each concentration by a relative amount, which suits
     concentrations that range over orders of magnitude across channels.
 
+    Layout: layer names are module paths with dots (``features.0``), which a module name
+    cannot hold, so :attr:`sites` is a tree of modules with one level per segment of the
+    switch site's name, and each site's module holds its ``concentration``: layer
+    ``features.0``'s is ``sites.features.0.switch.concentration``. The param store names it
+    :func:`concentration_param` (``features.0.switch.concentration``), and the guide's
+    ``state_dict()`` holds it unconstrained (``log phi``) under
+    ``sites.features.0.switch.concentration_unconstrained``.
+
+    State: as for every ``PyroModule`` the param store holds the fitted values (the
+    optimizer steps them there; a checkpoint or :func:`load_guide` puts them back there);
+    the guide reads them from it on each call and before ``state_dict()`` and
+    ``load_state_dict()``.
+
     Initialisation: every channel at ``init_concentration`` (default
     :data:`DEFAULT_INIT_CONCENTRATION`), i.e. the guide starts at a symmetric Dirichlet
-    whose mean leaves the network unchanged.
+    whose mean leaves the network unchanged. The parameters are made on the CPU and follow
+    the inputs to their device on the first call (or :meth:`initialise`).
 
     Args:
         layers: the switched layers (``DirichletSwitches.layers``).
         init_concentration: the positive initial concentration of every channel.
 
+    Raises:
+        ValueError: a layer name that is not a module path (an empty segment), one given
+            twice, or one whose switch site lies below another layer's concentration.
+
     Example:
         >>> guide = DirichletGuide(switches.layers)  # doctest: +SKIP
         >>> svi = SVI(switches.model, guide, Adam({"lr": 0.1}), TraceMeanField_ELBO())  # doctest: +SKIP
+        >>> torch.save(guide.state_dict(), "guide.pt")  # doctest: +SKIP
     """
 
     def __init__(self, layers: list[PrunableLayer], *, init_concentration: float = DEFAULT_INIT_CONCENTRATION) -> None:
@@ -73,59 +112,108 @@ class DirichletGuide:
             raise TypeError(f"init_concentration must be a number, got {type(init_concentration).__name__}.")
         if not (0 < init_concentration < float("inf")):
             raise ValueError(f"init_concentration must be positive and finite, got {init_concentration}.")
+        super().__init__()
         self.layers = list(layers)
         self.init_concentration = float(init_concentration)
+        _check_site_paths([layer.name for layer in self.layers])
+        self.sites = PyroModule()
+        for layer in self.layers:
+            node = self.sites
+            for depth, segment in enumerate(switch_site(layer.name).split(".")):
+                if segment not in node._modules:
+                    node.add_module(segment, _SitePath(segment if depth == 0 else None))
+                node = node._modules[segment]
+            node.concentration = PyroParam(self._initial(layer, torch.device("cpu")), constraint=constraints.positive)
+        self.register_state_dict_pre_hook(_read_store_before_save)
+        self.register_load_state_dict_pre_hook(_read_store_before_load)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
         """Sample every switch from its Dirichlet; same signature as the model.
 
         Returns:
             ``{site name: value}``, as autoguides do, so it composes in an ``AutoGuideList``.
         """
-        device = images.device
+        self._follow(images.device)
         return {
-            switch_site(layer.name): pyro.sample(switch_site(layer.name), dist.Dirichlet(self._concentration(layer, device)))
+            switch_site(layer.name): pyro.sample(switch_site(layer.name), dist.Dirichlet(self._concentration(layer)))
             for layer in self.layers
         }
 
-    def _concentration(self, layer: PrunableLayer, device: torch.device) -> torch.Tensor:
-        return pyro.param(
-            concentration_param(layer.name),
-            lambda: torch.full((layer.channels,), self.init_concentration, device=device),
-            constraint=constraints.positive,
-        )
+    def _initial(self, layer: PrunableLayer, device: torch.device) -> torch.Tensor:
+        return torch.full((layer.channels,), self.init_concentration, device=device)
 
+    def _site(self, layer: PrunableLayer) -> PyroModule:
+        return self.sites.get_submodule(switch_site(layer.name))
+
+    def _concentration(self, layer: PrunableLayer) -> torch.Tensor:
+        """The layer's concentration; inside the guide's context a ``pyro.param`` site, the
+        value taken from the param store where it holds one (PyroModule's rule), put there if not."""
+        return self._site(layer).concentration
+
+    def _follow(self, device: torch.device) -> None:
+        """Move the parameters to ``device`` where they are elsewhere (the first call on a GPU)."""
+        first = next(self.parameters(), None)
+        if first is not None and first.device != device:
+            self.to(device)
+
+    @pyro_method
+    def _read_store(self) -> None:
+        """Take the param store's values where it holds a concentration (a restored checkpoint, a loaded posterior)."""
+        store = pyro.get_param_store()
+        with poutine.block():
+            for layer in self.layers:
+                if concentration_param(layer.name) in store:
+                    self._concentration(layer)
+
+    @pyro_method
     def initialise(self, device: torch.device | str = "cpu") -> None:
-        """Create every concentration param now (at ``init_concentration`` unless already fitted)."""
-        for layer in self.layers:
-            self._concentration(layer, torch.device(device))
+        """Put every concentration in the param store now, on ``device`` (a value already there is kept)."""
+        self._follow(torch.device(device))
+        with poutine.block():
+            for layer in self.layers:
+                self._concentration(layer)
 
     def reset(self) -> None:
-        """Forget fitted values: the next call starts again from ``init_concentration``."""
+        """Forget fitted values, here and in the param store: the next call starts again from ``init_concentration``."""
         store = pyro.get_param_store()
         for layer in self.layers:
-            name = concentration_param(layer.name)
-            if name in store:
-                del store[name]
+            if concentration_param(layer.name) in store:
+                del store[concentration_param(layer.name)]
+            site = self._site(layer)
+            device = site.concentration_unconstrained.device
+            site.concentration = PyroParam(self._initial(layer, device), constraint=constraints.positive)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """A detached copy of the concentrations, on their device, ``{layer name: (channels,)}``."""
-        store = pyro.get_param_store()
-        missing = [layer.name for layer in self.layers if concentration_param(layer.name) not in store]
-        if missing:
-            raise RuntimeError(f"the guide has no concentration for layers {missing}: run fit() first.")
-        return {layer.name: store[concentration_param(layer.name)].detach().clone() for layer in self.layers}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Set the concentrations to ``state`` (as returned by :meth:`state`)."""
-        self.reset()
-        store = pyro.get_param_store()
-        for layer in self.layers:
-            store.setdefault(concentration_param(layer.name), state[layer.name].clone(), constraint=constraints.positive)
-
+    @pyro_method
     def concentrations(self) -> dict[str, torch.Tensor]:
         """The current concentrations, detached, on the CPU, ``{layer name: (channels,)}``."""
-        return {name: value.cpu() for name, value in self.state().items()}
+        with poutine.block():
+            return {layer.name: self._concentration(layer).detach().cpu().clone() for layer in self.layers}
+
+
+# Module-level hooks, not lambdas, so a guide pickles (torch.save) and deep-copies.
+def _read_store_before_save(guide: DirichletGuide, prefix: str, keep_vars: bool) -> None:
+    guide._read_store()
+
+
+def _read_store_before_load(guide: DirichletGuide, *args) -> None:
+    guide._read_store()
+
+
+def _check_site_paths(names: list[str]) -> None:
+    """Raise ``ValueError`` where layer names cannot each have their own path in :attr:`DirichletGuide.sites`."""
+    params = {concentration_param(name) for name in names}
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"layers name {name!r} twice; each switched layer has one concentration.")
+        seen.add(name)
+        segments = switch_site(name).split(".")
+        if "" in segments:
+            raise ValueError(f"layer name {name!r} is not a module path (it has an empty segment).")
+        for end in range(1, len(segments) + 1):
+            if ".".join(segments[:end]) in params:
+                raise ValueError(f"layer {name!r}'s switch site lies below {'.'.join(segments[:end])!r}, "
+                                 f"another layer's concentration; rename one of the two modules.")
 
 
 def make_guide(
