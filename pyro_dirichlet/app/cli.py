@@ -33,6 +33,8 @@ ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
 FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
+UNSUPPORTED_POLICIES = source_value("pyro_dirichlet.structure.layers", "UNSUPPORTED_POLICIES")
+DISTILLATION_TEMPERATURE = source_value("pyro_dirichlet.repair.distillation", "DEFAULT_TEMPERATURE")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
 
@@ -256,7 +258,7 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coupled", choices=list(COUPLING_POLICIES),
                        help=_help("channels coupled through residual adds, concatenations and depthwise convs: "
                                   "group (one shared switch, pruned together) or skip (leave unpruned)", "coupled"))
-    group.add_argument("--on-unsupported", choices=["raise", "skip"],
+    group.add_argument("--on-unsupported", choices=list(UNSUPPORTED_POLICIES),
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--gain", choices=["channel", "layer", "none"],
@@ -325,7 +327,8 @@ def _finetune(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finetune-lr", type=float, metavar="LR", help=_help("peak Adam learning rate of fine-tuning", "finetune_lr"))
     group.add_argument("--finetune-distillation", type=float, metavar="SHARE",
                        help=_help("share of the fine-tune loss that matches the baseline's class probabilities "
-                                  "(knowledge distillation, temperature 4), in [0, 1]", "finetune_distillation"))
+                                  f"(knowledge distillation, temperature {DISTILLATION_TEMPERATURE:g}), in [0, 1]",
+                                  "finetune_distillation"))
 
 
 def _report(parser: argparse.ArgumentParser) -> None:

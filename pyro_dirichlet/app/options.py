@@ -19,21 +19,18 @@ from pyro_dirichlet.io.factories import is_factory_path
 from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
+from pyro_dirichlet.infer.fit_config import CLI_PREDICTIVE_DRAWS, PREDICTIVE_IMAGES
 from pyro_dirichlet.infer.switches import resolve_gain
 from pyro_dirichlet.planning.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB
 from pyro_dirichlet.app.prior_model import load_prior_model
-from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING
+from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING, DEFAULT_ON_UNSUPPORTED, UNSUPPORTED_POLICIES
 
-__all__ = ["MAX_SEED", "MIN_SUBSET", "PREDICTIVE_DRAWS", "PREDICTIVE_IMAGES", "Runtime", "TrainOptions", "FitOptions",
+__all__ = ["MAX_SEED", "MIN_SUBSET", "Runtime", "TrainOptions", "FitOptions",
            "PruneOptions", "FinetuneOptions"]
 
-#: ``fit``'s posterior predictive, draws x validation images: 50 x 128 cost 0.09 of the demo's SVI in CPU
-#: seconds (100 x 128: 0.19-0.20; the bar is 0.2), and 50 draws stay above the ~30 that PSIS (az.loo) wants.
-PREDICTIVE_DRAWS = 50
-PREDICTIVE_IMAGES = 128
 #: Seeds seed NumPy too, which takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
 #: A smoke subset smaller than this leaves validation and test splits of one image.
@@ -154,14 +151,14 @@ class FitOptions:
 
     layers: tuple[str, ...] | None = None
     coupled: str = DEFAULT_COUPLING
-    on_unsupported: str = "raise"
+    on_unsupported: str = DEFAULT_ON_UNSUPPORTED
     prior: float = DEFAULT_CONCENTRATION
     prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
     gain: str | None = None
     layer_gain: bool | None = None
-    predictive_draws: int = PREDICTIVE_DRAWS
+    predictive_draws: int = CLI_PREDICTIVE_DRAWS
     predictive_images: int = PREDICTIVE_IMAGES
 
     def __post_init__(self) -> None:
@@ -182,7 +179,7 @@ class FitOptions:
         _check_probability("ci_prob", self.ci_prob)
         if self.coupled not in COUPLING_POLICIES:
             raise ValueError(f"coupled must be 'group' or 'skip', got {self.coupled!r}.")
-        if self.on_unsupported not in ("raise", "skip"):
+        if self.on_unsupported not in UNSUPPORTED_POLICIES:
             raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {self.on_unsupported!r}.")
         if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n for n in self.layers)):
             raise ValueError(f"layers must be None or a non-empty list of layer names, got {self.layers!r}.")
@@ -243,7 +240,7 @@ class FinetuneOptions:
             :data:`pyro_dirichlet.repair.train.DEFAULT_EPOCHS` for how it was chosen).
         lr: peak learning rate (:data:`pyro_dirichlet.repair.train.DEFAULT_LR`).
         distillation: share of the loss that matches the run's baseline (the unpruned
-            network, the teacher) at temperature 4, in ``[0, 1]``; 0 fine-tunes on the
+            network, the teacher) at :data:`~pyro_dirichlet.repair.distillation.DEFAULT_TEMPERATURE`, in ``[0, 1]``; 0 fine-tunes on the
             labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
     """
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor
-from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, FitConfig
+from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig
 from pyro_dirichlet.infer.objective import elbo_estimator, switch_optimizer
 from pyro_dirichlet.data import BatchSource, Split, count_examples, iterate_batches, minibatches
 from pyro_dirichlet.infer.distributed import AllReduceGradients, DataParallel
@@ -78,11 +78,11 @@ class FitResult:
     def posterior(
         self,
         *,
-        num_samples: int = 1000,
+        num_samples: int = DEFAULT_NUM_SAMPLES,
         seed: int = 0,
         validation: BatchSource | None = None,
-        predictive_draws: int = 100,
-        validation_size: int = 128,
+        predictive_draws: int = PREDICTIVE_DRAWS,
+        validation_size: int = PREDICTIVE_IMAGES,
     ) -> xr.DataTree:
         """The fitted posterior as an ArviZ DataTree (see :func:`pyro_dirichlet.posterior.from_fit`).
 

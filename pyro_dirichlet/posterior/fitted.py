@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from pyro_dirichlet.infer.fit_config import DEFAULT_NUM_SAMPLES
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
@@ -32,7 +33,7 @@ GUIDE_PARAMETERS = "guide_parameters"
 def from_fit(
     concentrations: Mapping[str, torch.Tensor],
     *,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     channels: Mapping[str, np.ndarray] | None = None,
     latents: Mapping[str, np.ndarray] | None = None,

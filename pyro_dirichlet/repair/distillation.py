@@ -14,7 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["distillation_loss", "check_teacher"]
+__all__ = ["DEFAULT_TEMPERATURE", "distillation_loss", "check_teacher"]
+
+#: Softmax temperature of the matching term unless told otherwise: soft enough that the
+#: teacher's wrong-class probabilities carry information (Hinton, Vinyals & Dean use 1-20).
+DEFAULT_TEMPERATURE = 4.0
 
 
 def distillation_loss(

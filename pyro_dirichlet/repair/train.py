@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pyro_dirichlet.io.atomic import atomic_write
-from pyro_dirichlet.repair.distillation import check_teacher, distillation_loss
+from pyro_dirichlet.repair.distillation import DEFAULT_TEMPERATURE, check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
 from pyro_dirichlet.precision import autocast, check_precision
@@ -81,7 +81,7 @@ class TrainConfig:
     nesterov: bool = False
     label_smoothing: float = 0.0
     distillation: float = 0.0
-    temperature: float = 4.0
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
     precision: str = "fp32"
 
@@ -128,7 +128,7 @@ class TrainConfig:
 
 
 # Options added after baselines were first cached, with their defaults.
-_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": 4.0, "precision": "fp32"}
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": DEFAULT_TEMPERATURE, "precision": "fp32"}
 
 
 @dataclass
@@ -472,7 +472,7 @@ def finetune(
     progress: bool = True,
     teacher: nn.Module | None = None,
     distillation: float = 0.0,
-    temperature: float = 4.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     precision: str = "fp32",
 ) -> TrainResult:
     """Fine-tune a pruned network in place with Adam and a cosine schedule.
