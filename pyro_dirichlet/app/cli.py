@@ -34,6 +34,7 @@ FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
 UNSUPPORTED_POLICIES = source_value("pyro_dirichlet.structure.layers", "UNSUPPORTED_POLICIES")
+BUDGET_COSTS = source_value("pyro_dirichlet.planning.allocation", "COSTS")
 DISTILLATION_TEMPERATURE = source_value("pyro_dirichlet.repair.distillation", "DEFAULT_TEMPERATURE")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
@@ -314,7 +315,7 @@ def _prune(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=float, metavar="FRACTION",
                        help="keep at most this fraction of the baseline's FLOPs (or --budget-cost params); "
                             "one threshold on the posterior means picks every layer's width")
-    group.add_argument("--budget-cost", choices=["flops", "params"], help=_help("what --budget limits", "budget_cost"))
+    group.add_argument("--budget-cost", choices=list(BUDGET_COSTS), help=_help("what --budget limits", "budget_cost"))
     parser.add_argument_group("decision check (prune)").add_argument(
         "--no-check", dest="check", action="store_false",
         help="skip comparing the posterior's channels with L1-norm and random ones at the same counts after the same "

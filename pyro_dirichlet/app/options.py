@@ -21,6 +21,7 @@ from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.infer.fit_config import CLI_PREDICTIVE_DRAWS, PREDICTIVE_IMAGES
 from pyro_dirichlet.infer.switches import resolve_gain
+from pyro_dirichlet.planning.allocation import COSTS, DEFAULT_COST
 from pyro_dirichlet.planning.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
@@ -205,7 +206,7 @@ class PruneOptions:
 
     keep: Target | None = None
     budget: float | None = None
-    budget_cost: Literal["flops", "params"] = "flops"
+    budget_cost: Literal["flops", "params"] = DEFAULT_COST
     check: bool = True
 
     def __post_init__(self) -> None:
@@ -223,7 +224,7 @@ class PruneOptions:
                                      f"got {count!r}.")
         if self.budget is not None:
             _check_number("budget", self.budget, low=0, high=1)
-        if self.budget_cost not in ("flops", "params"):
+        if self.budget_cost not in COSTS:
             raise ValueError(f"budget_cost must be 'flops' or 'params', got {self.budget_cost!r}.")
         if not isinstance(self.check, bool):
             raise ValueError(f"check must be true or false, got {self.check!r}.")

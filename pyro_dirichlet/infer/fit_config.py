@@ -14,7 +14,7 @@ import torch
 from pyro_dirichlet.infer.convergence import StoppingRule
 from pyro_dirichlet.infer.guide import DEFAULT_HYPER_GUIDE, DEFAULT_INIT_CONCENTRATION, HYPER_GUIDES
 from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY
-from pyro_dirichlet.precision import check_precision
+from pyro_dirichlet.precision import LIBRARY_PRECISION, check_precision
 
 __all__ = ["AUTOCAST_DTYPES", "CLI_PREDICTIVE_DRAWS", "DEFAULT_NUM_SAMPLES", "FitConfig", "PREDICTIVE_DRAWS",
            "PREDICTIVE_IMAGES"]
@@ -110,7 +110,7 @@ class FitConfig:
     checkpoint_every: int | None = None
     autocast: str | None = None
     channels_last: bool = False
-    precision: str = "fp32"
+    precision: str = LIBRARY_PRECISION
     fast_pooling: bool = True
     hyper_guide: str = DEFAULT_HYPER_GUIDE
     stopping: StoppingRule = field(default_factory=StoppingRule)
