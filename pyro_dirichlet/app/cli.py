@@ -391,12 +391,16 @@ def _settings(command: str, args: argparse.Namespace, options: dict[str, dict[st
     """Defaults, overridden by the config file, overridden by the command line."""
     settings = {dest: DEFAULTS[dest] for dest in options[command]}
     given = vars(args)
+    chosen = {dest: value for dest, value in given.items() if dest in options[command]}
     if "config" in given:
         every = [action for table in options.values() for action in table.values()]
         table = read_config(given["config"])
-        settings.update(config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}",
-                                      trusted=given.get("trust_config", False)))
-    settings.update({dest: value for dest, value in given.items() if dest in options[command]})
+        chosen = {**config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}",
+                                  trusted=given.get("trust_config", False)), **chosen}
+    # Refused whatever the value: --prior equal to its default would otherwise pass unnoticed.
+    if "prior" in chosen and "prior_model" in chosen:
+        raise ValueError(source_value("pyro_dirichlet.app.options", "PRIOR_AND_PRIOR_MODEL"))
+    settings.update(chosen)
     if settings["out"] is None:
         flag = "--out DIR" if command in ("train", "run") else "--run DIR"
         raise ValueError(f"no run directory given: pass {flag} or set 'out' in the config file.")

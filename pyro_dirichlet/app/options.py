@@ -26,12 +26,15 @@ from pyro_dirichlet.planning.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB
-from pyro_dirichlet.app.prior_model import load_prior_model
+from pyro_dirichlet.app.prior_model import check_prior_model_name
 from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING, DEFAULT_ON_UNSUPPORTED, UNSUPPORTED_POLICIES
 
 __all__ = ["MAX_SEED", "MIN_SUBSET", "Runtime", "TrainOptions", "FitOptions",
            "PruneOptions", "FinetuneOptions"]
 
+#: The refusal of a symmetric concentration given together with a prior model, which replaces it.
+PRIOR_AND_PRIOR_MODEL = ("--prior and --prior-model both given: a prior model replaces the symmetric Dirichlet "
+                         "concentration, so give one of them.")
 #: Seeds seed NumPy too, which takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
 #: A smoke subset smaller than this leaves validation and test splits of one image.
@@ -136,7 +139,8 @@ class FitOptions:
             (the fit records the skipped layers and why, and the report lists them).
         prior: symmetric Dirichlet prior concentration of every switch.
         prior_model: instead of ``prior``, a prior model named ``package.module:function``
-            (:mod:`pyro_dirichlet.app.prior_model`), imported here so a bad name fails before any work.
+            (:mod:`pyro_dirichlet.app.prior_model`); only its spelling is checked here, the
+            module is imported by the command that needs it (validation runs no user code).
         fit: the SVI settings (seed, device and progress come from :class:`Runtime`; its
             ``hyper_guide`` covers the prior model's own latent sites).
         ci_prob: probability mass of the printed HDIs.
@@ -174,9 +178,9 @@ class FitOptions:
             raise ValueError(str(error)) from None
         object.__setattr__(self, "layer_gain", None)  # recorded once, as gain
         if self.prior_model is not None:
+            check_prior_model_name(self.prior_model)
             if self.prior != DEFAULT_CONCENTRATION:
-                raise ValueError(f"prior_model and prior={self.prior:g} both set: a prior model replaces the symmetric concentration; give one of them.")
-            load_prior_model(self.prior_model)
+                raise ValueError(PRIOR_AND_PRIOR_MODEL)
         _check_probability("ci_prob", self.ci_prob)
         if self.coupled not in COUPLING_POLICIES:
             raise ValueError(f"coupled must be 'group' or 'skip', got {self.coupled!r}.")
