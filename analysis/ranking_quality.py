@@ -95,6 +95,10 @@ VARIANTS: dict[str, Variant] = {
     # The KL ten times heavier (the likelihood scaled to a tenth of the data): if the ranking
     # signal were the prior's pull against the likelihood, this would strengthen it. Not the real ELBO.
     "tempered-0.1": Variant(fit={"precision": "bf16", "effective_data_fraction": 0.1}),
+    # One step scale per layer instead of per channel (LayerAdam): channels move in
+    # proportion to their pull, not all at about lr (bf16 autocast, as default-bf16).
+    "layer-adam": Variant(fit={"precision": "bf16", "optimizer": "layer-adam"}),
+    "channel-gain-layer-adam": Variant(gain="channel", fit={"precision": "bf16", "optimizer": "layer-adam"}),
     "flat-gain-converged": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
     "sparse-gain-converged": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
     "sparse-gain-init10": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),

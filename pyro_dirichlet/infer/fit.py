@@ -307,7 +307,7 @@ def fit(
     guide, param_names = _prepare_guide(switches, config, device, (first_images[:1], first_labels[:1]), train_size, guide)
     # A step whose gradients are not finite changes nothing, so a diverging fit keeps its last
     # good guide; under torchrun the gradients are summed over ranks before that check.
-    optim = SkipNonFinite(switch_optimizer(config.lr, config.lr_decay))
+    optim = SkipNonFinite(switch_optimizer(config.lr, config.lr_decay, config.optimizer))
     reduce = AllReduceGradients(optim, parallel) if parallel is not None else None
     model = fit_model(switches, config, device)
     svi = SVI(model, guide, reduce or optim, elbo_estimator(config.analytic_kl, config.num_particles,

@@ -13,7 +13,7 @@ import torch
 
 from pyro_dirichlet.infer.convergence import StoppingRule
 from pyro_dirichlet.infer.guide import DEFAULT_HYPER_GUIDE, DEFAULT_INIT_CONCENTRATION, HYPER_GUIDES
-from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY
+from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, OPTIMIZERS
 from pyro_dirichlet.precision import LIBRARY_PRECISION, check_precision
 
 __all__ = ["AUTOCAST_DTYPES", "CLI_PREDICTIVE_DRAWS", "DEFAULT_NUM_SAMPLES", "FitConfig", "PREDICTIVE_DRAWS",
@@ -56,6 +56,9 @@ class FitConfig:
             The default falls tenfold every 1,000 steps: at a constant rate the
             concentrations keep jittering by about ``lr`` in log space, so channels near a
             layer's keep threshold trade places at every check and a fit never settles.
+        optimizer: ``"adam"`` (one step scale per channel) or ``"layer-adam"`` (one per layer:
+            the channels of a layer move in proportion to their gradients; see
+            :class:`~pyro_dirichlet.infer.optim.LayerAdam`).
         init_concentration: initial guide concentration of every channel.
         analytic_kl: use the closed-form Dirichlet KL (``TraceMeanField_ELBO``); ``False``
             estimates it by sampling (``Trace_ELBO``). Non-Dirichlet priors without a
@@ -98,6 +101,7 @@ class FitConfig:
     batch_size: int = 128
     lr: float = 0.1
     lr_decay: float = DEFAULT_LR_DECAY
+    optimizer: str = "adam"
     init_concentration: float = DEFAULT_INIT_CONCENTRATION
     analytic_kl: bool = True
     num_particles: int = 1
@@ -149,6 +153,8 @@ class FitConfig:
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"FitConfig.autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast!r}.")
         check_precision(self.precision, "FitConfig.precision")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"FitConfig.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.hyper_guide not in HYPER_GUIDES:
             raise ValueError(f"FitConfig.hyper_guide must be one of {sorted(HYPER_GUIDES)}, got {self.hyper_guide!r}.")
         for name in ("vectorize_particles", "channels_last", "fast_pooling"):

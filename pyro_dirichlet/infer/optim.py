@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from pyro.optim import PyroOptim
 
-__all__ = ["OptimWrapper", "SkipNonFinite"]
+__all__ = ["LayerAdam", "OptimWrapper", "SkipNonFinite"]
 
 
 class OptimWrapper(PyroOptim):
@@ -70,3 +70,51 @@ class SkipNonFinite(OptimWrapper):
         self.skipped = bool(grads) and not bool(torch.stack([grad.isfinite().all() for grad in grads]).all())
         if not self.skipped:
             self.optim(params, *args, **kwargs)
+
+
+class LayerAdam(torch.optim.Optimizer):
+    """Adam whose second moment is one number per parameter tensor (one layer's
+    log-concentrations), not one per coordinate.
+
+    Adam divides each coordinate's step by that coordinate's own gradient scale, so every
+    channel moves about ``lr`` per step whatever the evidence: a channel pulled only by
+    the KL (a dead unit the likelihood cannot see) moves as fast as one the likelihood
+    pulls hard, and a fit stopped before the optimum ranks channels by how consistently,
+    not how strongly, they were pulled. One scale per layer keeps the layer's step size
+    adaptive while leaving the channels' relative pulls as the gradient has them, as SGD
+    would. The learning rate is multiplied by ``lrd`` after every step (as Pyro's
+    ``ClippedAdam``).
+
+    Args:
+        params: the parameters (one tensor per layer).
+        lr: the learning rate at the first step.
+        betas: decay of the first (per coordinate) and second (per tensor) moments.
+        eps: added to the second moment's square root.
+        lrd: multiplies the learning rate after every step.
+    """
+
+    def __init__(self, params, lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 lrd: float = 1.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "lrd": lrd})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros((), dtype=param.dtype, device=param.device)
+                state["step"] += 1
+                state["exp_avg"].mul_(beta1).add_(param.grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).add_(param.grad.square().mean(), alpha=1 - beta2)
+                corrected = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt().add_(group["eps"])
+                step_size = group["lr"] / (1 - beta1 ** state["step"])
+                param.addcdiv_(state["exp_avg"], corrected, value=-step_size)
+            group["lr"] *= group["lrd"]
+        return loss
