@@ -13,7 +13,7 @@ import torch
 
 from pyro_dirichlet.infer.convergence import StoppingRule
 from pyro_dirichlet.infer.guide import DEFAULT_HYPER_GUIDE, DEFAULT_INIT_CONCENTRATION, HYPER_GUIDES
-from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, OPTIMIZERS
+from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, DEFAULT_OPTIMIZER, OPTIMIZERS
 from pyro_dirichlet.precision import LIBRARY_PRECISION, check_precision
 
 __all__ = ["AUTOCAST_DTYPES", "CLI_PREDICTIVE_DRAWS", "DEFAULT_NUM_SAMPLES", "FitConfig", "PREDICTIVE_DRAWS",
@@ -101,7 +101,7 @@ class FitConfig:
     batch_size: int = 128
     lr: float = 0.1
     lr_decay: float = DEFAULT_LR_DECAY
-    optimizer: str = "adam"
+    optimizer: str = DEFAULT_OPTIMIZER
     init_concentration: float = DEFAULT_INIT_CONCENTRATION
     analytic_kl: bool = True
     num_particles: int = 1
