@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_dirichlet"
 
 #: Options whose default was once written in several places.
 GUARDED = (
-    "budget_cost", "bins", "ci_prob", "cost", "coupled", "hyper_guide", "init_concentration",
+    "budget_cost", "bins", "ci_prob", "cost", "coupled", "distillation", "hyper_guide", "init_concentration",
     "lr_decay", "num_samples", "on_unsupported", "precision", "predictive_draws", "predictive_images",
     "prior", "temperature", "validation_size",
 )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.io.factories import is_factory_path
+from pyro_dirichlet.repair.distillation import DEFAULT_DISTILLATION
 from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.app.user_inputs import check_user_inputs
 from pyro_dirichlet.infer.fit import FitConfig
@@ -251,7 +252,7 @@ class FinetuneOptions:
 
     epochs: int = DEFAULT_EPOCHS
     lr: float = DEFAULT_LR
-    distillation: float = 0.0
+    distillation: float = DEFAULT_DISTILLATION
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, low=0)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pyro_dirichlet.io.atomic import atomic_write
-from pyro_dirichlet.repair.distillation import DEFAULT_TEMPERATURE, check_teacher, distillation_loss
+from pyro_dirichlet.repair.distillation import DEFAULT_DISTILLATION, DEFAULT_TEMPERATURE, check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
 from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast, check_precision
@@ -82,7 +82,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     nesterov: bool = False
     label_smoothing: float = 0.0
-    distillation: float = 0.0
+    distillation: float = DEFAULT_DISTILLATION
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
     precision: str = LIBRARY_PRECISION
@@ -130,7 +130,7 @@ class TrainConfig:
 
 
 # Options added after baselines were first cached, with their defaults.
-_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": DEFAULT_TEMPERATURE,
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": DEFAULT_DISTILLATION, "temperature": DEFAULT_TEMPERATURE,
                   "precision": LIBRARY_PRECISION}
 
 
@@ -474,7 +474,7 @@ def finetune(
     device: torch.device | str = "cpu",
     progress: bool = True,
     teacher: nn.Module | None = None,
-    distillation: float = 0.0,
+    distillation: float = DEFAULT_DISTILLATION,
     temperature: float = DEFAULT_TEMPERATURE,
     precision: str = LIBRARY_PRECISION,
 ) -> TrainResult:
