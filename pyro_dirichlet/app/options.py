@@ -246,8 +246,8 @@ class FinetuneOptions:
             :data:`pyro_dirichlet.repair.train.DEFAULT_EPOCHS` for how it was chosen).
         lr: peak learning rate (:data:`pyro_dirichlet.repair.train.DEFAULT_LR`).
         distillation: share of the loss that matches the run's baseline (the unpruned
-            network, the teacher) at :data:`~pyro_dirichlet.repair.distillation.DEFAULT_TEMPERATURE`, in ``[0, 1]``; 0 fine-tunes on the
-            labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
+            network, the teacher) at :data:`~pyro_dirichlet.repair.distillation.DEFAULT_TEMPERATURE`,
+            in ``[0, 1]``; 0 fine-tunes on the labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
     """
 
     epochs: int = DEFAULT_EPOCHS
