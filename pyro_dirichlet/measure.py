@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
-from pyro_dirichlet.precision import autocast
+from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast
 
 __all__ = [
     "Stopwatch",
@@ -156,7 +156,7 @@ def accuracy(
     *,
     batch_size: int = 1000,
     device: torch.device | str | None = None,
-    precision: str = "fp32",
+    precision: str = LIBRARY_PRECISION,
 ) -> float:
     """Fraction of ``split`` that ``model`` classifies correctly (arg-max of its output).
 
@@ -293,7 +293,7 @@ def latency_seconds(
     repeats: int = 5,
     warmup: int = 1,
     device: torch.device | str | None = None,
-    precision: str = "fp32",
+    precision: str = LIBRARY_PRECISION,
 ) -> float:
     """Inference latency: the median seconds of one forward pass of ``model`` on the batch ``inputs``.
 

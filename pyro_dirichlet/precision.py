@@ -24,12 +24,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "DEFAULT_PRECISION", "check_precision", "native_bf16", "resolve_precision", "autocast"]
+__all__ = ["PRECISIONS", "DEFAULT_PRECISION", "LIBRARY_PRECISION", "check_precision", "native_bf16", "resolve_precision", "autocast"]
 
 #: The names ``--precision`` and the ``precision`` fields take.
 PRECISIONS = ("auto", "fp32", "bf16")
-#: What the command line uses unless told otherwise (the library's configs default to ``"fp32"``).
+#: What the command line uses unless told otherwise.
 DEFAULT_PRECISION = "auto"
+#: What the library's configs and measurements use unless told otherwise: the computation exactly
+#: as written, so calling a function never changes its numbers with the machine it runs on.
+LIBRARY_PRECISION = "fp32"
 # /proc/cpuinfo flags of native bfloat16 matrix arithmetic.
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 

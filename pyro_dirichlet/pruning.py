@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.planning.allocation import Cost, budget_counts
+from pyro_dirichlet.planning.allocation import DEFAULT_COST, Cost, budget_counts
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.planning.plan import Target, plan_keep
@@ -70,7 +70,7 @@ def prune_by_posterior_mean(
     example_inputs: torch.Tensor | None = None,
     *,
     budget: float | None = None,
-    cost: Cost = "flops",
+    cost: Cost = DEFAULT_COST,
     fold: bool = True,
     layers: Sequence[PrunableLayer] | None = None,
     check: DataSplits | None = None,

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from pyro_dirichlet.app.cli import main
+from pyro_dirichlet.app.options import FitOptions
+from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import load_posterior
 from test_cli import manifest, snapshot
 
@@ -77,9 +79,31 @@ def test_a_malformed_prior_model_name_is_refused_by_the_parser(run_copy, capsys)
     assert "argument --prior-model: --prior-model must be written package.module:function" in capsys.readouterr().err
 
 
-def test_a_prior_model_with_a_prior_concentration_is_an_error(run_copy, capsys):
-    assert main(["fit", "--run", str(run_copy), "--quiet", "--prior-model", GOOD, "--prior", "0.5"]) == 2
-    assert "--prior-model and prior=0.5 both set" in capsys.readouterr().err
+@pytest.mark.parametrize("prior", ["0.5", str(DEFAULT_CONCENTRATION)])
+def test_a_prior_model_with_a_prior_concentration_is_an_error(run_copy, capsys, prior):
+    # the default's own value too: given is given
+    before = snapshot(run_copy)
+    assert main(["fit", "--run", str(run_copy), "--quiet", "--prior-model", GOOD, "--prior", prior]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--prior and --prior-model both given" in error, error
+    assert snapshot(run_copy) == before
+
+
+def test_a_prior_in_the_config_file_with_a_prior_model_flag_is_an_error(run_copy, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(f'run = "{run_copy}"\nprior = 0.5\n')
+    assert main(["fit", "--config", str(config), "--quiet", "--prior-model", GOOD]) == 2
+    assert "--prior and --prior-model both given" in capsys.readouterr().err
+
+
+def test_the_options_check_a_prior_model_name_without_importing_it():
+    import sys
+
+    options = FitOptions(prior_model="never_imported_prior_module:prior")
+    assert options.prior_model == "never_imported_prior_module:prior"
+    assert "never_imported_prior_module" not in sys.modules
+    with pytest.raises(ValueError, match="--prior and --prior-model both given"):
+        FitOptions(prior=0.5, prior_model=GOOD)
 
 
 def test_a_config_file_cannot_name_a_prior_model(run_copy, tmp_path, capsys):
@@ -104,5 +128,7 @@ def test_run_hands_the_prior_model_to_the_report(tmp_path, small_run, small_mnis
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["prior_model"] == GOOD and report["hyper_guide"] == "normal"
+    # the fit records the prior it was given: the model, not the concentration it replaced
+    assert manifest(out)["steps"]["fit"]["config"]["prior"] is None
     assert not report["baseline"]["trained_in_this_run"]
     assert "alpha" in load_posterior(out / "posterior.nc")["posterior"]

@@ -33,6 +33,9 @@ ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
 FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
+UNSUPPORTED_POLICIES = source_value("pyro_dirichlet.structure.layers", "UNSUPPORTED_POLICIES")
+BUDGET_COSTS = source_value("pyro_dirichlet.planning.allocation", "COSTS")
+DISTILLATION_TEMPERATURE = source_value("pyro_dirichlet.repair.distillation", "DEFAULT_TEMPERATURE")
 
 __all__ = ["main", "build_parser", "parse_target", "parse_layers", "options_from", "DEFAULTS", "OPTION_FIELDS"]
 
@@ -256,7 +259,7 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--coupled", choices=list(COUPLING_POLICIES),
                        help=_help("channels coupled through residual adds, concatenations and depthwise convs: "
                                   "group (one shared switch, pruned together) or skip (leave unpruned)", "coupled"))
-    group.add_argument("--on-unsupported", choices=["raise", "skip"],
+    group.add_argument("--on-unsupported", choices=list(UNSUPPORTED_POLICIES),
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--gain", choices=["channel", "layer", "none"],
@@ -312,7 +315,7 @@ def _prune(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=float, metavar="FRACTION",
                        help="keep at most this fraction of the baseline's FLOPs (or --budget-cost params); "
                             "one threshold on the posterior means picks every layer's width")
-    group.add_argument("--budget-cost", choices=["flops", "params"], help=_help("what --budget limits", "budget_cost"))
+    group.add_argument("--budget-cost", choices=list(BUDGET_COSTS), help=_help("what --budget limits", "budget_cost"))
     parser.add_argument_group("decision check (prune)").add_argument(
         "--no-check", dest="check", action="store_false",
         help="skip comparing the posterior's channels with L1-norm and random ones at the same counts after the same "
@@ -325,7 +328,8 @@ def _finetune(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--finetune-lr", type=float, metavar="LR", help=_help("peak Adam learning rate of fine-tuning", "finetune_lr"))
     group.add_argument("--finetune-distillation", type=float, metavar="SHARE",
                        help=_help("share of the fine-tune loss that matches the baseline's class probabilities "
-                                  "(knowledge distillation, temperature 4), in [0, 1]", "finetune_distillation"))
+                                  f"(knowledge distillation, temperature {DISTILLATION_TEMPERATURE:g}), in [0, 1]",
+                                  "finetune_distillation"))
 
 
 def _report(parser: argparse.ArgumentParser) -> None:
@@ -387,12 +391,16 @@ def _settings(command: str, args: argparse.Namespace, options: dict[str, dict[st
     """Defaults, overridden by the config file, overridden by the command line."""
     settings = {dest: DEFAULTS[dest] for dest in options[command]}
     given = vars(args)
+    chosen = {dest: value for dest, value in given.items() if dest in options[command]}
     if "config" in given:
         every = [action for table in options.values() for action in table.values()]
         table = read_config(given["config"])
-        settings.update(config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}",
-                                      trusted=given.get("trust_config", False)))
-    settings.update({dest: value for dest, value in given.items() if dest in options[command]})
+        chosen = {**config_values(table, every, set(options[command]), source=f"config file {str(given['config'])!r}",
+                                  trusted=given.get("trust_config", False)), **chosen}
+    # Refused whatever the value: --prior equal to its default would otherwise pass unnoticed.
+    if "prior" in chosen and "prior_model" in chosen:
+        raise ValueError(source_value("pyro_dirichlet.app.options", "PRIOR_AND_PRIOR_MODEL"))
+    settings.update(chosen)
     if settings["out"] is None:
         flag = "--out DIR" if command in ("train", "run") else "--run DIR"
         raise ValueError(f"no run directory given: pass {flag} or set 'out' in the config file.")

@@ -16,23 +16,25 @@ from typing import Any, Literal
 from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.io.factories import is_factory_path
+from pyro_dirichlet.repair.distillation import DEFAULT_DISTILLATION
 from pyro_dirichlet.repair.train import DEFAULT_EPOCHS, DEFAULT_LR
 from pyro_dirichlet.infer.fit import FitConfig
+from pyro_dirichlet.infer.fit_config import CLI_PREDICTIVE_DRAWS, PREDICTIVE_IMAGES
 from pyro_dirichlet.infer.switches import resolve_gain
+from pyro_dirichlet.planning.allocation import COSTS, DEFAULT_COST
 from pyro_dirichlet.planning.plan import Target
 from pyro_dirichlet.precision import DEFAULT_PRECISION, check_precision
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION
 from pyro_dirichlet.posterior import DEFAULT_CI_PROB
-from pyro_dirichlet.app.prior_model import load_prior_model
-from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING
+from pyro_dirichlet.app.prior_model import check_prior_model_name
+from pyro_dirichlet.structure import COUPLING_POLICIES, DEFAULT_COUPLING, DEFAULT_ON_UNSUPPORTED, UNSUPPORTED_POLICIES
 
-__all__ = ["MAX_SEED", "MIN_SUBSET", "PREDICTIVE_DRAWS", "PREDICTIVE_IMAGES", "Runtime", "TrainOptions", "FitOptions",
+__all__ = ["MAX_SEED", "MIN_SUBSET", "Runtime", "TrainOptions", "FitOptions",
            "PruneOptions", "FinetuneOptions"]
 
-#: ``fit``'s posterior predictive, draws x validation images: 50 x 128 cost 0.09 of the demo's SVI in CPU
-#: seconds (100 x 128: 0.19-0.20; the bar is 0.2), and 50 draws stay above the ~30 that PSIS (az.loo) wants.
-PREDICTIVE_DRAWS = 50
-PREDICTIVE_IMAGES = 128
+#: The refusal of a symmetric concentration given together with a prior model, which replaces it.
+PRIOR_AND_PRIOR_MODEL = ("--prior and --prior-model both given: a prior model replaces the symmetric Dirichlet "
+                         "concentration, so give one of them.")
 #: Seeds seed NumPy too, which takes 32-bit seeds.
 MAX_SEED = 2**32 - 1
 #: A smoke subset smaller than this leaves validation and test splits of one image.
@@ -143,7 +145,8 @@ class FitOptions:
             (the fit records the skipped layers and why, and the report lists them).
         prior: symmetric Dirichlet prior concentration of every switch.
         prior_model: instead of ``prior``, a prior model named ``package.module:function``
-            (:mod:`pyro_dirichlet.app.prior_model`), imported here so a bad name fails before any work.
+            (:mod:`pyro_dirichlet.app.prior_model`); only its spelling is checked here, the
+            module is imported by the command that needs it (validation runs no user code).
         fit: the SVI settings (seed, device and progress come from :class:`Runtime`; its
             ``hyper_guide`` covers the prior model's own latent sites).
         ci_prob: probability mass of the printed HDIs.
@@ -159,14 +162,14 @@ class FitOptions:
 
     layers: tuple[str, ...] | None = None
     coupled: str = DEFAULT_COUPLING
-    on_unsupported: str = "raise"
+    on_unsupported: str = DEFAULT_ON_UNSUPPORTED
     prior: float = DEFAULT_CONCENTRATION
     prior_model: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     ci_prob: float = DEFAULT_CI_PROB
     gain: str | None = None
     layer_gain: bool | None = None
-    predictive_draws: int = PREDICTIVE_DRAWS
+    predictive_draws: int = CLI_PREDICTIVE_DRAWS
     predictive_images: int = PREDICTIVE_IMAGES
 
     def __post_init__(self) -> None:
@@ -181,13 +184,13 @@ class FitOptions:
             raise ValueError(str(error)) from None
         object.__setattr__(self, "layer_gain", None)  # recorded once, as gain
         if self.prior_model is not None:
+            check_prior_model_name(self.prior_model)
             if self.prior != DEFAULT_CONCENTRATION:
-                raise ValueError(f"prior_model and prior={self.prior:g} both set: a prior model replaces the symmetric concentration; give one of them.")
-            load_prior_model(self.prior_model)
+                raise ValueError(PRIOR_AND_PRIOR_MODEL)
         _check_probability("ci_prob", self.ci_prob)
         if self.coupled not in COUPLING_POLICIES:
             raise ValueError(f"coupled must be 'group' or 'skip', got {self.coupled!r}.")
-        if self.on_unsupported not in ("raise", "skip"):
+        if self.on_unsupported not in UNSUPPORTED_POLICIES:
             raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {self.on_unsupported!r}.")
         if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n for n in self.layers)):
             raise ValueError(f"layers must be None or a non-empty list of layer names, got {self.layers!r}.")
@@ -213,7 +216,7 @@ class PruneOptions:
 
     keep: Target | None = None
     budget: float | None = None
-    budget_cost: Literal["flops", "params"] = "flops"
+    budget_cost: Literal["flops", "params"] = DEFAULT_COST
     check: bool = True
 
     def __post_init__(self) -> None:
@@ -231,7 +234,7 @@ class PruneOptions:
                                      f"got {count!r}.")
         if self.budget is not None:
             _check_number("budget", self.budget, low=0, high=1)
-        if self.budget_cost not in ("flops", "params"):
+        if self.budget_cost not in COSTS:
             raise ValueError(f"budget_cost must be 'flops' or 'params', got {self.budget_cost!r}.")
         if not isinstance(self.check, bool):
             raise ValueError(f"check must be true or false, got {self.check!r}.")
@@ -248,13 +251,13 @@ class FinetuneOptions:
             :data:`pyro_dirichlet.repair.train.DEFAULT_EPOCHS` for how it was chosen).
         lr: peak learning rate (:data:`pyro_dirichlet.repair.train.DEFAULT_LR`).
         distillation: share of the loss that matches the run's baseline (the unpruned
-            network, the teacher) at temperature 4, in ``[0, 1]``; 0 fine-tunes on the
-            labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
+            network, the teacher) at :data:`~pyro_dirichlet.repair.distillation.DEFAULT_TEMPERATURE`,
+            in ``[0, 1]``; 0 fine-tunes on the labels alone (:func:`pyro_dirichlet.repair.train.finetune`).
     """
 
     epochs: int = DEFAULT_EPOCHS
     lr: float = DEFAULT_LR
-    distillation: float = 0.0
+    distillation: float = DEFAULT_DISTILLATION
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, low=0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from pyro_dirichlet.io.factories import is_factory_path
 from pyro_dirichlet.measure import Stopwatch
+from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.report import ReportOptions, report_step
 from pyro_dirichlet.app.rundir import STAGING_PREFIX, RunDirectory, replace_run
 from pyro_dirichlet.app.steps import (
@@ -84,6 +85,8 @@ def run(config: RunConfig) -> dict:
     """
     out = Path(config.out)
     _check_layer_names(config)
+    # Imported once, before any work: a bad module fails now, and fit and report share it.
+    prior_model = None if config.fit.prior_model is None else load_prior_model(config.fit.prior_model)
     if is_factory_path(config.train.model) and config.runtime.factory is None:
         # The caller named the factory in TrainOptions: the later steps may rebuild the network from it.
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, factory=config.train.model))
@@ -93,11 +96,12 @@ def run(config: RunConfig) -> dict:
         try:
             staged = RunDirectory(staging)
             train_step(staged, config.runtime, config.train)
-            fit_step(staged, config.runtime, config.fit)
+            fit_step(staged, config.runtime, config.fit, prior_model=prior_model)
             prune_step(staged, config.runtime, config.prune)
             finetune_step(staged, config.runtime, config.finetune)
             # The report draws the model, so it needs the prior model the fit was given.
-            report = report_step(staged, config.runtime, dataclasses.replace(config.report, prior_model=config.fit.prior_model))
+            report = report_step(staged, config.runtime, dataclasses.replace(config.report, prior_model=config.fit.prior_model),
+                                 prior_model=prior_model)
             replace_run(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

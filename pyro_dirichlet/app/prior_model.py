@@ -4,15 +4,17 @@ Naming a prior model runs the named module's code, so the name is taken only fro
 user types (``--prior-model``), never from a file's contents: a config file may not set it,
 and a run directory only records it. ``fit`` writes the name into ``run.json``; a later step
 that needs the prior again (``report`` draws the model) must be given the same name again,
-and :func:`check_recorded` compares the two.
+and :func:`check_recorded` compares the two. A command imports the module once, where it first
+needs the prior (``fit``, ``report``; ``run`` before training, then hands the model to both).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from pyro_dirichlet.infer.priors import PriorModel
-from pyro_dirichlet.io.user_code import UserCodeError, check_function, import_user_module
+if TYPE_CHECKING:
+    from pyro_dirichlet.infer.priors import PriorModel
 
 __all__ = ["check_prior_model_name", "check_recorded", "load_prior_model"]
 
@@ -39,27 +41,31 @@ def load_prior_model(name: str) -> PriorModel:
     Raises:
         ValueError: the name is malformed, the module cannot be imported or exits (its own
             error is quoted), it has no such attribute, or the attribute is not a function; each
-            message starts with ``prior_model`` and quotes the name.
+            message names the option, ``--prior-model`` (only the command line names one), and quotes the name.
 
     Example:
         >>> load_prior_model("my_priors:shared_alpha")  # doctest: +SKIP
         PriorModel(fn=<function shared_alpha at ...>)
     """
+    # Imported here: checking a name (the parser, the options) needs neither torch nor the user's code.
+    from pyro_dirichlet.infer.priors import PriorModel
+    from pyro_dirichlet.io.user_code import UserCodeError, check_function, import_user_module
+
     module_name, _, attribute = check_prior_model_name(name).partition(":")
     try:
         target = import_user_module(module_name)
     except UserCodeError as error:  # the user's module: any failure of its import is bad input
-        raise ValueError(f"prior_model {name!r}: {str(error).rstrip('.')}.") from None
+        raise ValueError(f"--prior-model {name!r}: {str(error).rstrip('.')}.") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"prior_model {name!r}: module {module_name!r} has no attribute {attribute!r}.")
+            raise ValueError(f"--prior-model {name!r}: module {module_name!r} has no attribute {attribute!r}.")
         target = getattr(target, part)
     if isinstance(target, PriorModel):
         return target
     refused = None if callable(target) else f"a {type(target).__name__}"
     refused = refused or check_function(target)
     if refused is not None:
-        raise ValueError(f"prior_model {name!r} is {refused}, not a function prior_model(layers) -> {{layer: distribution}}.")
+        raise ValueError(f"--prior-model {name!r} is {refused}, not a function prior_model(layers) -> {{layer: distribution}}.")
     return PriorModel(target)
 
 

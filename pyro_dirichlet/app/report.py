@@ -18,7 +18,7 @@ import platform
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,7 +43,10 @@ from pyro_dirichlet.app.steps import (
 )
 from pyro_dirichlet.posterior.uncertainty import keep_threshold, mass_curve, straddling_channels
 
-__all__ = ["REPORT_FORMAT_VERSION", "ReportOptions", "report_step", "render_html", "render_markdown"]
+if TYPE_CHECKING:
+    from pyro_dirichlet.infer.priors import PriorModel
+
+__all__ = ["REPORT_FORMAT_VERSION", "ReportOptions", "recorded_switches", "report_step", "render_html", "render_markdown"]
 
 #: Version of ``report.json``'s layout.
 REPORT_FORMAT_VERSION = 1
@@ -79,10 +82,13 @@ class ReportOptions:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = ReportOptions()) -> dict[str, Any]:
+def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = ReportOptions(), *,
+                prior_model: PriorModel | None = None) -> dict[str, Any]:
     """Write ``report.json``, ``report.html``, ``report.md`` and the PNGs ``report.md`` shows into the run directory.
 
-    Needs every earlier step. Returns the report (the content of ``report.json``).
+    Needs every earlier step. Returns the report (the content of ``report.json``). The switch
+    model it draws is rebuilt from what ``fit`` recorded (:func:`recorded_switches`);
+    ``prior_model`` is ``options.prior_model`` already imported (by ``run``), else this step imports it.
     """
     with run.lock(), Stopwatch() as watch:
         records = {step: run.record(step) for step in ("train", "fit", "prune", "finetune")}
@@ -95,11 +101,8 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         pruned = load_run_pruned(run, PRUNED, runtime).to(device).eval()
         before_finetune = load_run_pruned(run, PRUNED_BEFORE_FINETUNE, runtime).to(device).eval()
         posterior = load_run_posterior(run, baseline, data.train.images[:2].to(device))
-        prior = fit_config["prior"] if options.prior_model is None else load_prior_model(options.prior_model)
-        switches = DirichletSwitches(baseline, data.train.images[:2].to(device), layers=fit_config.get("layers"),
-                                     prior=prior, coupled=fit_config["coupled"],
-                                     on_unsupported=fit_config.get("on_unsupported", "raise"),
-                                     gain=recorded_gain(fit_config))
+        prior_model = prior_model or (options.prior_model and load_prior_model(options.prior_model))
+        switches = DirichletSwitches(baseline, data.train.images[:2].to(device), **recorded_switches(fit_config, prior_model))
         summaries = layer_summaries(posterior, ci_prob=options.ci_prob)
         keep = records["prune"]["result"]["kept_channels"]
         example = data.test.images[: options.latency_batch].to(device)
@@ -261,7 +264,7 @@ def _assemble(manifest, records, layers, latency, options, device) -> dict[str, 
         "prior_model": fit_config.get("prior_model"),
         "hyper_guide": fit_config.get("fit", {}).get("hyper_guide"),
         "coupled": fit_config["coupled"],
-        "on_unsupported": fit_config.get("on_unsupported", "raise"),
+        "on_unsupported": recorded_switches(fit_config)["on_unsupported"],
         "gain": recorded_gain(fit_config),
         # Runs fitted before the list was recorded have none.
         "skipped_layers": fitted.get("skipped_layers", []),
@@ -518,6 +521,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["", "## Layers left unpruned", "", _SKIPPED_NOTE, "",
                   *table(("layer", "why", "kind"), _skipped_rows(report))]
     return "\n".join(lines) + "\n"
+
+
+#: What runs fitted before a switch setting was recorded were fitted with: every layer, and
+#: ``on_unsupported="raise"``, the only policy before the option existed.
+_BEFORE_RECORDED = {"layers": None, "on_unsupported": "raise"}
+
+
+def recorded_switches(fit_config: Mapping[str, Any], prior_model: PriorModel | None = None) -> dict[str, Any]:
+    """The keyword arguments of :class:`~pyro_dirichlet.DirichletSwitches` that ``fit`` recorded in ``run.json``.
+
+    The report rebuilds the fitted switch model from these rather than from defaults of its own.
+    ``prior_model`` (imported from the name the fit recorded) replaces the recorded concentration.
+    """
+    switches = {name: fit_config.get(name, before) for name, before in _BEFORE_RECORDED.items()}
+    prior = fit_config["prior"] if prior_model is None else prior_model
+    return {**switches, "prior": prior, "coupled": fit_config["coupled"], "gain": recorded_gain(fit_config)}
 
 
 def recorded_gain(record: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ checks that every option's default reads the same both ways).
 
 Example:
     >>> source_value("pyro_dirichlet.infer.priors", "DEFAULT_CONCENTRATION")
-    1.0
+    0.1
 """
 
 from __future__ import annotations

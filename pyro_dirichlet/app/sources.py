@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pyro_dirichlet.app.options import MIN_SUBSET
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.data.catalog import is_user_source
@@ -142,8 +143,8 @@ def cut(data: DataSplits, record: dict[str, Any]) -> DataSplits:
     size = record.get("subset")
     if size is None:
         return data
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"subset must be an integer of at least 8 training examples, got {size!r}.")
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SUBSET:
+        raise ValueError(f"subset must be an integer of at least {MIN_SUBSET} training examples, got {size!r}.")
     train, validation, test = subset_sizes(size)
     return data.subset(train=train, validation=validation, test=test, seed=record["subset_seed"])
 

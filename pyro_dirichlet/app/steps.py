@@ -52,6 +52,8 @@ from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
 if TYPE_CHECKING:
     import xarray as xr
 
+    from pyro_dirichlet.infer.priors import PriorModel
+
 __all__ = [
     "Runtime",
     "TrainOptions",
@@ -101,9 +103,9 @@ def _locked(step: Callable[[RunDirectory, Runtime, Any], dict[str, Any]]) -> Cal
     """Run ``step`` holding the run directory's lock: no other command changes the directory meanwhile."""
 
     @functools.wraps(step)
-    def locked(run: RunDirectory, runtime: Runtime, options: Any) -> dict[str, Any]:
+    def locked(run: RunDirectory, runtime: Runtime, options: Any, **keywords: Any) -> dict[str, Any]:
         with run.lock():
-            return step(run, runtime, options)
+            return step(run, runtime, options, **keywords)
 
     return locked
 
@@ -220,8 +222,13 @@ def _baseline_result(
 
 
 @_locked
-def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[str, Any]:
-    """Fit the switch posterior of the run's baseline; write ``posterior.nc`` and ``forest.png``."""
+def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions, *, prior_model: PriorModel | None = None) -> dict[str, Any]:
+    """Fit the switch posterior of the run's baseline; write ``posterior.nc`` and ``forest.png``.
+
+    ``prior_model``: ``options.prior_model`` already imported (``run`` imports it before training);
+    else this step imports it. ``run.json`` records the prior the switches were given: the
+    concentration, or ``prior`` null and the prior model's name.
+    """
     with Stopwatch() as watch:
         run.record("train")
         check_writable(run.path)
@@ -232,7 +239,7 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         data = load_run_data(run, runtime)
         network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
-        prior = options.prior if options.prior_model is None else load_prior_model(options.prior_model)
+        prior = options.prior if options.prior_model is None else prior_model or load_prior_model(options.prior_model)
         switches = DirichletSwitches(network, example, layers=options.layers, prior=prior,
                                      coupled=options.coupled, on_unsupported=options.on_unsupported,
                                      gain=options.gain)
@@ -277,7 +284,8 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions) -> dict[s
         with writing(run.path), run.stage() as staging:
             save_posterior(posterior, staging / POSTERIOR)
             plot_forest(posterior, staging / FOREST, ci_prob=options.ci_prob)
-            config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime)}
+            config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime),
+                      **({"prior": None} if options.prior_model is not None else {})}  # a prior model replaced it
             record = run.commit("fit", staging, config=config, result={**result.to_dict(), "skipped_layers": skipped,
                                                                        "precision": precision},
                                 seconds=watch.elapsed)["steps"]["fit"]

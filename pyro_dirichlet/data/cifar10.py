@@ -20,7 +20,7 @@ from torch import Tensor
 from pyro_dirichlet.data.augment import RandomCropFlip
 from pyro_dirichlet.data.errors import DatasetError, DatasetMissingError
 from pyro_dirichlet.data.root import resolve_data_root
-from pyro_dirichlet.data.splits import DataSplits, Split, split_indices
+from pyro_dirichlet.data.splits import VALIDATION_SIZE, DataSplits, Split, split_indices
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10", "read_image_zip"]
 
@@ -315,7 +315,7 @@ def _normalise_cifar(images: Tensor) -> Tensor:
 def load_cifar10(
     data_dir: str | os.PathLike[str] | None = None,
     *,
-    validation_size: int = 5000,
+    validation_size: int = VALIDATION_SIZE,
     split_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> DataSplits:

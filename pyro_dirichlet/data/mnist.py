@@ -13,7 +13,7 @@ from torch import Tensor
 
 from pyro_dirichlet.data.errors import DatasetError, DatasetMissingError
 from pyro_dirichlet.data.root import resolve_data_root
-from pyro_dirichlet.data.splits import DataSplits, Split, split_indices
+from pyro_dirichlet.data.splits import VALIDATION_SIZE, DataSplits, Split, split_indices
 
 __all__ = ["MNIST_FILES", "MNIST_MEAN", "MNIST_STD", "load_mnist", "read_idx"]
 
@@ -123,7 +123,7 @@ def _normalise_mnist(images: Tensor) -> Tensor:
 def load_mnist(
     data_dir: str | os.PathLike[str] | None = None,
     *,
-    validation_size: int = 5000,
+    validation_size: int = VALIDATION_SIZE,
     split_seed: int = 0,
 ) -> DataSplits:
     """Load MNIST as normalised tensors: 55k train, 5k validation, 10k test by default.

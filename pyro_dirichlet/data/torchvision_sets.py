@@ -19,12 +19,9 @@ from pyro_dirichlet.data.errors import DatasetError
 from pyro_dirichlet.data.normalization import Normalization
 from pyro_dirichlet.data.imagefolder import ImageFolderSplits
 from pyro_dirichlet.data.root import resolve_data_root
-from pyro_dirichlet.data.splits import Split, split_indices
+from pyro_dirichlet.data.splits import VALIDATION_SIZE, Split, split_indices
 
 __all__ = ["TorchvisionDatasetError", "load_torchvision_dataset", "VALIDATION_SIZE"]
-
-#: Validation images carved from the training set (at most a tenth of it), as for MNIST and CIFAR-10.
-VALIDATION_SIZE = 5000
 
 
 class TorchvisionDatasetError(DatasetError):

@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 from pyro_dirichlet.devices import resolve_device
 from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor
-from pyro_dirichlet.infer.fit_config import AUTOCAST_DTYPES, FitConfig, network_context
+from pyro_dirichlet.infer.fit_config import (
+    AUTOCAST_DTYPES, DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig, network_context,
+)
 from pyro_dirichlet.infer.fit_data import (
     FitData, check_label_values, check_labels, check_split, data_identity, preload, stream_data,
 )
@@ -78,11 +80,11 @@ class FitResult:
     def posterior(
         self,
         *,
-        num_samples: int = 1000,
+        num_samples: int = DEFAULT_NUM_SAMPLES,
         seed: int = 0,
         validation: BatchSource | None = None,
-        predictive_draws: int = 100,
-        validation_size: int = 128,
+        predictive_draws: int = PREDICTIVE_DRAWS,
+        validation_size: int = PREDICTIVE_IMAGES,
     ) -> xr.DataTree:
         """The fitted posterior as an ArviZ DataTree: :func:`pyro_dirichlet.posterior.from_fit` of this result.
 

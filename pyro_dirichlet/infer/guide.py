@@ -18,6 +18,7 @@ from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
 
 __all__ = [
     "DirichletGuide",
+    "DEFAULT_HYPER_GUIDE",
     "DEFAULT_INIT_CONCENTRATION",
     "HYPER_GUIDES",
     "concentration_param",
@@ -30,6 +31,8 @@ __all__ = [
 #: ``FitConfig.hyper_guide`` names and the autoguide each builds for the prior's latent
 #: sites: a mean-field Normal in unconstrained space, or a point estimate (empirical Bayes).
 HYPER_GUIDES = {"normal": AutoNormal, "delta": AutoDelta}
+#: The hyper-guide unless told otherwise: a Normal keeps the prior's latent sites uncertain.
+DEFAULT_HYPER_GUIDE = "normal"
 
 #: Initial concentration of every channel. The default fit runs until converged
 #: (:class:`~pyro_dirichlet.infer.convergence.StoppingRule`), so the start need not be one
@@ -220,7 +223,7 @@ def make_guide(
     switches: DirichletSwitches,
     *,
     init_concentration: float = DEFAULT_INIT_CONCENTRATION,
-    hyper_guide: str = "normal",
+    hyper_guide: str = DEFAULT_HYPER_GUIDE,
 ) -> DirichletGuide | AutoGuideList:
     """The guide :func:`~pyro_dirichlet.infer.fit.fit` builds for ``switches``.
 

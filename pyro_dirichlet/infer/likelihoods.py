@@ -49,6 +49,8 @@ when the model samples them (posterior predictive draws)."""
 
 #: Param-store name of :class:`NormalLikelihood`'s learned scale.
 SCALE_PARAM = "likelihood.scale"
+#: A loss likelihood's temperature unless told otherwise: the loss as it is, neither sharpened nor flattened.
+UNTEMPERED = 1.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class LossLikelihood:
     """
 
     loss: Callable[[Tensor, Tensor], Tensor]
-    temperature: float = 1.0
+    temperature: float = UNTEMPERED
     name = "loss"
     learnable = False
 
@@ -139,7 +141,7 @@ class LossLikelihood:
         return dist.Unit(-loss / self.temperature)
 
 
-def loss_likelihood(loss_fn: Callable[[Tensor, Tensor], Tensor], temperature: float = 1.0) -> LossLikelihood:
+def loss_likelihood(loss_fn: Callable[[Tensor, Tensor], Tensor], temperature: float = UNTEMPERED) -> LossLikelihood:
     """A Gibbs likelihood from any per-example loss: :class:`LossLikelihood`.
 
     Args:

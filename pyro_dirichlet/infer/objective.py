@@ -13,11 +13,13 @@ from __future__ import annotations
 import pyro.optim
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-__all__ = ["DEFAULT_LR_DECAY", "OPTIMIZERS", "elbo_estimator", "switch_optimizer"]
+__all__ = ["DEFAULT_LR_DECAY", "DEFAULT_OPTIMIZER", "OPTIMIZERS", "elbo_estimator", "switch_optimizer"]
 
 #: ``FitConfig.optimizer`` names: Adam (one step scale per channel) or :class:`~pyro_dirichlet.infer.optim.LayerAdam`
 #: (one step scale per layer).
 OPTIMIZERS = ("adam", "layer-adam")
+#: The optimiser unless told otherwise.
+DEFAULT_OPTIMIZER = "adam"
 
 #: ``FitConfig.lr_decay``: the learning rate falls tenfold every 1,000 steps.
 DEFAULT_LR_DECAY = 0.1 ** (1 / 1000)
@@ -37,7 +39,7 @@ def elbo_estimator(analytic_kl: bool, num_particles: int, *, vectorize: bool = T
     return family(num_particles=num_particles)
 
 
-def switch_optimizer(lr: float, lr_decay: float = DEFAULT_LR_DECAY, kind: str = "adam") -> pyro.optim.PyroOptim:
+def switch_optimizer(lr: float, lr_decay: float = DEFAULT_LR_DECAY, kind: str = DEFAULT_OPTIMIZER) -> pyro.optim.PyroOptim:
     """The optimiser of the log-concentrations: ``"adam"``, with a decaying rate (``lr_decay < 1``,
     multiplied in after every step) Pyro's ``ClippedAdam`` with its clipping switched off; or
     ``"layer-adam"`` (:class:`~pyro_dirichlet.infer.optim.LayerAdam`: one step scale per layer)."""

@@ -21,7 +21,7 @@ from pyro_dirichlet.infer.likelihoods import (
     resolve_likelihood,
 )
 from pyro_dirichlet.infer.priors import DEFAULT_CONCENTRATION, PriorSpec, resolve_prior
-from pyro_dirichlet.structure import DEFAULT_COUPLING, PrunableLayer, find_prunable_layers
+from pyro_dirichlet.structure import DEFAULT_COUPLING, DEFAULT_ON_UNSUPPORTED, PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery.attention import AttentionTapHook
@@ -161,7 +161,7 @@ class DirichletSwitches:
         prior: PriorSpec = DEFAULT_CONCENTRATION,
         coupled: str = DEFAULT_COUPLING,
         placement: Literal["input", "output"] = "input",
-        on_unsupported: Literal["raise", "skip"] = "raise",
+        on_unsupported: Literal["raise", "skip"] = DEFAULT_ON_UNSUPPORTED,
         likelihood: LikelihoodSpec = "categorical",
         gain: Literal["channel", "layer", "none"] | None = None,
         layer_gain: bool | None = None,

@@ -26,9 +26,13 @@ from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
 from pyro_dirichlet.surgery import prune_channels
 
-__all__ = ["Cost", "CostModel", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]
+__all__ = ["COSTS", "Cost", "CostModel", "DEFAULT_COST", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]
 
 Cost = Literal["params", "flops"]
+#: What a budget limits, in the order the CLI lists them.
+COSTS: tuple[str, ...] = ("flops", "params")
+#: FLOPs unless told otherwise: a budget is mostly asked of inference time, which FLOPs follow.
+DEFAULT_COST: Cost = "flops"
 
 
 def pruned_cost(network: nn.Module, counts: Mapping[str, int], example_inputs: torch.Tensor, cost: Cost) -> int:
@@ -237,7 +241,7 @@ def budget_counts(
     example_inputs: torch.Tensor,
     *,
     budget: float,
-    cost: Cost = "flops",
+    cost: Cost = DEFAULT_COST,
     layers: Sequence[PrunableLayer] | None = None,
 ) -> dict[str, int]:
     """Keep counts for every scored layer from one global threshold on ``score * width``.
@@ -288,7 +292,7 @@ def uniform_counts(
     example_inputs: torch.Tensor,
     *,
     budget: float,
-    cost: Cost = "flops",
+    cost: Cost = DEFAULT_COST,
     layers: Sequence[PrunableLayer] | None = None,
 ) -> dict[str, int]:
     """Keep counts that keep the same fraction of every layer, the largest that fits ``budget``."""
@@ -315,7 +319,7 @@ def keep_from_budget(
     example_inputs: torch.Tensor,
     *,
     budget: float,
-    cost: Cost = "flops",
+    cost: Cost = DEFAULT_COST,
     layers: Sequence[PrunableLayer] | None = None,
 ) -> dict[str, list[int]]:
     """:func:`budget_counts` then :func:`plan_keep`: the channels to keep under a global budget."""

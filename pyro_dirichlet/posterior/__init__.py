@@ -25,6 +25,7 @@ import xarray as xr
 
 from pyro_dirichlet.io.atomic import atomic_path, atomic_write
 from pyro_dirichlet.io.regular_files import check_regular
+from pyro_dirichlet.infer.fit_config import DEFAULT_NUM_SAMPLES
 from pyro_dirichlet.infer.switches import switch_site
 from pyro_dirichlet.posterior.draws import channel_dim, switch_draws
 
@@ -58,7 +59,7 @@ def switch_variables(group: xr.Dataset | xr.DataTree) -> dict[str, xr.DataArray]
 def sample_posterior(
     concentrations: Mapping[str, torch.Tensor],
     *,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     channels: Mapping[str, np.ndarray] | None = None,
 ) -> xr.DataTree:

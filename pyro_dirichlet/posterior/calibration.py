@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-__all__ = ["PredictiveCheck", "check_predictions", "expected_calibration_error", "predictive_check"]
+__all__ = ["CALIBRATION_BINS", "PredictiveCheck", "check_predictions", "expected_calibration_error", "predictive_check"]
+
+#: Equal-width confidence bins of the expected calibration error: the 15 of Guo et al. (2017), whose ECE figures are the usual comparison.
+CALIBRATION_BINS = 15
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> float:
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = CALIBRATION_BINS) -> float:
     """Expected calibration error: the example-weighted gap between confidence and accuracy over equal-width confidence bins.
 
     Args:
@@ -46,7 +49,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *,
     return float(gap / len(labels))
 
 
-def check_predictions(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> dict[str, float]:
+def check_predictions(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = CALIBRATION_BINS) -> dict[str, float]:
     """``{"accuracy", "calibration_error"}`` of one set of class probabilities ``(examples, classes)`` against ``labels``.
 
     Example:
@@ -89,7 +92,7 @@ class PredictiveCheck:
         }
 
 
-def predictive_check(posterior: xr.DataTree, *, bins: int = 15) -> PredictiveCheck:
+def predictive_check(posterior: xr.DataTree, *, bins: int = CALIBRATION_BINS) -> PredictiveCheck:
     """:class:`PredictiveCheck` of a posterior with ``posterior_predictive`` and ``observed_data`` groups.
 
     Raises:

@@ -22,7 +22,9 @@ import torch
 import xarray as xr
 
 from pyro_dirichlet.data import BatchSource, iterate_batches
-from pyro_dirichlet.infer.fit_config import FitConfig, network_context
+from pyro_dirichlet.infer.fit_config import (
+    DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig, network_context,
+)
 from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood
 from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict, predict_targets
 from pyro_dirichlet.infer.switches import DirichletSwitches, switch_site
@@ -59,11 +61,11 @@ class FittedSwitches(Protocol):
 def from_fit(
     result: FittedSwitches,
     *,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     validation: BatchSource | None = None,
-    predictive_draws: int = 100,
-    validation_size: int = 128,
+    predictive_draws: int = PREDICTIVE_DRAWS,
+    validation_size: int = PREDICTIVE_IMAGES,
 ) -> xr.DataTree:
     """A fit's whole posterior as an ArviZ DataTree: switch and latent draws from the guide, prior draws, predictions.
 
@@ -148,7 +150,7 @@ def _first_examples(data: BatchSource, count: int) -> tuple[torch.Tensor, torch.
 def from_concentrations(
     concentrations: Mapping[str, torch.Tensor],
     *,
-    num_samples: int = 1000,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = 0,
     channels: Mapping[str, np.ndarray] | None = None,
     latents: Mapping[str, np.ndarray] | None = None,

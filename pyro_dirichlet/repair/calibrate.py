@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
-from pyro_dirichlet.precision import autocast, check_precision
+from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast, check_precision
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
@@ -58,7 +58,7 @@ class CalibrationConfig:
     batchnorm_batches: int = 50
     check_batches: int = 8
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = LIBRARY_PRECISION
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -109,7 +109,7 @@ def _batches(data: BatchSource, config: CalibrationConfig, count: int | None, sa
         yield images, labels
 
 
-def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], precision: str = "fp32") -> float:
+def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], precision: str = LIBRARY_PRECISION) -> float:
     """Mean cross-entropy of ``network`` (in eval mode, no gradients, forward in ``precision``) over ``batches``, summed in float32."""
     device = _device(network)
     was_training = network.training
@@ -128,7 +128,7 @@ def mean_loss(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], prec
 
 
 def recalibrate_batchnorm(network: nn.Module, batches: Sequence[tuple[Tensor, Tensor]] | Iterator,
-                          precision: str = "fp32") -> nn.Module:
+                          precision: str = LIBRARY_PRECISION) -> nn.Module:
     """A copy of ``network`` whose BatchNorm running statistics are re-estimated on ``batches``.
 
     Every BatchNorm's statistics are reset and accumulated as a plain average over the

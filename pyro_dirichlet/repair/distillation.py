@@ -14,7 +14,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["distillation_loss", "check_teacher"]
+__all__ = ["DEFAULT_DISTILLATION", "DEFAULT_TEMPERATURE", "distillation_loss", "check_teacher"]
+
+#: The share of the loss that matches the teacher unless asked: none, training on the labels alone
+#: (which needs no teacher).
+DEFAULT_DISTILLATION = 0.0
+
+#: Softmax temperature of the matching term unless told otherwise: soft enough that the
+#: teacher's wrong-class probabilities carry information (Hinton, Vinyals & Dean use 1-20).
+DEFAULT_TEMPERATURE = 4.0
 
 
 def distillation_loss(

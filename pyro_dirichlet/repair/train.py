@@ -21,14 +21,16 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from pyro_dirichlet.io.atomic import atomic_write
-from pyro_dirichlet.repair.distillation import check_teacher, distillation_loss
+from pyro_dirichlet.repair.distillation import DEFAULT_DISTILLATION, DEFAULT_TEMPERATURE, check_teacher, distillation_loss
 from pyro_dirichlet.data import BatchSource, DataSplits, Split, count_batches, iterate_batches
 from pyro_dirichlet.measure import Stopwatch, accuracy
-from pyro_dirichlet.precision import autocast, check_precision
+from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast, check_precision
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier", "finetune", "DEFAULT_EPOCHS", "DEFAULT_LR"]
+__all__ = ["TrainConfig", "TrainResult", "train_classifier", "finetune", "DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "DEFAULT_LR"]
 
 _OPTIMIZERS = ("adam", "sgd")
+#: Examples per training step of a baseline and of fine-tuning, unless told otherwise.
+DEFAULT_BATCH_SIZE = 128
 _SCHEDULES = ("constant", "cosine", "onecycle")
 
 
@@ -72,7 +74,7 @@ class TrainConfig:
     """
 
     epochs: int = 4
-    batch_size: int = 128
+    batch_size: int = DEFAULT_BATCH_SIZE
     lr: float = 1e-3
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.9
@@ -80,10 +82,10 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     nesterov: bool = False
     label_smoothing: float = 0.0
-    distillation: float = 0.0
-    temperature: float = 4.0
+    distillation: float = DEFAULT_DISTILLATION
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = LIBRARY_PRECISION
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -128,7 +130,8 @@ class TrainConfig:
 
 
 # Options added after baselines were first cached, with their defaults.
-_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": 0.0, "temperature": 4.0, "precision": "fp32"}
+_LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": DEFAULT_DISTILLATION, "temperature": DEFAULT_TEMPERATURE,
+                  "precision": LIBRARY_PRECISION}
 
 
 @dataclass
@@ -554,14 +557,14 @@ def finetune(
     validation: BatchSource | None = None,
     epochs: int = DEFAULT_EPOCHS,
     lr: float = DEFAULT_LR,
-    batch_size: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
     teacher: nn.Module | None = None,
-    distillation: float = 0.0,
-    temperature: float = 4.0,
-    precision: str = "fp32",
+    distillation: float = DEFAULT_DISTILLATION,
+    temperature: float = DEFAULT_TEMPERATURE,
+    precision: str = LIBRARY_PRECISION,
 ) -> TrainResult:
     """Fine-tune a pruned network in place with Adam and a cosine schedule.
 

@@ -16,6 +16,7 @@ from pyro_dirichlet.structure.graph import PARAMETRIZED, TracedModel, brief
 from pyro_dirichlet.structure.layers import (
     COUPLING_POLICIES,
     DEFAULT_COUPLING,
+    DEFAULT_ON_UNSUPPORTED,
     CouplingPolicy,
     PrunableLayer,
     PrunableLayers,
@@ -34,7 +35,7 @@ def find_prunable_layers(
     layers: Sequence[str] | None = None,
     *,
     coupled: CouplingPolicy = DEFAULT_COUPLING,
-    on_unsupported: UnsupportedPolicy = "raise",
+    on_unsupported: UnsupportedPolicy = DEFAULT_ON_UNSUPPORTED,
 ) -> PrunableLayers:
     """Find the layers whose output channels can be pruned, and what each one couples to.
 

@@ -19,10 +19,12 @@ __all__ = [
     "COUPLING_POLICIES",
     "CouplingPolicy",
     "DEFAULT_COUPLING",
+    "DEFAULT_ON_UNSUPPORTED",
     "PrunableLayer",
     "PrunableLayers",
     "SkippedLayer",
     "SwitchInput",
+    "UNSUPPORTED_POLICIES",
     "UnsupportedPolicy",
     "UnsupportedStructureError",
 ]
@@ -38,6 +40,14 @@ DEFAULT_COUPLING: CouplingPolicy = "group"
 COUPLING_POLICIES: tuple[str, ...] = ("group", "skip")
 
 UnsupportedPolicy = Literal["raise", "skip"]
+
+#: What automatic discovery does with layers whose channels the structure analysis cannot
+#: follow, unless told otherwise: ``"raise"`` refuses the network, listing them all (a silent
+#: skip would prune less than the user asked for); ``"skip"`` prunes the others.
+DEFAULT_ON_UNSUPPORTED: UnsupportedPolicy = "raise"
+
+#: The unsupported-layer policies, in the order the CLI lists them.
+UNSUPPORTED_POLICIES: tuple[str, ...] = ("raise", "skip")
 
 
 class UnsupportedStructureError(ValueError):
