@@ -40,14 +40,15 @@ from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_param
 from pyro_dirichlet.planning.plan import per_layer
 from pyro_dirichlet.precision import resolve_precision
 from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
-from pyro_dirichlet.pruning import prune_by_posterior_mean
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
 from pyro_dirichlet.io.regular_files import check_regular
 from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.structure import COUPLING_POLICIES
-from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
+from pyro_dirichlet.structure.naming import CLI_SPELLING
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -300,8 +301,8 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
     from pyro_dirichlet.models import get_model_entry
-    from pyro_dirichlet.planning.allocation import budget_counts
     from pyro_dirichlet.criteria.posterior import posterior_mean
+    from pyro_dirichlet.posterior import layer_gains
 
     with Stopwatch() as watch:
         run.record("train")
@@ -314,25 +315,23 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         example = data.train.images[:2].to(device)
         posterior = load_run_posterior(run, network, example)
         scores = posterior_mean(posterior)
+        # The one trace of the network: its switched layers serve the plan, the cut and the check.
+        pruner = Pruner(network, example, layers=sorted(scores))
         if isinstance(options.keep, dict):
-            unknown = sorted(set(options.keep) - set(scores))
-            if unknown:
-                raise ValueError(keep_name_error(network, example, unknown, list(scores), spelling=CLI_SPELLING))
-            target = dict(options.keep)
+            target = dict(options.keep)  # its names are checked by the plan, in the CLI's spelling
         elif options.keep is not None:
             target = per_layer(options.keep, scores)
         elif options.budget is not None:
-            target = budget_counts(network, scores, example, budget=options.budget, cost=options.budget_cost)
+            target = pruner.counts(scores, budget=options.budget, cost=options.budget_cost)
         elif is_factory_path(manifest["model"]):
             # A user's network has no documented target: half of every switched layer's channels.
             target = {layer: FACTORY_KEEP_FRACTION for layer in scores}
         else:
             default = get_model_entry(manifest["model"]).default_keep
             target = {layer: count for layer, count in default.items() if layer in scores}
-        pruned, keep = prune_by_posterior_mean(network, posterior, target, example)
-        from pyro_dirichlet.posterior import layer_gains
-
+        keep = pruner.plan(scores, target, spelling=CLI_SPELLING)
         gains = layer_gains(posterior)
+        pruned = pruner.cut(keep, switch_scales(scores, gains))
         precision = resolve_precision(runtime.precision, device)
         widths = {layer: len(score) for layer, score in scores.items()}
         architecture = {layer: len(keep.get(layer, range(width))) for layer, width in widths.items()}
@@ -351,7 +350,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             from pyro_dirichlet.app.decision import check_prune_decision
 
             result["decision_check"] = check_prune_decision(network, keep, scores, gains, data, example, seed=runtime.seed,
-                                                            say=functools.partial(_say, runtime))
+                                                            say=functools.partial(_say, runtime), layers=pruner.layers)
         with writing(run.path), run.stage() as staging:
             save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture, data),
                         factory=run_model(run, runtime)[1])
