@@ -116,7 +116,8 @@ class Pruner:
                 ``"random"``... built with ``options``, e.g. ``seed=1``), a
                 :class:`~pyro_dirichlet.criteria.Criterion`, or a fitted switch posterior
                 (an ArviZ DataTree), which means its posterior mean
-                (:func:`~pyro_dirichlet.criteria.posterior.posterior_mean`).
+                (:func:`~pyro_dirichlet.criteria.posterior.posterior_mean`) of every layer
+                it switched, all of them held layers.
             data: what a data-driven criterion reads (Taylor's gradients), else ``None``.
             options: the registered criterion's options; only with a name.
 
@@ -125,7 +126,8 @@ class Pruner:
             layer order.
 
         Raises:
-            ValueError: an unknown criterion name, or a posterior without some held layer.
+            ValueError: an unknown criterion name, or a posterior switching a layer the
+                pruner does not hold.
         """
         if isinstance(criterion, str):
             return get_criterion(criterion, **options)(self.network, self.layers, data)
@@ -134,12 +136,12 @@ class Pruner:
         if callable(criterion):
             return criterion(self.network, self.layers, data)
         means = posterior_mean(criterion)
-        missing = [name for name in self.names if name not in means]
-        if missing:
-            raise ValueError(f"layers {missing} have no switches in the posterior; it has {sorted(means)}.")
-        held = set(self.names)
+        # A fit may switch only some layers: those are the ones a keep set may name.
+        stray = sorted(set(means) - set(self.names))
+        if stray:
+            raise ValueError(f"the posterior switches layers {stray} that are not among the pruner's layers {self.names}.")
         # The posterior's order, not the layers': a fraction target resolves layer by layer in it.
-        return {name: mean for name, mean in means.items() if name in held}
+        return means
 
     def counts(self, scores: Mapping[str, torch.Tensor], *, budget: float, cost: Cost = "flops") -> dict[str, int]:
         """Keep counts for every scored layer that fit ``budget`` of the network's ``cost``.

@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,7 @@ from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_wri
 from pyro_dirichlet.io.regular_files import check_regular
 from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.structure import COUPLING_POLICIES
+from pyro_dirichlet.structure import COUPLING_POLICIES, PrunableLayer
 from pyro_dirichlet.structure.naming import CLI_SPELLING
 
 if TYPE_CHECKING:
@@ -301,7 +301,6 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
     from pyro_dirichlet.models import get_model_entry
-    from pyro_dirichlet.criteria.posterior import posterior_mean
     from pyro_dirichlet.posterior import layer_gains
 
     with Stopwatch() as watch:
@@ -313,10 +312,11 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         data = load_run_data(run, runtime)
         network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
-        posterior = load_run_posterior(run, network, example)
-        scores = posterior_mean(posterior)
-        # The one trace of the network: its switched layers serve the plan, the cut and the check.
-        pruner = Pruner(network, example, layers=sorted(scores))
+        # The one trace of the network: its layers serve the posterior's check, the plan, the cut
+        # and the decision check. Skip mode, as the posterior is checked: it names the switched layers.
+        pruner = Pruner(network, example, coupled="group", on_unsupported="skip")
+        posterior = load_run_posterior(run, network, example, pruner.layers)
+        scores = pruner.score(posterior)
         if isinstance(options.keep, dict):
             target = dict(options.keep)  # its names are checked by the plan, in the CLI's spelling
         elif options.keep is not None:
@@ -439,13 +439,17 @@ def load_baseline(run: RunDirectory, runtime: Runtime | None = None) -> nn.Modul
     return network.eval()
 
 
-def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Tensor) -> xr.DataTree:
+def load_run_posterior(
+    run: RunDirectory, network: nn.Module, example: torch.Tensor, layers: Sequence[PrunableLayer] | None = None
+) -> xr.DataTree:
     """The run's posterior, checked against the network it was fitted to.
 
     Every variable must be ``LAYER.switch`` of a prunable layer of ``network`` with one
     channel coordinate per output channel, and every draw a point of the simplex (finite,
     non-negative, summing to 1), or a latent site of the prior (a variable of the ``prior``
-    group too).
+    group too). ``layers``: the network's prunable layers as ``find_prunable_layers(network,
+    example, coupled="group", on_unsupported="skip")`` finds them, if the caller has them
+    (the prune step's :class:`~pyro_dirichlet.Pruner`); None traces the network here.
 
     Raises:
         RunDirectoryError: naming ``posterior.nc`` and what is wrong with it.
@@ -464,8 +468,9 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
     if not variables:
         raise RunDirectoryError(f"{path} holds no switch variables.")
     # Skip mode: the posterior names the layers; one the analysis cannot follow is not among them.
-    layers = {layer.name: layer for layer in find_prunable_layers(network, example, coupled="group", on_unsupported="skip")}
-    widths = {name: layer.channels for name, layer in layers.items()}
+    if layers is None:
+        layers = find_prunable_layers(network, example, coupled="group", on_unsupported="skip")
+    widths = {layer.name: layer.channels for layer in layers}
     for name, draws in variables.items():
         layer = name.removesuffix(".switch")
         if not name.endswith(".switch") or layer not in widths:
