@@ -21,7 +21,8 @@ from pyro_dirichlet.criteria.registry import Scores
 from pyro_dirichlet.data import BatchSource, DataSplits
 from pyro_dirichlet.planning.allocation import Cost, CostModel, budget_counts
 from pyro_dirichlet.planning.plan import Target, plan_keep
-from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate as calibrate_network
+from pyro_dirichlet.repair.calibrate import CalibrationConfig
+from pyro_dirichlet.repair.calibrate import calibrate as calibrate_network
 from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 from pyro_dirichlet.structure import (
     DEFAULT_COUPLING,

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from pyro_dirichlet.models.lenet import LeNet5Caffe
 from torch import nn
 
 from pyro_dirichlet import Pruner
@@ -12,7 +13,6 @@ from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.data import DataSplits, Split
 from pyro_dirichlet.measure import count_flops
-from pyro_dirichlet.models.lenet import LeNet5Caffe
 from pyro_dirichlet.planning.allocation import keep_from_budget
 from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.posterior import from_fit
@@ -162,7 +162,7 @@ def test_repair_calibrates_and_fine_tunes_a_copy():
     network = nn.Sequential(nn.Flatten(), nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
     images = torch.randn(300, 1, 2, 4)
     labels = network(images).argmax(1)
-    split = lambda a, b: Split(images[a:b], labels[a:b])  # noqa: E731
+    split = lambda a, b: Split(images[a:b], labels[a:b])
     data = DataSplits(split(0, 200), split(200, 250), split(250, 300), "toy", 3, (1, 2, 4))
     pruner = Pruner(network, images[:2])
     small = pruner.cut(pruner.plan(pruner.score("l1-norm"), {"1": 6}))
