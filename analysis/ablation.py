@@ -16,7 +16,6 @@ import math
 from analysis.study import Fitted, Study, fit_switches, mean_sd, percent
 from pyro_dirichlet.infer.fit import FitConfig
 from pyro_dirichlet.criteria import get_criterion
-from pyro_dirichlet.planning.plan import plan_keep
 
 DEFAULTS = FitConfig()
 
@@ -78,7 +77,7 @@ def run(study: Study) -> dict:
                    "channels_in_use": channels_in_use(fitted), "final_elbo": fitted.result.elbo[-1]}
             for budget, target in study.budgets.items():
                 scores, fold = _scores(study, seed, name, fitted, target)
-                scored = study.score(network, plan_keep(scores, target), seed=seed,
+                scored = study.score(network, study.pruner(network, fitted).plan(scores, target), seed=seed,
                                      fold_means=fitted.means if fold else None, splits=("validation",))
                 row[budget] = scored["validation_pruned"]
             rows.append(row)

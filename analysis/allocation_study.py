@@ -10,8 +10,7 @@ of highest posterior mean and fold the scales in, so only the allocation differs
 from __future__ import annotations
 
 from analysis.study import Study, keep_sizes, mean_sd, percent, stage_headers, stage_names, stage_summary
-from pyro_dirichlet.planning.allocation import budget_counts, uniform_counts
-from pyro_dirichlet.planning.plan import plan_keep
+from pyro_dirichlet.planning.allocation import uniform_counts
 
 #: Fractions of the baseline's FLOPs per model. The ResNets only prune their inner convs
 #: (block outputs are tied by the additions), so about half their FLOPs are reachable.
@@ -26,13 +25,14 @@ def run(study: Study, budgets: tuple[float, ...] | None = None) -> dict:
     for seed in study.seeds:
         fitted, network = study.default_fit(seed), study.network(seed)
         widths = {layer.name: layer.channels for layer in fitted.switches.layers}
+        pruner = study.pruner(network, fitted)
         for budget in budgets:
             allocations = {
-                "automatic (posterior threshold)": budget_counts(network, fitted.means, study.example, budget=budget, cost="flops"),
-                "uniform ratio": uniform_counts(network, widths, study.example, budget=budget, cost="flops"),
+                "automatic (posterior threshold)": pruner.counts(fitted.means, budget=budget, cost="flops"),
+                "uniform ratio": uniform_counts(network, widths, study.example, budget=budget, cost="flops", layers=pruner.layers),
             }
             for name, counts in allocations.items():
-                keep = plan_keep(fitted.means, counts)
+                keep = pruner.plan(fitted.means, counts)
                 row = {"seed": seed, "budget": budget, "allocation": name, "architecture": keep_sizes(keep), "counts": counts}
                 row.update(study.score(network, keep, seed=seed, fold_means=fitted.means, finetune_epochs=study.finetune_epochs))
                 rows.append(row)

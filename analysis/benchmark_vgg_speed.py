@@ -1,7 +1,7 @@
 """Speed bar of issue 3: a physically pruned VGG-16 runs as much faster as its FLOPs predict.
 
 Builds the CIFAR VGG-16 (``models.vgg.VGG16``), prunes it with
-:func:`pyro_dirichlet.prune_channels` to the Dirichlet paper's conv widths
+:meth:`pyro_dirichlet.Pruner.cut` to the Dirichlet paper's conv widths
 [34, 34, 68, 68, 75, 106, 101, 92, 102, 92, 67, 67, 62] and FC 512 -> 62 (kept indices
 drawn at random, seeded), then measures, in this one process, parameters, FLOPs and the
 median CPU inference time on a batch of 256 32x32 images for both models. Every figure comes
@@ -32,7 +32,7 @@ from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS
 from pyro_dirichlet.io.atomic import atomic_write_json
 from benchmarks.bars import VGG_SPEED_BAR
 from pyro_dirichlet.measure import count_flops, count_parameters, latency_seconds
-from pyro_dirichlet.surgery import prune_channels
+from pyro_dirichlet.pruner import Pruner
 
 PRUNED_CONV_WIDTHS = DIRICHLET_PAPER_WIDTHS
 PRUNED_FC = DIRICHLET_PAPER_FC
@@ -71,7 +71,8 @@ def measure(*, repeats: int, seed: int, batch: int) -> dict:
     torch.manual_seed(seed)
     model = VGG16().eval()
     images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-    pruned = prune_channels(model, random_keep(seed), images[:2]).eval()
+    keep = random_keep(seed)
+    pruned = Pruner(model, images[:2], layers=list(keep)).cut(keep).eval()
     flops_before, flops_after = count_flops(model, images), count_flops(pruned, images)
     flop_reduction = flops_before / flops_after
 

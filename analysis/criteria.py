@@ -14,7 +14,6 @@ from torch import nn
 
 from analysis.study import Study, mean_sd, percent, stage_headers, stage_names, stage_summary
 from pyro_dirichlet.criteria import CRITERIA, get_criterion
-from pyro_dirichlet.planning.plan import plan_keep
 
 STAGES = ("pruned", "finetune_1", "finetune_3")
 #: The method and the two baselines the quality bar names.
@@ -79,9 +78,10 @@ def run(study: Study) -> dict:
     rows = []
     for seed in study.seeds:
         fitted = study.default_fit(seed)
+        pruner = study.pruner(study.network(seed), fitted)
         for budget, target in study.budgets.items():
             for name, (scores, fold) in criteria(study, seed, target).items():
-                keep = plan_keep(scores, target)
+                keep = pruner.plan(scores, target)
                 row = {"seed": seed, "budget": budget, "criterion": name}
                 row.update(study.score(
                     study.network(seed), keep, seed=seed, fold_means=fitted.means if fold else None,

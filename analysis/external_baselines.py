@@ -46,9 +46,8 @@ from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import BatchSource, DataSplits, iterate_batches, load_dataset
 from pyro_dirichlet.criteria import Scores, get_criterion
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.planning.plan import plan_keep
-from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
-from pyro_dirichlet.surgery import prune_channels
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.structure import PrunableLayer
 
 __all__ = ["ExternalCriterion", "EXTERNAL", "PAIRS", "jaccard", "torch_pruning_scores", "compare_keep_sets", "main"]
 
@@ -182,11 +181,12 @@ def compare_keep_sets(
 
     Returns ``{"layers", "budgets": {budget: {"keep": {row: {layer: indices}}, "test_pruned":
     {row: accuracy}, "jaccard": [{"project", "external", "per_layer", "mean"}]}}}``.
-    Accuracies (right after pruning, through :func:`pyro_dirichlet.surgery.prune_channels`)
+    Accuracies (right after pruning, cut by :meth:`pyro_dirichlet.Pruner.cut`)
     are left out when ``evaluate`` is false.
     """
     example = data.train.images[:2]
-    layers = find_prunable_layers(network, example)
+    pruner = Pruner(network, example)
+    layers = pruner.layers
     project_names = sorted({project for project, _ in PAIRS})
     project = {}
     for name in project_names:
@@ -200,7 +200,7 @@ def compare_keep_sets(
     rows = {**project, **external}
     out = {"layers": [layer.name for layer in layers], "budgets": {}}
     for budget, target in budgets.items():
-        keep = {row: plan_keep(scores, dict(target)) for row, scores in rows.items()}
+        keep = {row: pruner.plan(scores, dict(target)) for row, scores in rows.items()}
         entry: dict = {"target": dict(target), "keep": keep, "jaccard": []}
         for mine, theirs in PAIRS:
             if mine in keep and theirs in keep:
@@ -208,7 +208,7 @@ def compare_keep_sets(
                 entry["jaccard"].append({"project": mine, "external": theirs, "per_layer": per_layer,
                                          "mean": sum(per_layer.values()) / len(per_layer)})
         if evaluate:
-            entry["test_pruned"] = {row: accuracy(prune_channels(network, indices, example), data.test)
+            entry["test_pruned"] = {row: accuracy(pruner.cut(indices), data.test)
                                     for row, indices in keep.items()}
         out["budgets"][budget] = entry
     return out

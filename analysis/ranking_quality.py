@@ -59,10 +59,9 @@ from pyro_dirichlet.infer.convergence import (
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches, gain_param
 from pyro_dirichlet.measure import Stopwatch, accuracy
-from pyro_dirichlet.planning.plan import plan_keep
-from pyro_dirichlet.pruning import prune_to_keep, switch_scales
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.criteria.removal_cost import removal_effects
-from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["VARIANTS", "Variant", "dead_recall", "main", "spearman", "study"]
@@ -232,8 +231,8 @@ def fit_variant(network: nn.Module, data: DataSplits, variant: Variant, *, seed:
 
 def calibrated_network(network, layers, scores, counts, data, example, *, seed: int, fold=None) -> nn.Module:
     """``network`` pruned to ``counts`` by ``scores`` (the fold's scales folded in), then calibrated."""
-    keep = plan_keep(scores, counts, blocks={layer.name: layer.block for layer in layers})
-    pruned = prune_to_keep(network, keep, example, scales=None if fold is None else switch_scales(fold), layers=layers)
+    pruner = Pruner(network, example, layers=layers)
+    pruned = pruner.cut(pruner.plan(scores, counts), None if fold is None else switch_scales(fold))
     return calibrate(pruned, data.train, example, CalibrationConfig(steps=200, seed=seed)).network
 
 
@@ -269,7 +268,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
           log: Callable[[str], None] = print) -> dict:
     network, data, recipe = load_network(network_name, data_dir)
     example = data.train.images[:2]
-    layers = find_prunable_layers(network, example)
+    layers = Pruner(network, example).layers
     widths = {layer.name: layer.channels for layer in layers}
     record: dict = {"network": network_name, "seed": seed, "layers": widths, "data": {
         "train": len(data.train), "validation": len(data.validation), "test": len(data.test), "source": data.source},

@@ -21,7 +21,6 @@ from analysis.study import Study, fit_switches, keep_sizes, mean_sd, recipe_epoc
 from benchmarks.bars import REPRODUCTION_BARS, judge
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.measure import count_flops, count_parameters
-from pyro_dirichlet.planning.plan import plan_keep
 
 #: Fine-tune lengths tried; the one reported is chosen by mean validation accuracy among
 #: those whose fit + fine-tune time stays within the bar's 3 baseline epochs.
@@ -55,7 +54,7 @@ def run(study: Study, choices: tuple[int, ...] = FINETUNE_CHOICES) -> dict:
         # have run while other jobs held the cores); seeded, so it equals the default fit.
         epoch_seconds = recipe_epoch_seconds(study.model, study.data, seed, study.device)
         fitted = fit_switches(network, study.data, seed=seed, **study.fit_kwargs)
-        keep = plan_keep(fitted.means, target)
+        keep = study.pruner(network, fitted).plan(fitted.means, target)
         scored = study.score(network, keep, seed=seed, fold_means=fitted.means, finetune_epochs=choices, splits=("validation", "test"))
         trials.append((seed, keep, network, fitted, epoch_seconds, scored))
         study.log(f"reproduction seed {seed}: " + ", ".join(

@@ -36,14 +36,14 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from analysis.study import fit_switches, mean_sd, pruned_network, stage_summary
+from analysis.study import fit_switches, mean_sd, stage_summary
 from pyro_dirichlet.planning.allocation import uniform_counts
 from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
@@ -52,8 +52,9 @@ from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.models import get_model_entry
 from pyro_dirichlet.models.baseline import load_checkpoint
-from pyro_dirichlet.planning.plan import plan_keep
-from pyro_dirichlet.structure import find_prunable_layers
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.pruning import switch_scales
+from pyro_dirichlet.structure import PrunableLayer
 from pyro_dirichlet.repair.train import TrainConfig, train_classifier
 
 __all__ = ["Protocol", "REDUCED", "ROWS", "METHOD", "GAIN_METHOD", "readme_tables", "load_weights", "budget_counts_by_name", "run", "main"]
@@ -154,9 +155,13 @@ def load_weights(path: Path) -> tuple[nn.Module, dict]:
     return network.eval(), metadata
 
 
-def budget_counts_by_name(network: nn.Module, widths: Mapping[str, int], example: torch.Tensor, protocol: Protocol) -> dict[str, dict[str, int]]:
-    """``{budget name: per-layer keep counts}``: ``"50% FLOPs"``... then ``"keep 0.5"``..."""
-    counts = [uniform_counts(network, widths, example, budget=share, cost="flops") for share in protocol.flop_budgets]
+def budget_counts_by_name(network: nn.Module, widths: Mapping[str, int], example: torch.Tensor, protocol: Protocol,
+                          layers: Sequence[PrunableLayer] | None = None) -> dict[str, dict[str, int]]:
+    """``{budget name: per-layer keep counts}``: ``"50% FLOPs"``... then ``"keep 0.5"``...
+
+    ``layers``: the network's prunable layers, if the caller has them (no trace per budget).
+    """
+    counts = [uniform_counts(network, widths, example, budget=share, cost="flops", layers=layers) for share in protocol.flop_budgets]
     counts += [{name: max(1, round(ratio * width)) for name, width in widths.items()} for ratio in protocol.keep_ratios]
     return dict(zip(protocol.budget_names, counts, strict=True))
 
@@ -204,9 +209,10 @@ def run(
                 "params": count_parameters(network), "flops": count_flops(network, example)}
     rows, calibrated_networks = [], {}
     # The layers DirichletSwitches finds by default, so every row, fitted or not, prunes the same ones.
-    layers = find_prunable_layers(network, example)
+    pruner = Pruner(network, example)
+    layers = pruner.layers
     widths = {layer.name: layer.channels for layer in layers}
-    budgets = budget_counts_by_name(network, widths, example, protocol)
+    budgets = budget_counts_by_name(network, widths, example, protocol, layers)
     tuned: set[tuple[str, str]] = set()
 
     def result(complete: bool) -> dict:
@@ -231,8 +237,8 @@ def run(
         for budget, counts in budgets.items():
             for name in protocol.criteria:
                 fold = _cpu(fits[name == GAIN_METHOD].means) if ROWS[name][1] else None
-                keep = plan_keep(scores[name], counts)
-                pruned = pruned_network(network, keep, example, fold)
+                keep = pruner.plan(scores[name], counts)
+                pruned = pruner.cut(keep, None if fold is None else switch_scales(fold))
                 row = {"seed": seed, "budget": budget, "criterion": name, "params": count_parameters(pruned),
                        "flops": count_flops(pruned, example), "fit_seconds": fit_seconds.get(name == GAIN_METHOD)}
                 pruned = pruned.to(device)

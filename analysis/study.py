@@ -27,6 +27,7 @@ from pyro_dirichlet.repair.train import finetune
 from pyro_dirichlet.infer.fit import FitConfig, FitResult, fit
 from pyro_dirichlet.criteria.posterior import posterior_mean
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
+from pyro_dirichlet.pruner import Pruner
 from pyro_dirichlet.pruning import prune_to_keep, switch_scales
 from pyro_dirichlet.infer.switches import DirichletSwitches
 
@@ -211,6 +212,10 @@ class Study:
 
     def network(self, seed: int) -> nn.Module:
         return baseline(self.model, self.data, seed, self.train_epochs, self.device)
+
+    def pruner(self, network: nn.Module, fitted: Fitted) -> Pruner:
+        """A :class:`~pyro_dirichlet.Pruner` of ``network`` over the layers ``fitted`` switched: no trace."""
+        return Pruner(network, self.example, layers=fitted.switches.layers)
 
     def baseline_accuracy(self, seed: int) -> float:
         """Test accuracy of seed ``seed``'s unpruned baseline (reported next to the pruned ones)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from analysis.ablation import channels_in_use
 from analysis.study import Study, fit_switches
-from pyro_dirichlet.planning.plan import plan_keep
 
 PRIORS = (0.3, 1.0, 3.0)
 #: ``None`` is the full training split.
@@ -31,7 +30,7 @@ def run(study: Study, sizes=SIZES, priors=PRIORS) -> dict:
         for prior in priors:
             fitted = fit_switches(network, study.data, seed=seed, prior=prior, effective_data_size=size, **study.fit_kwargs)
             means[prior] = fitted.means
-            scored = study.score(network, plan_keep(fitted.means, target), seed=seed,
+            scored = study.score(network, study.pruner(network, fitted).plan(fitted.means, target), seed=seed,
                                  fold_means=fitted.means, splits=("validation",))
             rows.append({"effective_data_size": size or len(study.data.train), "prior": prior,
                          "channels_in_use": channels_in_use(fitted), "validation_pruned": scored["validation_pruned"],

@@ -15,7 +15,6 @@ import numpy as np
 
 from analysis.study import Study, fit_switches, mean_sd
 from pyro_dirichlet.io.atomic import atomic_write
-from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.app.plots import mass_curves_png
 from pyro_dirichlet.posterior import layer_summaries
 from pyro_dirichlet.posterior.uncertainty import mass_curve, straddling_channels, top_k_overlap
@@ -31,6 +30,7 @@ def run(study: Study, svi_seeds: int = 3) -> dict:
         fit_switches(network, study.data, seed=seed + 1000 * k, **study.fit_kwargs) for k in range(1, svi_seeds)
     ]
     summaries = layer_summaries(fits[0].posterior, ci_prob=CI_PROB)
+    pruner = study.pruner(network, fits[0])
     layers = {}
     for name, summary in summaries.items():
         entry = {"width": len(summary.channels), "mass_curve": {str(k): v for k, v in mass_curve(summary, LEVELS).items()},
@@ -38,7 +38,7 @@ def run(study: Study, svi_seeds: int = 3) -> dict:
         for budget, target in study.budgets.items():
             if name not in target:
                 continue
-            keep = plan_keep(fits[0].means, {name: target[name]})[name]
+            keep = pruner.plan(fits[0].means, {name: target[name]})[name]
             overlaps = [top_k_overlap(a.means[name], b.means[name], target[name]) for a, b in itertools.combinations(fits, 2)]
             entry["budgets"][budget] = {
                 "keep": target[name],

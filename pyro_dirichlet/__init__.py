@@ -62,6 +62,7 @@ _EXPORTS = {
     "plan_keep": "planning.plan",
     "resolve_device": "devices",
     "prune_by_posterior_mean": "pruning",
+    "Pruner": "pruner",
     "PrunableLayer": "structure",
     "find_prunable_layers": "structure",
     "UnsupportedStructureError": "structure",

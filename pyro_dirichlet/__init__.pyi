@@ -20,6 +20,7 @@ from pyro_dirichlet.planning.plan import plan_keep as plan_keep
 from pyro_dirichlet.posterior import LayerSummary as LayerSummary, layer_summaries as layer_summaries, load_posterior as load_posterior, plot_forest as plot_forest, sample_posterior as sample_posterior, save_posterior as save_posterior, summary_table as summary_table
 from pyro_dirichlet.posterior.uncertainty import mass_curve as mass_curve, straddling_channels as straddling_channels
 from pyro_dirichlet.criteria.posterior import posterior_lower_bound as posterior_lower_bound, posterior_mean as posterior_mean, top_k_probability as top_k_probability
+from pyro_dirichlet.pruner import Pruner as Pruner
 from pyro_dirichlet.pruning import prune_by_posterior_mean as prune_by_posterior_mean
 from pyro_dirichlet.io.serialization import ModelFileError as ModelFileError, load_pruned as load_pruned, register_architecture as register_architecture, save_pruned as save_pruned
 from pyro_dirichlet.structure import PrunableLayer as PrunableLayer, UnsupportedStructureError as UnsupportedStructureError, find_prunable_layers as find_prunable_layers

@@ -7,7 +7,7 @@ choice and random choices -- gives each the same cheap calibration
 (:func:`pyro_dirichlet.repair.calibrate.calibrate` on training data) and measures each on the
 validation split. The test split is never read. A few seconds on small networks.
 
-    check = check_decision(network, keep, data, example, layers=layers, scales=scales)
+    check = check_decision(network, keep, data, example, layers=pruner.layers, scales=scales)
     print(check.describe())
     if check.warning():
         print(check.warning())
@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits
-from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import Stopwatch, accuracy
-from pyro_dirichlet.planning.plan import plan_keep
-from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
-from pyro_dirichlet.surgery import fold_scales, prune_channels
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.repair.calibrate import CalibrationConfig
+from pyro_dirichlet.structure import PrunableLayer
 
 __all__ = ["CHECK_CALIBRATION", "DecisionCheck", "DecisionWarning", "check_decision"]
 
@@ -114,7 +112,9 @@ def check_decision(
         keep: ``{layer: kept channel indices}``, the decision to check.
         data: its ``train`` split calibrates, the first ``max_examples`` of ``validation`` score.
         example_inputs: a batch of inputs to trace the network with.
-        layers: the network's prunable layers, if the caller has them (no second trace).
+        layers: the network's prunable layers, if the caller has them (a
+            :class:`~pyro_dirichlet.Pruner`'s ``layers``): the network is then not traced
+            again; only the pruned candidates are, for their calibration.
         scales: per-channel scales folded into ``keep``'s network before the cut (the
             posterior's ``E[s]*C``), as the pipeline does; the other choices get none.
         calibration: the calibration every candidate gets.
@@ -126,29 +126,24 @@ def check_decision(
         ValueError: ``keep`` names a layer the network does not have.
     """
     with Stopwatch() as watch:
-        if layers is None:
-            layers = find_prunable_layers(network, example_inputs, layers=sorted(keep))
-        by_name = {layer.name: layer for layer in layers}
-        unknown = sorted(set(keep) - set(by_name))
+        pruner = Pruner(network, example_inputs, layers=sorted(keep) if layers is None else layers)
+        unknown = sorted(set(keep) - set(pruner.names))
         if unknown:
             raise ValueError(f"keep names layers {unknown} that are not prunable layers of the network.")
-        checked = [by_name[name] for name in keep]
+        # The cheap choices score only the checked layers, in keep's order (the random draws follow it).
+        checked = pruner.subset(list(keep))
         counts = {name: len(indices) for name, indices in keep.items()}
-        blocks = {layer.name: layer.block for layer in checked}
         validation = data.validation if len(data.validation) <= max_examples else data.validation.subset(max_examples, seed=seed)
         config = dataclasses.replace(calibration, seed=seed)
 
         def score(chosen: Mapping[str, Sequence[int]], folded: Mapping[str, torch.Tensor] | None) -> float:
-            source = fold_scales(network, dict(folded), example_inputs, layers=layers) if folded else network
-            pruned = prune_channels(source, {k: list(v) for k, v in chosen.items()}, example_inputs, layers=layers)
+            pruned = pruner.cut({k: list(v) for k, v in chosen.items()}, dict(folded) if folded else None)
             # Only the checked layers get scales: a layer the analysis cannot follow stays out of it.
-            scaled = find_prunable_layers(pruned, example_inputs, layers=sorted(chosen))
-            calibrated = calibrate(pruned, data.train, example_inputs, config, layers=scaled).network
-            return accuracy(calibrated, validation)
+            return accuracy(checked.repair(pruned, data, calibrate=config), validation)
 
         chosen = score(keep, scales)
-        l1 = score(plan_keep(get_criterion("l1-norm")(network, checked), counts, blocks=blocks), None)
-        draws = tuple(score(plan_keep(get_criterion("random", seed=seed + draw)(network, checked), counts, blocks=blocks), None)
+        l1 = score(checked.plan(checked.score("l1-norm"), counts), None)
+        draws = tuple(score(checked.plan(checked.score("random", seed=seed + draw), counts), None)
                       for draw in range(RANDOM_DRAWS))
     examples = len(validation)
     margin = max(0.005, (max(chosen, 1e-3) * (1 - chosen) / examples) ** 0.5)

@@ -1,7 +1,7 @@
 """Dirichlet pruning in one call: posterior mean -> plan -> fold the switch scales -> surgery.
 
-:func:`prune_to_keep` is the last two steps alone, for keep sets from any criterion (the
-studies in ``analysis/`` go through it too).
+Both functions are a few lines over :class:`pyro_dirichlet.Pruner`, which holds the one
+pipeline; :func:`prune_to_keep` is its last two steps alone, for keep sets from any criterion.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import torch
 import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.planning.allocation import DEFAULT_COST, Cost, budget_counts
-from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.criteria.posterior import posterior_mean
-from pyro_dirichlet.planning.plan import Target, plan_keep
-from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
-from pyro_dirichlet.structure.naming import keep_name_error
-from pyro_dirichlet.surgery import fold_scales, prune_channels
+from pyro_dirichlet.data import DataSplits
+from pyro_dirichlet.planning.allocation import DEFAULT_COST, Cost
+from pyro_dirichlet.planning.plan import Target
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.structure import PrunableLayer
 
 __all__ = ["prune_by_posterior_mean", "prune_to_keep", "switch_scales"]
 
@@ -55,12 +54,9 @@ def prune_to_keep(
             otherwise the network is traced here, once, for both the fold and the cut.
     """
     if layers is None:
-        # Folding keeps every module's name and width, so one trace serves both steps.
-        names = sorted(set(keep) | set(scales or {}))
-        layers = find_prunable_layers(network, example_inputs, layers=names) if names else []
-    if scales is not None:
-        network = fold_scales(network, scales, example_inputs, layers=layers)
-    return prune_channels(network, keep, example_inputs, layers=layers)
+        # Only the named layers are traced, and none when nothing is named.
+        layers = sorted(set(keep) | set(scales or {}))
+    return Pruner(network, example_inputs, layers=layers).cut(keep, scales)
 
 
 def prune_by_posterior_mean(
@@ -120,27 +116,18 @@ def prune_by_posterior_mean(
     """
     if example_inputs is None:
         raise ValueError("example_inputs is required: a batch of inputs to trace the network with.")
-    if (keep is None) == (budget is None):
-        raise ValueError("give keep (per-layer counts or fractions, or one fraction) or budget (a fraction of "
-                         "the FLOPs or parameters), exactly one of them.")
-    scores = posterior_mean(posterior)
-    if isinstance(keep, Mapping) and set(keep) - set(scores):
-        raise ValueError(keep_name_error(network, example_inputs, sorted(set(keep) - set(scores)), list(scores)))
-    if layers is None:
-        layers = find_prunable_layers(network, example_inputs, layers=sorted(scores))
-    if budget is not None:
-        keep = budget_counts(network, scores, example_inputs, budget=budget, cost=cost, layers=layers)
-    # Layers feeding a grouped convolution keep whole groups of channels.
-    kept = plan_keep(scores, keep, blocks={layer.name: layer.block for layer in layers})
     from pyro_dirichlet.posterior import layer_gains
 
+    scores = posterior_mean(posterior)
+    pruner = Pruner(network, example_inputs, layers=sorted(scores) if layers is None else layers)
+    kept = pruner.plan(scores, keep, budget=budget, cost=cost)
     scales = switch_scales(scores, layer_gains(posterior)) if fold else None
     if check is not None:
         from pyro_dirichlet.decision_check import DecisionWarning, check_decision
 
-        outcome = check_decision(network, kept, check, example_inputs, layers=layers,
+        outcome = check_decision(network, kept, check, example_inputs, layers=pruner.layers,
                                  scales={name: scales[name] for name in kept} if scales else None)
         sentence = outcome.warning()
         if sentence is not None:
             warnings.warn(sentence[0].upper() + sentence[1:], DecisionWarning, stacklevel=2)
-    return prune_to_keep(network, kept, example_inputs, scales=scales, layers=layers), kept
+    return pruner.cut(kept, scales), kept

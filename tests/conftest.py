@@ -193,11 +193,9 @@ def random_resnet20() -> nn.Module:
 
 
 @pytest.fixture
-def count_traces(monkeypatch):
+def count_traces():
     """How many times any model has been traced (by the structure analysis, through fx) since the fixture was made."""
-    import pyro_dirichlet.structure.scopes
+    from pyro_dirichlet.structure import recording_traces
 
-    calls = []
-    real = pyro_dirichlet.structure.scopes.trace
-    monkeypatch.setattr(pyro_dirichlet.structure.scopes, "trace", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return lambda: len(calls)
+    with recording_traces() as traced:
+        yield lambda: len(traced)

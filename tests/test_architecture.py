@@ -346,3 +346,41 @@ def test_the_function_length_check_can_fail():
     tree = ast.parse(f"class A:\n    def long(self):\n{body}\n    def short(self):\n        pass\n"
                      f"def outer():\n    def inner():\n{body}")
     assert long_functions(tree) == [("A.long", 81), ("outer", 82), ("outer.inner", 81)]
+
+
+#: The pipeline's stages that only :class:`pyro_dirichlet.Pruner` strings together.
+PIPELINE_STAGES = ("plan_keep", "prune_channels", "fold_scales")
+ANALYSIS = PACKAGE.parent / "analysis"
+
+
+def _stage_calls(tree: ast.AST) -> list[str]:
+    """``name (line)`` for each call of a pipeline stage, bare (``plan_keep(...)``) or through a module (``surgery.prune_channels(...)``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            function = node.func
+            name = function.id if isinstance(function, ast.Name) else function.attr if isinstance(function, ast.Attribute) else None
+            if name in PIPELINE_STAGES:
+                found.append(f"{name} (line {node.lineno})")
+    return found
+
+
+def pipeline_callers() -> dict[str, Path]:
+    """The modules that must go through the Pruner: the prune step, the pruning functions, the
+    decision check and every study in ``analysis/``."""
+    callers = {name: PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py")
+               for name in ("pyro_dirichlet.app.steps", "pyro_dirichlet.app.decision", "pyro_dirichlet.pruning",
+                            "pyro_dirichlet.decision_check")}
+    callers.update({f"analysis.{path.stem}": path for path in sorted(ANALYSIS.glob("*.py")) if path.stem != "__init__"})
+    return callers
+
+
+@pytest.mark.skipif(not ANALYSIS.is_dir(), reason="the analysis scripts are not installed with the package")
+def test_the_callers_go_through_the_pruner_not_the_stages():
+    callers = pipeline_callers()
+    assert "analysis.study" in callers and "analysis.resnet20_cifar10" in callers and "pyro_dirichlet.app.steps" in callers
+    found = {name: calls for name, path in callers.items() if (calls := _stage_calls(ast.parse(path.read_text())))}
+    assert not found, f"call Pruner (plan, cut) instead of the stages it strings together: {found}"
+    # The scan can fail: it sees bare calls and calls through a module.
+    assert _stage_calls(ast.parse("plan_keep(s, t)\nsurgery.fold_scales(n, s, x)\nx.plan(s, t)\n")) == [
+        "plan_keep (line 1)", "fold_scales (line 2)"]

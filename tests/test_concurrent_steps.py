@@ -41,7 +41,7 @@ def slowed(monkeypatch, name, inside, release):
 
 
 @pytest.mark.parametrize(("slow_step", "slow_function", "other", "steps_after"), [
-    ("prune", "prune_by_posterior_mean", ["fit", "--prior", "0.5"], ["train", "fit", "prune"]),
+    ("prune", "switch_scales", ["fit", "--prior", "0.5"], ["train", "fit", "prune"]),
     ("fit", "fit", ["prune", "--keep", "conv1=4,conv2=10,fc1=30"], ["train", "fit"]),
 ])
 def test_a_second_command_during_a_slow_step_fails_and_the_manifest_agrees(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.decision_check import check_decision
 from pyro_dirichlet.pruning import switch_scales
+from pyro_dirichlet.structure import PrunableLayer
 
 __all__ = ["check_prune_decision"]
 
@@ -26,9 +27,14 @@ def check_prune_decision(
     *,
     seed: int,
     say: Callable[[str], None],
+    layers: Sequence[PrunableLayer] | None = None,
 ) -> dict[str, Any]:
-    """Check the posterior's ``keep`` (folded as the prune step folds it) against L1-norm and random; the record for run.json."""
-    check = check_decision(network, keep, data, example, scales=switch_scales({k: scores[k] for k in keep}, gains), seed=seed)
+    """Check the posterior's ``keep`` (folded as the prune step folds it) against L1-norm and random; the record for run.json.
+
+    ``layers``: the prune step's (its :class:`~pyro_dirichlet.Pruner`'s), so the network is not traced again.
+    """
+    check = check_decision(network, keep, data, example, layers=layers,
+                           scales=switch_scales({k: scores[k] for k in keep}, gains), seed=seed)
     say(check.describe())
     warning = check.warning()
     if warning is not None:

@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,14 +40,15 @@ from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_param
 from pyro_dirichlet.planning.plan import per_layer
 from pyro_dirichlet.precision import resolve_precision
 from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
-from pyro_dirichlet.pruning import prune_by_posterior_mean
+from pyro_dirichlet.pruner import Pruner
+from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.app.prior_model import load_prior_model
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, check_writable, file_sha256, reading, writing
 from pyro_dirichlet.io.regular_files import check_regular
 from pyro_dirichlet.io.serialization import load_pruned, save_pruned
 from pyro_dirichlet.infer.switches import DirichletSwitches
-from pyro_dirichlet.structure import COUPLING_POLICIES
-from pyro_dirichlet.structure.naming import CLI_SPELLING, keep_name_error
+from pyro_dirichlet.structure import COUPLING_POLICIES, PrunableLayer
+from pyro_dirichlet.structure.naming import CLI_SPELLING
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -331,8 +332,7 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
     from pyro_dirichlet.models import get_model_entry
-    from pyro_dirichlet.planning.allocation import budget_counts
-    from pyro_dirichlet.criteria.posterior import posterior_mean
+    from pyro_dirichlet.posterior import layer_gains
 
     with Stopwatch() as watch:
         run.record("train")
@@ -343,27 +343,26 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
         data = load_run_data(run, runtime)
         network = load_baseline(run, runtime).to(device)
         example = data.train.images[:2].to(device)
-        posterior = load_run_posterior(run, network, example)
-        scores = posterior_mean(posterior)
+        # The one trace of the network: its layers serve the posterior's check, the plan, the cut
+        # and the decision check. Skip mode, as the posterior is checked: it names the switched layers.
+        pruner = Pruner(network, example, coupled="group", on_unsupported="skip")
+        posterior = load_run_posterior(run, network, example, pruner.layers)
+        scores = pruner.score(posterior)
         if isinstance(options.keep, dict):
-            unknown = sorted(set(options.keep) - set(scores))
-            if unknown:
-                raise ValueError(keep_name_error(network, example, unknown, list(scores), spelling=CLI_SPELLING))
-            target = dict(options.keep)
+            target = dict(options.keep)  # its names are checked by the plan, in the CLI's spelling
         elif options.keep is not None:
             target = per_layer(options.keep, scores)
         elif options.budget is not None:
-            target = budget_counts(network, scores, example, budget=options.budget, cost=options.budget_cost)
+            target = pruner.counts(scores, budget=options.budget, cost=options.budget_cost)
         elif is_factory_path(manifest["model"]):
             # A user's network has no documented target: half of every switched layer's channels.
             target = {layer: FACTORY_KEEP_FRACTION for layer in scores}
         else:
             default = get_model_entry(manifest["model"]).default_keep
             target = {layer: count for layer, count in default.items() if layer in scores}
-        pruned, keep = prune_by_posterior_mean(network, posterior, target, example)
-        from pyro_dirichlet.posterior import layer_gains
-
+        keep = pruner.plan(scores, target, spelling=CLI_SPELLING)
         gains = layer_gains(posterior)
+        pruned = pruner.cut(keep, switch_scales(scores, gains))
         precision = resolve_precision(runtime.precision, device)
         widths = {layer: len(score) for layer, score in scores.items()}
         architecture = {layer: len(keep.get(layer, range(width))) for layer, width in widths.items()}
@@ -382,7 +381,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
             from pyro_dirichlet.app.decision import check_prune_decision
 
             result["decision_check"] = check_prune_decision(network, keep, scores, gains, data, example, seed=runtime.seed,
-                                                            say=functools.partial(_say, runtime))
+                                                            say=functools.partial(_say, runtime), layers=pruner.layers)
         with writing(run.path), run.stage() as staging:
             save_pruned(pruned.cpu(), staging / PRUNED_BEFORE_FINETUNE, metadata=_pruned_metadata(manifest, architecture, data),
                         factory=run_model(run, runtime)[1])
@@ -471,13 +470,17 @@ def load_baseline(run: RunDirectory, runtime: Runtime | None = None) -> nn.Modul
     return network.eval()
 
 
-def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Tensor) -> xr.DataTree:
+def load_run_posterior(
+    run: RunDirectory, network: nn.Module, example: torch.Tensor, layers: Sequence[PrunableLayer] | None = None
+) -> xr.DataTree:
     """The run's posterior, checked against the network it was fitted to.
 
     Every variable must be ``LAYER.switch`` of a prunable layer of ``network`` with one
     channel coordinate per output channel, and every draw a point of the simplex (finite,
     non-negative, summing to 1), or a latent site of the prior (a variable of the ``prior``
-    group too).
+    group too). ``layers``: the network's prunable layers as ``find_prunable_layers(network,
+    example, coupled="group", on_unsupported="skip")`` finds them, if the caller has them
+    (the prune step's :class:`~pyro_dirichlet.Pruner`); None traces the network here.
 
     Raises:
         RunDirectoryError: naming ``posterior.nc`` and what is wrong with it.
@@ -496,8 +499,9 @@ def load_run_posterior(run: RunDirectory, network: nn.Module, example: torch.Ten
     if not variables:
         raise RunDirectoryError(f"{path} holds no switch variables.")
     # Skip mode: the posterior names the layers; one the analysis cannot follow is not among them.
-    layers = {layer.name: layer for layer in find_prunable_layers(network, example, coupled="group", on_unsupported="skip")}
-    widths = {name: layer.channels for name, layer in layers.items()}
+    if layers is None:
+        layers = find_prunable_layers(network, example, coupled="group", on_unsupported="skip")
+    widths = {layer.name: layer.channels for layer in layers}
     for name, draws in variables.items():
         layer = name.removesuffix(".switch")
         if not name.endswith(".switch") or layer not in widths:

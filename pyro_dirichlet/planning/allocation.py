@@ -217,9 +217,12 @@ def _largest_fitting(candidates: list, counts_for: Callable[[object], dict[str, 
     return candidates[low]
 
 
-def _allocate(network, example_inputs, widths, candidates, counts_for, budget, cost, layers) -> dict[str, int]:
+def _allocate(network, example_inputs, widths, candidates, counts_for, budget, cost, layers, price) -> dict[str, int]:
     _check(budget, cost)
-    price = CostModel(network, layers, example_inputs, cost)
+    if price is None:
+        price = CostModel(network, layers, example_inputs, cost)
+    elif price.cost != cost:
+        raise ValueError(f"price counts {price.cost!r}, but the budget is of the {cost!r}.")
     limit = budget * price.total
 
     def fits(counts: dict[str, int]) -> bool:
@@ -243,6 +246,7 @@ def budget_counts(
     budget: float,
     cost: Cost = DEFAULT_COST,
     layers: Sequence[PrunableLayer] | None = None,
+    price: CostModel | None = None,
 ) -> dict[str, int]:
     """Keep counts for every scored layer from one global threshold on ``score * width``.
 
@@ -256,6 +260,9 @@ def budget_counts(
         layers: the network's prunable layers from
             :func:`~pyro_dirichlet.structure.find_prunable_layers`, if the caller has them
             (e.g. ``DirichletSwitches(...).layers``); None traces the network once here.
+        price: the network's :class:`CostModel` for ``cost`` over ``layers``, if the caller
+            keeps one (:class:`pyro_dirichlet.Pruner` does, for budget after budget); None
+            builds it here (a forward pass and a cost count).
 
     Returns:
         ``{layer: channels to keep}``, at least one per layer, for :func:`plan_keep`.
@@ -283,7 +290,7 @@ def budget_counts(
             layer: max(blocks.get(layer, 1), int((s >= threshold).sum())) for layer, s in normalised.items()
         }
 
-    return _allocate(network, example_inputs, widths, thresholds, counts_for, budget, cost, layers)
+    return _allocate(network, example_inputs, widths, thresholds, counts_for, budget, cost, layers, price)
 
 
 def uniform_counts(
@@ -294,8 +301,12 @@ def uniform_counts(
     budget: float,
     cost: Cost = DEFAULT_COST,
     layers: Sequence[PrunableLayer] | None = None,
+    price: CostModel | None = None,
 ) -> dict[str, int]:
-    """Keep counts that keep the same fraction of every layer, the largest that fits ``budget``."""
+    """Keep counts that keep the same fraction of every layer, the largest that fits ``budget``.
+
+    ``layers`` and ``price`` as in :func:`budget_counts`.
+    """
     _check(budget, cost)
     if layers is None:
         layers = find_prunable_layers(network, example_inputs, layers=list(widths))
@@ -310,7 +321,7 @@ def uniform_counts(
             for layer, width in widths.items()
         }
 
-    return _allocate(network, example_inputs, dict(widths), fractions, counts_for, budget, cost, layers)
+    return _allocate(network, example_inputs, dict(widths), fractions, counts_for, budget, cost, layers, price)
 
 
 def keep_from_budget(

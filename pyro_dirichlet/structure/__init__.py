@@ -47,9 +47,11 @@ The package, one idea a module: :mod:`.layers` (the data types), :mod:`.rules` (
 what each operation does to channels), :mod:`.graph` (the walk and the coupling groups),
 :mod:`.placement` (where a switch may multiply instead), :mod:`.attention` (an
 ``nn.MultiheadAttention``'s values and queries/keys as sites), :mod:`.find` (the public entry),
-:mod:`._fx` (torch.fx plumbing they share).
+:mod:`._fx` (torch.fx plumbing they share; its :func:`recording_traces` and
+``trace_listeners``, re-exported here, tell how often a network is traced).
 """
 
+from pyro_dirichlet.structure._fx import recording_traces, trace_listeners
 from pyro_dirichlet.structure.find import find_prunable_layers
 from pyro_dirichlet.structure.layers import (
     COUPLING_POLICIES,
@@ -80,4 +82,6 @@ __all__ = [
     "UnsupportedPolicy",
     "UnsupportedStructureError",
     "find_prunable_layers",
+    "recording_traces",
+    "trace_listeners",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -23,10 +24,45 @@ __all__ = [
     "is_first_argument",
     "is_shape_query",
     "quoted",
+    "recording_traces",
     "shape_of",
     "trace",
+    "trace_listeners",
     "uses",
 ]
+
+#: Called with ``(model, inputs)`` each time :func:`trace` starts on a model: the public way
+#: to see how often a pipeline traces a network (tracing is the expensive step a caller
+#: holding ``PrunableLayer`` objects should not repeat). :func:`recording_traces` wraps it.
+trace_listeners: list[Callable[[nn.Module, tuple[Tensor, ...]], None]] = []
+
+
+@contextmanager
+def recording_traces() -> Iterator[list[nn.Module]]:
+    """A list that collects every model the structure analysis traces inside the ``with`` block.
+
+    One entry per torch.fx trace: a model traced whole gives one, a model traced scope by
+    scope (:mod:`pyro_dirichlet.structure.scopes`) one per scope.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> from pyro_dirichlet.structure import find_prunable_layers
+        >>> with recording_traces() as traced:
+        ...     _ = find_prunable_layers(net, torch.zeros(1, 4))
+        >>> traced == [net]
+        True
+    """
+    traced: list[nn.Module] = []
+
+    def record(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        traced.append(model)
+
+    trace_listeners.append(record)
+    try:
+        yield traced
+    finally:
+        trace_listeners.remove(record)
 
 # Reading these from a tensor reads no values, so they neither consume nor pass channels.
 _SHAPE_METHODS = {"size", "dim", "ndimension", "numel"}
@@ -68,6 +104,8 @@ def trace(
         UnsupportedStructureError: ``torch.fx`` cannot trace the model's own forward.
         ValueError: the model does not run on ``inputs``.
     """
+    for listener in list(trace_listeners):
+        listener(model, inputs)
     # A copy in eval mode: shape propagation runs forward, which would update BatchNorm
     # running statistics and flip training flags on the caller's model.
     traced = copy.deepcopy(model).eval()
