@@ -15,7 +15,7 @@ from pyro_dirichlet.data import DataSplits, Split
 from pyro_dirichlet.measure import count_flops
 from pyro_dirichlet.planning.allocation import keep_from_budget
 from pyro_dirichlet.planning.plan import plan_keep
-from pyro_dirichlet.posterior import from_fit
+from pyro_dirichlet.posterior import from_concentrations
 from pyro_dirichlet.pruning import prune_by_posterior_mean, prune_to_keep, switch_scales
 from pyro_dirichlet.repair.calibrate import CalibrationConfig
 from pyro_dirichlet.repair.train import TrainConfig
@@ -34,7 +34,7 @@ def lenet():
     example = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(2)
     phi = {name: 0.5 + 5 * torch.rand(width, generator=generator) for name, width in (("conv1", 20), ("conv2", 50), ("fc1", 500))}
-    return network, example, from_fit(phi, num_samples=20, seed=0)
+    return network, example, from_concentrations(phi, num_samples=20, seed=0)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -67,7 +67,7 @@ def test_score_plan_cut_equals_the_stages_by_hand_and_the_old_functions(lenet):
 
 def test_a_posterior_scores_the_layers_it_switched(lenet):
     network, example, posterior = lenet
-    partial = from_fit({"conv2": torch.ones(50)}, num_samples=5, seed=0)
+    partial = from_concentrations({"conv2": torch.ones(50)}, num_samples=5, seed=0)
     assert list(Pruner(network, example).score(partial)) == ["conv2"]
     with pytest.raises(ValueError, match=r"switches layers \['conv1', 'fc1'\] that are not among"):
         Pruner(network, example, layers=["conv2"]).score(posterior)
