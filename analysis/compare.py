@@ -22,8 +22,8 @@ import torch
 
 from analysis import ablation, allocation_study, criteria, interpret, reproduction, tempering, uncertainty_report
 from analysis.study import Study
-from pyro_dirichlet.models import get_model_entry
-from pyro_dirichlet.models.registry import resnet_inner_keep
+from pyro_dirichlet.baselines import get_model_entry
+from pyro_dirichlet.baselines.registry import resnet_inner_keep
 from pyro_dirichlet.models.vgg import VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.repair.calibrate import CalibrationConfig

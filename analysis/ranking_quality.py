@@ -173,7 +173,7 @@ def load_network(name: str, data_dir: str | None) -> tuple[nn.Module, DataSplits
         data = five_class_cifar(data_dir)
         network, recipe = head_resnet_baseline(data)
         return network, data, recipe
-    from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
+    from pyro_dirichlet.baselines import get_model_entry, load_or_train_baseline
 
     if name == "lenet5":
         data = load_dataset("mnist", data_dir)

@@ -19,7 +19,7 @@ import statistics
 
 from analysis.study import Study, fit_switches, keep_sizes, mean_sd, recipe_epoch_seconds
 from benchmarks.bars import REPRODUCTION_BARS, judge
-from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.baselines import get_model_entry
 from pyro_dirichlet.measure import count_flops, count_parameters
 
 #: Fine-tune lengths tried; the one reported is chosen by mean validation accuracy among

@@ -50,8 +50,8 @@ from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, load_dataset
 from pyro_dirichlet.criteria import get_criterion
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
-from pyro_dirichlet.models import get_model_entry
-from pyro_dirichlet.models.baseline import load_checkpoint
+from pyro_dirichlet.baselines import get_model_entry
+from pyro_dirichlet.baselines.trained import load_checkpoint
 from pyro_dirichlet.pruner import Pruner
 from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.structure import PrunableLayer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
+from pyro_dirichlet.baselines import get_model_entry, load_or_train_baseline
 from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
 from pyro_dirichlet.repair.train import finetune

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from pyro_dirichlet.models import get_model_entry, load_or_train_baseline
+from pyro_dirichlet.baselines import get_model_entry, load_or_train_baseline
 from pyro_dirichlet.io.atomic import atomic_write_json, atomic_write_text
 from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, Split
@@ -175,7 +175,7 @@ class Study:
     """What every part of a comparison shares: the model, its data, the seeds, and one default fit per seed.
 
     Attributes:
-        model: a registry name (``models.MODELS``).
+        model: a registry name (``pyro_dirichlet.baselines.MODELS``).
         data: the splits (possibly a seeded subset for a CPU run).
         seeds: one baseline network and one default fit per seed.
         budgets: named per-layer keep counts used by the criteria comparison.

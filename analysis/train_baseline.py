@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_dirichlet.models.baseline import load_or_train_baseline
-from pyro_dirichlet.models.registry import MODELS, get_model_entry
+from pyro_dirichlet.baselines.trained import load_or_train_baseline
+from pyro_dirichlet.baselines.registry import MODELS, get_model_entry
 from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.data import load_dataset
 

@@ -76,7 +76,7 @@ REGISTERED = "registered:"
 
 
 def registered_names() -> list[str]:
-    from pyro_dirichlet.models import MODELS
+    from pyro_dirichlet.baselines import MODELS
 
     return [REGISTERED + name for name in MODELS]
 
@@ -104,7 +104,7 @@ def transformers_names() -> list[str]:
 def build(name: str) -> tuple[nn.Module, torch.Tensor | tuple[torch.Tensor, ...], dict]:
     """The model in eval mode, a seeded input of the smallest size it takes, and the builder kwargs."""
     torch.manual_seed(SEED)
-    from pyro_dirichlet.models import MODELS
+    from pyro_dirichlet.baselines import MODELS
 
     if name.startswith(TRANSFORMERS):
         from benchmarks.transformers_population import build as build_transformers

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import pyro
 
 from benchmarks.workloads import Workload
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.registry import get_model_entry
 from pyro_dirichlet.infer.fit import FitConfig, fit
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.repair.train import train_classifier

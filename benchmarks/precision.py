@@ -61,7 +61,7 @@ from typing import Self
 
 import pyro
 import torch
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.registry import get_model_entry
 
 from benchmarks.inference import pruned_copy
 from benchmarks.workloads import Workload, synthetic_splits
@@ -191,7 +191,7 @@ def finetune_accuracy(*, seeds: int, epochs: int, images: int, data_dir: str | N
     ``partial`` receives the rows so far after every fine-tune; ``done`` holds rows of an
     earlier, stopped run (same seed and precision: not fine-tuned again).
     """
-    from pyro_dirichlet.models.baseline import load_checkpoint
+    from pyro_dirichlet.baselines.trained import load_checkpoint
 
     from pyro_dirichlet.planning.allocation import uniform_counts
     from pyro_dirichlet.criteria import get_criterion

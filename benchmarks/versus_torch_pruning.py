@@ -241,7 +241,7 @@ def _cifar(protocol: Protocol, data_dir: str | None) -> DataSplits:
 
 def _trained_or_train(name: str, network: nn.Module, data: DataSplits, protocol: Protocol) -> tuple[nn.Module | None, str]:
     """``network`` with committed weights ``analysis/baselines/<name>-cifar10.safetensors``, else trained here."""
-    from pyro_dirichlet.models.baseline import load_checkpoint, save_checkpoint
+    from pyro_dirichlet.baselines.trained import load_checkpoint, save_checkpoint
 
     path = BASELINES / f"{name}-cifar10.safetensors"
     if path.exists():
@@ -273,7 +273,7 @@ def load_network(name: str, protocol: Protocol, data_dir: str | None, log=print)
         network, _ = load_weights(BASELINES / "resnet20-cifar10.safetensors")
         return network, data, "analysis/baselines/resnet20-cifar10.safetensors"
     if name == "resnet56":
-        from pyro_dirichlet.models import get_model_entry
+        from pyro_dirichlet.baselines import get_model_entry
 
         network, source = _trained_or_train(name, get_model_entry("resnet56").build(), data, protocol)
     else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.registry import get_model_entry
 from pyro_dirichlet.data import DataSplits, Split, load_dataset
 
 __all__ = ["Workload", "lenet5_workload", "vgg16_workload", "synthetic_splits"]

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pyro_dirichlet.models.widths import check_width
 from pyro_dirichlet.io.serialization import register_architecture
+from pyro_dirichlet.models.widths import check_width
 
 __all__ = ["LeNet300100", "LeNet5Caffe"]
 

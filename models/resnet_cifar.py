@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pyro_dirichlet.models.widths import block_widths, check_width
 from pyro_dirichlet.io.serialization import register_architecture
+from pyro_dirichlet.models.widths import block_widths, check_width
 
 __all__ = ["BasicBlock", "CifarResNet", "ResNet20", "ResNet56", "resnet20", "resnet56"]
 

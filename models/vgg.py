@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pyro_dirichlet.models.widths import check_width
 from pyro_dirichlet.io.serialization import register_architecture
+from pyro_dirichlet.models.widths import check_width
 
 __all__ = ["VGG16", "VGG16_CONV_NAMES", "VGG16_WIDTHS", "DIRICHLET_PAPER_WIDTHS", "DIRICHLET_PAPER_FC"]
 

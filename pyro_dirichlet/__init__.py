@@ -16,10 +16,6 @@ model) works where Pyro is not installed.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
-from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -85,35 +81,6 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-class _CheckoutModels(importlib.abc.MetaPathFinder):
-    """Finds ``pyro_dirichlet.models`` beside the package in a source checkout.
-
-    The networks live in the repository's top-level ``models/`` (the asked-for layout);
-    installed from a wheel, setuptools maps that folder to ``pyro_dirichlet.models``
-    (pyproject's ``package-dir``). Imported from a checkout -- on ``PYTHONPATH`` as on the
-    GPU machine, or from a second git worktree while the editable install points at
-    another -- the models must come from the same checkout as the package, so this finder
-    goes first. It acts only where the package's parent folder is a checkout (holds
-    ``pyproject.toml`` and ``models/``), never on some other project's ``models``.
-    """
-
-    checkout = Path(__file__).resolve().parent.parent
-    folder = checkout / "models"
-
-    def find_spec(self, name, path=None, target=None):
-        if name != f"{__name__}.models" or not (self.checkout / "pyproject.toml").is_file():
-            return None
-        if not (self.folder / "__init__.py").is_file():
-            return None
-        return importlib.util.spec_from_file_location(
-            name, self.folder / "__init__.py", submodule_search_locations=[str(self.folder)]
-        )
-
-
-if not any(isinstance(finder, _CheckoutModels) for finder in sys.meta_path):
-    sys.meta_path.insert(0, _CheckoutModels())
 
 
 def __getattr__(name: str):

@@ -181,7 +181,7 @@ def cifar_shaped(train: int = 32, validation: int = 16, test: int = 16, size: in
 
 def random_resnet20() -> nn.Module:
     """The registry's ResNet-20 at a fixed random initialisation, in eval mode."""
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
 
     torch.manual_seed(0)
     net = get_model_entry("resnet20").build().eval()

@@ -8,15 +8,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import pyro_dirichlet.models.baseline as baseline
-from pyro_dirichlet.models import (
-    CACHE_ENV_VAR,
-    LeNet5Caffe,
-    load_checkpoint,
-    load_or_train_baseline,
-    resolve_cache_dir,
-    save_checkpoint,
-)
+import pyro_dirichlet.baselines.trained as baseline
+from pyro_dirichlet.models import LeNet5Caffe
+from pyro_dirichlet.baselines import CACHE_ENV_VAR, load_checkpoint, load_or_train_baseline, resolve_cache_dir, save_checkpoint
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.repair.train import TrainConfig
 

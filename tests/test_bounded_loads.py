@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pyro_dirichlet import prune_channels, save_pruned
-from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.baselines import get_model_entry
 from pyro_dirichlet.io.serialization import ModelFileError, load_pruned
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_dirichlet.models import MODELS, VGG16, ResNet20, ResNet56, WideResNet, WideResNet10x1, get_model_entry
+from pyro_dirichlet.models import VGG16, ResNet20, ResNet56, WideResNet, WideResNet10x1
+from pyro_dirichlet.baselines import MODELS, get_model_entry
 from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_WIDTHS, VGG16_CONV_NAMES, VGG16_WIDTHS
 from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.io.serialization import load_pruned, save_pruned

@@ -69,9 +69,9 @@ def test_names_the_help_lists_read_the_same_from_the_source():
     from pyro_dirichlet.data import DATASETS
     from pyro_dirichlet.io.factories import FACTORY_PATH
     from pyro_dirichlet.infer.guide import HYPER_GUIDES
-    from pyro_dirichlet.models import MODELS
+    from pyro_dirichlet.baselines import MODELS
 
-    assert sorted(source_value("pyro_dirichlet.models.registry", "MODELS")) == sorted(MODELS)
+    assert sorted(source_value("pyro_dirichlet.baselines.registry", "MODELS")) == sorted(MODELS)
     assert source_value("pyro_dirichlet.data.catalog", "DATASETS") == DATASETS
     assert sorted(source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")) == sorted(HYPER_GUIDES)
     assert source_value("pyro_dirichlet.io.factories", "FACTORY_PATH").pattern == FACTORY_PATH.pattern

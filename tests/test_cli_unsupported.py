@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_dirichlet.app.cli import main
-from pyro_dirichlet.models import MODELS, ModelEntry
+from pyro_dirichlet.baselines import MODELS, ModelEntry
 from pyro_dirichlet.io.serialization import register_architecture
 from pyro_dirichlet.repair.train import TrainConfig
 

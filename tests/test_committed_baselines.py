@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyro_dirichlet.data.cifar10 import _normalise_cifar, read_image_zip
-from pyro_dirichlet.models.baseline import load_checkpoint
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.trained import load_checkpoint
+from pyro_dirichlet.baselines.registry import get_model_entry
 
 BASELINES = Path(__file__).resolve().parents[1] / "analysis" / "baselines"
 SHARED = Path(os.environ.get("PYRO_DIRICHLET_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -15,7 +15,7 @@ from conftest import shrink
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.repair.distillation import distillation_loss
 from pyro_dirichlet.measure import accuracy
-from pyro_dirichlet.models import get_model_entry
+from pyro_dirichlet.baselines import get_model_entry
 from pyro_dirichlet.repair.train import TrainConfig, finetune, train_classifier
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.fx
 
-from pyro_dirichlet.models import MODELS, LeNet300100, LeNet5Caffe, get_model_entry
+from pyro_dirichlet.models import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.baselines import MODELS, get_model_entry
 from pyro_dirichlet.measure import count_parameters
 
 

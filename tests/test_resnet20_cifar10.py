@@ -11,8 +11,8 @@ import torch
 from conftest import cifar_shaped, random_resnet20
 
 from analysis.resnet20_cifar10 import GAIN_METHOD, METHOD, Protocol, budget_counts_by_name, load_weights, main, markdown, run
-from pyro_dirichlet.models import get_model_entry
-from pyro_dirichlet.models.baseline import save_checkpoint
+from pyro_dirichlet.baselines import get_model_entry
+from pyro_dirichlet.baselines.trained import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_dirichlet.models.lenet import LeNet5Caffe
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.registry import get_model_entry
 from pyro_dirichlet.structure import find_prunable_layers
 from pyro_dirichlet.structure.placement import SwitchInput
 from pyro_dirichlet.infer.switches import DirichletSwitches

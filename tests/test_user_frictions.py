@@ -170,7 +170,7 @@ def test_dataparallel_prefixes_are_stripped_with_a_note(user_folder, capsys):
     code, out, err = run_cli([*TRAIN, "--out", "run", "--weights", "dp.pt"], capsys)
     assert code == 0, err
     assert "stripped the 'module.' prefix" in out
-    from pyro_dirichlet.models.baseline import load_checkpoint
+    from pyro_dirichlet.baselines.trained import load_checkpoint
 
     state, _ = load_checkpoint(user_folder / "run" / "baseline.safetensors")
     assert all(torch.equal(state[key], value) for key, value in network.state_dict().items())

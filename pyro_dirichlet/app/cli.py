@@ -118,14 +118,14 @@ def parse_layers(text: str) -> tuple[str, ...]:
 
 def model_name(text: str) -> str:
     """A registered model's name or a factory path ``package.module:callable`` (imported only when a step runs)."""
-    models = source_value("pyro_dirichlet.models.registry", "MODELS")
+    models = source_value("pyro_dirichlet.baselines.registry", "MODELS")
     if text in models:
         return text
     if source_value("pyro_dirichlet.io.factories", "FACTORY_PATH").fullmatch(text):  # factories.is_factory_path, without torch
         return text
     # Not in the source: a model registered at run time (by code that imported the registry) is
     # only in the imported registry; a fresh process never imports torch just to refuse a name.
-    registry = sys.modules.get("pyro_dirichlet.models.registry")
+    registry = sys.modules.get("pyro_dirichlet.baselines.registry")
     if registry is not None and text in registry.MODELS:
         return text
     raise argparse.ArgumentTypeError(f"unknown model {text!r}; valid choices: {', '.join(sorted(models))}, "
@@ -181,7 +181,7 @@ def _path(flag: str) -> Callable[[str], Path]:
 
 
 def _common(parser: argparse.ArgumentParser, command: str) -> None:
-    MODELS = source_value("pyro_dirichlet.models.registry", "MODELS")
+    MODELS = source_value("pyro_dirichlet.baselines.registry", "MODELS")
     DATASETS = source_value("pyro_dirichlet.data.catalog", "DATASETS")
 
     group = parser.add_argument_group("run directory and environment (every subcommand)")
@@ -413,7 +413,7 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
     Settings a command does not have keep their dataclass defaults.
     """
     from pyro_dirichlet.app.pipeline import RunConfig
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
 
     def pick(kind: type, **renamed: str) -> dict[str, Any]:
         """The settings that are fields of ``kind`` (``renamed``: field -> setting name)."""

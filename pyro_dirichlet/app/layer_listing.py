@@ -143,7 +143,7 @@ def layers_command(args: argparse.Namespace) -> str:
     import torch
 
     from pyro_dirichlet.io.factories import ModelFactory, is_factory_path
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
     from pyro_dirichlet.io.weights import load_weights
 
     model_args = dict(getattr(args, "model_args", None) or ())

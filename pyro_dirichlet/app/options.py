@@ -78,7 +78,7 @@ class TrainOptions:
     """The baseline: which network on which data, and how long to train it.
 
     Attributes:
-        model: a name from ``models.MODELS``, or a user's factory ``"package.module:callable"``
+        model: a name from ``pyro_dirichlet.baselines.MODELS``, or a user's factory ``"package.module:callable"``
             returning an ``nn.Module`` (:mod:`pyro_dirichlet.io.factories`).
         dataset: the model's data set, ``imagefolder:DIR`` or ``torchvision:NAME``; ``None``
             only where the model has no data set of its own, which ``train`` refuses.

@@ -44,7 +44,7 @@ def train_model(options: TrainOptions) -> tuple[ModelFactory | None, Any]:
     Raises:
         ValueError: a factory without a data set, or a registered model on another data set than its own.
     """
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
 
     if is_factory_path(options.model):
         if options.dataset is None:
@@ -103,7 +103,7 @@ def run_model(run: RunDirectory, runtime: Runtime | None) -> tuple[Callable[[], 
     Raises:
         RunDirectoryError: a factory-built run without ``--model`` naming the factory, or with another one.
     """
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
 
     manifest = run.manifest()
     if not is_factory_path(manifest["model"]):
@@ -123,7 +123,7 @@ def check_recorded_dataset(run: RunDirectory) -> dict[str, Any]:
     Raises:
         RunDirectoryError: the manifest names another data set than the registered model's.
     """
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
 
     manifest = run.manifest()
     if not is_factory_path(manifest["model"]) and manifest["dataset"] != get_model_entry(manifest["model"]).dataset:

@@ -118,7 +118,7 @@ def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> di
     Starts the run: the manifest records the model (a registered name, or a factory path
     with its arguments), the weights' SHA-256, the data set and the data cut every later step uses.
     """
-    from pyro_dirichlet.models.baseline import save_checkpoint
+    from pyro_dirichlet.baselines.trained import save_checkpoint
 
     factory, entry = train_model(options)
     check_writable(run.path)
@@ -331,7 +331,7 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
 @_locked
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
-    from pyro_dirichlet.models import get_model_entry
+    from pyro_dirichlet.baselines import get_model_entry
     from pyro_dirichlet.posterior import layer_gains
 
     with Stopwatch() as watch:
@@ -458,7 +458,7 @@ def load_baseline(run: RunDirectory, runtime: Runtime | None = None) -> nn.Modul
 
     A user's model is built by the factory ``runtime.factory`` names (see :func:`run_model`).
     """
-    from pyro_dirichlet.models.baseline import load_checkpoint
+    from pyro_dirichlet.baselines.trained import load_checkpoint
 
     build, _ = run_model(run, runtime)
     path = run.input(BASELINE)

@@ -7,11 +7,11 @@ covers everything that changes the result (model, data split, training recipe, s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
-from pyro_dirichlet.models.registry import get_model_entry
+from pyro_dirichlet.baselines.registry import get_model_entry
+from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.io.atomic import atomic_write
 from pyro_dirichlet.io.cache import CACHE_ENV_VAR
 from pyro_dirichlet.io.cache import resolve_cache_dir as resolve_cache_dir_of_kind
-from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.measure import accuracy, count_flops, count_parameters
 from pyro_dirichlet.repair.train import TrainConfig, TrainResult, train_classifier
 

@@ -7,9 +7,14 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from pyro_dirichlet.models.lenet import LeNet300100, LeNet5Caffe
+from pyro_dirichlet.models.lenet import LeNet5Caffe, LeNet300100
 from pyro_dirichlet.models.resnet_cifar import ResNet20, ResNet56
-from pyro_dirichlet.models.vgg import DIRICHLET_PAPER_FC, DIRICHLET_PAPER_WIDTHS, VGG16, VGG16_CONV_NAMES
+from pyro_dirichlet.models.vgg import (
+    DIRICHLET_PAPER_FC,
+    DIRICHLET_PAPER_WIDTHS,
+    VGG16,
+    VGG16_CONV_NAMES,
+)
 from pyro_dirichlet.models.wrn import WideResNet
 from pyro_dirichlet.repair.train import TrainConfig
 
