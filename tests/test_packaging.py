@@ -34,7 +34,7 @@ def test_models_import_under_the_package_from_a_plain_checkout(tmp_path):
 def test_the_models_are_plain_torch_and_no_import_hook_finds_them():
     import ast
 
-    import pyro_dirichlet
+    import pyro_dirichlet.models
 
     assert not any(type(finder).__module__.startswith("pyro_dirichlet") for finder in sys.meta_path)
     assert (ROOT / "pyro_dirichlet" / "models").resolve() == ROOT / "models"
