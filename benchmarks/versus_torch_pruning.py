@@ -60,7 +60,7 @@ __all__ = ["Protocol", "REDUCED", "METHODS", "NETWORKS", "tp_prune_to_flops", "r
 RESULTS = Path(__file__).parent / "results" / "versus_torch_pruning.json"
 #: The page whose table (between the markers) :func:`write_readme_table` rewrites.
 RESULTS_PAGE = Path(__file__).parent.parent / "docs" / "results.md"
-TABLE_START, TABLE_END = "<!-- versus-torch-pruning:start -->", "<!-- versus-torch-pruning:end -->"
+TABLE_START, TABLE_END = "<!-- generated:versus-torch-pruning -->", "<!-- /generated:versus-torch-pruning -->"
 BASELINES = Path(__file__).parent.parent / "analysis" / "baselines"
 
 #: Row name -> Torch-Pruning importance factory (``None``: the project's own pipeline).
