@@ -185,7 +185,7 @@ def _baseline(
 ) -> tuple[nn.Module, TrainConfig | None, Any]:
     """The baseline network in eval mode on ``device``, the recipe it was trained with (``None`` for
     given weights) and, unless the weights were given, its baseline record (trained now or from the cache)."""
-    from pyro_dirichlet.models import load_or_train_baseline  # the application layer: library stays model-agnostic
+    from pyro_dirichlet.baselines import load_or_train_baseline  # the application layer: the pipeline stays model-agnostic
 
     recipe, baseline = None, None
     if network is not None:
