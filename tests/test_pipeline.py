@@ -47,6 +47,9 @@ def test_run_writes_every_output(demo_run):
     assert json.loads((out / "run.json").read_text())["steps"].keys() == {"train", "fit", "prune", "finetune", "report"}
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert (out / "forest.png").stat().st_size > 10_000
+    # The advice names the published folder, not the staging copy the run was built in.
+    deployment = next(advice["text"] for advice in report["what_next"] if advice["kind"] == "deployment")
+    assert f'load_pruned("{out}/pruned"' in deployment and ".staging" not in json.dumps(report)
 
 
 def test_report_has_the_promised_fields(demo_run):

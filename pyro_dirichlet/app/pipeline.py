@@ -94,7 +94,7 @@ def run(config: RunConfig) -> dict:
     with RunDirectory(out).lock(), Stopwatch() as watch:
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}run-{os.getpid()}-", dir=out))
         try:
-            staged = RunDirectory(staging)
+            staged = RunDirectory(staging, published=Path(out))
             train_step(staged, config.runtime, config.train)
             fit_step(staged, config.runtime, config.fit, prior_model=prior_model)
             prune_step(staged, config.runtime, config.prune)

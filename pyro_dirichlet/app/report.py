@@ -115,7 +115,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
         graph = render_switch_model(switches, data.validation.images[:2].to(device), data.validation.labels[:2].to(device))
         report["posterior_predictive"] = predictive
         report["preprocessing"] = pruned.deployment.metadata.get("preprocessing")
-        report["what_next"] = [advice.to_dict() for advice in what_next(report, str(run.path))]
+        report["what_next"] = [advice.to_dict() for advice in what_next(report, str(run.published or run.path))]
         report["model_graph"] = {"figure": None if graph.png is None else "report-model.png", "missing": graph.missing}
 
         figures = _figures(report, records, summaries, layers, predictive, accuracy_per_draw, graph)

@@ -138,6 +138,9 @@ class RunDirectory:
 
     Args:
         path: the folder (``--out`` / ``--run``).
+        published: where the folder will be once published, when ``path`` is a staging copy
+            (``pyro-dirichlet run`` builds the whole run in one and renames it at the end):
+            what the report tells a user to load from. ``None``: ``path`` itself.
 
     Example:
         >>> run = RunDirectory(Path("runs/demo"))  # doctest: +SKIP
@@ -147,6 +150,7 @@ class RunDirectory:
     """
 
     path: Path
+    published: Path | None = field(default=None, compare=False)
     # name -> SHA-256 of each file the current step read through input(); recorded by commit().
     _inputs: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
