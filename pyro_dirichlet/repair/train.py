@@ -67,6 +67,11 @@ class TrainConfig:
             weights, the optimiser, BatchNorm's statistics and the loss stay float32) or
             ``"auto"`` (bf16 where the device has native bfloat16 units); see
             :mod:`pyro_dirichlet.precision`.
+        channels_last: train convolutions in the channels-last memory layout (the model's
+            4-D weights and the image batches; the model gets the usual layout back at the
+            end). On this project's CPU a ResNet-20 training step takes 0.82x the time in
+            fp32 and in bf16 alike, LeNet-5's 0.74x and 0.67x (``benchmarks/channels_last.py``);
+            the values computed are the same up to floating-point summation order.
 
     Example:
         >>> TrainConfig(epochs=2, lr=3e-4).schedule
@@ -86,9 +91,12 @@ class TrainConfig:
     temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
     precision: str = LIBRARY_PRECISION
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be True or False, got {self.channels_last!r}")
         if not _is_int(self.epochs) or self.epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {self.epochs!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -131,7 +139,9 @@ class TrainConfig:
 
 # Options added after baselines were first cached, with their defaults.
 _LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": DEFAULT_DISTILLATION, "temperature": DEFAULT_TEMPERATURE,
-                  "precision": LIBRARY_PRECISION}
+                  "precision": LIBRARY_PRECISION,
+                  # A memory layout, not part of the recipe: baselines trained before it stay valid.
+                  "channels_last": True}
 
 
 @dataclass
@@ -397,6 +407,10 @@ def _setup(
     if teacher is not None:
         teacher_was_training = teacher.training
         teacher.to(device).eval()
+    if config.channels_last:
+        for network in (model, teacher):
+            if network is not None:
+                network.to(memory_format=torch.channels_last)
     augment = None
     if isinstance(data, DataSplits):
         train, validation, augment = data.train, data.validation, data.augment
@@ -481,6 +495,8 @@ def _train_step(run: _Training, images: torch.Tensor, labels: torch.Tensor) -> t
     config, teacher = run.config, run.teacher
     if run.augment is not None:
         images = run.augment(images, run.augment_generator)
+    if config.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(config.precision, run.device):
         scores = run.model(images)
         if teacher is not None:
@@ -537,8 +553,13 @@ def _finish(run: _Training, resume_path: Path | None) -> TrainResult:
     if resume_path is not None:
         resume_path.unlink(missing_ok=True)
     run.model.train(run.was_training)
+    if run.config.channels_last:
+        # The usual layout back: safetensors saves contiguous tensors only.
+        run.model.to(memory_format=torch.contiguous_format)
     if run.teacher is not None:
         run.teacher.train(run.teacher_was_training)
+        if run.config.channels_last:
+            run.teacher.to(memory_format=torch.contiguous_format)
     return run.result
 
 #: Fine-tune epochs of the command line's prune -> fine-tune. 8 was chosen among 3, 5 and 8
