@@ -69,9 +69,10 @@ class TrainConfig:
             :mod:`pyro_dirichlet.precision`.
         channels_last: train convolutions in the channels-last memory layout (the model's
             4-D weights and the image batches; the model gets the usual layout back at the
-            end). On this project's CPU a ResNet-20 training step takes 0.82x the time in
-            fp32 and in bf16 alike, LeNet-5's 0.74x and 0.67x (``benchmarks/channels_last.py``);
-            the values computed are the same up to floating-point summation order.
+            end). A training step on this project's CPU, against the default layout at the
+            same precision (``benchmarks/results/channels_last.json``): LeNet-5 0.71x in fp32
+            and 0.60x in bf16, ResNet-20 0.82x and 0.81x, VGG-16 1.07x and 0.86x. The values
+            computed are the same up to floating-point summation order.
 
     Example:
         >>> TrainConfig(epochs=2, lr=3e-4).schedule
