@@ -242,7 +242,7 @@ def calibrated_accuracy(network, layers, scores, counts, data, example, *, seed:
 
 
 #: The criteria fine-tuned after calibration (``--fine-tune``): the posterior against the cheap choices.
-FINE_TUNED = ("default", "l1-norm", "random", "taylor")
+FINE_TUNED = ("default", "layer-adam", "l1-norm", "random", "taylor")
 
 
 def fine_tuned_accuracy(network, layers, scores, counts, data, example, *, seed: int, epochs: int, fold=None) -> dict:
@@ -350,7 +350,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
 
 
 #: Rows of :func:`markdown`, in this order, where a network's record has them.
-ROW_ORDER = ("default", "channel-gain", "paper", "l1-norm", "taylor", "batchnorm-scale", "random")
+ROW_ORDER = ("default", "layer-adam", "channel-gain", "channel-gain-layer-adam", "paper", "l1-norm", "taylor", "batchnorm-scale", "random")
 
 
 def markdown(records: list[dict]) -> str:

@@ -24,8 +24,8 @@ from analysis.study import mean_sd
 __all__ = ["load_records", "main", "markdown", "paired", "seed_agreement", "summarize"]
 
 RESULTS = Path(__file__).parent / "results" / "ranking-quality"
-#: The posterior rows compared with the cheap criteria: the default fit and one gain per channel.
-POSTERIORS = ("default", "channel-gain")
+#: The posterior rows compared with the cheap criteria: the default fit, one gain per channel, one Adam step scale per layer.
+POSTERIORS = ("default", "channel-gain", "layer-adam")
 BUDGETS = ("50% FLOPs", "30% FLOPs")
 STAGES = ("calibrated", "fine_tuned")
 
@@ -90,7 +90,10 @@ def summarize(records: dict[str, list[dict]]) -> dict:
                         criterion.setdefault(stage, {})[budget] = paired(values)
             entry["criteria"][name] = criterion
         for posterior in POSTERIORS:
-            for other in ("l1-norm", "random", "taylor"):
+            # Each posterior variant against the cheap criteria and, where it is not the default, the default.
+            for other in ("l1-norm", "random", "taylor", "default"):
+                if other == posterior:
+                    continue
                 versus = _versus(rows, posterior, other)
                 if versus:
                     entry["versus"].setdefault(posterior, {})[other] = versus
@@ -129,8 +132,10 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for network, entry in summary.items():
         for posterior, rows in entry["versus"].items():
-            for other in ("l1-norm", "random"):
-                versus = rows.get(other, {})
+            for other in ("default", "l1-norm", "random"):
+                if other not in rows:
+                    continue
+                versus = rows[other]
                 cells = [network, posterior, other, str(versus.get("spearman", {}).get("n", "-")),
                          *(_cell(versus.get(stage, {}).get(budget)) for stage in STAGES for budget in BUDGETS),
                          _cell(versus.get("spearman"), scale=1.0, digits=2)]

@@ -46,6 +46,11 @@ def test_the_ranking_summary_is_the_committed_study():
     channel, l1 = resnet20["channel-gain"]["spearman_mean"], resnet20["l1-norm"]["spearman_mean"]
     assert channel["n"] == 3 and f"(+{channel['mean']:.2f} against +{l1['mean']:.2f}, three seeds)" in text
     assert records["head-resnet"]["criteria"]["channel-gain"]["dead_recall"]["fc1"] < 1.0
+    # "lifts ResNet-20's calibrated accuracy over the default by 2.4 ± 0.7 and 7.8 ± 1.2 points"
+    versus = summarize(load_records(RESULTS))["resnet20"]["versus"]["layer-adam"]["default"]["calibrated"]
+    half, tight = (versus[budget] for budget in ("50% FLOPs", "30% FLOPs"))
+    assert half["n"] == 3 and (f"by {100 * half['mean']:.1f} ± {100 * half['se']:.1f} and "
+                               f"{100 * tight['mean']:.1f} ± {100 * tight['se']:.1f} points") in " ".join(text.split())
 
 
 def test_the_torch_pruning_summary_is_the_committed_json():
