@@ -73,7 +73,7 @@ def _resnet20(folder: str, name: str) -> Callable[[], str]:
 def _precision() -> str:
     from benchmarks.precision import render_table
 
-    return render_table(_json(BENCHMARK_RESULTS / "precision-trial-1round.json"))
+    return render_table(_json(BENCHMARK_RESULTS / "precision.json"))
 
 
 def _versus_torch_pruning() -> str:
