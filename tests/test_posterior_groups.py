@@ -214,3 +214,27 @@ def test_predictions_under_a_hierarchical_prior_are_the_switched_network_at_each
         with torch.no_grad(), switches.switched({"1": torch.as_tensor(draws[index], dtype=torch.float32)}) as switched:
             expected = torch.softmax(switched(validation.images).double(), -1).numpy()
         np.testing.assert_allclose(probabilities[index], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_predictive_sizes_its_vectorised_chunks_by_the_largest_activation(tiny_cnn, tiny_images, monkeypatch):
+    from pyro_dirichlet.infer import predictive
+
+    switches = DirichletSwitches(tiny_cnn, tiny_images[:2])
+    guide = DirichletGuide(switches.layers)
+    sites = [f"{layer.name}.switch" for layer in switches.layers]
+    draws = Predictive(switches.model, guide=guide, num_samples=6, parallel=True, return_sites=sites)(tiny_images)
+    samples = {name: value[:, 0].numpy() for name, value in draws.items()}
+    labels = torch.arange(len(tiny_images)) % 3
+    largest = predictive._largest_activation(tiny_cnn, tiny_images)
+    first_conv = next(m for m in tiny_cnn.modules() if isinstance(m, torch.nn.Conv2d))
+    assert largest >= first_conv(tiny_images[:1]).numel() > tiny_cnn(tiny_images[:1]).numel()  # a feature map, not the logits
+    whole = predictive.predict(switches, samples, tiny_images, labels, seed=0)
+    # A budget that fits two draws' copies of the batch at a time: three chunks, the same predictions.
+    monkeypatch.setattr(predictive, "_MAX_ACTIVATION", 2 * len(tiny_images) * largest)
+    calls = []
+    real = predictive.Predictive
+    monkeypatch.setattr(predictive, "Predictive", lambda *a, **k: calls.append(1) or real(*a, **k))
+    chunked = predictive.predict(switches, samples, tiny_images, labels, seed=0)
+    assert len(calls) == 3
+    np.testing.assert_allclose(chunked["log_likelihood"], whole["log_likelihood"], rtol=1e-5)
+    np.testing.assert_allclose(chunked["probabilities"], whole["probabilities"], rtol=1e-5)

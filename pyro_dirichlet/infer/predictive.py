@@ -32,6 +32,29 @@ __all__ = ["draw_latents", "draw_prior", "predict", "predict_targets"]
 
 #: At most this many switched copies of the examples go through the network at once.
 _MAX_BATCH = 4096
+#: At most this many values in any one layer's output while a chunk of draws runs as one
+#: batch (16 MB in float32). A vectorised chunk holds draws x examples copies of every
+#: activation, so it is sized by the network's largest activation: without this bound a
+#: 32-px ResNet's 50 x 128 copies took 2.8 GB in its first block alone.
+_MAX_ACTIVATION = 1 << 22
+
+
+def _largest_activation(network: torch.nn.Module, example: torch.Tensor) -> int:
+    """Values in the largest output of any module of ``network`` for one example (a forward pass of it)."""
+    sizes = [1]
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    handles = [module.register_forward_hook(record) for module in network.modules()]
+    try:
+        with torch.no_grad():
+            network(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(sizes)
 
 
 @contextlib.contextmanager
@@ -121,7 +144,11 @@ def predict(
     samples = {name: value for name, value in samples.items() if name in switch_names}
     draws = len(next(iter(samples.values())))
     parallel = switches.vectorizable
-    chunk = max(1, _MAX_BATCH // len(images)) if parallel else draws
+    if parallel:
+        per_copy = len(images) * _largest_activation(switches.network, images)
+        chunk = max(1, min(_MAX_BATCH // len(images), _MAX_ACTIVATION // per_copy))
+    else:
+        chunk = draws
     outputs: dict[str, list[np.ndarray]] = {"log_likelihood": [], "obs": [], "probabilities": []}
     with _seeded(seed, device), torch.no_grad():
         for start in range(0, draws, chunk):
