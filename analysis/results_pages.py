@@ -98,6 +98,7 @@ SECTIONS: dict[str, Section] = {
     "resnet20-h200-finetune": Section("docs/results.md", _resnet20("resnet20-cifar10-h200-finetune", "comparison.json")),
     "precision": Section("docs/results.md", _precision),
     "versus-torch-pruning": Section("docs/results.md", _versus_torch_pruning),
+    "run-cost": Section("docs/results.md", _run_cost),
 }
 
 
