@@ -10,7 +10,7 @@ import pyro_dirichlet
 
 def test_every_public_name_is_the_object_not_a_same_named_submodule():
     # Import every submodule first: a submodule named like a function would shadow it.
-    for module in ("infer.fit", "train", "posterior", "plan", "surgery", "app.pipeline", "devices"):
+    for module in ("infer.fit", "repair.train", "posterior", "planning.plan", "surgery", "app.pipeline", "devices", "pruner", "baselines"):
         importlib.import_module(f"pyro_dirichlet.{module}")
     for name in pyro_dirichlet.__all__:
         value = getattr(pyro_dirichlet, name)
