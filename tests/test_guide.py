@@ -19,6 +19,14 @@ def switches(tiny_cnn, tiny_images):
     return DirichletSwitches(tiny_cnn, tiny_images[:2])
 
 
+
+@PriorModel
+def shared(layers):
+    """One Gamma(2, 2) concentration for every layer: a prior with a latent site of its own."""
+    alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
+    return {layer.name: dist.Dirichlet(alpha.expand(layer.channels)) for layer in layers}
+
+
 def test_guide_declares_one_positive_concentration_per_layer_stored_as_its_log(switches):
     guide = DirichletGuide(switches.layers, init_concentration=2.5)
     guide.initialise()
@@ -73,11 +81,6 @@ def test_state_dict_holds_each_log_concentration_and_reads_the_param_store(switc
 def test_dotted_layer_names_keep_their_param_names_inside_an_autoguide_list(tiny_cnn, tiny_images):
     network = torch.nn.Sequential(torch.nn.Sequential(tiny_cnn))  # layers "0.0.conv1", ...
 
-    @PriorModel
-    def shared(layers):
-        alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
-        return {layer.name: dist.Dirichlet(alpha.expand(layer.channels)) for layer in layers}
-
     switches = DirichletSwitches(network, tiny_images[:2], prior=shared)
     guide = make_guide(switches, hyper_guide="delta")
     guide(tiny_images)
@@ -102,11 +105,6 @@ def test_bad_init_concentration_names_the_argument(switches, value, error):
 
 def test_make_guide_adds_an_autoguide_only_for_latent_sites(tiny_cnn, tiny_images, switches):
     assert isinstance(make_guide(switches), DirichletGuide)
-
-    @PriorModel
-    def shared(layers):
-        alpha = pyro.sample("alpha", dist.Gamma(2.0, 2.0))
-        return {layer.name: dist.Dirichlet(alpha.expand(layer.channels)) for layer in layers}
 
     hierarchical = DirichletSwitches(tiny_cnn, tiny_images[:2], prior=shared)
     guide = make_guide(hierarchical, hyper_guide="delta")

@@ -5,29 +5,12 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from pyro_dirichlet.app.cli import build_parser, main, parse_target
 from pyro_dirichlet.app.steps import PruneOptions
 from pyro_dirichlet.planning.plan import keep_counts, per_layer
 from pyro_dirichlet.structure.naming import CLI_SPELLING, PYTHON_SPELLING, keep_name_error
-
-
-class Residual(nn.Module):
-    """stem and block.0 write into one residual stream: one coupling group named 'stem'."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.inner = nn.Conv2d(8, 6, 1)
-        self.head = nn.Linear(6, 4)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        x = self.block(x) + x
-        return self.head(F.relu(self.inner(x)).mean(dim=(2, 3)))
+from coupled_networks import Residual
 
 
 def test_a_bare_fraction_is_one_target_for_every_layer():

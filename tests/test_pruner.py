@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pyro_dirichlet.models.lenet import LeNet5Caffe
 from torch import nn
 
@@ -22,6 +21,7 @@ from pyro_dirichlet.repair.train import TrainConfig
 from pyro_dirichlet.structure import find_prunable_layers, recording_traces
 from pyro_dirichlet.structure.naming import CLI_SPELLING
 from pyro_dirichlet.surgery import fold_scales, prune_channels
+from coupled_networks import Residual
 
 TARGET = {"conv1": 5, "conv2": 12, "fc1": 40}
 
@@ -108,22 +108,6 @@ def test_budget_planning_matches_keep_from_budget_without_tracing_again(lenet):
     with recording_traces() as traced:
         Pruner(network, example, layers=find_prunable_layers(network, example)).plan(scores, budget=0.2)
     assert len(traced) == 1  # the find above; the pruner built on its layers traces nothing
-
-
-class Residual(nn.Module):
-    """stem and block.0 write into one residual stream: one coupling group named 'stem'."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.inner = nn.Conv2d(8, 6, 1)
-        self.head = nn.Linear(6, 4)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        x = self.block(x) + x
-        return self.head(F.relu(self.inner(x)).mean(dim=(2, 3)))
 
 
 def test_bad_keep_sets_are_refused_with_the_clear_messages(lenet):
