@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SECTIONS", "Section", "main", "regenerate"]
+__all__ = ["SECTIONS", "Section", "main", "markers", "regenerate", "replace_section"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "analysis" / "results"
@@ -102,8 +102,24 @@ SECTIONS: dict[str, Section] = {
 }
 
 
-def _markers(name: str) -> tuple[str, str]:
+def markers(name: str) -> tuple[str, str]:
+    """The comment lines that open and close the generated table ``name``."""
     return f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+
+
+def replace_section(text: str, name: str, table: str) -> str:
+    """``text`` with the table between ``name``'s markers replaced by ``table``.
+
+    Raises:
+        ValueError: ``text`` lacks the markers, or holds them more than once.
+    """
+    start, end = markers(name)
+    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.S)
+    found = pattern.findall(text)
+    if len(found) != 1:
+        raise ValueError(f"the page must hold the markers of {name!r} exactly once; found {len(found)}.")
+    table = table.strip("\n")
+    return pattern.sub(lambda _: f"{start}\n{table}\n{end}", text)
 
 
 def regenerate(*, root: Path = ROOT, names: list[str] | None = None) -> dict[Path, str]:
@@ -116,14 +132,10 @@ def regenerate(*, root: Path = ROOT, names: list[str] | None = None) -> dict[Pat
     for name in names or list(SECTIONS):
         section = SECTIONS[name]
         path = root / section.page
-        text = pages.get(path, path.read_text())
-        start, end = _markers(name)
-        pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.S)
-        found = pattern.findall(text)
-        if len(found) != 1:
-            raise ValueError(f"{section.page} must hold the markers of {name!r} exactly once; found {len(found)}.")
-        table = section.render().strip("\n")
-        pages[path] = pattern.sub(lambda _: f"{start}\n{table}\n{end}", text)
+        try:
+            pages[path] = replace_section(pages.get(path, path.read_text()), name, section.render())
+        except ValueError as error:
+            raise ValueError(f"{section.page}: {error}") from None
     return pages
 
 

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.results_pages import markers, replace_section
 from pyro_dirichlet.io.atomic import atomic_write_json
 from pyro_dirichlet.repair.calibrate import CalibrationConfig, calibrate
 from pyro_dirichlet.data import DataSplits, iterate_batches, load_dataset
@@ -60,7 +61,7 @@ __all__ = ["Protocol", "REDUCED", "METHODS", "NETWORKS", "tp_prune_to_flops", "r
 RESULTS = Path(__file__).parent / "results" / "versus_torch_pruning.json"
 #: The page whose table (between the markers) :func:`write_readme_table` rewrites.
 RESULTS_PAGE = Path(__file__).parent.parent / "docs" / "results.md"
-TABLE_START, TABLE_END = "<!-- generated:versus-torch-pruning -->", "<!-- /generated:versus-torch-pruning -->"
+TABLE_START, TABLE_END = markers("versus-torch-pruning")
 BASELINES = Path(__file__).parent.parent / "analysis" / "baselines"
 
 #: Row name -> Torch-Pruning importance factory (``None``: the project's own pipeline).
@@ -409,9 +410,7 @@ def readme_table(result: dict) -> str:
 
 def write_readme_table(result: dict, readme: Path = RESULTS_PAGE) -> None:
     """Replace the table between the markers of docs/results.md by :func:`readme_table` of ``result``."""
-    text = readme.read_text()
-    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-    readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
+    readme.write_text(replace_section(readme.read_text(), "versus-torch-pruning", readme_table(result)))
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -38,5 +38,5 @@ def test_a_stale_table_is_found_and_rewritten(tmp_path, monkeypatch, capsys):
 def test_a_page_without_a_sections_markers_is_refused(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "results.md").write_text("# no markers here\n")
-    with pytest.raises(ValueError, match="must hold the markers of 'ranking-summary' exactly once"):
+    with pytest.raises(ValueError, match="docs/results.md: the page must hold the markers of 'ranking-summary' exactly once"):
         regenerate(root=tmp_path, names=["ranking-summary"])
