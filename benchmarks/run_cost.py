@@ -4,6 +4,9 @@ Issue 31's command-line bars, each measured by running the installed ``pyro-diri
 command in a child process, as a user would:
 
 - ``help``: wall seconds of ``pyro-dirichlet --help`` (median of ``--help-repeats``);
+- ``fit_step``: ``pyro-dirichlet fit --run DIR --quiet`` refitting the defaults' demo run of
+  each round: wall seconds against the SVI's own seconds (``run.json``), and the share of the
+  wall time spent outside SVI (imports, data, the posterior's draws and predictions, files);
 - ``demo``: ``make demo``'s command (``pyro-dirichlet run --model lenet5 --dataset mnist``)
   with the defaults (``--precision auto``: bf16 autocast on a CPU with AMX or AVX-512 BF16)
   and with ``--precision fp32``, alternating which goes first in each of ``--repeats``
@@ -81,6 +84,15 @@ def _run_record(arguments: list[str], out: Path, env: dict[str, str]) -> dict:
     return record
 
 
+def _fit_step_record(run: Path, env: dict[str, str]) -> dict:
+    """Refit the run directory ``run`` (the defaults): wall seconds, SVI seconds, and the share outside SVI."""
+    record = timed_command(["fit", "--run", str(run), "--quiet"], env=env)
+    fit = json.loads((run / "run.json").read_text())["steps"]["fit"]["result"]
+    record.update(svi_seconds=fit["seconds"], svi_steps=fit["steps"],
+                  outside_svi_share=(record["wall_seconds"] - fit["seconds"]) / record["wall_seconds"])
+    return record
+
+
 def _median(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"--help: median {result['help']['median']:.2f} s", flush=True)
     _write(result, args.json)
     runs: dict[str, list[dict]] = {"auto": [], "fp32": []}
+    fit_steps: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="run-cost-") as scratch:
         for round_ in range(args.repeats):
             order = ("auto", "fp32") if round_ % 2 == 0 else ("fp32", "auto")
@@ -132,12 +145,19 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"demo round {round_} --precision {precision}: {record['wall_seconds']:.1f} s wall, "
                       f"{record['cpu_seconds']:.1f} CPU s, peak RSS {record['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)
                 result["demo"] = {"runs": runs}
+                if precision == "auto":
+                    fit_steps.append(_fit_step_record(Path(scratch) / "demo-auto", env))
+                    print(f"fit --run: {fit_steps[-1]['wall_seconds']:.1f} s wall, SVI {fit_steps[-1]['svi_seconds']:.1f} s, "
+                          f"{100 * fit_steps[-1]['outside_svi_share']:.1f}% outside SVI", flush=True)
+                    result["fit_step"] = {"runs": fit_steps}
                 _write(result, args.json)
         result["demo"] = {
             "runs": runs,
             "median": {precision: {key: _median(rows, key) for key in ("wall_seconds", "cpu_seconds", "peak_rss_bytes")}
                        for precision, rows in runs.items()},
         }
+        result["fit_step"] = {"runs": fit_steps, "median": {
+            key: _median(fit_steps, key) for key in ("wall_seconds", "svi_seconds", "outside_svi_share")}}
         medians = result["demo"]["median"]
         result["demo"]["auto_over_fp32"] = {key: medians["auto"][key] / medians["fp32"][key]
                                             for key in ("wall_seconds", "cpu_seconds")}
@@ -166,6 +186,10 @@ def render_table(result: dict) -> str:
         f"| `make demo`, `--precision fp32` | {demo['fp32']['wall_seconds']:.0f} s wall, {demo['fp32']['cpu_seconds']:.0f} CPU s | "
         f"slower than the defaults (defaults / fp32: {result['demo']['auto_over_fp32']['wall_seconds']:.2f} wall, "
         f"{result['demo']['auto_over_fp32']['cpu_seconds']:.2f} CPU) |",
+        *([f"| `pyro-dirichlet fit --run DIR` on the demo's run: share of wall time outside SVI (median of "
+           f"{len(result['fit_step']['runs'])}) | {100 * result['fit_step']['median']['outside_svi_share']:.1f}% "
+           f"({result['fit_step']['median']['wall_seconds']:.1f} s wall, SVI {result['fit_step']['median']['svi_seconds']:.1f} s) "
+           f"| at most 25% |"] if "median" in result.get("fit_step", {}) else []),
         f"| `make demo` peak resident memory | {demo['auto']['peak_rss_bytes'] / 1e9:.2f} GB | |",
     ]
     if "user_run" in result:

@@ -39,14 +39,14 @@ def test_run_writes_every_output(demo_run):
     out, report = demo_run
     drawn = ["report-model.png"] if shutil.which("dot") else []  # the switch model, where Graphviz can draw it
     assert sorted(p.name for p in out.iterdir()) == [
-        ".lock", "baseline.safetensors", "forest.png", "posterior.nc", "pruned-before-finetune.json",
+        ".lock", "baseline.safetensors", "posterior.nc", "pruned-before-finetune.json",
         "pruned-before-finetune.safetensors", "pruned.json", "pruned.safetensors", "report-accuracy.png", "report-elbo.png",
         "report-forest-conv1.png", "report-forest-conv2.png", "report-forest-fc1.png", "report-mass.png", *drawn,
         "report.html", "report.json", "report.md", "run.json",
     ]
     assert json.loads((out / "run.json").read_text())["steps"].keys() == {"train", "fit", "prune", "finetune", "report"}
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
-    assert (out / "forest.png").stat().st_size > 10_000
+    assert (out / "report-forest-conv1.png").stat().st_size > 10_000
     # The advice names the published folder, not the staging copy the run was built in.
     deployment = next(advice["text"] for advice in report["what_next"] if advice["kind"] == "deployment")
     assert f'load_pruned("{out}/pruned"' in deployment and ".staging" not in json.dumps(report)

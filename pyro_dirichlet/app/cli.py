@@ -341,7 +341,7 @@ _STEPS: dict[str, tuple[str, str, list[Callable[[argparse.ArgumentParser], None]
     "train": ("train (or take from the cache) the baseline", "Train the baseline network, or take it from the baseline "
               "cache, and store it in the run directory as baseline.safetensors. Starts a run.", [_train]),
     "fit": ("fit the Dirichlet switch posterior", "Fit the Dirichlet switches of the run's baseline by SVI and write "
-            "posterior.nc and forest.png. Refitting (e.g. with another --prior) keeps the baseline and forgets the "
+            "posterior.nc (the report draws its forest plots). Refitting (e.g. with another --prior) keeps the baseline and forgets the "
             "later steps.", [_fit, _prior_model, _ci]),
     "prune": ("prune by posterior mean", "Prune the baseline by posterior mean to --keep, --budget or the model's "
               "default target and write pruned-before-finetune.{safetensors,json}.", [_prune]),

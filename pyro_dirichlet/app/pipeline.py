@@ -79,7 +79,7 @@ class RunConfig:
 def run(config: RunConfig) -> dict:
     """Run every step and write the whole run directory into ``config.out`` at once.
 
-    ``out`` receives the baseline, ``posterior.nc``, ``forest.png``, the pruned model before
+    ``out`` receives the baseline, ``posterior.nc``, the pruned model before
     and after fine-tuning, ``report.json``, ``report.html``, ``report.md`` and the manifest
     ``run.json``; files of an earlier run there that this run does not write are removed.
 
@@ -117,7 +117,7 @@ def run(config: RunConfig) -> dict:
                  f"({pruned['params_fraction']:.2%}), {pruned['flops']:,} FLOPs ({pruned['flops_fraction']:.2%}); "
                  f"test accuracy {pruned['test_accuracy_before_finetune']:.4f} before fine-tuning, "
                  f"{pruned['test_accuracy']:.4f} after {config.finetune.epochs} epochs")
-    _say(config, f"wrote {out}/ (report.html, report.md, report.json, posterior.nc, forest.png, pruned.safetensors, "
+    _say(config, f"wrote {out}/ (report.html, report.md, report.json, posterior.nc, pruned.safetensors, "
                  f"pruned.json, baseline.safetensors, run.json) in {watch.seconds:.0f} s")
     return report
 

@@ -39,7 +39,7 @@ from pyro_dirichlet.infer.fit import FitDivergedError, fit
 from pyro_dirichlet.measure import Stopwatch, accuracy, count_flops, count_parameters
 from pyro_dirichlet.planning.plan import per_layer
 from pyro_dirichlet.precision import resolve_precision
-from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, plot_forest, save_posterior
+from pyro_dirichlet.posterior import LayerSummary, layer_summaries, load_posterior, save_posterior
 from pyro_dirichlet.pruner import Pruner
 from pyro_dirichlet.pruning import switch_scales
 from pyro_dirichlet.app.prior_model import load_prior_model
@@ -63,7 +63,6 @@ __all__ = [
     "FinetuneOptions",
     "BASELINE",
     "POSTERIOR",
-    "FOREST",
     "PRUNED_BEFORE_FINETUNE",
     "PRUNED",
     "train_step",
@@ -81,7 +80,6 @@ __all__ = [
 #: File names in the run directory, by the step that writes them.
 BASELINE = "baseline.safetensors"  # train
 POSTERIOR = "posterior.nc"  # fit
-FOREST = "forest.png"  # fit
 #: Written every this many SVI steps while ``fit`` runs, so Ctrl-C or a crash loses little.
 FIT_CHECKPOINT_EVERY = 50
 PRUNED_BEFORE_FINETUNE = "pruned-before-finetune"  # prune: .safetensors + .json
@@ -224,7 +222,10 @@ def _baseline_result(
 
 @_locked
 def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions, *, prior_model: PriorModel | None = None) -> dict[str, Any]:
-    """Fit the switch posterior of the run's baseline; write ``posterior.nc`` and ``forest.png``.
+    """Fit the switch posterior of the run's baseline; write ``posterior.nc``.
+
+    The forest plots are drawn by ``report``, one per layer: drawing them here cost the fit
+    about 2 s of matplotlib for a figure the report redraws anyway.
 
     ``prior_model``: ``options.prior_model`` already imported (``run`` imports it before training);
     else this step imports it. ``run.json`` records the prior the switches were given: the
@@ -284,7 +285,6 @@ def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions, *, prior_
             _say(runtime, format_layer_summary(summary))
         with writing(run.path), run.stage() as staging:
             save_posterior(posterior, staging / POSTERIOR)
-            plot_forest(posterior, staging / FOREST, ci_prob=options.ci_prob)
             config = {**_jsonable(dataclasses.replace(options, fit=fit_config)), **_jsonable(runtime),
                       **({"prior": None} if options.prior_model is not None else {})}  # a prior model replaced it
             record = run.commit("fit", staging, config=config, result={**result.to_dict(), "skipped_layers": skipped,

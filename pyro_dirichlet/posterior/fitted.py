@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-import arviz as az
+import arviz_base
 import numpy as np
 import torch
 import xarray as xr
@@ -205,7 +205,7 @@ def from_concentrations(
         groups["log_likelihood"] = {"obs": predictive["log_likelihood"][None]}
         groups["posterior_predictive"] = {"obs": predictive["obs"][None], "probabilities": predictive["probabilities"][None]}
         dims.update({"obs": ["example"], "probabilities": ["example", "class"]})
-    tree = az.from_dict(groups, dims=dims, coords=coords)
+    tree = arviz_base.from_dict(groups, dims=dims, coords=coords)
     if predictive is not None and "probabilities" not in predictive:
         _add_target_predictions(tree, np.asarray(labels), predictive)
     variational = {}

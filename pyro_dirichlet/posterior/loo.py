@@ -79,13 +79,13 @@ def loo_check(posterior: Any) -> LooCheck | None:
         >>> check = loo_check(load_posterior("runs/demo/posterior.nc"))  # doctest: +SKIP
         >>> print(check.headline()); print(check.verdict())  # doctest: +SKIP
     """
-    import arviz as az
+    import arviz_stats
 
     if "log_likelihood" not in posterior.children:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = az.loo(posterior, pointwise=True)
+        result = arviz_stats.loo(posterior, pointwise=True)
     k = np.asarray(result.pareto_k).ravel()
     return LooCheck(
         elpd=float(result.elpd), se=float(result.se), p_loo=float(result.p), observations=int(result.n_data_points),
