@@ -98,6 +98,15 @@ VARIANTS: dict[str, Variant] = {
     # proportion to their pull, not all at about lr (bf16 autocast, as default-bf16).
     "layer-adam": Variant(fit={"precision": "bf16", "optimizer": "layer-adam"}),
     "channel-gain-layer-adam": Variant(gain="channel", fit={"precision": "bf16", "optimizer": "layer-adam"}),
+    # Is layer-adam's ranking limited by gradient noise? The same fit for a fixed 3,000 steps,
+    # with four times the batch, with a larger step, and from a noisier start.
+    "layer-adam-3000": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "steps": 3000,
+                                    "lr_decay": 0.1 ** (1 / 3000)}),  # the same total decay, spread
+    "channel-gain-layer-adam-3000": Variant(gain="channel", fit={"precision": "bf16", "optimizer": "layer-adam", "steps": 3000,
+                                                              "lr_decay": 0.1 ** (1 / 3000)}),
+    "layer-adam-batch512": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "batch_size": 512}),
+    "layer-adam-lr0.3": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "lr": 0.3}),
+    "layer-adam-init3": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "init_concentration": 3.0}),
     "flat-gain-converged": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
     "sparse-gain-converged": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
     "sparse-gain-init10": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),
@@ -215,6 +224,9 @@ def fit_variant(network: nn.Module, data: DataSplits, variant: Variant, *, seed:
         options["gain"] = variant.gain
     fit_options = dict(variant.fit)
     switches = DirichletSwitches(copy.deepcopy(network), data.train.images[:2], **options)
+    if "steps" in fit_options:  # a fixed length: the stopping rule pinned there
+        steps = fit_options.pop("steps")
+        fit_options.update(epochs=None, stopping=StoppingRule(min_steps=steps, max_steps=steps))
     if "effective_data_fraction" in fit_options:
         fit_options["effective_data_size"] = max(1, round(fit_options.pop("effective_data_fraction") * len(data.train)))
     config = FitConfig(**{"seed": seed, "device": "cpu", "progress": False, **fit_options})
