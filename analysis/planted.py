@@ -197,7 +197,8 @@ def recover(case: PlantedCase, *, seed: int = 0, ci_prob: float = 0.95, fit_step
     epochs = math.ceil(fit_steps / math.ceil(len(case.train) / FitConfig.batch_size))
     # The paper's model and fit (Dirichlet(1), guide at 1, constant Adam rate), without and with
     # the layer gain: the study isolates the gain, as when it was written (planted.json).
-    config = FitConfig(epochs=epochs, seed=seed, device="cpu", progress=False, init_concentration=1.0, lr_decay=1.0)
+    config = FitConfig(epochs=epochs, seed=seed, device="cpu", progress=False, init_concentration=1.0, lr_decay=1.0,
+                       optimizer="adam")  # the optimiser of the time, too
     posteriors = {name: fit(DirichletSwitches(case.network, example, prior=1.0, layer_gain=gain), case.train, config).posterior(seed=seed)
                   for name, gain in FITS.items()}
     posterior = posteriors["posterior-mean"]

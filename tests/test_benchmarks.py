@@ -60,9 +60,10 @@ def test_plain_torch_step_is_the_step_fit_takes(tiny_cnn, one_thread):
     # The overhead benchmark is only fair if the plain-torch step computes what fit's step does.
     generator = torch.Generator().manual_seed(1)
     data = Split(torch.randn(16, 1, 14, 14, generator=generator), torch.randint(0, 3, (16,), generator=generator))
-    # The benchmark's plain step is the paper's model: no layer gain, a constant Adam rate.
-    switches = DirichletSwitches(tiny_cnn, data.images[:2], layer_gain=False)
-    result = fit(switches, data, FitConfig(epochs=1, batch_size=16, seed=3, device="cpu", progress=False, lr_decay=1.0))
+    # The benchmark's plain step is the paper's model: no gain, plain Adam at a constant rate.
+    switches = DirichletSwitches(tiny_cnn, data.images[:2], gain="none")
+    result = fit(switches, data, FitConfig(epochs=1, batch_size=16, seed=3, device="cpu", progress=False, lr_decay=1.0,
+                                           optimizer="adam"))
 
     pyro.clear_param_store()
     torch.manual_seed(3)

@@ -17,12 +17,14 @@ def test_layer_gain_is_fitted_recorded_and_rebuilt_by_the_report(run_copy, small
     plain = load_posterior(run_copy / "posterior.nc")
     assert not any(name.endswith(".switch.gain") for name in plain["guide_parameters"].data_vars)
     assert manifest(run_copy)["steps"]["fit"]["config"]["gain"] == "none"
-    assert main(["fit", *common]) == 0  # one gain per layer by default
+    assert main(["fit", *common, "--gain", "layer", "--optimizer", "adam"]) == 0  # the earlier default
     assert manifest(run_copy)["steps"]["fit"]["config"]["gain"] == "layer"
+    assert manifest(run_copy)["steps"]["fit"]["config"]["fit"]["optimizer"] == "adam"
     layer_gains = load_posterior(run_copy / "posterior.nc")["guide_parameters"]
     assert all(layer_gains[f"{layer}.switch.gain"].shape == () for layer in ("conv1", "conv2", "fc1"))
-    assert main(["fit", *common, "--gain", "channel"]) == 0
+    assert main(["fit", *common]) == 0  # one gain per channel, LayerAdam: the defaults
     assert manifest(run_copy)["steps"]["fit"]["config"]["gain"] == "channel"
+    assert manifest(run_copy)["steps"]["fit"]["config"]["fit"]["optimizer"] == "layer-adam"
     stored = load_posterior(run_copy / "posterior.nc")["guide_parameters"]
     gains = [name for name in stored.data_vars if name.endswith(".switch.gain")]
     assert sorted(gains) == sorted(f"{layer}.switch.gain" for layer in ("conv1", "conv2", "fc1"))

@@ -96,8 +96,11 @@ def test_a_disk_filling_during_a_step_exits_2_and_changes_nothing(small_run, tmp
     outcomes = [json.loads(line) for line in finished.stdout.strip().splitlines() if line.startswith("{")]
     assert [outcome["step"] for outcome in outcomes] == steps
     for outcome in outcomes:
-        error = outcome["stderr"]
+        *warnings, error = outcome["stderr"].splitlines()
         assert outcome["code"] == 2, (outcome["step"], error)
+        # The step's own warnings may come first (on this tiny run prune's decision check can
+        # lose to random); the error is one line, the last.
+        assert all(line.startswith("pyro-dirichlet: warning: ") for line in warnings), (outcome["step"], warnings)
         assert error.startswith("pyro-dirichlet: error: no space left on the device holding "), (outcome["step"], error)
-        assert error.count("\n") == 1 and "the run directory is unchanged" in error
+        assert "the run directory is unchanged" in error
         assert outcome["same"], f"{outcome['step']} changed the run directory"

@@ -72,7 +72,7 @@ def test_channel_gains_scale_each_channel_and_fold_into_the_pruned_network(tiny_
     pyro.clear_param_store()
     labels = _labels_of(tiny_cnn, tiny_images)
     switches = DirichletSwitches(tiny_cnn, tiny_images[:2], gain="channel")
-    assert switches.gain == "channel" and DirichletSwitches(tiny_cnn, tiny_images[:2]).gain == "layer"  # the default
+    assert switches.gain == "channel" and DirichletSwitches(tiny_cnn, tiny_images[:2]).gain == "channel"  # the default
     switches.create_model_params()
     layer = switches.layers[0]
     scale = torch.linspace(0.5, 2.0, layer.channels)

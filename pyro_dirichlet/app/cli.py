@@ -32,6 +32,7 @@ Runtime, TrainOptions, FitOptions, PruneOptions, FinetuneOptions = (
 ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
 FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
+OPTIMIZERS = source_value("pyro_dirichlet.infer.objective", "OPTIMIZERS")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
 UNSUPPORTED_POLICIES = source_value("pyro_dirichlet.structure.layers", "UNSUPPORTED_POLICIES")
 BUDGET_COSTS = source_value("pyro_dirichlet.planning.allocation", "COSTS")
@@ -55,7 +56,7 @@ OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "ci_prob": (FitOptions, "ci_prob"), "prior_model": (FitOptions, "prior_model"),
     "predictive_draws": (FitOptions, "predictive_draws"), "predictive_images": (FitOptions, "predictive_images"),
     "epochs": (FitConfig, "epochs"), "lr": (FitConfig, "lr"), "effective_data_size": (FitConfig, "effective_data_size"),
-    "hyper_guide": (FitConfig, "hyper_guide"),
+    "hyper_guide": (FitConfig, "hyper_guide"), "optimizer": (FitConfig, "optimizer"),
     "keep": (PruneOptions, "keep"), "budget": (PruneOptions, "budget"), "budget_cost": (PruneOptions, "budget_cost"),
     "check": (PruneOptions, "check"),
     "finetune_epochs": (FinetuneOptions, "epochs"), "finetune_lr": (FinetuneOptions, "lr"),
@@ -263,15 +264,18 @@ def _fit(parser: argparse.ArgumentParser) -> None:
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
     group.add_argument("--gain", choices=["channel", "layer", "none"],
-                       help="learned scales beside each switch: layer (one per layer, the default: planted and never-firing "
-                            "units rank last), channel (one per channel: closer to removal cost on ResNet-20, but some dead "
-                            "units rank high; see docs/results.md) or none (the paper's model)")
+                       help="learned scales beside each switch: channel (one per channel, the default: the posterior mean "
+                            "then ranks channels by how much the loss depends on them; see docs/method.md), layer (one per "
+                            "layer, the earlier default) or none (the paper's model)")
     group.add_argument("--layer-gain", action=argparse.BooleanOptionalAction,
                        help="the older spelling of --gain layer (--no-layer-gain: --gain none)")
     group.add_argument("--epochs", type=int, metavar="N",
                        help="SVI epochs; the paper's setting is 1 (default: fit until the posterior has converged -- "
                             "the ELBO levelled off and the half-width kept sets settled -- at least 600 steps)")
     group.add_argument("--lr", type=float, help=_help("SVI Adam learning rate", "lr"))
+    group.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                       help=_help("optimiser of the concentrations: layer-adam (one Adam step scale per layer, so a channel "
+                                  "moves in proportion to its pull) or adam (one per channel, the earlier default)", "optimizer"))
     group.add_argument("--predictive-draws", type=int, metavar="N",
                        help=_help("posterior draws of the posterior predictive on the validation split "
                                   "(posterior.nc's log_likelihood for az.loo wants 30 or more)", "predictive_draws"))
@@ -433,7 +437,7 @@ def options_from(settings: dict[str, Any]) -> RunConfig:
         train=_flagged(TrainOptions, **{**pick(TrainOptions), "model": model, "dataset": dataset, "model_args": model_args}),
         # FitConfig's seed, device and progress are the runtime's; the command line sets only these.
         fit=_flagged(FitOptions, fit=_flagged(FitConfig, **{name: settings[name] for name in
-                                                            ("epochs", "lr", "effective_data_size", "hyper_guide")
+                                                            ("epochs", "lr", "optimizer", "effective_data_size", "hyper_guide")
                                                             if name in settings}),
                      **pick(FitOptions)),
         prune=_flagged(PruneOptions, **pick(PruneOptions)),

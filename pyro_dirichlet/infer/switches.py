@@ -31,12 +31,15 @@ __all__ = ["DirichletSwitches", "switch_site", "gain_param", "freeze", "GAINS", 
 #: The learned gains beside each layer's switch: one positive scale per channel, one per
 #: layer, or none (the paper's model).
 GAINS = ("channel", "layer", "none")
-#: Chosen by ``analysis/ranking_quality.py``. One gain per channel ranks ResNet-20's and the
-#: head ResNet's channels closer to their removal cost (Spearman +0.22 and +0.19 against
-#: +0.07 and +0.14, seed 0), but it ranked 3 of the head ResNet's 13 never-firing units in
-#: its top 10 of 64, where one gain per layer puts all 13 below every useful unit; the
-#: failure users met first stays fixed, so the layer gain stays the default.
-DEFAULT_GAIN = "layer"
+#: Chosen by ``analysis/ranking_quality.py``, for a reason a quadratic model of the loss
+#: makes plain (docs/method.md): with one gain per layer, the loss asks every channel for
+#: the same concentration whatever its importance, so the posterior mean ranks by noise and
+#: by the KL's faint pull; with one gain per channel the gain carries the channel's scale and
+#: the simplex is left to split precision, so the posterior mean grows as the square root of
+#: the loss's curvature in that channel. With LayerAdam (``DEFAULT_OPTIMIZER``) a channel the
+#: likelihood cannot see also stays where it started while the useful ones gain mass, so
+#: never-firing units rank last.
+DEFAULT_GAIN = "channel"
 
 
 def resolve_gain(gain: str | None, layer_gain: bool | None = None) -> str:
