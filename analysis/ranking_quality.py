@@ -80,37 +80,41 @@ class Variant:
         return {"prior": self.prior, "gain": self.gain, **self.fit}
 
 
-#: The fit variants compared. ``default`` is the library's default model and fit (fp32);
-#: ``paper`` the paper's one epoch (flat prior, no gain); the others change one thing.
+#: The fit variants compared. ``default`` is the library's default model and fit at the
+#: command line's precision (``auto``: bf16 autocast on this CPU); ``layer-gain-adam`` the
+#: default before it (one gain per layer, Adam; fp32); ``paper`` the paper's one epoch (flat
+#: prior, no gain). The others change one thing, and name every option that differs between
+#: the two defaults, so each row stays what it was when the default changes.
+_LAYER_ADAM = {"precision": "bf16", "optimizer": "layer-adam"}
 VARIANTS: dict[str, Variant] = {
-    "default": Variant(),
-    "paper": Variant(prior=1.0, gain="none", fit={"epochs": 1, "init_concentration": 1.0}),
+    "default": Variant(fit={"precision": "auto"}),
+    "layer-gain-adam": Variant(gain="layer", fit={"optimizer": "adam"}),
+    "paper": Variant(prior=1.0, gain="none", fit={"epochs": 1, "init_concentration": 1.0, "optimizer": "adam"}),
     # One learned scale per channel instead of per layer (bf16 autocast, as --precision auto here).
-    "channel-gain": Variant(gain="channel", fit={"precision": "auto"}),
-    # The default's fit in bfloat16 autocast (2-3x faster here): does the ranking survive it?
-    "default-bf16": Variant(fit={"precision": "bf16"}),
+    "channel-gain": Variant(gain="channel", fit={"precision": "auto", "optimizer": "adam"}),
+    # The earlier default's fit in bfloat16 autocast (2-3x faster here): does the ranking survive it?
+    "layer-gain-adam-bf16": Variant(gain="layer", fit={"precision": "bf16", "optimizer": "adam"}),
     # Less gradient noise per step: four vectorised ELBO particles.
-    "particles-4": Variant(fit={"precision": "bf16", "num_particles": 4}),
+    "particles-4": Variant(gain="layer", fit={"precision": "bf16", "num_particles": 4, "optimizer": "adam"}),
     # The KL ten times heavier (the likelihood scaled to a tenth of the data): if the ranking
     # signal were the prior's pull against the likelihood, this would strengthen it. Not the real ELBO.
-    "tempered-0.1": Variant(fit={"precision": "bf16", "effective_data_fraction": 0.1}),
+    "tempered-0.1": Variant(gain="layer", fit={"precision": "bf16", "effective_data_fraction": 0.1, "optimizer": "adam"}),
     # One step scale per layer instead of per channel (LayerAdam): channels move in
-    # proportion to their pull, not all at about lr (bf16 autocast, as default-bf16).
-    "layer-adam": Variant(fit={"precision": "bf16", "optimizer": "layer-adam"}),
-    "channel-gain-layer-adam": Variant(gain="channel", fit={"precision": "bf16", "optimizer": "layer-adam"}),
-    # Is layer-adam's ranking limited by gradient noise? The same fit for a fixed 3,000 steps,
-    # with four times the batch, with a larger step, and from a noisier start.
-    "layer-adam-3000": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "steps": 3000,
-                                    "lr_decay": 0.1 ** (1 / 3000)}),  # the same total decay, spread
-    "channel-gain-layer-adam-3000": Variant(gain="channel", fit={"precision": "bf16", "optimizer": "layer-adam", "steps": 3000,
-                                                              "lr_decay": 0.1 ** (1 / 3000)}),
-    "layer-adam-batch512": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "batch_size": 512}),
-    "layer-adam-lr0.3": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "lr": 0.3}),
-    "layer-adam-init3": Variant(fit={"precision": "bf16", "optimizer": "layer-adam", "init_concentration": 3.0}),
-    "flat-gain-converged": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
-    "sparse-gain-converged": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 1.0}),
-    "sparse-gain-init10": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),
-    "flat-gain-init10": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 10.0}),
+    # proportion to their pull, not all at about lr (bf16 autocast, as layer-gain-adam-bf16).
+    "layer-adam": Variant(gain="layer", fit=_LAYER_ADAM),
+    # Both changes: the default since they won (the default's configuration, named).
+    "channel-gain-layer-adam": Variant(gain="channel", fit=_LAYER_ADAM),
+    # Is layer-adam's ranking limited by gradient noise? The same fit for a fixed 3,000 steps
+    # (the same total lr decay, spread), with four times the batch, a larger step, a noisier start.
+    "layer-adam-3000": Variant(gain="layer", fit={**_LAYER_ADAM, "steps": 3000, "lr_decay": 0.1 ** (1 / 3000)}),
+    "channel-gain-layer-adam-3000": Variant(gain="channel", fit={**_LAYER_ADAM, "steps": 3000, "lr_decay": 0.1 ** (1 / 3000)}),
+    "layer-adam-batch512": Variant(gain="layer", fit={**_LAYER_ADAM, "batch_size": 512}),
+    "layer-adam-lr0.3": Variant(gain="layer", fit={**_LAYER_ADAM, "lr": 0.3}),
+    "layer-adam-init3": Variant(gain="layer", fit={**_LAYER_ADAM, "init_concentration": 3.0}),
+    "flat-gain-converged": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 1.0, "optimizer": "adam"}),
+    "sparse-gain-converged": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 1.0, "optimizer": "adam"}),
+    "sparse-gain-init10": Variant(prior=0.1, gain="layer", fit={"epochs": None, "init_concentration": 10.0, "optimizer": "adam"}),
+    "flat-gain-init10": Variant(prior=1.0, gain="layer", fit={"epochs": None, "init_concentration": 10.0, "optimizer": "adam"}),
 }
 
 FLOP_BUDGETS = (0.5, 0.3)
@@ -254,7 +258,7 @@ def calibrated_accuracy(network, layers, scores, counts, data, example, *, seed:
 
 
 #: The criteria fine-tuned after calibration (``--fine-tune``): the posterior against the cheap choices.
-FINE_TUNED = ("default", "layer-adam", "l1-norm", "random", "taylor")
+FINE_TUNED = ("default", "layer-gain-adam", "layer-adam", "l1-norm", "random", "taylor")
 
 
 def fine_tuned_accuracy(network, layers, scores, counts, data, example, *, seed: int, epochs: int, fold=None) -> dict:
@@ -276,7 +280,7 @@ def record_path(out: Path, network_name: str, seed: int) -> Path:
 
 
 def study(network_name: str, variants: list[str], *, data_dir: str | None, seed: int, out: Path,
-          removal_examples: int, stability: bool = True, fine_tune: int = 0,
+          removal_examples: int, stability: bool = True, fine_tune: int = 0, fine_tuned: tuple[str, ...] = FINE_TUNED,
           log: Callable[[str], None] = print) -> dict:
     network, data, recipe = load_network(network_name, data_dir)
     example = data.train.images[:2]
@@ -347,7 +351,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
         judge(name, fitted["means"], extra, fold=fitted["fold"])
 
     if fine_tune:
-        for name in FINE_TUNED:
+        for name in fine_tuned:
             row = record["criteria"].get(name)
             if row is None or row.get("fine_tuned", {}).get("epochs") == fine_tune:
                 continue
@@ -362,7 +366,7 @@ def study(network_name: str, variants: list[str], *, data_dir: str | None, seed:
 
 
 #: Rows of :func:`markdown`, in this order, where a network's record has them.
-ROW_ORDER = ("default", "layer-adam", "channel-gain", "channel-gain-layer-adam", "paper", "l1-norm", "taylor", "batchnorm-scale", "random")
+ROW_ORDER = ("default", "layer-gain-adam", "layer-adam", "channel-gain", "channel-gain-layer-adam", "paper", "l1-norm", "taylor", "batchnorm-scale", "random")
 
 
 def markdown(records: list[dict]) -> str:
@@ -407,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one record per seed")
     parser.add_argument("--fine-tune", type=int, default=0, metavar="EPOCHS",
-                        help=f"also fine-tune the calibrated networks of {', '.join(FINE_TUNED)} this many epochs")
+                        help="also fine-tune the calibrated networks of the --fine-tuned criteria this many epochs")
+    parser.add_argument("--fine-tuned", nargs="+", default=list(FINE_TUNED), metavar="CRITERION",
+                        help="the criteria --fine-tune fine-tunes (default: %(default)s)")
     parser.add_argument("--removal-examples", type=int, default=1000)
     parser.add_argument("--no-stability", dest="stability", action="store_false",
                         help="skip the default fit's second run twice as long (its kept-set overlap)")
@@ -418,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for seed in args.seed:
         study(args.network, args.variants, data_dir=args.data_dir, seed=seed, out=args.out,
-              removal_examples=args.removal_examples, stability=args.stability and seed == 0, fine_tune=args.fine_tune)
+              removal_examples=args.removal_examples, stability=args.stability and seed == 0, fine_tune=args.fine_tune,
+              fine_tuned=tuple(args.fine_tuned))
         print(f"done in {time.perf_counter() - started:.0f} s -> {record_path(args.out, args.network, seed)}")
     return 0
 

@@ -24,8 +24,12 @@ from analysis.study import mean_sd
 __all__ = ["load_records", "main", "markdown", "paired", "seed_agreement", "summarize"]
 
 RESULTS = Path(__file__).parent / "results" / "ranking-quality"
-#: The posterior rows compared with the cheap criteria: the default fit, one gain per channel, one Adam step scale per layer.
-POSTERIORS = ("default", "channel-gain", "layer-adam")
+#: The posterior rows compared with the cheap criteria: the default fit (one gain per channel,
+#: one Adam step scale per layer), the default before it (one gain per layer, Adam), and each
+#: of its two changes alone.
+POSTERIORS = ("default", "layer-gain-adam", "channel-gain", "layer-adam")
+#: What each posterior row is paired with: the cheap criteria and the earlier default.
+OTHERS = ("l1-norm", "random", "taylor", "layer-gain-adam")
 BUDGETS = ("50% FLOPs", "30% FLOPs")
 STAGES = ("calibrated", "fine_tuned")
 
@@ -90,8 +94,8 @@ def summarize(records: dict[str, list[dict]]) -> dict:
                         criterion.setdefault(stage, {})[budget] = paired(values)
             entry["criteria"][name] = criterion
         for posterior in POSTERIORS:
-            # Each posterior variant against the cheap criteria and, where it is not the default, the default.
-            for other in ("l1-norm", "random", "taylor", "default"):
+            # Each posterior variant against the cheap criteria and the earlier default.
+            for other in OTHERS:
                 if other == posterior:
                     continue
                 versus = _versus(rows, posterior, other)
@@ -132,7 +136,7 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for network, entry in summary.items():
         for posterior, rows in entry["versus"].items():
-            for other in ("default", "l1-norm", "random"):
+            for other in ("layer-gain-adam", "l1-norm", "random"):
                 if other not in rows:
                     continue
                 versus = rows[other]

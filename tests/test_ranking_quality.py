@@ -29,10 +29,11 @@ def test_dead_recall_counts_inert_channels_below_every_useful_one():
 def test_results_page_table_is_the_committed_study():
     records = [json.loads((RESULTS / f"{name}.json").read_text()) for name in ("head-resnet", "resnet20", "lenet5")]
     assert markdown(records) in (ROOT / "docs" / "results.md").read_text()
-    default = records[0]["criteria"]["default"]
-    assert default["dead_recall"]["fc1"] == 1.0 and records[0]["criteria"]["paper"]["dead_recall"]["fc1"] < 0.5
-    assert records[0]["criteria"]["channel-gain"]["dead_recall"]["fc1"] < 1.0  # why the layer gain stays the default
-    assert default["convergence"]["converged"] and default["overlap_with_twice_as_long"] >= 0.9
+    head, resnet20 = records[0]["criteria"], records[1]["criteria"]
+    assert head["default"]["dead_recall"]["fc1"] == 1.0 and head["paper"]["dead_recall"]["fc1"] < 0.5
+    assert head["channel-gain"]["dead_recall"]["fc1"] < 1.0  # a gain per channel under plain Adam: why LayerAdam too
+    # the default fit converges by the rule, and a fit twice as long keeps at least 0.9 of its channels
+    assert resnet20["default"]["convergence"]["converged"] and resnet20["default"]["overlap_with_twice_as_long"] >= 0.9
 
 
 def test_summary_pairs_criteria_by_seed_and_gives_the_standard_error_of_the_differences():
