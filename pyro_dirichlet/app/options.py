@@ -151,8 +151,9 @@ class FitOptions:
             ``hyper_guide`` covers the prior model's own latent sites).
         ci_prob: probability mass of the printed HDIs.
         gain: the learned scales beside each switch (:class:`~pyro_dirichlet.DirichletSwitches`'
-            ``gain``): ``"layer"`` (the default), ``"channel"`` (one per channel; see the
-            ranking study in docs/results.md) or ``"none"`` (the paper's model).
+            ``gain``): ``"channel"`` (the default: one per channel, so the posterior mean ranks
+            by importance; see docs/method.md), ``"layer"`` (the earlier default) or ``"none"``
+            (the paper's model).
         layer_gain: the older boolean spelling of ``gain`` (True: ``"layer"``, False: ``"none"``);
             ``None`` unless given.
         predictive_draws: posterior draws the validation images are predicted under, for

@@ -131,19 +131,19 @@ class DirichletSwitches:
             (a tempered loss), or any callable ``likelihood(outputs, targets) ->
             distribution`` whose batch shape is the batch.
         gain: the learned positive scales (``pyro.param`` point estimates, :func:`gain_param`,
-            initialised at 1) that multiply the layer's ``s_l * C``: ``"layer"`` (the
-            default) one per layer, ``"channel"`` one per channel, ``"none"`` the paper's model.
+            initialised at 1) that multiply the layer's ``s_l * C``: ``"channel"`` (the
+            default, :data:`DEFAULT_GAIN`) one per channel, ``"layer"`` one per layer, ``"none"``
+            the paper's model.
             Why a gain at all: on the simplex the channel scales always sum to ``C``, so a
             network that would do better with a layer turned down can only do so by moving
             mass onto channels nothing reads, and those dead channels then rank *high*; the
-            layer gain takes over that role. Why one per channel is offered: a Dirichlet
-            coordinate's variance grows with its mean, so with one gain per layer a fit
-            quietens a channel the network is sensitive to by *lowering* its mean (ResNet-20:
-            the mean's order is at -0.11 Spearman with L1-norm's); with a free scale per
-            channel the mean is left to say how much precision the channel needs (at the
-            optimum of a quadratic loss it is proportional to the square root of the loss's
-            curvature in the channel's scale) and ranks closer to removal cost, but it ranked
-            some never-firing units high on the head ResNet. The ranking does not read the
+            layer gain takes over that role. Why one per channel, the default: with one gain per
+            layer a quadratic loss asks every channel for the same concentration whatever its
+            importance, so the mean ranks by noise; with a free scale per channel the mean is
+            left to say how much precision the channel needs (at the optimum, proportional to
+            the square root of the loss's curvature in the channel's scale; docs/method.md)
+            and ranks by removal cost; under LayerAdam (the default optimiser) never-firing
+            units still rank last. The ranking does not read the
             gains; the fold does, so the pruned network is the switched one at the posterior
             mean. Measured in ``analysis/ranking_quality.py``.
         layer_gain: the older spelling: True is ``gain="layer"``, False ``gain="none"``.
