@@ -33,6 +33,7 @@ ReportOptions = DeferredClass("pyro_dirichlet.app.report", "ReportOptions")
 FitConfig = DeferredClass("pyro_dirichlet.infer.fit_config", "FitConfig")
 HYPER_GUIDES = source_value("pyro_dirichlet.infer.guide", "HYPER_GUIDES")
 OPTIMIZERS = source_value("pyro_dirichlet.infer.objective", "OPTIMIZERS")
+GAINS = source_value("pyro_dirichlet.infer.switches", "GAINS")
 COUPLING_POLICIES = source_value("pyro_dirichlet.structure.layers", "COUPLING_POLICIES")
 UNSUPPORTED_POLICIES = source_value("pyro_dirichlet.structure.layers", "UNSUPPORTED_POLICIES")
 BUDGET_COSTS = source_value("pyro_dirichlet.planning.allocation", "COSTS")
@@ -263,7 +264,7 @@ def _fit(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--on-unsupported", choices=list(UNSUPPORTED_POLICIES),
                        help=_help("layers whose channels the analysis cannot follow: raise (refuse, listing them all) "
                                   "or skip (prune the others; the report lists them)", "on_unsupported"))
-    group.add_argument("--gain", choices=["channel", "layer", "none"],
+    group.add_argument("--gain", choices=list(GAINS),
                        help="learned scales beside each switch: channel (one per channel, the default: the posterior mean "
                             "then ranks channels by how much the loss depends on them; see docs/method.md), layer (one per "
                             "layer, the earlier default) or none (the paper's model)")
