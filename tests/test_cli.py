@@ -36,6 +36,17 @@ def test_steps_build_the_run_directory(small_run):
     assert not [p for p in small_run.iterdir() if p.name.startswith(".staging")]
 
 
+def test_refit_prints_each_layers_hdis_unless_quiet(run_copy, small_mnist_everywhere, capsys):
+    # The per-layer summaries are computed only to be printed (their HDIs need arviz_stats).
+    assert main(["fit", "--run", str(run_copy)]) == 0
+    printed = capsys.readouterr().out
+    for layer in ("conv1", "conv2", "fc1"):
+        assert re.search(rf"^{layer} \(\d+ channels; mean \[95% HDI\]\)$", printed, re.MULTILINE), layer
+    assert printed.count("least important:") == 3
+    assert main(["fit", "--run", str(run_copy), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_refit_with_another_prior_keeps_the_baseline(run_copy, small_mnist_everywhere):
     baseline = (run_copy / "baseline.safetensors").read_bytes()
     assert main(["fit", "--run", str(run_copy), "--prior", "0.5", "--quiet"]) == 0
