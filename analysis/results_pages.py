@@ -88,6 +88,12 @@ def _run_cost() -> str:
     return render_table(_json(BENCHMARK_RESULTS / "run_cost.json"))
 
 
+def _threads() -> str:
+    from benchmarks.threads import render_table
+
+    return render_table(_json(BENCHMARK_RESULTS / "threads.json"))
+
+
 #: Every generated table, by the name its markers carry.
 SECTIONS: dict[str, Section] = {
     "ranking-summary": Section("docs/results.md", _ranking_summary),
@@ -99,6 +105,7 @@ SECTIONS: dict[str, Section] = {
     "precision": Section("docs/results.md", _precision),
     "versus-torch-pruning": Section("docs/results.md", _versus_torch_pruning),
     "run-cost": Section("docs/results.md", _run_cost),
+    "threads": Section("docs/results.md", _threads),
 }
 
 

@@ -47,7 +47,7 @@ COMMANDS = ("train", "fit", "prune", "finetune", "report", "run")
 #: sets. The CLI copies these defaults (and shows them in ``--help``) rather than restating them.
 OPTION_FIELDS: dict[str, tuple[type, str]] = {
     "data_dir": (Runtime, "data_dir"), "device": (Runtime, "device"), "seed": (Runtime, "seed"),
-    "precision": (Runtime, "precision"),
+    "precision": (Runtime, "precision"), "threads": (Runtime, "threads"),
     "subset": (TrainOptions, "subset"), "train_epochs": (TrainOptions, "train_epochs"),
     "cache_dir": (TrainOptions, "cache_dir"), "weights": (TrainOptions, "weights"),
     "image_size": (TrainOptions, "image_size"), "normalize": (TrainOptions, "normalize"),
@@ -222,6 +222,9 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
                                   "auto (bf16 autocast where the device has native bfloat16 units: CUDA compute "
                                   "capability 8.0+, CPUs with AMX or AVX-512 BF16; else fp32), fp32 or bf16; "
                                   "weights, losses, the ELBO and BatchNorm statistics stay float32", "precision"))
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads of each step (default: the CPUs other processes leave idle as the step "
+                            "starts, or $OMP_NUM_THREADS when set)")
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 
 

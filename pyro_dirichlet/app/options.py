@@ -55,6 +55,10 @@ class Runtime:
             directory records (which it must equal).
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``, of every forward pass (:mod:`pyro_dirichlet.precision`);
             each step records what it resolved to as ``result["precision"]``.
+        threads: CPU threads of each step's PyTorch work; ``None`` (the default): the CPUs
+            other processes leave idle, measured as each step starts, unless the environment
+            sets ``OMP_NUM_THREADS`` (:mod:`pyro_dirichlet.cpu_threads`: GNU OpenMP's
+            threads spin on a busy core, and a step beside another job ran 10x slower).
     """
 
     data_dir: Path | None = None
@@ -63,9 +67,12 @@ class Runtime:
     progress: bool = True
     factory: str | None = None
     precision: str = DEFAULT_PRECISION
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.threads is not None:
+            _check_int("threads", self.threads, low=1)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}.")
         _check_int("seed", self.seed, low=0, high=MAX_SEED)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyro_dirichlet.cpu_threads import step_threads
 from pyro_dirichlet.data import DataSplits
 from pyro_dirichlet.data.catalog import is_user_source
 from pyro_dirichlet.io.factories import is_factory_path
@@ -99,11 +100,12 @@ def _cli_spelling(reason: str) -> str:
 
 
 def _locked(step: Callable[[RunDirectory, Runtime, Any], dict[str, Any]]) -> Callable[[RunDirectory, Runtime, Any], dict[str, Any]]:
-    """Run ``step`` holding the run directory's lock: no other command changes the directory meanwhile."""
+    """Run ``step`` holding the run directory's lock (no other command changes the directory
+    meanwhile), on the threads :func:`~pyro_dirichlet.cpu_threads.step_threads` chooses as it starts."""
 
     @functools.wraps(step)
     def locked(run: RunDirectory, runtime: Runtime, options: Any, **keywords: Any) -> dict[str, Any]:
-        with run.lock():
+        with run.lock(), step_threads(runtime.threads):
             return step(run, runtime, options, **keywords)
 
     return locked
