@@ -199,3 +199,16 @@ def test_fold_scales_folds_into_a_batchnorm_act_whose_relu_a_scale_passes():
     finally:
         hook.remove()
     assert relative_difference(output(folded, x), expected) < 1e-5
+
+
+def test_a_group_with_a_member_that_cannot_be_pruned_is_skipped_with_its_reason():
+    # SE-DarkNet: each block's conv1 is coupled through the squeeze-excite product with the
+    # SE's fc2, whose own walk finds nothing to prune; the analysis used to stop on an assert.
+    net, x = calibrated("sedarknet21")
+    layers = find_prunable_layers(net, x, coupled="group", on_unsupported="skip")
+    reasons = {s.name: s.reason for s in layers.skipped}
+    assert "coupled with 'stages.0.blocks.0.attn.fc2'" in reasons["stages.0.blocks.0.conv1.conv"]
+    assert "whose channels cannot be pruned" in reasons["stages.0.blocks.0.conv1.conv"]
+    assert len(layers) >= 10
+    got, expected, _ = pruned_and_masked(net, x, layers)
+    assert relative_difference(got, expected) < 1e-4

@@ -388,13 +388,19 @@ class TracedModel:
                 block = math.lcm(block, module.in_channels // module.groups)
         return block
 
-    def _group(self, members: list[str], merges: list[str]) -> PrunableLayer:
+    def _group(self, members: list[str], merges: list[str]) -> PrunableLayer | NotPrunable:
         walks = []
         for member in members:
             walk = self._walk(member)
             if isinstance(walk, UnsupportedStructureError):
                 raise walk
-            assert isinstance(walk, _Walk)
+            if isinstance(walk, NotPrunable):
+                # One member's channels cannot go (DarkNet's SE stage: a 1x1 conv whose channels
+                # a later layer reads in a way nothing can prune), so none of the group's can.
+                return NotPrunable(
+                    f"its output channels are coupled with '{member}' through {'; '.join(merges)}, "
+                    f"whose channels cannot be pruned ({walk.reason}); channels coupled like this are left unpruned"
+                )
             if walk.problem is not None:
                 raise walk.problem
             walks.append(walk)
