@@ -88,6 +88,12 @@ def _run_cost() -> str:
     return render_table(_json(BENCHMARK_RESULTS / "run_cost.json"))
 
 
+def _timm_coverage() -> str:
+    from benchmarks.coverage_table import render_bars, rows
+
+    return render_bars(rows(_json(BENCHMARK_RESULTS / "coverage_timm.json")))
+
+
 def _threads() -> str:
     from benchmarks.threads import render_table
 
@@ -106,6 +112,7 @@ SECTIONS: dict[str, Section] = {
     "versus-torch-pruning": Section("docs/results.md", _versus_torch_pruning),
     "run-cost": Section("docs/results.md", _run_cost),
     "threads": Section("docs/results.md", _threads),
+    "timm-coverage": Section("docs/architectures.md", _timm_coverage),
 }
 
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["log_rows", "main", "render", "rows"]
+__all__ = ["bars", "log_rows", "main", "render", "render_bars", "rows"]
 
 
 def rows(report: dict) -> list[dict]:
@@ -95,6 +95,37 @@ def _counts(summaries: list[dict]) -> str:
         f"{len(summaries)} models: {raise_ok} prune in raise mode, {skip_ok} in skip mode; "
         f"Torch-Pruning runs on {tp_ok}"
     )
+
+
+def bars(summaries: list[dict], *, close: float = 0.05) -> dict:
+    """The counts issue 33's bars are stated in: models, raise- and skip-mode exact prunes,
+    Torch-Pruning's runs, the models only Torch-Pruning prunes, and where both run, how many keep
+    a fraction of parameters within ``close`` of Torch-Pruning's."""
+    both = [row for row in summaries if row["mode"] != "no" and row["torch_pruning"] != "fails"]
+    return {
+        "models": len(summaries),
+        "raise": sum(row["mode"] == "raise" for row in summaries),
+        "skip": sum(row["mode"] in ("raise", "skip") for row in summaries),
+        "torch_pruning": sum(row["torch_pruning"] != "fails" for row in summaries),
+        "torch_pruning_only": [row["model"] for row in summaries if row["mode"] == "no" and row["torch_pruning"] != "fails"],
+        "both": len(both),
+        "kept_close": sum(abs(row["kept"] - row["torch_pruning"]) <= close for row in both),
+        "close": close,
+    }
+
+
+def render_bars(summaries: list[dict]) -> str:
+    """One Markdown row of :func:`bars` (with its header): what a coverage page states of a population."""
+    count = bars(summaries)
+    only = ", ".join(f"`{name.partition(':')[2] or name}`" for name in count["torch_pruning_only"]) or "none"
+    return "\n".join([
+        "| models | prune exactly in raise mode | in skip mode | Torch-Pruning runs | pruned by Torch-Pruning only "
+        f"| parameters kept within {count['close']} of Torch-Pruning's (both run) |",
+        "|---|---|---|---|---|---|",
+        f"| {count['models']} | {count['raise']} | {count['skip']} ({count['skip'] / count['models']:.0%}) "
+        f"| {count['torch_pruning']} | {len(count['torch_pruning_only'])} ({only}) "
+        f"| {count['kept_close']} of {count['both']} ({count['kept_close'] / max(count['both'], 1):.0%}) |",
+    ])
 
 
 def _number(text: str) -> float | None:
