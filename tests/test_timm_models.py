@@ -212,3 +212,59 @@ def test_a_group_with_a_member_that_cannot_be_pruned_is_skipped_with_its_reason(
     assert len(layers) >= 10
     got, expected, _ = pruned_and_masked(net, x, layers)
     assert relative_difference(got, expected) < 1e-4
+
+
+def with_response_weights(net: nn.Module) -> nn.Module:
+    """GlobalResponseNorm starts as an identity (weight and bias zero): give it weights to prune through."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if type(module).__name__ == "GlobalResponseNorm":
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    return net
+
+
+def test_convnext_v2_prunes_its_mlps_through_global_response_norm_exactly():
+    net, x = calibrated("convnextv2_atto")
+    net = with_response_weights(net)
+    layers = find_prunable_layers(net, x, coupled="group")  # raises if anything is unsupported
+    mlps = [layer for layer in layers if layer.name.endswith("mlp.fc1")]
+    assert len(mlps) == 12 and all("response_norm" in {c.kind for c in layer.consumers} for layer in mlps)
+    got, expected, pruned = pruned_and_masked(net, x, layers)
+    assert relative_difference(got, expected) < 1e-5
+    before, after = net.stages[0].blocks[0].mlp.grn, pruned.stages[0].blocks[0].mlp.grn
+    ratio = before.weight.numel() / after.weight.numel()
+    assert ratio == 2 and after.eps == pytest.approx(before.eps * ratio)
+
+
+def test_global_response_norm_over_the_last_dimension_prunes_exactly():
+    from timm.layers.grn import GlobalResponseNorm
+
+    class ChannelsLastMlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.act, self.norm, self.fc2 = nn.Linear(8, 16), nn.GELU(), GlobalResponseNorm(16), nn.Linear(16, 8)
+
+        def forward(self, x):  # (N, H, W, C), as ConvNeXt V2 runs its MLPs
+            return self.fc2(self.norm(self.act(self.fc1(x)))).mean(dim=(1, 2))
+
+    torch.manual_seed(0)
+    net = with_response_weights(ChannelsLastMlp()).eval()
+    x = torch.randn(2, 5, 5, 8)
+    layers = find_prunable_layers(net, x)
+    assert [layer.name for layer in layers] == ["fc1"]
+    got, expected, pruned = pruned_and_masked(net, x, layers)
+    assert pruned.norm.weight.shape == (8,) and relative_difference(got, expected) < 1e-5
+
+
+def test_a_flops_budget_prices_global_response_norm():
+    from pyro_dirichlet.planning.allocation import budget_counts
+    from pyro_dirichlet.measure import count_parameters
+
+    net, x = calibrated("convnextv2_atto")
+    layers = find_prunable_layers(net, x, coupled="group")
+    scores = {layer.name: torch.rand(layer.channels, generator=torch.Generator().manual_seed(0)) for layer in layers}
+    counts = budget_counts(net, scores, x, budget=0.8, cost="params", layers=layers)
+    pruned = prune_channels(net, plan_keep(scores, counts), x, layers=layers)
+    assert 0.7 < count_parameters(pruned) / count_parameters(net) <= 0.8

@@ -24,6 +24,7 @@ from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.structure.rules import RESPONSE_NORM, qualified_class
 from pyro_dirichlet.surgery import prune_channels
 
 __all__ = ["COSTS", "Cost", "CostModel", "DEFAULT_COST", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]
@@ -121,7 +122,7 @@ class CostModel:
             for consumer in layer.consumers:
                 if consumer.kind == "scale":
                     continue
-                if consumer.kind in ("batchnorm", "depthwise", "grouped"):
+                if consumer.kind in ("batchnorm", "depthwise", "grouped", "response_norm"):
                     out_width[consumer.name] -= dropped * consumer.features_per_channel
                 else:
                     in_width[consumer.name] -= dropped * consumer.features_per_channel
@@ -149,6 +150,8 @@ def _sliced(module: nn.Module, positions: int, part: str | None = None) -> _Slic
         return _Sliced("conv", module.out_channels, module.in_channels, window, positions, biases)
     if isinstance(module, nn.Linear):
         return _Sliced("linear", module.out_features, module.in_features, 1, positions, biases)
+    if qualified_class(type(module)) == RESPONSE_NORM:  # a weight and a bias per channel, priced like a BatchNorm's
+        return _Sliced("batchnorm", module.weight.numel(), 0, 1, positions, 2)
     if isinstance(module, nn.MultiheadAttention):
         # A value channel is a row of the input projection (and its bias) and a column of
         # out_proj; a query/key channel a query row and a key row (and their biases); each

@@ -119,6 +119,9 @@ class Consumer:
             so its input channels, filters and bias are all sliced) or ``"grouped"`` (a
             grouped Conv2d with as many outputs as inputs per group: whole groups of input
             channels, with their filters and bias, are sliced; see ``PrunableLayer.block``)
+            or ``"response_norm"`` (timm's GlobalResponseNorm: its per-channel weight and bias
+            are sliced, and its weight and ``eps`` scaled by the share of channels removed, so
+            the mean over the channels it divides by stays what it was)
             or ``"scale"`` (a parameter multiplying the channels one factor each, such as a
             ConvNeXt layer scale: ``name`` is the parameter's qualified name and ``dim`` its
             dimension holding the factors).
@@ -143,7 +146,7 @@ class Consumer:
     """
 
     name: str
-    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise", "grouped", "scale"]
+    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise", "grouped", "response_norm", "scale"]
     features_per_channel: int = 1
     zero_preserved: bool = True
     offset: int = 0

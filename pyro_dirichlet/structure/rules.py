@@ -25,7 +25,7 @@ from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
 __all__ = [
-    "LAYER_SUBCLASSES", "OPS", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule",
+    "LAYER_SUBCLASSES", "OPS", "RESPONSE_NORM", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule",
     "fused_activation", "is_depthwise", "layer_base", "op_of", "qualified_class",
 ]
 
@@ -157,6 +157,8 @@ LAYER_SUBCLASSES = {
     Qualified("transformers.pytorch_utils.Conv1D"): nn.Linear,  # weight stored (in, out)
 }
 _SAME_PADDING = Qualified("timm.layers.conv2d_same.Conv2dSame")
+#: timm's GlobalResponseNorm, sliced with its channels (:func:`_response_norm`).
+RESPONSE_NORM = Qualified("timm.layers.grn.GlobalResponseNorm")
 
 
 def layer_base(module: nn.Module) -> type | None:
@@ -471,6 +473,21 @@ def _batchnorm(graph, layer, flow, user, module):
     return consumer, replace(flow, node=user, may_be_nonzero=True)
 
 
+def _response_norm(graph, layer, flow, user, module):
+    """timm's ``GlobalResponseNorm`` (ConvNeXt V2): ``x + bias + weight * x * n / (mean_c n + eps)``
+    per channel, ``n`` a channel's L2 norm over the positions. A removed channel's norm is 0, so
+    it adds nothing to the others' mean, only to its divisor; surgery scales ``weight`` and
+    ``eps`` by ``C / C_kept`` (``slice_response_norm``), which leaves every kept channel as it
+    was. What a removed channel leaves behind is its bias, a constant the next layer absorbs."""
+    ndim = len(shape_of(flow.node))
+    if ndim != 4 or flow.channel_dim != module.channel_dim % ndim or flow.features_per_channel != 1:
+        raise graph.unknown(layer, user, "it normalises over a dimension that is not the layer's channels")
+    if flow.may_be_nonzero:
+        raise graph.unknown(layer, user, "a removed channel would reach it as a non-zero constant, which its norm counts")
+    consumer = Consumer(user.target, "response_norm", 1, True, flow.offset)
+    return consumer, replace(flow, node=user, may_be_nonzero=True)
+
+
 def _batchnorm_act(graph, layer, flow, user, module):
     """timm's ``BatchNormAct2d``: a BatchNorm2d (sliced) followed by its ``drop`` (an identity
     in eval mode) and its ``act``, each an element-wise operation of the table."""
@@ -683,6 +700,7 @@ OPS: dict[Any, Op] = {
     Qualified("timm.layers.linear.Linear"): Op(_linear_consumer),
     _SAME_PADDING: Op(_conv_consumer),
     Qualified("timm.layers.norm_act.BatchNormAct2d"): _BATCHNORM_ACT,
+    RESPONSE_NORM: Op(_response_norm),
     Qualified("transformers.pytorch_utils.Conv1D"): Op(_linear_consumer),  # HF's activations, 0 -> 0:
     **_rows(tuple(Qualified(f"transformers.activations.{name}") for name in _HF_ACTIVATIONS), Op(_ZERO_TO_ZERO)),
     # several tensors: the walk couples (sum) or shifts (concat) their channels

@@ -32,6 +32,7 @@ from pyro_dirichlet.surgery.slicing import (
     slice_linear_in,
     slice_linear_out,
     slice_parameter,
+    slice_response_norm,
 )
 
 __all__ = ["prune_channels", "mask_channels", "fold_scales"]
@@ -516,6 +517,7 @@ def _slice_selection(
             "depthwise": lambda m: m.in_channels,
             "grouped": lambda m: m.in_channels,
             "linear_in": lambda m: linear_features(m)[0],
+            "response_norm": lambda m: m.weight.numel(),
         }[kind](module)
         keep = _complement(torch.cat(parts), size)
         {
@@ -524,4 +526,5 @@ def _slice_selection(
             "depthwise": slice_depthwise_conv2d,
             "grouped": slice_grouped_conv2d,
             "linear_in": slice_linear_in,
+            "response_norm": slice_response_norm,
         }[kind](module, keep)

@@ -16,6 +16,7 @@ __all__ = [
     "slice_linear_out",
     "slice_linear_in",
     "slice_batchnorm",
+    "slice_response_norm",
     "slice_depthwise_conv2d",
     "slice_grouped_conv2d",
     "slice_parameter",
@@ -197,6 +198,30 @@ def slice_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: Tensor) -> None:
         bn.running_mean = bn.running_mean.index_select(0, keep.to(bn.running_mean.device))
         bn.running_var = bn.running_var.index_select(0, keep.to(bn.running_var.device))
     bn.num_features = len(keep)
+
+
+def slice_response_norm(norm: nn.Module, keep: Tensor) -> None:
+    """Keep only channels ``keep`` of timm's ``GlobalResponseNorm``, in place, computing what it did.
+
+    It divides each channel's norm by the mean norm over all ``C`` channels; a removed channel
+    (zero at the switch) added 0 to that mean's sum, so over the kept ``C'`` the mean is ``C/C'``
+    times larger. Scaling ``weight`` and ``eps`` by ``C/C'`` gives every kept channel its output
+    unchanged: ``w n / (S/C + eps) == (C/C') w n / (S/C' + (C/C') eps)``.
+
+    Example:
+        >>> from timm.layers import GlobalResponseNorm  # doctest: +SKIP
+        >>> norm = GlobalResponseNorm(4)  # doctest: +SKIP
+        >>> slice_response_norm(norm, torch.tensor([0, 1]))  # doctest: +SKIP
+        >>> norm.weight.shape, norm.eps  # doctest: +SKIP
+        (torch.Size([2]), 2e-06)
+    """
+    channels = norm.weight.numel()
+    ratio = channels / len(keep)
+    norm.weight = _sliced(norm.weight, 0, keep)
+    norm.bias = _sliced(norm.bias, 0, keep)
+    with torch.no_grad():
+        norm.weight.mul_(ratio)
+    norm.eps = norm.eps * ratio
 
 
 def scale_output_channels(layer: nn.Conv2d | nn.Linear, scales: Tensor) -> None:
