@@ -161,3 +161,38 @@ def test_gpt2s_transposed_conv1d_is_sliced_along_its_stored_axes():
     mlp = pruned.transformer.h[0].mlp
     assert (mlp.c_fc.nx, mlp.c_fc.nf) == (32, 32) and mlp.c_fc.weight.shape == (32, 32)
     assert (mlp.c_proj.nx, mlp.c_proj.nf) == (32, 32) and mlp.c_proj.bias.shape == (32,)
+
+
+def test_a_dirichlet_fit_of_a_small_llama_runs_on_random_tokens():
+    # A causal LM as Hugging Face returns it (a ModelOutput): the switch sites are the gated
+    # MLPs' hidden units (gate and up together), the likelihood the next-token loss.
+    import torch.nn.functional as F
+
+    from pyro_dirichlet import DirichletSwitches, FitConfig, fit
+    from pyro_dirichlet.infer.likelihoods import loss_likelihood
+
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    net = transformers.LlamaForCausalLM(config).eval()
+    tokens = torch.randint(1, 64, (32, 8), generator=torch.Generator().manual_seed(0))
+
+    def next_token_loss(logits, ids):
+        per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        return per_token.reshape(len(ids), -1).sum(1)
+
+    switches = DirichletSwitches(net, tokens[:2], on_unsupported="skip", likelihood=loss_likelihood(next_token_loss))
+    assert [layer.name for layer in switches.layers] == ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]
+    assert switches.layers[0].members == ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")
+    assert [consumer.name for consumer in switches.layers[0].consumers] == ["model.layers.0.mlp.down_proj"]
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    result = fit(switches, [(tokens[i:i + 8], tokens[i:i + 8]) for i in range(0, 32, 8)],
+                 FitConfig(epochs=2, batch_size=8, data_size=32, progress=False))
+    assert result.steps == 8 and all(torch.isfinite(torch.tensor(result.elbo)))
+    assert {name: c.shape for name, c in result.concentrations.items()} == {
+        "model.layers.0.mlp.gate_proj": (48,), "model.layers.1.mlp.gate_proj": (48,)}
+    # The fit moved the concentrations and left the language model as it was.
+    assert any(not torch.allclose(c, c[0]) for c in result.concentrations.values())
+    assert all(torch.equal(p, before[name]) for name, p in net.named_parameters())

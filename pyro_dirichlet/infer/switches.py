@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pyro
 from pyro import poutine
@@ -257,7 +257,7 @@ class DirichletSwitches:
             TypeError: it returned something other than a distribution.
         """
         with torch.no_grad(), pyro.get_param_store().scope(), poutine.block():
-            outputs = self.network(images)
+            outputs = network_output(self.network(images))
             distribution = self.likelihood(outputs.float(), targets)
         check_batch_shape(self.likelihood, distribution, outputs, torch.Size([len(images)]))
 
@@ -282,7 +282,7 @@ class DirichletSwitches:
         if inputs is None:
             inputs = self.example.to(next(iter(self.network.parameters()), self.example).device)
         with torch.no_grad(), poutine.block():
-            self.likelihood(self.network(inputs).float(), targets)
+            self.likelihood(network_output(self.network(inputs)).float(), targets)
 
     @property
     def has_params(self) -> bool:
@@ -369,11 +369,11 @@ class DirichletSwitches:
                 stacked = images.expand(count, *images.shape).flatten(0, 1)
                 rows = {name: value.reshape(count, -1) for name, value in values.items()}
                 with self.switched(rows) as network:
-                    logits = network(stacked)
+                    logits = network_output(network(stacked))
                 logits = logits.reshape(*particles[:-1], batch, logits.shape[-1])
             else:
                 with self.switched(values) as network:
-                    logits = network(images)
+                    logits = network_output(network(images))
             # float() undoes a lower-precision autocast, so the likelihood sums in float32.
             distribution = self.likelihood(logits.float(), labels)
             check_batch_shape(self.likelihood, distribution, logits, torch.Size([*particles[:-1], batch]))
@@ -396,6 +396,18 @@ def _particle_shape(values: Mapping[str, torch.Tensor]) -> torch.Size:
             f"dimension (as Pyro's vectorize_particles gives, e.g. (particles, 1, channels)), got {tuple(shape)}."
         )
     return shape
+
+
+def network_output(output: Any) -> torch.Tensor:
+    """The tensor the likelihood reads from a network's output: the output itself, or the
+    ``logits`` of a Hugging Face ``ModelOutput`` (what ``LlamaForCausalLM`` and the other
+    task heads return), so a library model needs no wrapper to be fitted."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"the network returned a {type(output).__name__}, neither a tensor nor an output with .logits")
 
 
 def _scale_output(scale: torch.Tensor, layer: PrunableLayer):
