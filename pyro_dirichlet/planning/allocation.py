@@ -24,7 +24,7 @@ from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
-from pyro_dirichlet.structure.rules import RESPONSE_NORM, qualified_class
+from pyro_dirichlet.structure.foreign import RESPONSE_NORM, qualified_class
 from pyro_dirichlet.surgery import prune_channels
 
 __all__ = ["COSTS", "Cost", "CostModel", "DEFAULT_COST", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]

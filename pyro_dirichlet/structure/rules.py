@@ -22,11 +22,20 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_of
+from pyro_dirichlet.structure.foreign import (
+    LAYER_SUBCLASSES,
+    RESPONSE_NORM,
+    SAME_PADDING,
+    Qualified,
+    layer_base,
+    linear_features,
+    qualified_class,
+)
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
 __all__ = [
     "LAYER_SUBCLASSES", "OPS", "RESPONSE_NORM", "Flow", "NotFoldable", "Op", "Pinned", "Qualified", "Rule",
-    "fused_activation", "is_depthwise", "layer_base", "op_of", "qualified_class",
+    "fused_activation", "is_depthwise", "layer_base", "linear_features", "op_of", "qualified_class",
 ]
 
 
@@ -115,14 +124,6 @@ class Op:
         return True
 
 
-@dataclass(frozen=True)
-class Qualified:
-    """A table key for a function of another package, by its qualified name, so that the
-    table does not import the package (torchvision takes seconds to import)."""
-
-    name: str
-
-
 def op_of(node: fx.Node, modules: dict[str, nn.Module]) -> Op | None:
     """The table row for ``node``'s operation, or ``None`` if its effect on channels is unknown."""
     if node.op == "call_module":
@@ -140,41 +141,6 @@ def op_of(node: fx.Node, modules: dict[str, nn.Module]) -> Op | None:
             op = OPS.get(Qualified(qualified))
         return op
     return None
-
-
-def qualified_class(cls: type) -> Qualified:
-    """The table key of another package's module class (``timm.layers.linear.Linear``)."""
-    return Qualified(f"{cls.__module__}.{cls.__qualname__}")
-
-
-#: Other packages' subclasses of Conv2d and Linear that compute what their base class
-#: computes on the channels (timm's Linear; its Conv2dSame, whose padding is computed from the
-#: input's size, TensorFlow's "SAME", always with zeros): prunable layers and consumers like
-#: their base class.
-LAYER_SUBCLASSES = {
-    Qualified("timm.layers.linear.Linear"): nn.Linear,
-    Qualified("timm.layers.conv2d_same.Conv2dSame"): nn.Conv2d,
-    Qualified("transformers.pytorch_utils.Conv1D"): nn.Linear,  # weight stored (in, out)
-}
-_SAME_PADDING = Qualified("timm.layers.conv2d_same.Conv2dSame")
-#: timm's GlobalResponseNorm, sliced with its channels (:func:`_response_norm`).
-RESPONSE_NORM = Qualified("timm.layers.grn.GlobalResponseNorm")
-
-
-def layer_base(module: nn.Module) -> type | None:
-    """``nn.Conv2d`` or ``nn.Linear`` if ``module`` is one (or a known subclass computing the
-    same), else ``None``."""
-    cls = type(module)
-    if cls in (nn.Conv2d, nn.Linear):
-        return cls
-    return LAYER_SUBCLASSES.get(qualified_class(cls))
-
-
-def linear_features(module: nn.Module) -> tuple[int, int]:
-    """A Linear's (or Hugging Face's transposed ``Conv1D``'s) input and output features."""
-    if hasattr(module, "nf"):
-        return module.nx, module.nf
-    return module.in_features, module.out_features
 
 
 def fused_activation(module: nn.Module) -> nn.Module | None:
@@ -516,7 +482,7 @@ def _conv_consumer(graph, layer, flow, user, module):
 
 
 def _conv_zero_pads(module: nn.Conv2d) -> bool:
-    if qualified_class(type(module)) == _SAME_PADDING:
+    if qualified_class(type(module)) == SAME_PADDING:
         return any(k > 1 for k in module.kernel_size) or any(s > 1 for s in module.stride)
     return module.padding_mode == "zeros" and (
         module.padding == "same" and any(k > 1 for k in module.kernel_size)
@@ -698,7 +664,7 @@ OPS: dict[Any, Op] = {
     nn.Linear: Op(_linear_consumer),
     # other packages' layers, by name (the table imports none of them): see LAYER_SUBCLASSES
     Qualified("timm.layers.linear.Linear"): Op(_linear_consumer),
-    _SAME_PADDING: Op(_conv_consumer),
+    SAME_PADDING: Op(_conv_consumer),
     Qualified("timm.layers.norm_act.BatchNormAct2d"): _BATCHNORM_ACT,
     RESPONSE_NORM: Op(_response_norm),
     Qualified("transformers.pytorch_utils.Conv1D"): Op(_linear_consumer),  # HF's activations, 0 -> 0:
