@@ -58,6 +58,8 @@ _EXPORTS = {
     "plan_keep": "planning.plan",
     "resolve_device": "devices",
     "prune_by_posterior_mean": "pruning",
+    "save_pretrained": "io.pretrained",
+    "from_pretrained": "io.pretrained",
     "Pruner": "pruner",
     "PrunableLayer": "structure",
     "find_prunable_layers": "structure",

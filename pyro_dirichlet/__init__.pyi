@@ -22,6 +22,7 @@ from pyro_dirichlet.posterior.uncertainty import mass_curve as mass_curve, strad
 from pyro_dirichlet.criteria.posterior import posterior_lower_bound as posterior_lower_bound, posterior_mean as posterior_mean, top_k_probability as top_k_probability
 from pyro_dirichlet.pruner import Pruner as Pruner
 from pyro_dirichlet.pruning import prune_by_posterior_mean as prune_by_posterior_mean
+from pyro_dirichlet.io.pretrained import from_pretrained as from_pretrained, save_pretrained as save_pretrained
 from pyro_dirichlet.io.serialization import ModelFileError as ModelFileError, load_pruned as load_pruned, register_architecture as register_architecture, save_pruned as save_pruned
 from pyro_dirichlet.structure import PrunableLayer as PrunableLayer, UnsupportedStructureError as UnsupportedStructureError, find_prunable_layers as find_prunable_layers
 from pyro_dirichlet.surgery import fold_scales as fold_scales, mask_channels as mask_channels, prune_channels as prune_channels

@@ -196,3 +196,59 @@ def test_a_dirichlet_fit_of_a_small_llama_runs_on_random_tokens():
     # The fit moved the concentrations and left the language model as it was.
     assert any(not torch.allclose(c, c[0]) for c in result.concentrations.values())
     assert all(torch.equal(p, before[name]) for name, p in net.named_parameters())
+
+
+def _pruned_population_model(name: str):
+    """Population model ``name`` with its MLP layers pruned to different widths (a quarter, a half)."""
+    from benchmarks.transformers_population import build
+
+    model, x, _ = build(name, 2, 0)
+    layers = find_prunable_layers(model, x, on_unsupported="skip")
+    generator = torch.Generator().manual_seed(0)
+    scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
+    counts = {name: max(1, s.numel() // (2 if i % 2 else 4)) for i, (name, s) in enumerate(scores.items())}
+    return prune_channels(model, plan_keep(scores, counts), x, layers=layers).eval(), x
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        out = model(*x) if isinstance(x, tuple) else model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "resnet", "t5", "whisper"])
+def test_a_pruned_model_saves_and_reloads_through_save_pretrained(name, tmp_path):
+    import json
+
+    from pyro_dirichlet import from_pretrained, save_pretrained
+
+    pruned, x = _pruned_population_model(name)
+    save_pretrained(pruned, tmp_path)
+    recorded = json.loads((tmp_path / "config.json").read_text())["pyro_dirichlet_pruned_widths"]
+    assert recorded and len({tuple(widths.values()) for widths in recorded.values()}) > 1  # blocks of their own widths
+    again = from_pretrained(tmp_path)
+    assert type(again) is type(pruned)
+    assert torch.equal(_outputs(again, x), _outputs(pruned, x))
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+
+
+def test_from_pretrained_refuses_what_does_not_fit(tmp_path):
+    import json
+
+    from pyro_dirichlet import from_pretrained, save_pretrained
+
+    with pytest.raises(FileNotFoundError, match="pruned.safetensors"):
+        from_pretrained(tmp_path)
+    pruned, _ = _pruned_population_model("llama")
+    save_pretrained(pruned, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for change, message in [
+        ({"architectures": ["Module"]}, "names no transformers model class"),
+        ({"pyro_dirichlet_pruned_widths": {"model.norm": {"in_features": 1, "out_features": 1}}}, "narrows 'model.norm'"),
+        ({"pyro_dirichlet_pruned_widths": {}}, "does not fit the model"),
+    ]:
+        (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ValueError, match=message):
+            from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        save_pretrained(nn.Linear(2, 2), tmp_path)
