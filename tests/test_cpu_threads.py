@@ -111,3 +111,11 @@ def test_threads_flag_refuses_zero(run_copy, capsys):
     assert main(["fit", "--run", str(run_copy), "--threads", "0", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert "threads" in error and error.count("\n") == 1
+
+
+def test_the_report_says_on_how_many_threads_latency_was_measured(small_run):
+    import json
+
+    latency = json.loads((small_run / "report.json").read_text())["latency"]
+    assert isinstance(latency["threads"], int) and latency["threads"] >= 1
+    assert f"on cpu ({latency['threads']} threads)" in (small_run / "report.md").read_text()

@@ -27,6 +27,7 @@ from torch import nn
 from pyro_dirichlet.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.devices import resolve_device
+from pyro_dirichlet.cpu_threads import step_threads
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs, peak_rss_bytes
 from pyro_dirichlet.precision import resolve_precision
@@ -90,7 +91,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
     model it draws is rebuilt from what ``fit`` recorded (:func:`recorded_switches`);
     ``prior_model`` is ``options.prior_model`` already imported (by ``run``), else this step imports it.
     """
-    with run.lock(), Stopwatch() as watch:
+    with run.lock(), step_threads(runtime.threads), Stopwatch() as watch:
         records = {step: run.record(step) for step in ("train", "fit", "prune", "finetune")}
         fit_config = records["fit"]["config"]
         check_recorded(options.prior_model, fit_config.get("prior_model"))
@@ -175,6 +176,7 @@ def _latency_row(
         "batch": len(example),
         "device": str(device),
         "precision": precision,
+        "threads": torch.get_num_threads(),  # the step's (pyro_dirichlet.cpu_threads)
         "baseline_seconds": _latency(baseline, example, options.latency_repeats, device, precision),
         "pruned_seconds": _latency(pruned, example, options.latency_repeats, device, precision),
     }
@@ -303,7 +305,8 @@ def _summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         ("test accuracy", f"{base['test_accuracy']:.2%}",
          f"{pruned['test_accuracy']:.2%} ({pruned['test_accuracy_before_finetune']:.2%} before fine-tuning)"),
         ("validation accuracy", f"{base['validation_accuracy']:.2%}", f"{pruned['validation_accuracy']:.2%}"),
-        (f"latency, batch of {latency['batch']} on {latency['device']}", f"{latency['baseline_seconds'] * 1e3:.2f} ms",
+        (f"latency, batch of {latency['batch']} on {latency['device']}"
+         + (f" ({latency['threads']} threads)" if latency.get("threads") and latency["device"] == "cpu" else ""), f"{latency['baseline_seconds'] * 1e3:.2f} ms",
          f"{latency['pruned_seconds'] * 1e3:.2f} ms ({latency['speedup']:.2f}x faster)"),
     ]
 
