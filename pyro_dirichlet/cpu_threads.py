@@ -8,8 +8,9 @@ step went from 1.3 ms to 15 ms on 2 threads, against 2.0 ms on one
 (``benchmarks/results/threads.json``, ``python -m benchmarks.threads``). Nothing in the
 run's output hints at it; a 45 s demo took 11 minutes.
 
-So each step of the command line measures, from ``/proc/stat`` over a twentieth of a second,
-how many CPUs other processes keep busy, and runs on the rest (at least one). A number
+So each step of the command line measures, from ``/proc/stat`` over a twentieth of a second
+(less this process's own time from ``/proc/self/stat``), how many CPUs other processes keep
+busy, and runs on the rest (at least one). A number
 the user gave (``--threads N``, or ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in the
 environment) is used as it is. Where ``/proc/stat`` cannot be read (not Linux), PyTorch's
 own count stays. Only the run's steps (the command line, and ``pyro_dirichlet.app.pipeline.run``)
@@ -48,22 +49,33 @@ def _cpu_times(stat: Path) -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-def busy_cpus(interval: float = SAMPLE_SECONDS, *, stat: str | os.PathLike = "/proc/stat") -> float | None:
-    """CPUs kept busy over the next ``interval`` seconds (``1.5``: one and a half), or ``None`` where unknown.
+def _own_jiffies(own: Path) -> int:
+    """This process's CPU time, all its threads (``utime + stime`` of ``/proc/self/stat``), in the same ticks."""
+    # The command name (field 2) may hold spaces and parentheses: the fields start after its last ")".
+    fields = own.read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
-    The calling process sleeps meanwhile, so the figure is the other processes' use.
+
+def busy_cpus(
+    interval: float = SAMPLE_SECONDS, *, stat: str | os.PathLike = "/proc/stat", own: str | os.PathLike = "/proc/self/stat"
+) -> float | None:
+    """CPUs other processes keep busy over the next ``interval`` seconds (``1.5``: one and a half), or ``None`` where unknown.
+
+    The machine's busy time less this process's own: the caller sleeps meanwhile, but its
+    OpenMP threads may still spin for milliseconds after the last parallel region.
     """
-    path = Path(stat)
+    path, own_path = Path(stat), Path(own)
     try:
-        busy_before, total_before = _cpu_times(path)
+        (busy_before, total_before), own_before = _cpu_times(path), _own_jiffies(own_path)
         time.sleep(interval)
-        busy_after, total_after = _cpu_times(path)
+        (busy_after, total_after), own_after = _cpu_times(path), _own_jiffies(own_path)
     except (OSError, ValueError, IndexError):
         return None
     elapsed = total_after - total_before
     if elapsed <= 0:
         return None
-    return (busy_after - busy_before) / elapsed * (os.cpu_count() or 1)
+    others = max(0, busy_after - busy_before - (own_after - own_before))
+    return others / elapsed * (os.cpu_count() or 1)
 
 
 def _usable_cpus() -> int:

@@ -25,12 +25,16 @@ def four_cpus(monkeypatch):
 
 
 def test_busy_cpus_reads_the_other_processes_share_from_proc_stat(tmp_path, monkeypatch):
-    stat = tmp_path / "stat"
-    lines = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 150 1000 0 0 0 0 0 0\n"])
-    # Each read of the file gives the next line: 200 busy of 400 jiffies on 2 CPUs is one CPU busy.
-    monkeypatch.setattr(cpu_threads.Path, "read_text", lambda self: next(lines))
+    stat, own = tmp_path / "stat", tmp_path / "self-stat"
+    # Two reads of each file: 300 busy of 400 jiffies on 2 CPUs, 100 of them this process's
+    # own (a command name with a space and a parenthesis), leave one CPU busy with others.
+    reads = {
+        stat: iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  300 0 200 900 0 0 0 0 0 0\n"]),
+        own: iter([f"42 (py thon) S {' 0' * 10} {utime} 0 0 0 20 0\n" for utime in (50, 150)]),
+    }
+    monkeypatch.setattr(cpu_threads.Path, "read_text", lambda self: next(reads[self]))
     monkeypatch.setattr(cpu_threads.os, "cpu_count", lambda: 2)
-    assert busy_cpus(0, stat=stat) == pytest.approx(1.0)
+    assert busy_cpus(0, stat=stat, own=own) == pytest.approx(1.0)
 
 
 def test_busy_cpus_is_unknown_without_proc_stat(tmp_path):
