@@ -118,14 +118,12 @@ def render_bars(summaries: list[dict]) -> str:
     """One Markdown row of :func:`bars` (with its header): what a coverage page states of a population."""
     count = bars(summaries)
     only = ", ".join(f"`{name.partition(':')[2] or name}`" for name in count["torch_pruning_only"]) or "none"
-    return "\n".join([
-        "| models | prune exactly in raise mode | in skip mode | Torch-Pruning runs | pruned by Torch-Pruning only "
-        f"| parameters kept within {count['close']} of Torch-Pruning's (both run) |",
-        "|---|---|---|---|---|---|",
-        f"| {count['models']} | {count['raise']} | {count['skip']} ({count['skip'] / count['models']:.0%}) "
-        f"| {count['torch_pruning']} | {len(count['torch_pruning_only'])} ({only}) "
-        f"| {count['kept_close']} of {count['both']} ({count['kept_close'] / max(count['both'], 1):.0%}) |",
-    ])
+    header = ("| models | prune exactly in raise mode | in skip mode | Torch-Pruning runs | pruned by Torch-Pruning only "
+              f"| parameters kept within {count['close']} of Torch-Pruning's (both run) |")
+    row = (f"| {count['models']} | {count['raise']} | {count['skip']} ({count['skip'] / count['models']:.0%}) "
+           f"| {count['torch_pruning']} | {len(count['torch_pruning_only'])} ({only}) "
+           f"| {count['kept_close']} of {count['both']} ({count['kept_close'] / max(count['both'], 1):.0%}) |")
+    return f"{header}\n|---|---|---|---|---|---|\n{row}"
 
 
 def _number(text: str) -> float | None:

@@ -259,8 +259,8 @@ def test_global_response_norm_over_the_last_dimension_prunes_exactly():
 
 
 def test_a_flops_budget_prices_global_response_norm():
-    from pyro_dirichlet.planning.allocation import budget_counts
     from pyro_dirichlet.measure import count_parameters
+    from pyro_dirichlet.planning.allocation import budget_counts
 
     net, x = calibrated("convnextv2_atto")
     layers = find_prunable_layers(net, x, coupled="group")
