@@ -27,7 +27,6 @@ from torch import nn
 from pyro_dirichlet.io.atomic import atomic_write, atomic_write_json, atomic_write_text
 from pyro_dirichlet.data import Split
 from pyro_dirichlet.devices import resolve_device
-from pyro_dirichlet.cpu_threads import step_threads
 from pyro_dirichlet.infer.switches import DirichletSwitches
 from pyro_dirichlet.measure import Stopwatch, latency_seconds, layer_costs, peak_rss_bytes
 from pyro_dirichlet.precision import resolve_precision
@@ -41,6 +40,7 @@ from pyro_dirichlet.posterior.loo import loo_check
 from pyro_dirichlet.app.rundir import RunDirectory, RunDirectoryError, writing
 from pyro_dirichlet.app.steps import (
     POSTERIOR, PRUNED, PRUNED_BEFORE_FINETUNE, Runtime, load_baseline, load_run_data, load_run_posterior, load_run_pruned,
+    locked_step,
 )
 from pyro_dirichlet.posterior.uncertainty import keep_threshold, mass_curve, straddling_channels
 
@@ -83,6 +83,7 @@ class ReportOptions:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+@locked_step
 def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = ReportOptions(), *,
                 prior_model: PriorModel | None = None) -> dict[str, Any]:
     """Write ``report.json``, ``report.html``, ``report.md`` and the PNGs ``report.md`` shows into the run directory.
@@ -91,7 +92,7 @@ def report_step(run: RunDirectory, runtime: Runtime, options: ReportOptions = Re
     model it draws is rebuilt from what ``fit`` recorded (:func:`recorded_switches`);
     ``prior_model`` is ``options.prior_model`` already imported (by ``run``), else this step imports it.
     """
-    with run.lock(), step_threads(runtime.threads), Stopwatch() as watch:
+    with Stopwatch() as watch:
         records = {step: run.record(step) for step in ("train", "fit", "prune", "finetune")}
         fit_config = records["fit"]["config"]
         check_recorded(options.prior_model, fit_config.get("prior_model"))

@@ -70,6 +70,7 @@ __all__ = [
     "fit_step",
     "prune_step",
     "finetune_step",
+    "locked_step",
     "load_run_data",
     "load_baseline",
     "run_model",
@@ -99,19 +100,19 @@ def _cli_spelling(reason: str) -> str:
     return reason.replace("on_unsupported='skip'", "--on-unsupported skip")
 
 
-def _locked(step: Callable[[RunDirectory, Runtime, Any], dict[str, Any]]) -> Callable[[RunDirectory, Runtime, Any], dict[str, Any]]:
+def locked_step(step: Callable[[RunDirectory, Runtime, Any], dict[str, Any]]) -> Callable[[RunDirectory, Runtime, Any], dict[str, Any]]:
     """Run ``step`` holding the run directory's lock (no other command changes the directory
     meanwhile), on the threads :func:`~pyro_dirichlet.cpu_threads.step_threads` chooses as it starts."""
 
     @functools.wraps(step)
-    def locked(run: RunDirectory, runtime: Runtime, options: Any, **keywords: Any) -> dict[str, Any]:
+    def locked(run: RunDirectory, runtime: Runtime, *arguments: Any, **keywords: Any) -> dict[str, Any]:
         with run.lock(), step_threads(runtime.threads):
-            return step(run, runtime, options, **keywords)
+            return step(run, runtime, *arguments, **keywords)
 
     return locked
 
 
-@_locked
+@locked_step
 def train_step(run: RunDirectory, runtime: Runtime, options: TrainOptions) -> dict[str, Any]:
     """Train (or take from the cache, or from ``--weights``) the baseline; store it as ``baseline.safetensors``.
 
@@ -222,7 +223,7 @@ def _baseline_result(
     }
 
 
-@_locked
+@locked_step
 def fit_step(run: RunDirectory, runtime: Runtime, options: FitOptions, *, prior_model: PriorModel | None = None) -> dict[str, Any]:
     """Fit the switch posterior of the run's baseline; write ``posterior.nc``.
 
@@ -333,7 +334,7 @@ def fit_checkpoint_path(run: RunDirectory, options: "FitOptions", runtime: "Runt
     return run.path / f".fit-checkpoint-{digest}.pt"
 
 
-@_locked
+@locked_step
 def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> dict[str, Any]:
     """Prune the baseline by posterior mean to the target; write ``pruned-before-finetune.{safetensors,json}``."""
     from pyro_dirichlet.baselines import get_model_entry
@@ -394,7 +395,7 @@ def prune_step(run: RunDirectory, runtime: Runtime, options: PruneOptions) -> di
                               result=result, seconds=watch.elapsed)["steps"]["prune"]
 
 
-@_locked
+@locked_step
 def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions) -> dict[str, Any]:
     """Fine-tune the pruned network; write ``pruned.{safetensors,json}`` (loadable with :func:`load_pruned`)."""
     with Stopwatch() as watch:
