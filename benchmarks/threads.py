@@ -67,8 +67,10 @@ _BUSY_SCRIPT = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1500, 15
 
 
 def _clean_environment() -> dict[str, str]:
+    from pyro_dirichlet.cpu_threads import THREAD_VARIABLES
+
     # A thread count in the environment would decide both rows.
-    return {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
 
 
 def _time_step(policy: str, workload: str, env: dict[str, str]) -> tuple[int, float]:

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# Imports no Pyro: a saved model loads where only torch and transformers are installed.
+from pyro_dirichlet.surgery.slicing import is_transposed_linear
+
 __all__ = ["PRUNED_WIDTHS", "from_pretrained", "save_pretrained"]
 
 #: The config attribute holding ``{module name: {width attribute: value}}`` of the narrowed layers.
@@ -34,15 +37,11 @@ PRUNED_WIDTHS = "pyro_dirichlet_pruned_widths"
 WEIGHTS = "pruned.safetensors"
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
-
-
 def _width_attributes(module: nn.Module) -> dict[str, int] | None:
     """The attributes that set a prunable module's parameter shapes; ``None`` for other modules."""
     if isinstance(module, nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features}
-    if _is_conv1d(module):
+    if is_transposed_linear(module):
         return {"nx": module.nx, "nf": module.nf}
     if isinstance(module, nn.Conv2d):
         return {"in_channels": module.in_channels, "out_channels": module.out_channels, "groups": module.groups}
@@ -61,7 +60,7 @@ def _narrow(module: nn.Module, widths: dict[str, int]) -> None:
         setattr(module, key, value)
     if isinstance(module, nn.Linear):
         shapes = {"weight": (module.out_features, module.in_features), "bias": (module.out_features,)}
-    elif _is_conv1d(module):
+    elif is_transposed_linear(module):
         shapes = {"weight": (module.nx, module.nf), "bias": (module.nf,)}
     elif isinstance(module, nn.Conv2d):
         shapes = {"weight": (module.out_channels, module.in_channels // module.groups, *module.kernel_size),
