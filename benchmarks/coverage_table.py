@@ -88,12 +88,10 @@ def render(summaries: list[dict]) -> str:
 
 
 def _counts(summaries: list[dict]) -> str:
-    raise_ok = sum(row["mode"] == "raise" for row in summaries)
-    skip_ok = sum(row["mode"] in ("raise", "skip") for row in summaries)
-    tp_ok = sum(row["torch_pruning"] != "fails" for row in summaries)
+    count = bars(summaries)
     return (
-        f"{len(summaries)} models: {raise_ok} prune in raise mode, {skip_ok} in skip mode; "
-        f"Torch-Pruning runs on {tp_ok}"
+        f"{count['models']} models: {count['raise']} prune in raise mode, {count['skip']} in skip mode; "
+        f"Torch-Pruning runs on {count['torch_pruning']}"
     )
 
 
