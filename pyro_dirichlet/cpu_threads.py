@@ -4,7 +4,7 @@ PyTorch starts one OpenMP thread per core, and GNU OpenMP's threads spin at ever
 waiting for each other. When another process keeps one of the cores busy, the thread that
 shares it is descheduled while its partners spin, and every parallel region waits for a
 time slice: on a 2-core machine with one single-threaded job beside it, a LeNet-5 training
-step went from 1.3 ms to 15 ms on 2 threads, against 2.0 ms on one
+step of 128 images took 140 ms on 2 threads against 49 ms on one
 (``benchmarks/results/threads.json``, ``python -m benchmarks.threads``). Nothing in the
 run's output hints at it; a 45 s demo took 11 minutes.
 

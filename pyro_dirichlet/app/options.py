@@ -58,7 +58,7 @@ class Runtime:
         threads: CPU threads of each step's PyTorch work; ``None`` (the default): the CPUs
             other processes leave idle, measured as each step starts, unless the environment
             sets ``OMP_NUM_THREADS`` (:mod:`pyro_dirichlet.cpu_threads`: GNU OpenMP's
-            threads spin on a busy core, and a step beside another job ran 10x slower).
+            threads spin on a busy core: a 45 s demo took 11 minutes beside one other job).
     """
 
     data_dir: Path | None = None

@@ -395,8 +395,8 @@ class TracedModel:
             if isinstance(walk, UnsupportedStructureError):
                 raise walk
             if isinstance(walk, NotPrunable):
-                # One member's channels cannot go (DarkNet's SE stage: a 1x1 conv whose channels
-                # a later layer reads in a way nothing can prune), so none of the group's can.
+                # One member's channels cannot go (SE-DarkNet: the squeeze-excite fc2 coupled with
+                # the block's conv1 through the gate's product), so none of the group's can.
                 return NotPrunable(
                     f"its output channels are coupled with '{member}' through {'; '.join(merges)}, "
                     f"whose channels cannot be pruned ({walk.reason}); channels coupled like this are left unpruned"
