@@ -91,9 +91,14 @@ class FitConfig:
             :mod:`pyro_dirichlet.precision`).
         autocast: the older spelling of ``precision="bf16"``: ``"bf16"`` overrides
             ``precision``; ``None`` leaves it to ``precision``.
-        channels_last: give the network and the images the channels-last memory layout
-            for the fit (often faster convolutions on GPUs and recent CPUs); the network
-            gets its usual layout back afterwards.
+        channels_last: give the network and 4-D image batches the channels-last memory
+            layout for the fit (other inputs are left as they are); the network gets its
+            usual layout back afterwards. On by default, as for training: oneDNN's
+            convolutions run natively in it, where a channels-first bf16 batch is first
+            copied into that layout at every convolution. An SVI epoch on this project's
+            CPU (AMX, one thread, medians of 3) against channels-first: ResNet-20 fp32
+            0.85x, bf16 0.77x; VGG-16 fp32 1.11x, bf16 0.75x -- bf16 is what ``auto``
+            runs on such a CPU.
         fast_pooling: on the CPU, run the non-overlapping max-pooling of tensors that need
             no gradient (the frozen layers in front of the first switch) as an element-wise
             maximum of strided slices, which gives the same values several times faster
@@ -119,7 +124,7 @@ class FitConfig:
     vectorize_particles: bool = True
     checkpoint_every: int | None = None
     autocast: str | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     precision: str = LIBRARY_PRECISION
     fast_pooling: bool = True
     hyper_guide: str = DEFAULT_HYPER_GUIDE

@@ -44,7 +44,7 @@ def check_split(train: Split, config: FitConfig) -> None:
 def preload(train: Split, config: FitConfig, device: torch.device) -> FitData:
     """The whole split on the device once, so a step only slices (the data is small next to the network)."""
     data = train.to(device)
-    if config.channels_last:
+    if config.channels_last and data.images.dim() == 4:
         data = Split(data.images.contiguous(memory_format=torch.channels_last), data.labels)
     return FitData(
         size=len(train),
