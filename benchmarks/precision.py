@@ -7,6 +7,9 @@ the same machine state) it times
   registry's recipe on ``images`` training images, validation excluded, **scaled** to the
   full training split (LeNet-5: 55,000 MNIST images; ResNet-20 and VGG-16: 45,000 CIFAR-10
   images) -- a fixed number of steps, each costing what every step of a full epoch costs;
+- the same through ``TrainConfig(compile=True)``: two epochs, the second timed and scaled
+  the same way, the first's extra seconds reported as ``compiling`` (paid once per run, not
+  scaled; a warm Inductor cache on disk makes it seconds);
 - an SVI epoch: :func:`~pyro_dirichlet.infer.fit.fit`, one epoch on the same images, scaled the same way;
 - a calibration pass: :func:`~pyro_dirichlet.repair.calibrate.calibrate` of the network pruned to
   its registry widths, one pass of scale steps over the same images (plus its BatchNorm and
@@ -114,6 +117,12 @@ def _once(workload: Workload, precision: str, seed: int, pruned: torch.nn.Module
     with _CPUClock() as cpu:
         seconds["train"] = train_classifier(workload.build(), data, recipe, progress=False).seconds_per_epoch[0]
     seconds["train_cpu"] = cpu.seconds
+    # Through torch.compile: two epochs, the first paying the compilation (the Inductor cache on
+    # disk makes that seconds, not half a minute, after the first round), the second the steps.
+    torch._dynamo.reset()  # a fresh network each round: no recompilation limit reached across rounds
+    compiled = train_classifier(workload.build(), data, replace(recipe, epochs=2, compile=True), progress=False)
+    seconds["train_compiled"] = compiled.seconds_per_epoch[1]
+    seconds["compiling"] = compiled.seconds_per_epoch[0] - compiled.seconds_per_epoch[1]
     pyro.clear_param_store()
     switches = DirichletSwitches(workload.build(), data.train.images[:2])
     config = FitConfig(epochs=1, batch_size=workload.batch_size, seed=seed, device="cpu", progress=False, precision=precision)
@@ -164,7 +173,7 @@ def time_model(name: str, *, repeats: int, data_dir: str | None = None, log=prin
 
 def _summary(runs: dict[str, list[dict[str, float]]], name: str) -> dict:
     images, batch_size, full = NETWORKS[name]
-    scale = {key: full / images for key in ("train", "train_cpu", "svi", "svi_cpu")}
+    scale = {key: full / images for key in ("train", "train_cpu", "train_compiled", "svi", "svi_cpu")}
     rounds = min(len(runs[precision]) for precision in PRECISIONS)
     passes = {}
     for key in runs["fp32"][0] if rounds else ():
@@ -178,8 +187,9 @@ def _summary(runs: dict[str, list[dict[str, float]]], name: str) -> dict:
         "images": images, "full_epoch_images": full, "batch_size": batch_size,
         "source": "mnist" if get_model_entry(name).dataset == "mnist" else "synthetic",
         "rounds": rounds, "scaled_to_full_epoch": sorted(scale),
-        "extrapolation": f"train and svi (and their _cpu): {images // batch_size} steps of {batch_size} images timed, "
-                         f"scaled by {full}/{images} to a full epoch; calibration and inference not scaled",
+        "extrapolation": f"train, train_compiled and svi (and their _cpu): {images // batch_size} steps of {batch_size} "
+                         f"images timed, scaled by {full}/{images} to a full epoch; compiling (the first compiled "
+                         f"epoch's extra seconds, paid once a run), calibration and inference not scaled",
         "pruned_widths": dict(get_model_entry(name).default_keep), "passes": passes, "runs": runs,
     }
 
@@ -236,7 +246,8 @@ def finetune_accuracy(*, seeds: int, epochs: int, images: int, data_dir: str | N
 
 
 #: The passes of README's table, in its column order, with their headers.
-_COLUMNS = (("train", "training epoch"), ("svi", "SVI epoch"), ("calibration", "calibration pass"),
+_COLUMNS = (("train", "training epoch"), ("train_compiled", "training epoch, torch.compile"),
+            ("compiling", "compiling, once a run"), ("svi", "SVI epoch"), ("calibration", "calibration pass"),
             ("inference_batch1", "pruned inference, batch 1"), ("inference_batch256", "pruned inference, batch 256"),
             # This process's CPU seconds: on a shared machine the wall seconds also hold other jobs' turns.
             ("train_cpu", "training epoch, CPU"), ("svi_cpu", "SVI epoch, CPU"), ("calibration_cpu", "calibration, CPU"))

@@ -17,7 +17,7 @@ def test_precision_benchmark_times_every_pass_in_both_precisions(mnist, monkeypa
     result = json.loads(out.read_text())
     model = result["models"]["lenet5"]
     assert model["images"] == 256 and model["full_epoch_images"] == 55000
-    expected = {"train", "train_cpu", "svi", "svi_cpu", "calibration", "calibration_cpu", "inference_batch1", "inference_batch256"}
+    expected = {"train", "train_cpu", "train_compiled", "compiling", "svi", "svi_cpu", "calibration", "calibration_cpu", "inference_batch1", "inference_batch256"}
     assert set(model["passes"]) == expected
     for name, row in model["passes"].items():
         assert all(len(row["seconds"][p]) == 2 and min(row["seconds"][p]) > 0 for p in ("fp32", "bf16")), name
@@ -39,7 +39,7 @@ def fake_once(calls):
     def once(workload, precision, seed, pruned):
         calls.append((workload.name, precision, seed))
         factor = 1.0 if precision == "fp32" else 0.5
-        return {key: factor * (seed + 1) * 0.01 for key in ("train", "train_cpu", "svi", "svi_cpu", "calibration",
+        return {key: factor * (seed + 1) * 0.01 for key in ("train", "train_cpu", "train_compiled", "compiling", "svi", "svi_cpu", "calibration",
                                                             "calibration_cpu", "inference_batch1", "inference_batch256")}
     return once
 

@@ -192,12 +192,12 @@ def _baseline(
     if network is not None:
         check_outputs(network.to(device), example, options, data)
         if weights is None:
-            recipe = TrainConfig(**{"seed": runtime.seed, "precision": precision,
+            recipe = TrainConfig(**{"seed": runtime.seed, "precision": precision, "compile": runtime.compile,
                                     **({"epochs": options.train_epochs} if options.train_epochs else {})})
             trained = train_classifier(network, data, recipe, device=device, progress=runtime.progress)
             baseline = FactoryBaseline(trained)
     else:
-        recipe = dataclasses.replace(entry.train, precision=precision,
+        recipe = dataclasses.replace(entry.train, precision=precision, compile=runtime.compile,
                                      **({} if options.train_epochs is None else {"epochs": options.train_epochs}))
         baseline = load_or_train_baseline(
             options.model, data, device=str(device), cache_dir=options.cache_dir, seed=runtime.seed,
@@ -415,7 +415,8 @@ def finetune_step(run: RunDirectory, runtime: Runtime, options: FinetuneOptions)
         teacher = load_baseline(run, runtime) if options.distillation > 0 else None
         precision = resolve_precision(runtime.precision, device)
         tuning = finetune(model, data, epochs=options.epochs, lr=options.lr, seed=runtime.seed, device=str(device),
-                          progress=runtime.progress, teacher=teacher, distillation=options.distillation, precision=precision)
+                          progress=runtime.progress, teacher=teacher, distillation=options.distillation, precision=precision,
+                          compile=runtime.compile)
         model.eval()
         result = {
             "params": count_parameters(model),
