@@ -74,6 +74,11 @@ def table_cells(table: str) -> dict[str, list[str]]:
     return {row[0].strip(): [cell.strip() for cell in row[1:]] for row in rows[1:]}
 
 
+def _seconds(shown: str) -> float:
+    number, unit = shown.split()
+    return float(number.replace(",", "")) / (1000 if unit == "ms" else 1)
+
+
 def check_table_matches(result: dict) -> None:
     cells = table_cells(precision.render_table(result))
     for name, model in result["models"].items():
@@ -82,13 +87,16 @@ def check_table_matches(result: dict) -> None:
             assert set(row) == {"not measured"}
             continue
         for cell, (key, _) in zip(row, precision._COLUMNS):
+            measured = model["passes"][key]
+            if key == "compiling":  # cold / cached seconds per precision, no ratio
+                for shown, p in zip(cell.split(" -> "), ("fp32", "bf16")):
+                    values = [measured["cold"][p]] + ([measured["cached"][p]] if p in measured["cached"] else [])
+                    assert [_seconds(text) for text in shown.split(" / ")] == pytest.approx(values, rel=5e-3), (name, key)
+                continue
             fp32, rest = cell.split(" -> ")
             bf16, ratio = rest.split(" (")
-            measured = model["passes"][key]
             for shown, value in ((fp32, measured["median"]["fp32"]), (bf16, measured["median"]["bf16"])):
-                number, unit = shown.split()
-                seconds = float(number.replace(",", "")) / (1000 if unit == "ms" else 1)
-                assert seconds == pytest.approx(value, rel=5e-3), (name, key)
+                assert _seconds(shown) == pytest.approx(value, rel=5e-3), (name, key)
             assert float(ratio.rstrip("x)")) == pytest.approx(measured["bf16_over_fp32"], abs=0.005), (name, key)
     if "mean_test_accuracy" in result.get("finetune", {}):
         (row,) = [row for label, row in cells.items() if label.startswith("test accuracy")]
