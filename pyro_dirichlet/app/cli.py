@@ -228,7 +228,7 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
                             "starts, or $OMP_NUM_THREADS when set)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction,
                        help=_help("train and fine-tune through torch.compile: about 30 s of compiling per network, "
-                                  "then faster steps (a bf16 ResNet-20 step 0.8x as long on a 2-core AMX CPU); "
+                                  "then faster steps (a bf16 ResNet-20 epoch 0.76x as long on a 2-core AMX CPU); "
                                   "for runs of several epochs", "compile"))
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 

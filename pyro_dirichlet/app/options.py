@@ -62,7 +62,7 @@ class Runtime:
         compile: train and fine-tune through :func:`torch.compile`
             (:class:`~pyro_dirichlet.repair.compiled.CompiledForward`); off by default: it
             costs about 30 s of compiling per network, which a run of several epochs earns
-            back (a bf16 ResNet-20 step 0.8x as long on this project's CPU).
+            back (a bf16 ResNet-20 epoch 0.76x as long on this project's CPU).
     """
 
     data_dir: Path | None = None

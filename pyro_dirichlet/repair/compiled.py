@@ -2,11 +2,11 @@
 
 Under bf16 autocast a CPU training step of a small BN network spends about half its time in
 element-wise kernels (BatchNorm, ReLU, residual adds and their backward), each reading and
-writing the whole activation; Inductor fuses them. ResNet-20, batch 128, one thread on this
-project's CPU (AMX): eager bf16 0.21 s a step, compiled 0.17 s; fp32 0.39 s either way
-(``benchmarks/results/precision.json`` records the epoch ratios). The compilation itself
-costs about 30 s the first time a network is seen (Inductor caches it on disk for later
-processes), so it pays for itself only over a long run: :class:`~pyro_dirichlet.repair.train.TrainConfig`
+writing the whole activation; Inductor fuses them. A ResNet-20 training epoch on this
+project's CPU (AMX, one thread; ``benchmarks/results/precision.json``): bf16 73 s eager,
+55 s compiled; fp32 133 s and 113 s (LeNet-5's and VGG-16's epochs are no shorter). The
+compilation itself costs 20-30 s the first time a network is seen (under a second from
+Inductor's disk cache in later processes), so it pays for itself only over a long run: :class:`~pyro_dirichlet.repair.train.TrainConfig`
 leaves it off unless asked.
 
 Only full batches take the compiled path. A smaller last batch runs eagerly instead of
