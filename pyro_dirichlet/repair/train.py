@@ -139,9 +139,12 @@ class TrainConfig:
         """The configuration as a JSON-ready dict.
 
         Options at their defaults that older versions did not have are left out, so the
-        baseline cache keys of recipes written before them stay valid.
+        baseline cache keys of recipes written before them stay valid; ``compile`` is always
+        left out: it changes how the steps execute, not what they compute, so a baseline
+        trained either way serves both (and a compiled run resumes eagerly).
         """
         values = asdict(self)
+        del values["compile"]
         for name, default in _LATER_OPTIONS.items():
             if values[name] == default:
                 del values[name]
@@ -152,9 +155,7 @@ class TrainConfig:
 _LATER_OPTIONS = {"nesterov": False, "label_smoothing": 0.0, "distillation": DEFAULT_DISTILLATION, "temperature": DEFAULT_TEMPERATURE,
                   "precision": LIBRARY_PRECISION,
                   # A memory layout, not part of the recipe: baselines trained before it stay valid.
-                  "channels_last": True,
-                  # How the same arithmetic is executed, not part of the recipe either.
-                  "compile": False}
+                  "channels_last": True}
 
 
 @dataclass
