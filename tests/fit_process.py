@@ -102,6 +102,10 @@ def main() -> None:
         args.out / f"rank{rank}.pt",
     )
     if joined:
+        # Every rank done before any tears its gloo connections down: a rank that closed them
+        # while its peer still used them once made the peer abort at exit (SIGABRT, "terminate
+        # called without an active exception") in CI.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
