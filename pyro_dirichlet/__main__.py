@@ -1,7 +1,5 @@
 """``python -m pyro_dirichlet`` runs the ``pyro-dirichlet`` command."""
 
-import sys
+from pyro_dirichlet.app.cli import console_main
 
-from pyro_dirichlet.app.cli import main
-
-sys.exit(main())
+console_main()

@@ -14,7 +14,6 @@ from types import TracebackType
 import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_dirichlet.data import BatchSource, Split, iterate_batches
 from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast
@@ -91,6 +90,9 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     # (PrunedMultiheadAttention) runs, so both are counted alike.
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    # Imported here: it pulls in torch.export (0.1 s), which commands that count no FLOPs never need.
+    from torch.utils.flop_counter import FlopCounterMode
+
     try:
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:

@@ -95,3 +95,16 @@ def test_source_value_refuses_what_it_cannot_evaluate():
         source_value("pyro_dirichlet.infer.priors", "no_such_name")
     with pytest.raises(NotInSource, match="not part of pyro_dirichlet"):
         source_value("json.decoder", "FLAGS")
+
+
+def test_the_installed_command_exits_quickly_with_its_status_and_everything_it_printed(tmp_path):
+    # console_main ends the process with os._exit once main() has returned: the output must
+    # be flushed first and the status kept, on success and on a refused command alike.
+    command = [sys.executable, "-m", "pyro_dirichlet"]
+    listing = subprocess.run([*command, "layers", "--model", "lenet5"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.rstrip().endswith("so removing them would change the output's shape")
+    refused = subprocess.run([*command, "fit", "--run", str(tmp_path / "nowhere")], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("pyro-dirichlet: error: ") and "nowhere" in refused.stderr

@@ -548,7 +548,7 @@ def fit_model(switches: DirichletSwitches, config: FitConfig, device: torch.devi
         >>> loss = Trace_ELBO().loss(fit_model(switches, FitConfig(autocast="bf16"), "cpu"), guide, images, labels)  # doctest: +SKIP
     """
     def model(*args, **kwargs) -> torch.Tensor:
-        with network_context(config, device):
+        with network_context(config, device, channels_last=config.channels_last):
             return switches.model(*args, **kwargs)
 
     return model

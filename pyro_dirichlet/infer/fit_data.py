@@ -101,7 +101,8 @@ def data_identity(train: BatchSource) -> str:
 
     digest = hashlib.sha256()
     for tensor in (train.labels, train.images):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        # The array's own buffer: tobytes() would first copy it (0.1 s of MNIST's 0.25 s).
+        digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
     return f"split sha256:{digest.hexdigest()[:16]}"
 
 
