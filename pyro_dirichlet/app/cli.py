@@ -563,6 +563,10 @@ def console_main() -> None:
     teardown. :func:`main` itself returns normally, for callers in Python.
     """
     code = main()
+    if _observed():
+        # A profiler, a debugger or coverage (``python -m cProfile -m pyro_dirichlet``) may
+        # write its results after the command returns: leave it the normal exit.
+        sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -570,6 +574,15 @@ def console_main() -> None:
         except (OSError, ValueError):  # a closed pipe (`| head`) or a closed stream: nothing left to say
             pass
     os._exit(code)
+
+
+def _observed() -> bool:
+    """Whether a profiler, debugger or coverage tool watches this process (``sys.settrace`` /
+    ``sys.setprofile``, or a ``sys.monitoring`` tool, as Python 3.12's cProfile is)."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(tool) is not None for tool in range(6))
 
 
 def _layers(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from pyro_dirichlet.infer.checkpoint import CheckpointWriter, FitCheckpoint
 from pyro_dirichlet.infer.convergence import Convergence, ConvergenceMonitor
 from pyro_dirichlet.infer.fit_config import (
     AUTOCAST_DTYPES, DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig, network_context,
+    network_layout,
 )
 from pyro_dirichlet.infer.fit_data import (
     FitData, check_label_values, check_labels, check_split, data_identity, preload, stream_data,
@@ -375,7 +376,7 @@ def _fit_epochs(run: _FitRun) -> float:
     # NaN must reach the finiteness check below (which keeps the last good guide) instead
     # of surfacing as a constraint error from the likelihood.
     with (
-        _network_layout(run.switches, config),
+        network_layout(run.switches.network, config),
         Stopwatch(run.device) as watch,
         pyro.validation_enabled(False),
         warnings.catch_warnings(),  # Pyro's "Encountered NaN" warning: FitDivergedError says it better
@@ -582,14 +583,4 @@ def _model_identity(switches: DirichletSwitches) -> dict:
     return {"prior": prior, "likelihood": describe(switches.likelihood)}
 
 
-@contextlib.contextmanager
-def _network_layout(switches: DirichletSwitches, config: FitConfig):
-    """Channels-last network for the fit when asked, and its usual layout back afterwards."""
-    if not config.channels_last:
-        yield
-        return
-    switches.network.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        switches.network.to(memory_format=torch.contiguous_format)
+

@@ -23,7 +23,7 @@ from pyro_dirichlet.infer.objective import DEFAULT_LR_DECAY, DEFAULT_OPTIMIZER, 
 from pyro_dirichlet.precision import LIBRARY_PRECISION, autocast, check_precision
 
 __all__ = ["AUTOCAST_DTYPES", "CLI_PREDICTIVE_DRAWS", "DEFAULT_NUM_SAMPLES", "FitConfig", "PREDICTIVE_DRAWS",
-           "PREDICTIVE_IMAGES", "network_context"]
+           "PREDICTIVE_IMAGES", "network_context", "network_layout"]
 
 #: Draws of every switch and latent site a fitted posterior holds (``FitResult.posterior``,
 #: :func:`pyro_dirichlet.posterior.sample_posterior`, :func:`pyro_dirichlet.posterior.from_fit`).
@@ -188,3 +188,17 @@ def network_context(config: FitConfig, device: torch.device | str, *, channels_l
         if config.fast_pooling and device_type == "cpu" and not channels_last:
             stack.enter_context(NoGradMaxPool())
         yield
+
+
+@contextlib.contextmanager
+def network_layout(network: torch.nn.Module, config: FitConfig) -> Iterator[None]:
+    """The frozen network in the channels-last layout while the fit (or its posterior
+    predictive) runs it, when ``config.channels_last``; its usual layout back afterwards."""
+    if not config.channels_last:
+        yield
+        return
+    network.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        network.to(memory_format=torch.contiguous_format)

@@ -23,7 +23,7 @@ import xarray as xr
 
 from pyro_dirichlet.data import BatchSource, iterate_batches
 from pyro_dirichlet.infer.fit_config import (
-    DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig, network_context,
+    DEFAULT_NUM_SAMPLES, PREDICTIVE_DRAWS, PREDICTIVE_IMAGES, FitConfig, network_context, network_layout,
 )
 from pyro_dirichlet.infer.likelihoods import CategoricalLikelihood
 from pyro_dirichlet.infer.predictive import draw_latents, draw_prior, predict, predict_targets
@@ -112,8 +112,12 @@ def from_fit(
         draws, _, _ = switch_draws(result.concentrations, num_samples=num_samples, seed=seed)
         samples = {site: value[0, :predictive_draws] for site, value in draws.items()}
         samples.update({site: value[:predictive_draws] for site, value in latents.items()})
-        # The network's forward as in the fit (its precision, fast pooling); probabilities in float64.
-        with network_context(result.config, device):
+        # The network's forward as in the fit (its precision, layout, fast pooling); probabilities in float64.
+        channels_last = result.config.channels_last and images.dim() == 4
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with network_layout(result.switches.network, result.config), \
+                network_context(result.config, device, channels_last=channels_last):
             if isinstance(result.switches.likelihood, CategoricalLikelihood):
                 predictive = predict(result.switches, samples, images, labels, seed=seed)
             else:
