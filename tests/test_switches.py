@@ -50,18 +50,19 @@ def test_switch_scales_channels_by_value_times_width(tiny_cnn, tiny_images):
     assert torch.allclose(seen["input"], F.max_pool2d(F.relu(scaled), 2))
 
 
-def test_under_bf16_autocast_the_switched_activation_stays_bf16_and_the_switch_gets_a_gradient(tiny_cnn, tiny_images):
+def test_under_bf16_autocast_the_switch_multiplies_and_gets_its_gradient_in_float32(tiny_cnn, tiny_images):
     switches = DirichletSwitches(tiny_cnn, tiny_images[:2], layers=["conv1"])
     value = torch.full((6,), 1 / 6, requires_grad=True)
     seen = {}
     tiny_cnn.conv2.register_forward_pre_hook(lambda m, i: seen.update(dtype=i[0].dtype))
     with switches.switched({"conv1": value}) as network, torch.autocast("cpu", dtype=torch.bfloat16):
         logits = network(tiny_images)
-    # the float32 switch did not promote conv1's bf16 output: relu and pooling ran in bf16
-    assert seen["dtype"] == torch.bfloat16
+    # conv1's bf16 output times the float32 switch: float32 up to conv2 (which casts it back)
+    assert seen["dtype"] == torch.float32
     logits.float().sum().backward()
-    assert value.grad.dtype == torch.float32
-    assert value.grad.abs().sum() > 0
+    # the gradient summed in float32: not a bfloat16 value (8 significant bits) cast up
+    assert value.grad.dtype == torch.float32 and value.grad.abs().sum() > 0
+    assert not torch.equal(value.grad, value.grad.bfloat16().float())
 
 
 def test_network_is_frozen(tiny_cnn, tiny_images):
