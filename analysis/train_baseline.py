@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--channels-last", action="store_true", help="train in channels-last memory format")
     parser.add_argument("--compile", action="store_true",
-                        help="train through torch.compile (a bf16 ResNet-20 epoch 0.76x as long on a CPU with AMX, "
-                             "after 20-30 s of compiling; not part of the recipe, so the same cache entry)")
+                        help="train through torch.compile (a bf16 ResNet-20 epoch 0.74x as long on a CPU with AMX, "
+                             "after about 20 s of compiling; not part of the recipe, so the same cache entry)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"),
                         help="replace the recipe's precision: bf16 autocast is 2x faster on a CPU with AMX "
                              "(benchmarks/results/precision.json); part of the recipe, so another cache entry")

@@ -229,8 +229,8 @@ def _common(parser: argparse.ArgumentParser, command: str) -> None:
                        help="CPU threads of each step (default: the CPUs other processes leave idle as the step "
                             "starts, or $OMP_NUM_THREADS when set)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                       help=_help("train and fine-tune through torch.compile: about 30 s of compiling per network, "
-                                  "then faster steps (a bf16 ResNet-20 epoch 0.76x as long on a 2-core AMX CPU); "
+                       help=_help("train and fine-tune through torch.compile: about 20 s of compiling per network, "
+                                  "then faster steps (a bf16 ResNet-20 epoch 0.74x as long on a 2-core AMX CPU); "
                                   "for runs of several epochs", "compile"))
     group.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
 

@@ -61,8 +61,8 @@ class Runtime:
             threads spin on a busy core: a 45 s demo took 11 minutes beside one other job).
         compile: train and fine-tune through :func:`torch.compile`
             (:class:`~pyro_dirichlet.repair.compiled.CompiledForward`); off by default: it
-            costs about 30 s of compiling per network, which a run of several epochs earns
-            back (a bf16 ResNet-20 epoch 0.76x as long on this project's CPU).
+            costs about 20 s of compiling per network, which a run of several epochs earns
+            back (a bf16 ResNet-20 epoch 0.74x as long on this project's CPU).
     """
 
     data_dir: Path | None = None

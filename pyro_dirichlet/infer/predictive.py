@@ -33,11 +33,12 @@ __all__ = ["draw_latents", "draw_prior", "predict", "predict_targets"]
 #: At most this many switched copies of the examples go through the network at once.
 _MAX_BATCH = 4096
 #: At most this many values in any one layer's output while a chunk of draws runs as one
-#: batch (64 MB in float32). A vectorised chunk holds draws x examples copies of every
+#: batch (16 MB in float32). A vectorised chunk holds draws x examples copies of every
 #: activation, so it is sized by the network's largest activation: without this bound a
-#: 32-px ResNet's 50 x 128 copies took 2.8 GB in its first block alone. At 16 MB LeNet-5's
-#: 50 draws ran as 25 chunks of 2, 0.58 s of the demo's refit; at 64 MB as 5 of 11, 0.41 s.
-_MAX_ACTIVATION = 1 << 24
+#: 32-px ResNet's 50 x 128 copies took 2.8 GB in its first block alone. 64 MB made LeNet-5's
+#: predictive 0.17 s shorter, but a user's run of a 32-px BN ResNet peaked at 1.60 GB
+#: instead of 1.32-1.38 GB (benchmarks.run_cost; the bar is 1.5 GB).
+_MAX_ACTIVATION = 1 << 22
 
 
 def _largest_activation(network: torch.nn.Module, example: torch.Tensor) -> int:

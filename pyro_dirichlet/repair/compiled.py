@@ -3,9 +3,9 @@
 Under bf16 autocast a CPU training step of a small BN network spends about half its time in
 element-wise kernels (BatchNorm, ReLU, residual adds and their backward), each reading and
 writing the whole activation; Inductor fuses them. A ResNet-20 training epoch on this
-project's CPU (AMX, one thread; ``benchmarks/results/precision.json``): bf16 73 s eager,
-55 s compiled; fp32 133 s and 113 s (LeNet-5's and VGG-16's epochs are no shorter). The
-compilation itself costs 20-30 s the first time a network is seen (under a second from
+project's CPU (AMX, one thread; ``benchmarks/results/precision.json``): bf16 70 s eager,
+52 s compiled; fp32 130 s and 108 s (LeNet-5's and VGG-16's epochs are no shorter). The
+compilation itself costs 17-22 s the first time a network is seen (under a second from
 Inductor's disk cache in later processes), so it pays for itself only over a long run: :class:`~pyro_dirichlet.repair.train.TrainConfig`
 leaves it off unless asked.
 

@@ -78,8 +78,8 @@ class TrainConfig:
             (:class:`~pyro_dirichlet.repair.compiled.CompiledForward`: full batches compiled,
             a smaller last batch eager, an eager fallback with a warning where compiling
             fails). It fuses the element-wise kernels a bf16 step spends about half its time
-            in (a bf16 ResNet-20 epoch 0.76x as long, fp32 0.85x; LeNet-5's and VGG-16's
-            no shorter); it costs 20-30 s of compiling the first time a network is trained,
+            in (a bf16 ResNet-20 epoch 0.74x as long, fp32 0.83x; LeNet-5's and VGG-16's
+            no shorter); it costs 17-22 s of compiling the first time a network is trained,
             so it is off by default and pays for itself over runs of several epochs.
 
     Example:
