@@ -90,7 +90,7 @@ def count_flops(model: nn.Module, example_input: Tensor) -> int:
     # (PrunedMultiheadAttention) runs, so both are counted alike.
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    # Imported here: it pulls in torch.export (0.1 s), which commands that count no FLOPs never need.
+    # Imported here: 0.08 s on top of torch's own import, which commands that count no FLOPs never need.
     from torch.utils.flop_counter import FlopCounterMode
 
     try:

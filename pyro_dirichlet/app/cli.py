@@ -471,39 +471,27 @@ def _flagged(kind: type, **values: Any) -> Any:
 
 
 def _dispatch(command: str, settings: dict[str, Any]) -> None:
-    # Imported here so `--help` and argument errors stay fast; and only the command's own step:
-    # the report's plotting (matplotlib) was 1.2 s of a 15 s `fit --run` that never plots.
+    # Imported here so `--help` and argument errors stay fast.
+    from pyro_dirichlet.app.pipeline import run
+    from pyro_dirichlet.app.report import report_step
     from pyro_dirichlet.app.rundir import RunDirectory
+    from pyro_dirichlet.app.steps import finetune_step, fit_step, prune_step, train_step
 
     config = options_from(settings)
     if command == "run":
-        from pyro_dirichlet.app.pipeline import run
-
         run(config)
         return
     directory = RunDirectory(config.out)
     if command == "train":
-        from pyro_dirichlet.app.steps import train_step
-
         train_step(directory, config.runtime, config.train)
     else:
         _check_identity(directory, settings)
-        step, options = _step(command), getattr(config, command)
-        step(directory, config.runtime, options)
+        step = {"fit": (fit_step, config.fit), "prune": (prune_step, config.prune),
+                "finetune": (finetune_step, config.finetune), "report": (report_step, config.report)}[command]
+        step[0](directory, config.runtime, step[1])
     if config.runtime.progress:
         record = directory.manifest()["steps"][command]
         print(f"{command}: wrote {', '.join(record['files'])} into {directory.path}/ in {record['seconds']:.0f} s", flush=True)
-
-
-def _step(command: str) -> Callable[..., dict[str, Any]]:
-    """The step function of ``fit``, ``prune``, ``finetune`` or ``report``, importing its module alone."""
-    if command == "report":
-        from pyro_dirichlet.app.report import report_step
-
-        return report_step
-    from pyro_dirichlet.app import steps
-
-    return {"fit": steps.fit_step, "prune": steps.prune_step, "finetune": steps.finetune_step}[command]
 
 
 def _check_identity(directory, settings: dict[str, Any]) -> None:
