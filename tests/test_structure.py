@@ -248,15 +248,57 @@ def test_a_layer_used_twice_is_unsupported():
 
 
 def test_constant_that_cannot_be_folded_is_unsupported():
-    # conv -> ReLU -> BN -> zero-padded conv: a dropped channel becomes BN(0) != 0, which the
+    # conv -> Sigmoid -> zero-padded conv: a dropped channel becomes sigmoid(0) = 0.5, which the
     # padded conv sees differently at the borders, so pruning cannot reproduce it exactly.
     net = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3, padding=1),
+        nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Conv2d(4, 5, 3, padding=1),
         nn.Flatten(), nn.Linear(5 * 6 * 6, 2),
     )
-    with pytest.raises(UnsupportedStructureError, match=r"layer '0'.*module '3' \(Conv2d\).*non-zero constant"):
+    with pytest.raises(UnsupportedStructureError, match=r"layer '0'.*module '2' \(Conv2d\).*non-zero constant"):
         find_prunable_layers(net, torch.zeros(1, 3, 8, 8))
-    assert names(find_prunable_layers(net, torch.zeros(1, 3, 8, 8), layers=["3"])) == ["3"]
+    assert names(find_prunable_layers(net, torch.zeros(1, 3, 8, 8), layers=["2"])) == ["2"]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_constant_before_a_padded_conv_is_switched_again(affine):
+    # conv -> ReLU -> BN -> zero-padded conv: a dropped channel becomes BN(0) != 0 at the padded
+    # conv. The switch multiplies the BatchNorm's output too, which makes it zero again; a
+    # BatchNorm without affine parameters could not take the folded posterior scale.
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4, affine=affine), nn.Conv2d(4, 5, 3, padding=1),
+        nn.Flatten(), nn.Linear(5 * 6 * 6, 2),
+    )
+    if not affine:
+        with pytest.raises(UnsupportedStructureError, match=r"layer '0'.*module '3' \(Conv2d\).*non-zero constant"):
+            find_prunable_layers(net, torch.zeros(1, 3, 8, 8))
+        return
+    first, second = find_prunable_layers(net, torch.zeros(1, 3, 8, 8))
+    assert (first.name, first.switch_points, first.reswitch_points) == ("0", ("0",), ("2",))
+    assert first.multiply_points == ("0", "2") and second.reswitch_points == ()
+    # Past the second multiplication the channel is zero: the padded conv needs no bias for it.
+    assert Consumer("3", "conv_in", 1, True) in first.consumers
+
+
+def test_squeeze_excite_gate_times_a_zeroed_channel_is_zero():
+    # x * sigmoid(fc2(...)): the gate of a dropped channel is sigmoid(0) = 0.5, but the block
+    # output it multiplies is dropped too, so the zero-padded conv after it sees a zero.
+    class SqueezeExcite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+            self.after = nn.Conv2d(8, 6, 3, padding=1)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            x = self.bn(self.conv(x))
+            gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+            x = torch.relu(x * gate)
+            return self.head(self.after(x).mean((2, 3)))
+
+    layers = {layer.name: layer for layer in find_prunable_layers(SqueezeExcite(), torch.zeros(2, 3, 8, 8))}
+    assert layers["conv"].members == ("conv", "fc2") and layers["conv"].reswitch_points == ()
+    assert Consumer("after", "conv_in", 1, True) in layers["conv"].consumers
 
 
 def test_untraceable_model_is_unsupported():

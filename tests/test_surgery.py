@@ -52,6 +52,28 @@ def constants_net() -> nn.Sequential:
     )
 
 
+class PreActivation(nn.Module):
+    """A pre-activation residual block (BN -> ReLU -> zero-padded conv, twice, plus the input):
+    a dropped stream channel is BN(0) at ``bn1``, so the stream's switch multiplies there too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(6), nn.Conv2d(6, 5, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(5), nn.Conv2d(5, 6, 3, padding=1)
+        self.bn_out, self.fc = nn.BatchNorm2d(6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        return self.fc(torch.relu(self.bn_out(x)).mean((2, 3)))
+
+
+def preactivation_params(k: dict[str, int]) -> int:
+    a, b = k.get("stem", 6), k.get("conv1", 5)
+    return (a * 27 + a) + 2 * a + (b * a * 9 + b) + 2 * b + (a * b * 9 + a) + 2 * a + (3 * a + 3)
+
+
 def lenet5_params(k: dict[str, int]) -> int:
     c1, c2, f1 = k.get("conv1", 20), k.get("conv2", 50), k.get("fc1", 500)
     return (c1 * 25 + c1) + (c2 * c1 * 25 + c2) + (f1 * c2 * 16 + f1) + (10 * f1 + 10)
@@ -81,6 +103,7 @@ NETS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, int], 
     "lenet300100": (LeNet300100, (3, 1, 28, 28), {"fc1": 300, "fc2": 100}, lenet300100_params),
     "conv_bn": (conv_bn_net, (3, 3, 20, 20), {"0": 8, "4": 16, "8": 12, "13": 32}, conv_bn_params),
     "constants": (constants_net, (3, 3, 8, 8), {"0": 6, "3": 5, "6": 7}, constants_params),
+    "preactivation": (PreActivation, (3, 3, 8, 8), {"stem": 6, "conv1": 5}, preactivation_params),
 }
 
 
@@ -153,6 +176,17 @@ def test_pruned_network_equals_masked_network(net_name, data):
     assert sum(p.numel() for p in pruned.parameters()) == count_parameters(kept)
     assert [m.training for m in pruned.modules()] == [m.training for m in net.modules()]
     assert_unchanged(net, before, structure)
+
+
+def test_preactivation_stream_is_switched_again_at_its_batchnorm():
+    net, x = build("preactivation")
+    stream = find_prunable_layers(net, x)[0]
+    assert (stream.members, stream.reswitch_points) == (("stem", "conv2"), ("bn1",))
+    # Without the second multiplication the masked stream would differ from the pruned one.
+    keep = {"stem": [0, 2, 5]}
+    pruned, masked = prune_channels(net, keep, x), mask_channels(net, keep, x)
+    assert relative_difference(eval_output(pruned, x), eval_output(masked, x)) <= 1e-5
+    assert relative_difference(eval_output(masked, x), eval_output(net, x)) > 1e-2
 
 
 def test_masking_really_changes_the_output():
@@ -256,11 +290,12 @@ def hooked_reference(net: nn.Module, scales: dict[str, torch.Tensor], x: torch.T
         def hook(module, inputs, output, factors=scales[layer.name], shape=shape):
             return output * factors.view(shape(output.dim()))
 
-        modules[layer.switch_at].register_forward_hook(hook)
+        for point in layer.multiply_points:
+            modules[point].register_forward_hook(hook)
     return reference
 
 
-@pytest.mark.parametrize("net_name", ["lenet5", "lenet300100", "conv_bn"])
+@pytest.mark.parametrize("net_name", ["lenet5", "lenet300100", "conv_bn", "preactivation"])
 @pytest.mark.parametrize("train", [False, True])
 def test_folded_scales_equal_a_hook_that_multiplies_channels(net_name, train):
     _, _, channels, _ = NETS[net_name]

@@ -137,3 +137,27 @@ def test_coupled_group_gets_one_switch_shared_by_all_its_members():
     for hook in hooks:
         hook.remove()
     assert len(seen) == len(stream.switch_points) >= 2 and all(value == 0 for value in seen.values())
+
+
+def test_a_reswitched_batchnorm_is_multiplied_by_the_same_switch():
+    # A pre-activation stream (BN -> ReLU -> zero-padded conv): the switch multiplies the stream
+    # and the BatchNorm that reads it; the switched network is the one the posterior is folded
+    # into, and with the switch at zero it is the pruned one.
+    from pyro_dirichlet.surgery import fold_scales, prune_channels
+    from tests.test_surgery import PreActivation
+
+    torch.manual_seed(0)
+    net = PreActivation().eval()
+    images = torch.randn(4, 3, 8, 8)
+    switches = DirichletSwitches(net, images[:2])
+    stream = switches.layers[0]
+    assert stream.reswitch_points == ("bn1",)
+    values = {stream.name: torch.tensor([0.3, 0.0, 0.2, 0.0, 0.1, 0.4])}
+    with torch.no_grad(), switches.switched(values) as switched:
+        got = switched(images)
+    assert not torch.allclose(got, net(images), atol=1e-3)
+    folded = fold_scales(net, {stream.name: values[stream.name] * stream.channels}, images[:2])
+    pruned = prune_channels(folded, {stream.name: [0, 2, 4, 5]}, images[:2])
+    with torch.no_grad():
+        assert torch.allclose(got, folded(images), atol=1e-5)
+        assert torch.allclose(got, pruned(images), atol=1e-5)

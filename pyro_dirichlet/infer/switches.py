@@ -230,14 +230,14 @@ class DirichletSwitches:
                     part = ATTENTION_PARTS[layer.kind]
                     handles.append(AttentionTapHook(self._modules[layer.switch_at], _scale_output(scale, layer), part))
                     continue
-                if self.placement == "input" and layer.switch_input is not None:
+                if self.placement == "input" and layer.switch_input is not None and not layer.reswitch_points:
                     # First among the pre-hooks, so any other hook sees what the module reads.
                     module = self._modules[layer.switch_input.module]
                     hook = _scale_input(scale, layer.switch_input)
                     handles.append(module.register_forward_pre_hook(hook, prepend=True))
                     continue
                 hook = _scale_output(scale, layer)
-                for point in layer.switch_points:
+                for point in layer.multiply_points:
                     handles.append(self._modules[point].register_forward_hook(hook))
             yield self.network
         finally:

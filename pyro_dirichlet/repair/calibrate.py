@@ -177,7 +177,7 @@ def scaled_channels(network: nn.Module, layers: Sequence[PrunableLayer], scales:
     for layer in layers:
         if layer.name not in scales:
             continue
-        for point in layer.switch_points:
+        for point in layer.multiply_points:
             if layer.kind in ATTENTION_PARTS:
                 part = ATTENTION_PARTS[layer.kind]
                 handles.append(AttentionTapHook(modules[point], hook(layer, scales[layer.name]), part))

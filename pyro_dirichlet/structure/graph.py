@@ -9,7 +9,7 @@ coupling group. See :mod:`pyro_dirichlet.structure` for the policy this serves.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -78,6 +78,8 @@ class _Walk:
     problem: UnsupportedStructureError | None = None
     # The channels reach an operation that ties them (a LayerNorm over them): not prunable.
     pinned: Pinned | None = None
+    # BatchNorms on the way that the switch multiplies again (PrunableLayer.reswitch_points).
+    reswitched: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,10 @@ class TracedModel:
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
         self._groups: _Groups | None = None
         self._walking: str | None = None
+        self._switch_at: set[str] | None = None
+        # BatchNorms the switches multiply again, and those a walk asked for (see _coupling).
+        self.reswitched: set[str] = set()
+        self._reswitch_requests: set[str] = set()
 
     def analyse(self, name: str, named: bool = False) -> PrunableLayer | NotPrunable:
         """Layer ``name`` as a switch site, or why it is not one; raise if unsupported.
@@ -171,10 +177,10 @@ class TracedModel:
         """
         if name in self.attentions:
             return self._attention(name, named)
+        groups = self._coupling()  # first: it may walk every layer again (reswitch points)
         walk = self._walk(name)
         if isinstance(walk, NotPrunable):
             return walk
-        groups = self._coupling()
         # Channels coupled to fixed ones are never pruned, so what stops their walk further
         # on (a Swin stage's last block reaching the patch merging) does not matter.
         if isinstance(walk, UnsupportedStructureError) and not groups.is_fixed(name):
@@ -224,9 +230,9 @@ class TracedModel:
 
     def reaches_output(self, name: str) -> bool:
         """Whether layer ``name``'s channels, or those of a layer coupled to it, reach the output."""
+        groups = self._coupling()
         if not isinstance(self._walks.get(name), _Walk):
             return False
-        groups = self._coupling()
         root = groups.find(name)
         return any(
             isinstance(walk, _Walk) and walk.reaches_output and groups.find(member) == root
@@ -271,7 +277,8 @@ class TracedModel:
             return walk
         if unsupported is not None:
             raise unsupported
-        if len(walk.consumers) == (1 if has_batchnorm else 0):
+        if len(walk.consumers) == (1 if has_batchnorm else 0) and walk.problem is None:
+            # (A consumer that cannot absorb a dropped constant is not listed: the problem says so.)
             return NotPrunable("no layer reads its output")
         for consumer in walk.consumers:
             if consumer.kind != "scale" and len(self.calls[consumer.name]) > 1:
@@ -337,6 +344,8 @@ class TracedModel:
                     outcome = self._follow(name, flow, user)
                 except NotFoldable as err:
                     walk.problem = walk.problem or err
+                    if flow.constant_from is not None:
+                        self._reswitch_requests.add(flow.constant_from)
                     continue
                 except Pinned as err:
                     walk.pinned = walk.pinned or err
@@ -352,6 +361,10 @@ class TracedModel:
                 if isinstance(outcome, tuple):  # BatchNorm, depthwise conv: consumed, passed on
                     consumer, outcome = outcome
                     walk.consumers.append(consumer)
+                    if consumer.name in self.reswitched and outcome.constant_from == consumer.name:
+                        # The switch multiplies this BatchNorm's output too: zero again.
+                        walk.reswitched.append(consumer.name)
+                        outcome = replace(outcome, may_be_nonzero=False, uniform=True, constant_from=None)
                 if isinstance(outcome, Consumer):
                     walk.consumers.append(outcome)
                 elif isinstance(outcome, Flow):
@@ -375,8 +388,9 @@ class TracedModel:
         channel_dim = 1 if walk.kind == "conv" else -1
         return PrunableLayer(
             walk.name, walk.kind, walk.channels, walk.switch_at, tuple(walk.consumers),
-            switch_input=find_switch_input(node, channel_dim, self.modules, self.calls),
+            switch_input=None if walk.reswitched else find_switch_input(node, channel_dim, self.modules, self.calls),
             block=self._block(walk.consumers),
+            reswitch_points=tuple(dict.fromkeys(walk.reswitched)),
         )
 
     def _block(self, consumers: list[Consumer]) -> int:
@@ -424,6 +438,7 @@ class TracedModel:
             switch_points=tuple(walk.switch_at for walk in walks),
             coupled_through=tuple(merges),
             block=self._block(consumers),
+            reswitch_points=tuple(dict.fromkeys(name for walk in walks for name in walk.reswitched)),
         )
 
     # --- coupling groups --------------------------------------------------------------------
@@ -432,6 +447,18 @@ class TracedModel:
         """Union the layers whose channels meet in a residual add (walks every candidate)."""
         if self._groups is not None:
             return self._groups
+        while True:
+            for name in self.candidates:
+                if name not in self.attentions:
+                    self._walk(name)
+            # A constant BN(0) that stopped a walk at a zero-padded conv: the switch multiplies
+            # that BatchNorm too, and every walk is taken again, until no walk asks for more.
+            new = self._reswitch_requests - self.reswitched
+            if not new:
+                break
+            self.reswitched |= new
+            self._walks.clear()
+            self._arrivals.clear()
         groups = _Groups()
         for name in self.candidates:
             if name in self.attentions:
@@ -587,7 +614,55 @@ class TracedModel:
         self._arrivals.setdefault(user, []).append(
             _Arrival(layer, flow.node, flow.offset, self.width(layer), shape[d], "product")
         )
+        if flow.may_be_nonzero and self._masked_zero(layer, others[0], d):
+            # A squeeze-excite gate's constant (sigmoid(0) = 0.5) times the masked block
+            # output, exactly zero: nothing is left for a zero-padding consumer to see.
+            return replace(flow, node=user, may_be_nonzero=False, uniform=True, constant_from=None)
         return replace(flow, node=user)
+
+    def _masked_zero(self, layer: str, node: fx.Node, channel_dim: int) -> bool:
+        """Whether a masked channel of ``node`` is exactly zero: ``node`` is where some layer's
+        switch multiplies (its output, or the BatchNorm directly after it), seen through
+        operations that map zero to zero and leave the channels where they are.
+
+        Only used for the other factor of a coupled product, whose producer is then in the
+        same group (:meth:`_coupling` fixes a product with an input no layer produces), so it
+        is masked and pruned with the channel that reaches the product here.
+        """
+        for _ in range(8):  # a short chain (BatchNorm, activation, dropout) is all there is
+            if node.op == "call_module" and (node.target in self._switch_nodes() or node.target in self.reswitched):
+                return True
+            op = op_of(node, self.modules)
+            inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
+            if op is None or op.follow is None or op.combines is not None or len(inputs) != 1:
+                return False
+            if not is_first_argument(node, inputs[0]):
+                return False
+            module = self.modules[node.target] if node.op == "call_module" else None
+            zero = Flow(inputs[0], channel_dim, 1)
+            try:
+                outcome = op.follow(self, layer, zero, node, module)
+            except UnsupportedStructureError:
+                return False
+            if not isinstance(outcome, Flow) or outcome != replace(zero, node=node):
+                return False  # a consumer (a BatchNorm that is not a switch), or channels moved
+            node = inputs[0]
+        return False
+
+    def _switch_nodes(self) -> set[str]:
+        """The modules at whose output a prunable candidate's switch multiplies."""
+        if self._switch_at is None:
+            self._switch_at = set()
+            for name in self.candidates:
+                nodes = self.calls.get(name, [])
+                module = self.modules.get(name)
+                if len(nodes) != 1 or not isinstance(module, (nn.Conv2d, nn.Linear)):
+                    continue
+                if isinstance(module, nn.Conv2d) and module.groups != 1:
+                    continue  # its channels are its input's, not switched here
+                bn = self._batchnorm_directly_after(nodes[0], len(shape_of(nodes[0])))
+                self._switch_at.add(bn.target if bn is not None else name)
+        return self._switch_at
 
     def _parameter_scale(self, layer: str, flow: Flow, user: fx.Node, parameter: fx.Node) -> Any:
         """``gamma * x`` with a parameter of the model holding one factor per channel (a

@@ -205,6 +205,10 @@ class PrunableLayer:
         block: channels are kept and dropped in aligned blocks of this many (``[0, block)``,
             ``[block, 2 * block)``...): the group size of a grouped convolution that reads
             them, since a group can only go whole; 1 (any channel on its own) by default.
+        reswitch_points: BatchNorms further on that the same switch multiplies again (at
+            their output), because a dropped channel would leave them as a constant ``BN(0)``
+            that a zero-padded convolution cannot absorb (a pre-activation block, RepVGG's
+            identity branch); multiplying there makes the masked network the pruned one.
 
     Example:
         >>> layers = find_prunable_layers(model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
@@ -222,6 +226,7 @@ class PrunableLayer:
     coupled_through: tuple[str, ...] = ()
     switch_input: SwitchInput | None = None
     block: int = 1
+    reswitch_points: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -233,6 +238,11 @@ class PrunableLayer:
                 f"layer '{self.name}': members {self.members} and switch_points "
                 f"{self.switch_points} must pair up, starting with switch_at '{self.switch_at}'"
             )
+
+    @property
+    def multiply_points(self) -> tuple[str, ...]:
+        """Every module whose output the switch multiplies: the switch points, then the reswitch points."""
+        return self.switch_points + self.reswitch_points
 
     @property
     def is_group(self) -> bool:

@@ -53,6 +53,9 @@ class Flow:
     uniform: bool = True
     # Where the layer's channel 0 sits along channel_dim (shifted by a concat or a channel pad).
     offset: int = 0
+    # The BatchNorm that turned the zero into the constant, where multiplying its output by
+    # the switch again would restore the zero (see PrunableLayer.reswitch_points); None otherwise.
+    constant_from: str | None = None
 
 
 class NotFoldable(UnsupportedStructureError):
@@ -436,7 +439,23 @@ def _batchnorm(graph, layer, flow, user, module):
     )
     # BatchNorm is sliced and passes channels on; past a BatchNorm that is not the switch, a
     # dropped channel is BN(0), generally non-zero.
-    return consumer, replace(flow, node=user, may_be_nonzero=True)
+    source = user.target if _can_reswitch(graph, layer, flow, user, module) else flow.constant_from
+    return consumer, replace(flow, node=user, may_be_nonzero=True, constant_from=source)
+
+
+def _can_reswitch(graph, layer, flow, user, module) -> bool:
+    """Whether the switch of ``layer`` could multiply this BatchNorm's output again: the zero
+    reaches it intact, the BatchNorm holds exactly the layer's channels and is called once,
+    and a scale folds into it (affine, any fused activation commuting with a positive scale)."""
+    if flow.may_be_nonzero or flow.offset != 0 or flow.features_per_channel != 1 or flow.channel_dim != 1:
+        return False
+    if not layer or layer not in graph.modules or graph.width(layer) != getattr(module, "num_features", None):
+        return False
+    if len(graph.calls.get(user.target, [])) != 1 or not getattr(module, "affine", False):
+        return False
+    activation = fused_activation(module)
+    op = OPS.get(type(activation)) if activation is not None else None
+    return activation is None or (op is not None and op.commutes_with_scale)
 
 
 def _response_norm(graph, layer, flow, user, module):

@@ -258,5 +258,6 @@ def _globalised(prefix: str, layer: PrunableLayer) -> PrunableLayer:
         tuple(Consumer(name(c.name), c.kind, c.features_per_channel, c.zero_preserved, c.offset, c.dim) for c in layer.consumers),
         tuple(name(m) for m in layer.members), tuple(name(m) for m in layer.switch_points),
         tuple(_globalised_text(prefix, text) for text in layer.coupled_through), switch_input, layer.block,
+        tuple(name(m) for m in layer.reswitch_points),
     )
 

@@ -192,7 +192,7 @@ def fold_scales(
     selection = _resolve(model, scales, example_inputs, "scales", _checked_scales, layers)
     modules = dict(model.named_modules())
     for layer, _ in selection:
-        for point in layer.switch_points:
+        for point in layer.multiply_points:
             at = modules[point]
             if isinstance(at, nn.modules.batchnorm._BatchNorm) and not at.affine:
                 raise ValueError(
@@ -215,6 +215,8 @@ def fold_scales(
                 scale_output_channels(modules[point], factors)
             else:
                 scale_batchnorm(modules[point], factors)
+        for point in layer.reswitch_points:
+            scale_batchnorm(modules[point], factors)
     return folded
 
 
@@ -378,7 +380,7 @@ def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]
     for layer, kept in selection:
         factors = torch.zeros(layer.channels)
         factors[kept] = 1.0
-        for point in layer.switch_points:
+        for point in layer.multiply_points:
             if layer.kind in ATTENTION_PARTS:  # the channels are inside the module: zero their weights
                 scale_attention_channels(modules[point], factors, ATTENTION_PARTS[layer.kind])
             else:
