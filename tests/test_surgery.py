@@ -189,6 +189,38 @@ def test_preactivation_stream_is_switched_again_at_its_batchnorm():
     assert relative_difference(eval_output(masked, x), eval_output(net, x)) > 1e-2
 
 
+class DepthwiseBias(nn.Module):
+    """conv -> BN -> depthwise conv with a bias -> add -> zero-padded conv (StarNet's block end),
+    and a block output written as ``y + 0`` (MobileOne's missing identity branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.after, self.fc = nn.Conv2d(6, 4, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x)) + 0
+        y = torch.relu(self.dw(y) + y)
+        return self.fc(self.after(y).mean((2, 3)))
+
+
+def test_a_depthwise_bias_on_a_dropped_channel_is_switched_again():
+    torch.manual_seed(0)
+    net, x = DepthwiseBias().eval(), torch.randn(3, 3, 8, 8)
+    layer, after = find_prunable_layers(net, x)
+    assert (layer.name, layer.switch_points, layer.reswitch_points) == ("conv", ("bn",), ("dw",))
+    assert (after.name, after.reswitch_points) == ("after", ())
+    keep = {"conv": [1, 2, 4]}
+    pruned, masked = prune_channels(net, keep, x), mask_channels(net, keep, x)
+    assert relative_difference(eval_output(pruned, x), eval_output(masked, x)) <= 1e-5
+    assert relative_difference(eval_output(masked, x), eval_output(net, x)) > 1e-2
+    scales = torch.linspace(0.2, 1.5, 6)
+    with torch.no_grad():
+        hooked = hooked_reference(net, {"conv": scales}, x)
+        assert relative_difference(fold_scales(net, {"conv": scales}, x)(x), hooked(x)) <= 1e-5
+
+
 def test_masking_really_changes_the_output():
     # Guards the equivalence test against a mask that does nothing.
     net, x = build("lenet5")

@@ -155,6 +155,9 @@ SLOW = [
     ("repvgg_a0", "RepVGG's identity BatchNorm branch switched again"),
     ("hgnet_tiny", "ESE gates over concatenated stages"),
     ("legacy_seresnet18", "squeeze-excite gates on the residual stream"),
+    ("repvit_m1", "squeeze-excite gates times RepVGG-style branch sums"),
+    ("mobileone_s1", "a block output written as y + 0"),
+    ("starnet_s050", "a depthwise conv's bias switched again"),
 ]
 
 

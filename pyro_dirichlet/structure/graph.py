@@ -165,6 +165,7 @@ class TracedModel:
         self._groups: _Groups | None = None
         self._walking: str | None = None
         self._switch_at: set[str] | None = None
+        self._zero_memo: dict[tuple[fx.Node, int], bool] = {}
         # BatchNorms the switches multiply again, and those a walk asked for (see _coupling).
         self.reswitched: set[str] = set()
         self._reswitch_requests: set[str] = set()
@@ -459,6 +460,7 @@ class TracedModel:
             self.reswitched |= new
             self._walks.clear()
             self._arrivals.clear()
+            self._zero_memo.clear()
         groups = _Groups()
         for name in self.candidates:
             if name in self.attentions:
@@ -572,6 +574,9 @@ class TracedModel:
         if len(inputs) == 1:  # x + 1: an element-wise shift of every value
             if sum(1 for _ in uses(user.args, flow.node)) + sum(1 for _ in uses(user.kwargs, flow.node)) > 1:
                 raise self.unknown(layer, user, "it combines the tensor with itself")
+            # x + 0 (MobileOne's "identity_out = 0" when a block has no identity branch) is x.
+            if all(isinstance(a, (int, float)) and a == 0 for a in (*user.args, *user.kwargs.values()) if a is not flow.node):
+                return replace(flow, node=user)
             return replace(flow, node=user, may_be_nonzero=True)
         shape = shape_of(user)
         if any(shape_of(n) != shape for n in inputs):
@@ -620,34 +625,52 @@ class TracedModel:
             return replace(flow, node=user, may_be_nonzero=False, uniform=True, constant_from=None)
         return replace(flow, node=user)
 
-    def _masked_zero(self, layer: str, node: fx.Node, channel_dim: int) -> bool:
+    def _masked_zero(self, layer: str, node: fx.Node, channel_dim: int, depth: int = 0) -> bool:
         """Whether a masked channel of ``node`` is exactly zero: ``node`` is where some layer's
-        switch multiplies (its output, or the BatchNorm directly after it), seen through
-        operations that map zero to zero and leave the channels where they are.
+        switch multiplies (its output, the BatchNorm directly after it, a reswitch point),
+        seen through operations that map zero to zero and leave the channels where they are,
+        through sums of such tensors (RepVGG-style branches added together) and through
+        products with one such factor (an earlier squeeze-excite gate).
 
-        Only used for the other factor of a coupled product, whose producer is then in the
-        same group (:meth:`_coupling` fixes a product with an input no layer produces), so it
-        is masked and pruned with the channel that reaches the product here.
+        Only used for the other factor of a coupled product, whose producers are then in the
+        same group (:meth:`_coupling` fixes a product with an input no layer produces), so
+        they are masked and pruned with the channel that reaches the product here.
         """
-        for _ in range(8):  # a short chain (BatchNorm, activation, dropout) is all there is
-            if node.op == "call_module" and (node.target in self._switch_nodes() or node.target in self.reswitched):
-                return True
-            op = op_of(node, self.modules)
-            inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
-            if op is None or op.follow is None or op.combines is not None or len(inputs) != 1:
-                return False
-            if not is_first_argument(node, inputs[0]):
-                return False
-            module = self.modules[node.target] if node.op == "call_module" else None
-            zero = Flow(inputs[0], channel_dim, 1)
-            try:
-                outcome = op.follow(self, layer, zero, node, module)
-            except UnsupportedStructureError:
-                return False
-            if not isinstance(outcome, Flow) or outcome != replace(zero, node=node):
-                return False  # a consumer (a BatchNorm that is not a switch), or channels moved
-            node = inputs[0]
-        return False
+        # Remembered per node and channel dimension (the graph is acyclic; the memo is
+        # cleared whenever the reswitch points change); a very long way round is no proof.
+        key = (node, channel_dim)
+        if key not in self._zero_memo:
+            self._zero_memo[key] = depth < 400 and self._masked_zero_uncached(layer, node, channel_dim, depth)
+        return self._zero_memo[key]
+
+    def _masked_zero_uncached(self, layer: str, node: fx.Node, channel_dim: int, depth: int) -> bool:
+        if node.op == "call_module" and (node.target in self._switch_nodes() or node.target in self.reswitched):
+            return True
+        op = op_of(node, self.modules)
+        inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
+        if op is not None and op.combines == "sum" and len(inputs) > 1:
+            shape = shape_of(node)
+            return all(shape_of(n) == shape and self._masked_zero(layer, n, channel_dim, depth + 1) for n in inputs)
+        if op is not None and op.combines == "product" and len(inputs) > 1:
+            # Zero times anything (a squeeze-excite gate) is zero.
+            width = shape_of(node)[channel_dim]
+            return any(
+                len(shape_of(n)) == len(shape_of(node)) and shape_of(n)[channel_dim] == width
+                and self._masked_zero(layer, n, channel_dim, depth + 1) for n in inputs
+            )
+        if op is None or op.follow is None or op.combines is not None or len(inputs) != 1:
+            return False
+        if not is_first_argument(node, inputs[0]):
+            return False
+        module = self.modules[node.target] if node.op == "call_module" else None
+        zero = Flow(inputs[0], channel_dim, 1)
+        try:
+            outcome = op.follow(self, layer, zero, node, module)
+        except UnsupportedStructureError:
+            return False
+        if not isinstance(outcome, Flow) or outcome != replace(zero, node=node):
+            return False  # a consumer (a BatchNorm that is not a switch), or channels moved
+        return self._masked_zero(layer, inputs[0], channel_dim, depth + 1)
 
     def _switch_nodes(self) -> set[str]:
         """The modules at whose output a prunable candidate's switch multiplies."""

@@ -205,10 +205,11 @@ class PrunableLayer:
         block: channels are kept and dropped in aligned blocks of this many (``[0, block)``,
             ``[block, 2 * block)``...): the group size of a grouped convolution that reads
             them, since a group can only go whole; 1 (any channel on its own) by default.
-        reswitch_points: BatchNorms further on that the same switch multiplies again (at
-            their output), because a dropped channel would leave them as a constant ``BN(0)``
-            that a zero-padded convolution cannot absorb (a pre-activation block, RepVGG's
-            identity branch); multiplying there makes the masked network the pruned one.
+        reswitch_points: modules further on whose output the same switch multiplies again,
+            because a dropped channel would leave them as a constant that a zero-padded
+            convolution cannot absorb: a BatchNorm's ``BN(0)`` (a pre-activation block,
+            RepVGG's identity branch), a depthwise conv's bias (StarNet); multiplying there
+            makes the masked network the pruned one.
 
     Example:
         >>> layers = find_prunable_layers(model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP

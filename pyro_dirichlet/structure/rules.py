@@ -444,14 +444,17 @@ def _batchnorm(graph, layer, flow, user, module):
 
 
 def _can_reswitch(graph, layer, flow, user, module) -> bool:
-    """Whether the switch of ``layer`` could multiply this BatchNorm's output again: the zero
-    reaches it intact, the BatchNorm holds exactly the layer's channels and is called once,
-    and a scale folds into it (affine, any fused activation commuting with a positive scale)."""
+    """Whether the switch of ``layer`` could multiply this module's output again: the zero
+    reaches it intact, the module (a BatchNorm, or a depthwise conv whose bias makes the
+    constant) holds exactly the layer's channels and is called once, and a scale folds into
+    it (affine, any fused activation commuting with a positive scale)."""
     if flow.may_be_nonzero or flow.offset != 0 or flow.features_per_channel != 1 or flow.channel_dim != 1:
         return False
-    if not layer or layer not in graph.modules or graph.width(layer) != getattr(module, "num_features", None):
+    if not layer or layer not in graph.modules or len(graph.calls.get(user.target, [])) != 1:
         return False
-    if len(graph.calls.get(user.target, [])) != 1 or not getattr(module, "affine", False):
+    if isinstance(module, nn.Conv2d):
+        return graph.width(layer) == module.out_channels and is_depthwise(module)
+    if graph.width(layer) != getattr(module, "num_features", None) or not getattr(module, "affine", False):
         return False
     activation = fused_activation(module)
     op = OPS.get(type(activation)) if activation is not None else None
@@ -520,7 +523,9 @@ def _depthwise(graph, layer, flow, user, module):
     # non-zero input.
     uniform = flow.uniform and not (flow.may_be_nonzero and _conv_zero_pads(module))
     may_be_nonzero = flow.may_be_nonzero or module.bias is not None
-    return consumer, replace(flow, node=user, may_be_nonzero=may_be_nonzero, uniform=uniform)
+    # A bias on a zero: the switch may multiply this conv's output again (StarNet's dwconv2).
+    source = user.target if module.bias is not None and _can_reswitch(graph, layer, flow, user, module) else flow.constant_from
+    return consumer, replace(flow, node=user, may_be_nonzero=may_be_nonzero, uniform=uniform, constant_from=source)
 
 
 def _grouped(graph, layer, flow, user, module):

@@ -215,8 +215,11 @@ def fold_scales(
                 scale_output_channels(modules[point], factors)
             else:
                 scale_batchnorm(modules[point], factors)
-        for point in layer.reswitch_points:
-            scale_batchnorm(modules[point], factors)
+        for point in layer.reswitch_points:  # a BatchNorm, or a depthwise conv with a bias
+            if isinstance(modules[point], nn.Conv2d):
+                scale_output_channels(modules[point], factors)
+            else:
+                scale_batchnorm(modules[point], factors)
     return folded
 
 
