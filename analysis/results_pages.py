@@ -82,6 +82,12 @@ def _versus_torch_pruning() -> str:
     return readme_table(_json(BENCHMARK_RESULTS / "versus_torch_pruning.json"))
 
 
+def _versus_torch_pruning_full() -> str:
+    from benchmarks.versus_torch_pruning import readme_table
+
+    return readme_table(_json(BENCHMARK_RESULTS / "versus_torch_pruning_full.json"))
+
+
 def _run_cost() -> str:
     from benchmarks.run_cost import render_table
 
@@ -110,6 +116,7 @@ SECTIONS: dict[str, Section] = {
     "resnet20-h200-finetune": Section("docs/results.md", _resnet20("resnet20-cifar10-h200-finetune", "comparison.json")),
     "precision": Section("docs/results.md", _precision),
     "versus-torch-pruning": Section("docs/results.md", _versus_torch_pruning),
+    "versus-torch-pruning-full": Section("docs/results.md", _versus_torch_pruning_full),
     "run-cost": Section("docs/results.md", _run_cost),
     "threads": Section("docs/results.md", _threads),
     "timm-coverage": Section("docs/architectures.md", _timm_coverage),
