@@ -26,6 +26,7 @@ from pyro_dirichlet.structure._fx import (
     uses,
 )
 from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
+from pyro_dirichlet.structure.coupling_groups import CouplingGroups
 from pyro_dirichlet.structure.layers import (
     DEFAULT_COUPLING,
     Consumer,
@@ -34,6 +35,7 @@ from pyro_dirichlet.structure.layers import (
     UnsupportedStructureError,
 )
 from pyro_dirichlet.structure.placement import find_switch_input
+from pyro_dirichlet.structure.zeros import MaskedZeros
 from pyro_dirichlet.structure.rules import (
     Flow,
     NotFoldable,
@@ -94,37 +96,6 @@ class _Arrival:
     kind: Literal["sum", "product"] = "sum"
 
 
-class _Groups:
-    """Union-find over layers, with one extra element for channels that cannot be pruned."""
-
-    FIXED = ""
-
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {self.FIXED: self.FIXED}
-        self.why_fixed: dict[str, str] = {}
-
-    def find(self, name: str) -> str:
-        self.parent.setdefault(name, name)
-        while self.parent[name] != name:
-            self.parent[name] = self.parent[self.parent[name]]
-            name = self.parent[name]
-        return name
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if rb == self.FIXED:
-                ra, rb = rb, ra
-            self.parent[rb] = ra
-
-    def fix(self, name: str, why: str) -> None:
-        self.why_fixed.setdefault(name, why)
-        self.union(self.FIXED, name)
-
-    def is_fixed(self, name: str) -> bool:
-        return self.find(name) == self.find(self.FIXED)
-
-
 class TracedModel:
     """The fx graph of a model copy, with shapes, and the walk along each layer's output."""
 
@@ -162,10 +133,9 @@ class TracedModel:
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
         self._walks: dict[str, _Walk | NotPrunable | UnsupportedStructureError] = {}
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
-        self._groups: _Groups | None = None
+        self._groups: CouplingGroups | None = None
         self._walking: str | None = None
-        self._switch_at: set[str] | None = None
-        self._zero_memo: dict[tuple[fx.Node, int], bool] = {}
+        self.zeros = MaskedZeros(self)
         # BatchNorms the switches multiply again, and those a walk asked for (see _coupling).
         self.reswitched: set[str] = set()
         self._reswitch_requests: set[str] = set()
@@ -188,7 +158,7 @@ class TracedModel:
             raise walk
         root = groups.find(name)
         members = sorted(
-            (m for m in self._walks if m != _Groups.FIXED and groups.find(m) == root),
+            (m for m in self._walks if m != CouplingGroups.FIXED and groups.find(m) == root),
             key=lambda m: self.order[m],
         )
         merges = self._merges_of(members)
@@ -199,7 +169,7 @@ class TracedModel:
         through = f"through {'; '.join(merges)}"
         if groups.is_fixed(name):
             why = next(
-                (groups.why_fixed[m] for m in [*members, _Groups.FIXED] if m in groups.why_fixed),
+                (groups.why_fixed[m] for m in [*members, CouplingGroups.FIXED] if m in groups.why_fixed),
                 "they meet channels that cannot be pruned",
             )
             return NotPrunable(
@@ -322,7 +292,7 @@ class TracedModel:
             kind, channels, start = "linear", linear_features(module)[1], Flow(node, len(shape) - 1, 1)
 
         walk = _Walk(name, kind, channels, name, [])
-        bn = self._batchnorm_directly_after(node, len(shape))
+        bn = self.batchnorm_directly_after(node, len(shape))
         if bn is not None:
             walk.switch_at = bn.target
             walk.consumers.append(Consumer(bn.target, "batchnorm"))
@@ -444,7 +414,7 @@ class TracedModel:
 
     # --- coupling groups --------------------------------------------------------------------
 
-    def _coupling(self) -> _Groups:
+    def _coupling(self) -> CouplingGroups:
         """Union the layers whose channels meet in a residual add (walks every candidate)."""
         if self._groups is not None:
             return self._groups
@@ -460,8 +430,8 @@ class TracedModel:
             self.reswitched |= new
             self._walks.clear()
             self._arrivals.clear()
-            self._zero_memo.clear()
-        groups = _Groups()
+            self.zeros.clear()
+        groups = CouplingGroups()
         for name in self.candidates:
             if name in self.attentions:
                 continue
@@ -509,7 +479,8 @@ class TracedModel:
             if any(arrival.producer in names for arrival in arrivals)
         ]
 
-    def _batchnorm_directly_after(self, node: fx.Node, ndim: int) -> fx.Node | None:
+    def batchnorm_directly_after(self, node: fx.Node, ndim: int) -> fx.Node | None:
+        """The BatchNorm (or timm's fused BatchNormAct2d) that alone reads ``node``, where the switch then sits."""
         users = list(node.users)
         if len(users) != 1 or users[0].op != "call_module" or users[0].args != (node,):
             return None
@@ -619,73 +590,11 @@ class TracedModel:
         self._arrivals.setdefault(user, []).append(
             _Arrival(layer, flow.node, flow.offset, self.width(layer), shape[d], "product")
         )
-        if flow.may_be_nonzero and self._masked_zero(layer, others[0], d):
+        if flow.may_be_nonzero and self.zeros.holds(layer, others[0], d):
             # A squeeze-excite gate's constant (sigmoid(0) = 0.5) times the masked block
             # output, exactly zero: nothing is left for a zero-padding consumer to see.
             return replace(flow, node=user, may_be_nonzero=False, uniform=True, constant_from=None)
         return replace(flow, node=user)
-
-    def _masked_zero(self, layer: str, node: fx.Node, channel_dim: int, depth: int = 0) -> bool:
-        """Whether a masked channel of ``node`` is exactly zero: ``node`` is where some layer's
-        switch multiplies (its output, the BatchNorm directly after it, a reswitch point),
-        seen through operations that map zero to zero and leave the channels where they are,
-        through sums of such tensors (RepVGG-style branches added together) and through
-        products with one such factor (an earlier squeeze-excite gate).
-
-        Only used for the other factor of a coupled product, whose producers are then in the
-        same group (:meth:`_coupling` fixes a product with an input no layer produces), so
-        they are masked and pruned with the channel that reaches the product here.
-        """
-        # Remembered per node and channel dimension (the graph is acyclic; the memo is
-        # cleared whenever the reswitch points change); a very long way round is no proof.
-        key = (node, channel_dim)
-        if key not in self._zero_memo:
-            self._zero_memo[key] = depth < 400 and self._masked_zero_uncached(layer, node, channel_dim, depth)
-        return self._zero_memo[key]
-
-    def _masked_zero_uncached(self, layer: str, node: fx.Node, channel_dim: int, depth: int) -> bool:
-        if node.op == "call_module" and (node.target in self._switch_nodes() or node.target in self.reswitched):
-            return True
-        op = op_of(node, self.modules)
-        inputs = [n for n in node.all_input_nodes if "shape" in n.meta]
-        if op is not None and op.combines == "sum" and len(inputs) > 1:
-            shape = shape_of(node)
-            return all(shape_of(n) == shape and self._masked_zero(layer, n, channel_dim, depth + 1) for n in inputs)
-        if op is not None and op.combines == "product" and len(inputs) > 1:
-            # Zero times anything (a squeeze-excite gate) is zero.
-            width = shape_of(node)[channel_dim]
-            return any(
-                len(shape_of(n)) == len(shape_of(node)) and shape_of(n)[channel_dim] == width
-                and self._masked_zero(layer, n, channel_dim, depth + 1) for n in inputs
-            )
-        if op is None or op.follow is None or op.combines is not None or len(inputs) != 1:
-            return False
-        if not is_first_argument(node, inputs[0]):
-            return False
-        module = self.modules[node.target] if node.op == "call_module" else None
-        zero = Flow(inputs[0], channel_dim, 1)
-        try:
-            outcome = op.follow(self, layer, zero, node, module)
-        except UnsupportedStructureError:
-            return False
-        if not isinstance(outcome, Flow) or outcome != replace(zero, node=node):
-            return False  # a consumer (a BatchNorm that is not a switch), or channels moved
-        return self._masked_zero(layer, inputs[0], channel_dim, depth + 1)
-
-    def _switch_nodes(self) -> set[str]:
-        """The modules at whose output a prunable candidate's switch multiplies."""
-        if self._switch_at is None:
-            self._switch_at = set()
-            for name in self.candidates:
-                nodes = self.calls.get(name, [])
-                module = self.modules.get(name)
-                if len(nodes) != 1 or not isinstance(module, (nn.Conv2d, nn.Linear)):
-                    continue
-                if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    continue  # its channels are its input's, not switched here
-                bn = self._batchnorm_directly_after(nodes[0], len(shape_of(nodes[0])))
-                self._switch_at.add(bn.target if bn is not None else name)
-        return self._switch_at
 
     def _parameter_scale(self, layer: str, flow: Flow, user: fx.Node, parameter: fx.Node) -> Any:
         """``gamma * x`` with a parameter of the model holding one factor per channel (a

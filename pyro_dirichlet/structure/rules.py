@@ -439,26 +439,8 @@ def _batchnorm(graph, layer, flow, user, module):
     )
     # BatchNorm is sliced and passes channels on; past a BatchNorm that is not the switch, a
     # dropped channel is BN(0), generally non-zero.
-    source = user.target if _can_reswitch(graph, layer, flow, user, module) else flow.constant_from
+    source = user.target if graph.zeros.can_reswitch(layer, flow, user, module) else flow.constant_from
     return consumer, replace(flow, node=user, may_be_nonzero=True, constant_from=source)
-
-
-def _can_reswitch(graph, layer, flow, user, module) -> bool:
-    """Whether the switch of ``layer`` could multiply this module's output again: the zero
-    reaches it intact, the module (a BatchNorm, or a depthwise conv whose bias makes the
-    constant) holds exactly the layer's channels and is called once, and a scale folds into
-    it (affine, any fused activation commuting with a positive scale)."""
-    if flow.may_be_nonzero or flow.offset != 0 or flow.features_per_channel != 1 or flow.channel_dim != 1:
-        return False
-    if not layer or layer not in graph.modules or len(graph.calls.get(user.target, [])) != 1:
-        return False
-    if isinstance(module, nn.Conv2d):
-        return graph.width(layer) == module.out_channels and is_depthwise(module)
-    if graph.width(layer) != getattr(module, "num_features", None) or not getattr(module, "affine", False):
-        return False
-    activation = fused_activation(module)
-    op = OPS.get(type(activation)) if activation is not None else None
-    return activation is None or (op is not None and op.commutes_with_scale)
 
 
 def _response_norm(graph, layer, flow, user, module):
@@ -524,7 +506,7 @@ def _depthwise(graph, layer, flow, user, module):
     uniform = flow.uniform and not (flow.may_be_nonzero and _conv_zero_pads(module))
     may_be_nonzero = flow.may_be_nonzero or module.bias is not None
     # A bias on a zero: the switch may multiply this conv's output again (StarNet's dwconv2).
-    source = user.target if module.bias is not None and _can_reswitch(graph, layer, flow, user, module) else flow.constant_from
+    source = user.target if module.bias is not None and graph.zeros.can_reswitch(layer, flow, user, module) else flow.constant_from
     return consumer, replace(flow, node=user, may_be_nonzero=may_be_nonzero, uniform=uniform, constant_from=source)
 
 
