@@ -89,6 +89,8 @@ def wrn_params(blocks: int, k: int) -> Callable:
         total, cin = 27 * stem, stem
         for stage, full in enumerate((16 * k, 32 * k, 64 * k)):
             out = w.get(f"block{stage + 1}.0.conv2", full)
+            if stage == 0 and full == 16:  # no shortcut: the stem heads the first stream's group
+                out = stem
             for block in range(blocks):
                 inner = w.get(f"block{stage + 1}.{block}.conv1", full)
                 total += 2 * cin + 9 * cin * inner + 2 * inner + 9 * inner * out
@@ -257,7 +259,7 @@ def test_analytic_counts_match_the_unpruned_networks():
         ("resnet18", 8, 12),
         ("mobilenet_v2", 20, 25),
         ("resnet20", 9, 9),  # option-A padded shortcuts: the streams are never pruned
-        ("wrn_10_1", 3, 4),  # only the last stream reaches no zero-padded conv through BN(0)
+        ("wrn_10_1", 3, 6),  # pre-activation streams: their BatchNorms switched again
         ("vgg16", 14, 14),
     ],
 )
@@ -357,10 +359,15 @@ def test_option_a_streams_are_not_prunable_and_say_why():
         prune_channels(net, {"conv1": [0]}, x)
 
 
-def test_preactivation_stream_named_explicitly_raises_the_folding_problem():
+def test_preactivation_stream_is_switched_again_at_the_batchnorms_before_padded_convs():
+    # BN(0) of a dropped stream channel would reach the next block's zero-padded conv; the
+    # stream's switch multiplies those BatchNorms too. The last stream's BN(0) only reaches the
+    # classifier through pooling, a constant its bias absorbs.
     net, x, _ = built("wrn_10_1")
-    with pytest.raises(UnsupportedStructureError, match=r"non-zero constant"):
-        find_prunable_layers(net, x, layers=["conv1"])
+    layers = {layer.name: layer for layer in find_prunable_layers(net, x, layers=["conv1", "block3.0.conv2"])}
+    assert layers["conv1"].members == ("conv1", "block1.0.conv2")
+    assert layers["conv1"].reswitch_points == ("block1.0.bn1", "block2.0.bn1")
+    assert layers["block3.0.conv2"].reswitch_points == ()
 
 
 def test_unsupported_operations_name_module_and_operation():
