@@ -230,7 +230,7 @@ class DirichletSwitches:
                     part = ATTENTION_PARTS[layer.kind]
                     handles.append(AttentionTapHook(self._modules[layer.switch_at], _scale_output(scale, layer), part))
                     continue
-                if self.placement == "input" and layer.switch_input is not None and not layer.reswitch_points:
+                if self.placement == "input" and layer.switch_input is not None:
                     # First among the pre-hooks, so any other hook sees what the module reads.
                     module = self._modules[layer.switch_input.module]
                     hook = _scale_input(scale, layer.switch_input)

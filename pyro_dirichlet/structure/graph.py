@@ -80,7 +80,7 @@ class _Walk:
     problem: UnsupportedStructureError | None = None
     # The channels reach an operation that ties them (a LayerNorm over them): not prunable.
     pinned: Pinned | None = None
-    # BatchNorms on the way that the switch multiplies again (PrunableLayer.reswitch_points).
+    # Modules on the way that the switch multiplies again (PrunableLayer.reswitch_points).
     reswitched: list[str] = field(default_factory=list)
 
 
@@ -136,7 +136,7 @@ class TracedModel:
         self._groups: CouplingGroups | None = None
         self._walking: str | None = None
         self.zeros = MaskedZeros(self)
-        # BatchNorms the switches multiply again, and those a walk asked for (see _coupling).
+        # Modules the switches multiply again, and those a walk asked for (see _coupling).
         self.reswitched: set[str] = set()
         self._reswitch_requests: set[str] = set()
 
@@ -422,8 +422,8 @@ class TracedModel:
             for name in self.candidates:
                 if name not in self.attentions:
                     self._walk(name)
-            # A constant BN(0) that stopped a walk at a zero-padded conv: the switch multiplies
-            # that BatchNorm too, and every walk is taken again, until no walk asks for more.
+            # A constant (BN(0), a depthwise bias) that stopped a walk at a zero-padded conv: the switch multiplies
+            # that module too, and every walk is taken again, until no walk asks for more.
             new = self._reswitch_requests - self.reswitched
             if not new:
                 break

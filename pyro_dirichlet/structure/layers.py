@@ -201,7 +201,8 @@ class PrunableLayer:
         switch_input: for a single layer, the later module whose input the switch may
             multiply instead of the ``switch_at`` output, because only operations that
             commute with a non-negative channel scale lie between (ReLU, pooling, flatten;
-            see :mod:`pyro_dirichlet.structure.placement`); ``None`` where none does.
+            see :mod:`pyro_dirichlet.structure.placement`); ``None`` where none does, and
+            where the layer has reswitch points (the switch must multiply at them too).
         block: channels are kept and dropped in aligned blocks of this many (``[0, block)``,
             ``[block, 2 * block)``...): the group size of a grouped convolution that reads
             them, since a group can only go whole; 1 (any channel on its own) by default.

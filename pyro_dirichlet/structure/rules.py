@@ -53,8 +53,9 @@ class Flow:
     uniform: bool = True
     # Where the layer's channel 0 sits along channel_dim (shifted by a concat or a channel pad).
     offset: int = 0
-    # The BatchNorm that turned the zero into the constant, where multiplying its output by
-    # the switch again would restore the zero (see PrunableLayer.reswitch_points); None otherwise.
+    # The module (a BatchNorm, a depthwise conv's bias) that turned the zero into the constant,
+    # where multiplying its output by the switch again would restore the zero (see
+    # PrunableLayer.reswitch_points); None otherwise.
     constant_from: str | None = None
 
 

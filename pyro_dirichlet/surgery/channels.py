@@ -208,17 +208,12 @@ def fold_scales(
     folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     for layer, factors in selection:
-        for member, point in zip(layer.members, layer.switch_points):
+        for point in layer.multiply_points:
             if layer.kind in ATTENTION_PARTS:
                 scale_attention_channels(modules[point], factors, ATTENTION_PARTS[layer.kind])
-            elif point == member:
+            elif point in layer.members or isinstance(modules[point], nn.Conv2d):  # a reswitched depthwise conv
                 scale_output_channels(modules[point], factors)
-            else:
-                scale_batchnorm(modules[point], factors)
-        for point in layer.reswitch_points:  # a BatchNorm, or a depthwise conv with a bias
-            if isinstance(modules[point], nn.Conv2d):
-                scale_output_channels(modules[point], factors)
-            else:
+            else:  # the BatchNorm after a member, or a reswitched one
                 scale_batchnorm(modules[point], factors)
     return folded
 
