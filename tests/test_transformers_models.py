@@ -1,9 +1,13 @@
 """Hugging Face transformers' models, built from tiny random configs (no download): torch.fx
-cannot trace them whole, so the structure analysis traces them scope by scope
-(:mod:`pyro_dirichlet.structure.scopes`) and finds the MLP hidden neurons of every block
-(BERT's intermediate, ViT's ``mlp.fc1``, GPT-2's ``Conv1D`` ``c_fc``); the pruned model's
-logits equal those of the model with the same neurons masked. The plain-torch tests run
-without transformers; the others skip, saying why."""
+cannot trace them, so the structure analysis reads the graph ``torch.export`` records
+(:mod:`pyro_dirichlet.structure.exported`), with every attention block one node. It finds the
+MLP hidden neurons of every block (BERT's intermediate, ViT's ``mlp.fc1``, GPT-2's ``Conv1D``
+``c_fc``, LLaMA's gate and up projections together) and the heads of the attention classes in
+:data:`~pyro_dirichlet.structure.hf_attention.HEAD_LAYOUTS` (whole key/value groups under
+grouped-query attention); the pruned model's logits equal those of the model with the same
+channels masked. A model neither torch.fx nor torch.export can follow is traced scope by scope
+(:mod:`pyro_dirichlet.structure.scopes`). The plain-torch tests run without transformers; the
+others skip, saying why."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def random_half(layers) -> dict:
     generator = torch.Generator().manual_seed(0)
     scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
-    return plan_keep(scores, dict.fromkeys(scores, 0.5))
+    return plan_keep(scores, dict.fromkeys(scores, 0.5), blocks={layer.name: layer.block for layer in layers})
 
 
 # --- plain torch: what the library code does, without transformers ------------------------------
@@ -85,6 +89,35 @@ def test_a_model_torch_fx_cannot_trace_is_analysed_block_by_block():
     torch.testing.assert_close(logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x))
 
 
+class SizeBranch(nn.Module):
+    """Control flow on a size: torch.fx cannot trace it, torch.export (static shapes) can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 16), nn.Linear(16, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            x = x * 2
+        return self.head(x + self.fc2(torch.relu(self.fc1(x))))
+
+
+def test_a_model_torch_fx_cannot_trace_is_analysed_from_its_exported_graph():
+    from pyro_dirichlet.structure.scopes import trace_model
+
+    torch.manual_seed(0)
+    net, x = SizeBranch().eval(), torch.randn(2, 5, 6)
+    graph = trace_model(net, (x,))
+    assert graph.gm.meta["exported"]
+    assert {n.target for n in graph.gm.graph.nodes if n.op == "call_module"} == {"fc1", "fc2", "head"}
+    (layer,) = find_prunable_layers(net, x)  # raise mode: fc2 and head are left whole by design
+    assert (layer.name, [c.name for c in layer.consumers]) == ("fc1", ["fc2"])
+    keep = random_half([layer])
+    pruned = prune_channels(net, keep, x, layers=[layer])
+    assert pruned.fc2.in_features == 8
+    torch.testing.assert_close(logits(pruned, x), logits(mask_channels(net, keep, x, layers=[layer]), x))
+
+
 def test_a_layer_named_inside_a_scope_is_found_by_its_model_name():
     net, x = Untraceable().eval(), torch.randn(2, 5, 6)
     (layer,) = find_prunable_layers(net, x, layers=["blocks.1.fc1"])
@@ -136,8 +169,8 @@ def test_the_mlp_neurons_of_a_transformer_prune_and_pruned_equals_masked(name):
     torch.manual_seed(0)
     net, x = build()
     net.eval()
-    layers = find_prunable_layers(net, x, on_unsupported="skip")
-    assert len(layers) == 2  # one MLP per block; attention and residual streams left whole
+    layers = find_prunable_layers(net, x)  # raise mode: every layer is a site, or left whole by design
+    assert hidden in [layer.name for layer in layers]
     layer = next(layer for layer in layers if layer.name == hidden)
     assert [c.name for c in layer.consumers] == [reader]
     keep = random_half(layers)
@@ -150,6 +183,56 @@ def test_the_mlp_neurons_of_a_transformer_prune_and_pruned_equals_masked(name):
     # the reader's input width shrank with the hidden layer
     weight = pruned.get_submodule(reader).weight
     assert len(keep[hidden]) in weight.shape
+
+
+def llama():
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config), torch.randint(1, 64, (2, 7))
+
+
+def distilbert():
+    config = transformers.DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=48, num_labels=3)
+    return transformers.DistilBertForSequenceClassification(config), torch.randint(0, 50, (2, 7))
+
+
+# (builder, block 0's attention, its query, key, value and output projections)
+HEADS = {
+    "bert": (bert, "bert.encoder.layer.0.attention", "self.query", "self.key", "self.value", "output.dense"),
+    "distilbert": (distilbert, "distilbert.transformer.layer.0.attention", "q_lin", "k_lin", "v_lin", "out_lin"),
+    "vit": (vit, "vit.layers.0.attention", "q_proj", "k_proj", "v_proj", "o_proj"),
+    "llama": (llama, "model.layers.0.self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),  # 2 query heads per key/value head
+}
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_attention_heads_prune_whole_and_pruned_equals_masked(name):
+    build, block, *paths = HEADS[name]
+    q, k, v, o = (f"{block}.{path}" for path in paths)
+    torch.manual_seed(0)
+    net, x = build()
+    net.eval()
+    layers = find_prunable_layers(net, x)
+    site = next(layer for layer in layers if layer.name == v)
+    query, value = net.get_submodule(q), net.get_submodule(v)
+    head_dim, per_value = site.block, query.out_features // value.out_features
+    assert site.channels == value.out_features and site.channels // head_dim >= 2
+    assert [c.name for c in site.consumers] == [q, k, o]
+    skipped = {layer.name: layer.reason for layer in layers.skipped}
+    assert all(f"pruned in whole heads as the site '{v}'" in skipped[name] for name in (q, k, o))
+    # Every site keeps its second block (head, or key/value group) only.
+    keep = {layer.name: torch.arange(layer.block, 2 * layer.block) for layer in layers}
+    pruned = prune_channels(net, keep, x, layers=layers)
+    widths = [pruned.get_submodule(name) for name in (q, k, v, o)]
+    assert [m.out_features for m in widths[:3]] == [per_value * head_dim, head_dim, head_dim]
+    assert widths[3].in_features == per_value * head_dim
+    rows = slice(per_value * head_dim, 2 * per_value * head_dim)  # the query heads the second key/value head serves
+    assert torch.equal(widths[0].weight, query.weight[rows]) and torch.equal(widths[3].weight, net.get_submodule(o).weight[:, rows])
+    got, expected = logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    assert not torch.allclose(expected, logits(net, x), atol=1e-4)  # the masked heads mattered
 
 
 def test_gpt2s_transposed_conv1d_is_sliced_along_its_stored_axes():
@@ -183,16 +266,20 @@ def test_a_dirichlet_fit_of_a_small_llama_runs_on_random_tokens():
         per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         return per_token.reshape(len(ids), -1).sum(1)
 
-    switches = DirichletSwitches(net, tokens[:2], on_unsupported="skip", likelihood=loss_likelihood(next_token_loss))
-    assert [layer.name for layer in switches.layers] == ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]
-    assert switches.layers[0].members == ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")
-    assert [consumer.name for consumer in switches.layers[0].consumers] == ["model.layers.0.mlp.down_proj"]
+    switches = DirichletSwitches(net, tokens[:2], likelihood=loss_likelihood(next_token_loss))
+    assert [layer.name for layer in switches.layers] == [
+        "model.layers.0.self_attn.v_proj", "model.layers.0.mlp.gate_proj",
+        "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.gate_proj"]
+    assert switches.layers[1].members == ("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj")
+    assert [consumer.name for consumer in switches.layers[1].consumers] == ["model.layers.0.mlp.down_proj"]
+    assert switches.layers[0].block == 8  # the value channels go in whole heads
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     result = fit(switches, [(tokens[i:i + 8], tokens[i:i + 8]) for i in range(0, 32, 8)],
                  FitConfig(epochs=2, batch_size=8, data_size=32, progress=False))
     assert result.steps == 8 and all(torch.isfinite(torch.tensor(result.elbo)))
     assert {name: c.shape for name, c in result.concentrations.items()} == {
-        "model.layers.0.mlp.gate_proj": (48,), "model.layers.1.mlp.gate_proj": (48,)}
+        "model.layers.0.self_attn.v_proj": (16,), "model.layers.0.mlp.gate_proj": (48,),
+        "model.layers.1.self_attn.v_proj": (16,), "model.layers.1.mlp.gate_proj": (48,)}
     # The fit moved the concentrations and left the language model as it was.
     assert any(not torch.allclose(c, c[0]) for c in result.concentrations.values())
     assert all(torch.equal(p, before[name]) for name, p in net.named_parameters())
@@ -207,7 +294,8 @@ def _pruned_population_model(name: str):
     generator = torch.Generator().manual_seed(0)
     scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
     counts = {name: max(1, s.numel() // (2 if i % 2 else 4)) for i, (name, s) in enumerate(scores.items())}
-    return prune_channels(model, plan_keep(scores, counts), x, layers=layers).eval(), x
+    blocks = {layer.name: layer.block for layer in layers}
+    return prune_channels(model, plan_keep(scores, counts, blocks=blocks), x, layers=layers).eval(), x
 
 
 def _outputs(model, x):

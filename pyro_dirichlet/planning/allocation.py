@@ -122,7 +122,7 @@ class CostModel:
             for consumer in layer.consumers:
                 if consumer.kind == "scale":
                     continue
-                if consumer.kind in ("batchnorm", "depthwise", "grouped", "response_norm"):
+                if consumer.kind in ("batchnorm", "depthwise", "grouped", "response_norm", "linear_out"):
                     out_width[consumer.name] -= dropped * consumer.features_per_channel
                 else:
                     in_width[consumer.name] -= dropped * consumer.features_per_channel

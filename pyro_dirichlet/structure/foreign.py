@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["LAYER_SUBCLASSES", "RESPONSE_NORM", "SAME_PADDING", "Qualified", "layer_base", "linear_features", "qualified_class"]
+__all__ = ["LAYER_SUBCLASSES", "is_rms_norm", "RESPONSE_NORM", "SAME_PADDING", "Qualified", "layer_base", "linear_features", "qualified_class"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,10 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
     if hasattr(module, "nf"):
         return module.nx, module.nf
     return module.in_features, module.out_features
+
+
+def is_rms_norm(cls: type) -> bool:
+    """A library's RMS norm over the last dimension, with one weight per feature (Hugging Face
+    defines one class per model: ``LlamaRMSNorm``, ``Qwen2RMSNorm``, T5's ``T5LayerNorm``...)."""
+    name = cls.__name__.lower()
+    return name.endswith("rmsnorm") or name == "t5layernorm"

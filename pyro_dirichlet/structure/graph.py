@@ -27,6 +27,7 @@ from pyro_dirichlet.structure._fx import (
 )
 from pyro_dirichlet.structure.attention import QUERY_KEY, attention_site
 from pyro_dirichlet.structure.coupling_groups import CouplingGroups
+from pyro_dirichlet.structure.hf_attention import head_site, is_attention_block, projections
 from pyro_dirichlet.structure.layers import (
     DEFAULT_COUPLING,
     Consumer,
@@ -130,6 +131,11 @@ class TracedModel:
                 self.attentions[name + QUERY_KEY] = (name, "query_key")
                 self.order[name + QUERY_KEY] = self.order.get(name, math.inf) + 0.5
         candidates += [name for name, (_, part) in self.attentions.items() if part == "query_key"]
+        # A library attention block is one node; its projections are one site, whole heads.
+        for owner in [name for name in self.calls if is_attention_block(self.modules[name])]:
+            for name in projections(owner, self.modules[owner]):
+                self.attentions[name] = (owner, "heads")
+                self.order[name] = self.order[owner] + 0.5
         self.candidates = sorted(candidates, key=lambda name: self.order.get(name, math.inf))
         self._walks: dict[str, _Walk | NotPrunable | UnsupportedStructureError] = {}
         self._arrivals: dict[fx.Node, list[_Arrival]] = {}
@@ -218,6 +224,10 @@ class TracedModel:
         if parametrize.is_parametrized(module):
             return NotPrunable(PARAMETRIZED)
         try:
+            if part == "heads":
+                site = head_site(owner, module)
+                return site if site.name == name else NotPrunable(
+                    f"it is a projection of attention '{owner}', pruned in whole heads as the site '{site.name}'")
             return attention_site(owner, module, self.calls.get(owner, []), part)
         except UnsupportedStructureError as err:
             if named:

@@ -122,6 +122,9 @@ class Consumer:
             or ``"response_norm"`` (timm's GlobalResponseNorm: its per-channel weight and bias
             are sliced, and its weight and ``eps`` scaled by the share of channels removed, so
             the mean over the channels it divides by stays what it was)
+            or ``"linear_out"`` (a Linear's output features, rows of its weight and bias,
+            that go with the channels: an attention head's query and key rows go with its
+            value rows; see :mod:`pyro_dirichlet.structure.hf_attention`)
             or ``"scale"`` (a parameter multiplying the channels one factor each, such as a
             ConvNeXt layer scale: ``name`` is the parameter's qualified name and ``dim`` its
             dimension holding the factors).
@@ -146,7 +149,7 @@ class Consumer:
     """
 
     name: str
-    kind: Literal["conv_in", "linear_in", "batchnorm", "depthwise", "grouped", "response_norm", "scale"]
+    kind: Literal["conv_in", "linear_in", "linear_out", "batchnorm", "depthwise", "grouped", "response_norm", "scale"]
     features_per_channel: int = 1
     zero_preserved: bool = True
     offset: int = 0

@@ -23,14 +23,9 @@ from torch import fx, nn
 
 from pyro_dirichlet.structure._fx import any_nonzero, argument, describe, shape_of
 from pyro_dirichlet.structure.foreign import (
-    LAYER_SUBCLASSES,
-    RESPONSE_NORM,
-    SAME_PADDING,
-    Qualified,
-    layer_base,
-    linear_features,
-    qualified_class,
+    LAYER_SUBCLASSES, RESPONSE_NORM, SAME_PADDING, Qualified, is_rms_norm, layer_base, linear_features, qualified_class,
 )
+from pyro_dirichlet.structure.hf_attention import is_attention_block
 from pyro_dirichlet.structure.layers import Consumer, UnsupportedStructureError
 
 __all__ = [
@@ -131,8 +126,10 @@ class Op:
 def op_of(node: fx.Node, modules: dict[str, nn.Module]) -> Op | None:
     """The table row for ``node``'s operation, or ``None`` if its effect on channels is unknown."""
     if node.op == "call_module":
-        cls = type(modules[node.target])
-        return OPS.get(cls) or OPS.get(qualified_class(cls))
+        module = modules[node.target]
+        cls = type(module)
+        found = OPS.get(cls) or OPS.get(qualified_class(cls))
+        return found or (OPS[nn.RMSNorm] if is_rms_norm(cls) else _ATTENTION if is_attention_block(module) else None)
     if node.op == "call_method":
         return OPS.get(node.target)
     if node.op == "call_function":
@@ -317,7 +314,9 @@ def _layernorm(graph, layer, flow, user, module):
     keeps them apart; over the channels it ties them (every channel shifts the others' mean
     and variance), so masking one is not removing it: the channels are pinned."""
     ndim = len(shape_of(flow.node))
-    shape = module.normalized_shape if module is not None else argument(user, 1, "normalized_shape", None)
+    # (a library's RMS norm over the last dimension may have no normalized_shape, only its weight)
+    shape = (getattr(module, "normalized_shape", None) or tuple(module.weight.shape)) if module is not None \
+        else argument(user, 1, "normalized_shape", None)
     shape = (shape,) if isinstance(shape, int) else shape
     if not isinstance(shape, (tuple, list)):
         raise graph.unknown(layer, user, "its normalised shape is not a constant")
@@ -329,6 +328,11 @@ def _layernorm(graph, layer, flow, user, module):
         )
     # A dropped channel becomes the LayerNorm's bias, which varies along the normalised dims.
     return replace(flow, node=user, may_be_nonzero=True, uniform=False)
+
+
+def _attention_input(graph, layer, flow, user, module):
+    """A library attention block (:mod:`.hf_attention`) reading the channels: its projections' inputs stay."""
+    raise Pinned(describe(user, graph.modules), "reads them in every head's projections, whose inputs are kept")
 
 
 def _prelu(graph, layer, flow, user, module):
@@ -565,6 +569,7 @@ def _rows(keys: tuple, op: Op) -> dict[Any, Op]:
 
 
 _BATCHNORM_ACT = Op(_batchnorm_act)
+_ATTENTION = Op(_attention_input)  # a library attention block (see hf_attention)
 _ZERO_TO_ZERO = _elementwise(maps_zero_to_zero=True)
 _ZERO_TO_CONSTANT = _elementwise(maps_zero_to_zero=False)
 _POOL_1D_MODULE, _POOL_2D_MODULE = _pool(1, _module_pool_padding), _pool(2, _module_pool_padding)
@@ -644,7 +649,7 @@ OPS: dict[Any, Op] = {
         (torch.permute, "permute", torch.transpose, "transpose", torch.swapaxes, "swapaxes"),
         Op(_permute),
     ),
-    nn.LayerNorm: Op(_layernorm),
+    **_rows((nn.LayerNorm, nn.RMSNorm), Op(_layernorm)),
     F.layer_norm: Op(_layernorm, parameters=True),
     operator.getitem: Op(_getitem),
     F.pad: Op(_pad),

@@ -27,6 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from pyro_dirichlet.structure._fx import trace
+from pyro_dirichlet.structure.exported import export_graph
+from pyro_dirichlet.structure.foreign import is_rms_norm
+from pyro_dirichlet.structure.hf_attention import is_attention_block
 from pyro_dirichlet.structure.graph import NotPrunable, TracedModel
 from pyro_dirichlet.structure.layers import (
     Consumer,
@@ -49,6 +52,10 @@ def trace_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> TracedModel | S
     except UnsupportedStructureError as untraceable:
         root_error: UnsupportedStructureError | None = untraceable
         gm = None
+        try:  # the whole model from torch.export, mapped back to modules; scope by scope if that fails too
+            return TracedModel(model, export_graph(model, inputs, _exported_whole))
+        except UnsupportedStructureError:
+            pass
     else:
         root_error = None
         if not gm.meta["kept_whole"]:
@@ -120,6 +127,15 @@ class ScopedModel:
 
 def _keep_whole(module_class: type) -> bool:
     return qualified_class(module_class) in OPS
+
+
+def _exported_whole(module: nn.Module) -> bool:
+    """The modules an exported graph keeps as nodes: those the op table has rows for, every
+    Conv2d/Linear, embeddings and 1-D convolutions (no channels of theirs are followed, but
+    surgery and reports name them), RMS norms and attention blocks."""
+    cls = type(module)
+    known = cls in OPS or qualified_class(cls) in OPS or layer_base(module) is not None
+    return known or isinstance(module, (nn.Embedding, nn.Conv1d)) or is_rms_norm(cls) or is_attention_block(module)
 
 
 def _restricted(graph: TracedModel, kept_whole: dict[str, str]) -> TracedModel:

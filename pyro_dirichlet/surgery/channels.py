@@ -333,9 +333,10 @@ def _check_whole_blocks(layer: PrunableLayer, values: list[int], where: str) -> 
         block = set(range(start, start + layer.block))
         if kept & block and not block <= kept:
             grouped = [c.name for c in layer.consumers if c.kind == "grouped"]
+            why = f"feeds the grouped convolution {grouped[0]!r}" if grouped else "holds the values of attention heads"
             raise ValueError(
                 f"{where} keeps part of channels {start} to {start + layer.block - 1}: layer "
-                f"'{layer.name}' feeds the grouped convolution {grouped[0]!r}, so it keeps "
+                f"'{layer.name}' {why}, so it keeps "
                 f"whole blocks of {layer.block} channels (plan_keep(..., blocks=...) rounds "
                 "to them)"
             )
@@ -517,6 +518,7 @@ def _slice_selection(
             "depthwise": lambda m: m.in_channels,
             "grouped": lambda m: m.in_channels,
             "linear_in": lambda m: linear_features(m)[0],
+            "linear_out": lambda m: linear_features(m)[1],
             "response_norm": lambda m: m.weight.numel(),
         }[kind](module)
         keep = _complement(torch.cat(parts), size)
@@ -526,5 +528,6 @@ def _slice_selection(
             "depthwise": slice_depthwise_conv2d,
             "grouped": slice_grouped_conv2d,
             "linear_in": slice_linear_in,
+            "linear_out": slice_linear_out,
             "response_norm": slice_response_norm,
         }[kind](module, keep)
