@@ -173,7 +173,9 @@ def check_ours(model: nn.Module, x: torch.Tensor) -> dict:
         return result
     layers = switches.layers
     unsupported = [{"layer": s.name, "reason": s.reason.splitlines()[0][:300]} for s in layers.unsupported]
-    skip: dict = {"sites": len(layers), "skipped_unsupported": unsupported}
+    skip: dict = {"sites": len(layers), "skipped_unsupported": unsupported,
+                  # sites pruned in whole attention heads (structure/hf_attention.py)
+                  "head_sites": sum(any(c.kind == "linear_out" for c in layer.consumers) for layer in layers)}
     generator = torch.Generator().manual_seed(SEED)
     scores = {layer.name: torch.rand(layer.channels, generator=generator) for layer in layers}
     try:

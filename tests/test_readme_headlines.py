@@ -108,3 +108,18 @@ def test_the_coverage_counts_are_the_committed_json():
             f"and the {sources.count('registry')} registered models), "
             f"{totals['raise']} prune with every layer followed and {totals['skip']} with the layers the analysis "
             f"cannot follow left whole; Torch-Pruning 1.6 runs on {totals['torch_pruning']}") in headlines()
+
+
+def test_the_timm_and_transformers_counts_are_the_committed_jsons():
+    results = ROOT / "benchmarks" / "results"
+    timm = json.loads((results / "coverage_timm.json").read_text())["totals"]
+    hf = json.loads((results / "coverage_transformers.json").read_text())
+    assert (f"Of {timm['models']} timm families, {timm['raise']} and {timm['skip']} "
+            f"(Torch-Pruning {timm['torch_pruning']})") in headlines()
+    totals = hf["totals"]
+    assert totals["raise"] == totals["models"] == 13
+    assert (f"of {totals['models']} Hugging Face transformers models") in headlines()
+    assert f"all {totals['raise']} with every layer followed" in headlines()
+    assert f"(Torch-Pruning {totals['torch_pruning']})" in headlines()
+    with_heads = sum(entry["ours"]["skip"]["head_sites"] > 0 for entry in hf["models"])
+    assert f"the attention heads of {with_heads}" in headlines()

@@ -198,8 +198,20 @@ def distilbert():
     return transformers.DistilBertForSequenceClassification(config), torch.randint(0, 50, (2, 7))
 
 
+def swin():
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3,
+    )
+    net = transformers.SwinForImageClassification(config)
+    for name, parameter in net.named_parameters():  # position biases that differ from head to head
+        if name.endswith("relative_position_bias_table"):
+            torch.nn.init.normal_(parameter)
+    return net, torch.randn(2, 3, 32, 32)
+
+
 # (builder, block 0's attention, its query, key, value and output projections)
 HEADS = {
+    "swin": (swin, "swin.encoder.layers.0.blocks.0.attention", "q_proj", "k_proj", "v_proj", "o_proj"),  # a bias per head
     "bert": (bert, "bert.encoder.layer.0.attention", "self.query", "self.key", "self.value", "output.dense"),
     "distilbert": (distilbert, "distilbert.transformer.layer.0.attention", "q_lin", "k_lin", "v_lin", "out_lin"),
     "vit": (vit, "vit.layers.0.attention", "q_proj", "k_proj", "v_proj", "o_proj"),
@@ -219,7 +231,7 @@ def test_attention_heads_prune_whole_and_pruned_equals_masked(name):
     query, value = net.get_submodule(q), net.get_submodule(v)
     head_dim, per_value = site.block, query.out_features // value.out_features
     assert site.channels == value.out_features and site.channels // head_dim >= 2
-    assert [c.name for c in site.consumers] == [q, k, o]
+    assert [c.name for c in site.consumers][:3] == [q, k, o]
     skipped = {layer.name: layer.reason for layer in layers.skipped}
     assert all(f"pruned in whole heads as the site '{v}'" in skipped[name] for name in (q, k, o))
     # Every site keeps its second block (head, or key/value group) only.
@@ -230,6 +242,10 @@ def test_attention_heads_prune_whole_and_pruned_equals_masked(name):
     assert widths[3].in_features == per_value * head_dim
     rows = slice(per_value * head_dim, 2 * per_value * head_dim)  # the query heads the second key/value head serves
     assert torch.equal(widths[0].weight, query.weight[rows]) and torch.equal(widths[3].weight, net.get_submodule(o).weight[:, rows])
+    if name == "swin":  # the second head's column of the relative position bias table stays
+        table = "relative_position_bias.relative_position_bias_table"
+        original = net.get_submodule(block).get_submodule(table.rpartition(".")[0]).relative_position_bias_table
+        assert torch.equal(pruned.get_submodule(block).get_parameter(table), original[:, 1:2])
     got, expected = logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x)
     assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
     assert not torch.allclose(expected, logits(net, x), atol=1e-4)  # the masked heads mattered
@@ -304,7 +320,7 @@ def _outputs(model, x):
     return out.logits if hasattr(out, "logits") else out
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "resnet", "t5", "whisper"])
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "resnet", "swin", "t5", "whisper"])
 def test_a_pruned_model_saves_and_reloads_through_save_pretrained(name, tmp_path):
     import json
 

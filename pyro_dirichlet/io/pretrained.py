@@ -4,7 +4,8 @@ Hugging Face rebuilds a model from its config, in which one ``intermediate_size`
 block; a pruned model's blocks keep widths of their own, so ``transformers``' own
 ``from_pretrained`` stops at the first weight of another shape. :func:`save_pretrained`
 writes the config (``config.save_pretrained``) with the widths of every Linear, GPT-2
-``Conv1D``, Conv2d and BatchNorm that differs from what the config builds, and the weights
+``Conv1D``, Conv2d and BatchNorm that differs from what the config builds (and the shape of any
+other parameter pruning sliced: a per-head position bias), and the weights
 as ``pruned.safetensors`` under the model's own parameter names (Hugging Face's writer would
 rename some to an older layout). :func:`from_pretrained` builds the model from the config,
 narrows those layers, and loads the weights strictly: every tensor must find its place, of
@@ -29,10 +30,13 @@ from torch import nn
 # Imports no Pyro: a saved model loads where only torch and transformers are installed.
 from pyro_dirichlet.surgery.slicing import is_transposed_linear
 
-__all__ = ["PRUNED_WIDTHS", "from_pretrained", "save_pretrained"]
+__all__ = ["PRUNED_SHAPES", "PRUNED_WIDTHS", "from_pretrained", "save_pretrained"]
 
 #: The config attribute holding ``{module name: {width attribute: value}}`` of the narrowed layers.
 PRUNED_WIDTHS = "pyro_dirichlet_pruned_widths"
+#: The config attribute holding ``{parameter name: shape}`` of the other parameters that pruning
+#: sliced (one entry per head: Swin's relative position bias table).
+PRUNED_SHAPES = "pyro_dirichlet_pruned_shapes"
 #: The weights file, beside ``config.json``.
 WEIGHTS = "pruned.safetensors"
 
@@ -89,12 +93,19 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> Path
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face PreTrainedModel, got a {type(model).__name__}.")
     with torch.device("meta"):
-        reference = _widths(type(model)(model.config))
+        built = type(model)(model.config)
+    reference = _widths(built)
     narrowed = {name: widths for name, widths in _widths(model).items() if reference.get(name) != widths}
+    shapes = {name: tuple(p.shape) for name, p in built.named_parameters()}
+    reshaped = {
+        name: list(p.shape) for name, p in model.named_parameters()
+        if name.rpartition(".")[0] not in reference and shapes.get(name) != tuple(p.shape)
+    }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(model.config)
     setattr(config, PRUNED_WIDTHS, narrowed)
+    setattr(config, PRUNED_SHAPES, reshaped)
     config.architectures = [type(model).__name__]  # what transformers' own save_pretrained records
     config.save_pretrained(directory)
     # save_model writes a tensor shared by two names (tied embeddings) once.
@@ -143,6 +154,12 @@ def from_pretrained(directory: str | os.PathLike[str], *, model_class: type | No
         if expected is None or set(widths) != set(expected):
             raise ValueError(f"{directory}/config.json narrows '{name}', which the model has no such layer for.")
         _narrow(module, widths)
+    for name, shape in (getattr(config, PRUNED_SHAPES, None) or {}).items():
+        owner, _, attribute = name.rpartition(".")
+        parameter = getattr(modules.get(owner), attribute, None)
+        if not isinstance(parameter, nn.Parameter) or len(shape) != parameter.dim():
+            raise ValueError(f"{directory}/config.json reshapes '{name}', which the model has no such parameter for.")
+        setattr(modules[owner], attribute, nn.Parameter(parameter.new_empty(shape), requires_grad=parameter.requires_grad))
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except RuntimeError as error:  # a tensor of another shape

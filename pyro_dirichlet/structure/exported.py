@@ -255,6 +255,10 @@ def _index(node: fx.Node, tensor: fx.Node) -> tuple[fx.Node, tuple]:
 
 
 def _record_shape(exported: fx.Node, rebuilt: fx.Node) -> None:
+    """The recorded shape, and the module stack keyed by path as torch.fx keys it (errors name the module)."""
     value = exported.meta.get("val")
     if isinstance(value, Tensor):
         rebuilt.meta["shape"] = tuple(int(size) for size in value.shape)
+    stack = exported.meta.get("nn_module_stack") or {}
+    if rebuilt.op != "call_module":
+        rebuilt.meta["nn_module_stack"] = {path: (path, cls) for path, cls in stack.values() if path}

@@ -8,7 +8,8 @@ columns of the output projection read zeros, and removing it removes the value r
 output column. Hugging Face's modules reshape the projections into heads of a fixed
 ``head_dim`` (``view(..., -1, head_dim)``): channels can only go as **whole heads**, so the
 site's block is ``head_dim`` (:attr:`PrunableLayer.block`), and a head's query and key rows
-go with its value rows (:class:`Consumer` kind ``"linear_out"``). Under grouped-query
+go with its value rows (:class:`Consumer` kind ``"linear_out"``), as does its entry of a
+per-head parameter (Swin's relative position bias, a ``"scale"`` consumer). Under grouped-query
 attention one key/value head serves ``n`` query heads, so a block is a key/value *group*:
 its key and value rows, and the ``n`` query heads' rows and output columns. A masked head's
 value is zero, so its output is zero whatever its queries and keys: the masked network is
@@ -16,8 +17,8 @@ the pruned one, and a block's ``num_key_value_groups`` and ``head_dim`` stay wha
 
 :data:`HEAD_LAYOUTS` names the projections of each attention class whose forward reshapes
 with ``-1`` heads (so that it runs with fewer). Other attention blocks (a class name ending
-in ``Attention`` with two or more projections as children: GPT-2's fused ``c_attn``, T5's
-position bias shared by every layer, Swin's per-head position bias, Whisper's cross-attention
+in ``Attention`` with two or more projections as children: GPT-2's fused ``c_attn`` split at
+a fixed ``split_size``, T5's position bias shared by every layer, Whisper's cross-attention
 sized by ``num_heads``) are still single nodes of the graph; their heads are not pruned, and
 their projections are reported as such.
 """
@@ -43,6 +44,8 @@ class HeadLayout:
     value: str
     output: str
     head_dim: str
+    #: parameters holding one entry per head, and the dimension that indexes the heads
+    per_head: tuple[tuple[str, int], ...] = ()
 
     @property
     def paths(self) -> tuple[str, str, str, str]:
@@ -59,6 +62,10 @@ HEAD_LAYOUTS: dict[str, HeadLayout] = {
     f"{_MODELS}.qwen2.modeling_qwen2.Qwen2Attention": _PROJ,
     f"{_MODELS}.mistral.modeling_mistral.MistralAttention": _PROJ,
     f"{_MODELS}.vit.modeling_vit.ViTAttention": _PROJ,
+    f"{_MODELS}.swin.modeling_swin.SwinAttention": HeadLayout(
+        "q_proj", "k_proj", "v_proj", "o_proj", "head_dim",
+        per_head=(("relative_position_bias.relative_position_bias_table", 1),),
+    ),
     f"{_MODELS}.bert.modeling_bert.BertAttention": _BERT,
     f"{_MODELS}.roberta.modeling_roberta.RobertaAttention": _BERT,
     f"{_MODELS}.distilbert.modeling_distilbert.DistilBertSelfAttention": HeadLayout(
@@ -110,6 +117,8 @@ def head_site(name: str, module: nn.Module) -> PrunableLayer:
         problem = "its query/output and key/value widths do not match"
     elif value.out_features % head_dim or query.out_features % value.out_features:
         problem = f"its widths are not whole heads of {head_dim} channels in whole key/value groups"
+    elif layout.per_head and query.out_features != value.out_features:
+        problem = "it has per-head parameters and grouped keys and values"
     if problem is not None:
         raise UnsupportedStructureError(f"cannot prune the heads of attention '{name}': {problem}")
     queries_per_value = query.out_features // value.out_features  # query heads per key/value head
@@ -123,6 +132,7 @@ def head_site(name: str, module: nn.Module) -> PrunableLayer:
             Consumer(query_name, "linear_out", features_per_channel=queries_per_value),
             Consumer(key_name, "linear_out"),
             Consumer(output_name, "linear_in", features_per_channel=queries_per_value),
+            *(Consumer(f"{name}.{path}", "scale", dim=dim, channels_per_feature=head_dim) for path, dim in layout.per_head),
         ),
         block=head_dim,
     )

@@ -140,6 +140,9 @@ class Consumer:
             ``a``'s width (times the features per channel once flattened); after a channel
             zero-padding, at the number of channels padded in front.
         dim: for a ``"scale"`` consumer, the parameter's dimension that indexes channels.
+        channels_per_feature: how many consecutive channels share one feature: 1 normally;
+            an attention head's ``head_dim`` for a parameter with one entry per head (Swin's
+            relative position bias), which goes when the head's channels go (whole heads).
 
     Example:
         >>> Consumer("fc1", "linear_in", features_per_channel=16).feature_indices([0, 2]).tolist()[:3]
@@ -154,6 +157,7 @@ class Consumer:
     zero_preserved: bool = True
     offset: int = 0
     dim: int = 0
+    channels_per_feature: int = 1
 
     def feature_indices(self, channels: Sequence[int] | Tensor) -> Tensor:
         """The consumer's input-feature indices that belong to the given layer channels.
@@ -165,6 +169,8 @@ class Consumer:
             A 1-D ``int64`` tensor, channel by channel, each channel's features in order.
         """
         channels = torch.as_tensor(channels, dtype=torch.long).reshape(-1, 1)
+        if self.channels_per_feature > 1:  # whole blocks of channels share each feature
+            return torch.unique(channels // self.channels_per_feature) + self.offset
         offsets = torch.arange(self.features_per_channel, dtype=torch.long, device=channels.device)
         return (channels * self.features_per_channel + offsets).reshape(-1) + self.offset
 
