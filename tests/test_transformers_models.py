@@ -219,6 +219,36 @@ HEADS = {
 }
 
 
+def test_gpt2s_heads_are_the_value_third_of_its_fused_projection():
+    torch.manual_seed(0)
+    net, x = gpt2()
+    net.eval()
+    layers = find_prunable_layers(net, x)
+    site = next(layer for layer in layers if layer.name == "transformer.h.0.attn.c_attn")
+    assert (site.channels, site.offset, site.block) == (32, 64, 8)
+    assert [(c.name, c.kind, c.offset) for c in site.consumers] == [
+        ("transformer.h.0.attn.c_attn", "linear_out", 0), ("transformer.h.0.attn.c_attn", "linear_out", 32),
+        ("transformer.h.0.attn.c_proj", "linear_in", 0)]
+    keep = {layer.name: torch.arange(layer.block, 2 * layer.block) for layer in layers}  # head 1 of each block
+    pruned = prune_channels(net, keep, x, layers=layers)
+    attention, original = pruned.transformer.h[0].attn, net.transformer.h[0].attn
+    assert (attention.split_size, attention.num_heads, attention.c_attn.nf, attention.c_proj.nx) == (8, 1, 24, 8)
+    head = torch.cat([torch.arange(8, 16) + offset for offset in (0, 32, 64)])  # its query, key and value
+    assert torch.equal(attention.c_attn.weight, original.c_attn.weight[:, head])
+    got, expected = logits(pruned, x), logits(mask_channels(net, keep, x, layers=layers), x)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    assert not torch.allclose(expected, logits(net, x), atol=1e-4)
+    # A switch scales the value third only: folded into c_attn's columns, it is what the hook computes.
+    from pyro_dirichlet.repair.calibrate import scaled_channels
+    from pyro_dirichlet.surgery import fold_scales
+
+    scales = {site.name: torch.linspace(0.5, 2.0, site.channels)}
+    with scaled_channels(net, [site], scales):
+        hooked = logits(net, x)
+    torch.testing.assert_close(logits(fold_scales(net, scales, x, layers=[site]), x), hooked)
+    assert not torch.allclose(hooked, logits(net, x), atol=1e-4)
+
+
 @pytest.mark.parametrize("name", HEADS)
 def test_attention_heads_prune_whole_and_pruned_equals_masked(name):
     build, block, *paths = HEADS[name]
@@ -254,7 +284,7 @@ def test_attention_heads_prune_whole_and_pruned_equals_masked(name):
 def test_gpt2s_transposed_conv1d_is_sliced_along_its_stored_axes():
     torch.manual_seed(0)
     net, x = gpt2()
-    layers = find_prunable_layers(net.eval(), x, on_unsupported="skip")
+    layers = [layer for layer in find_prunable_layers(net.eval(), x) if ".mlp." in layer.name]
     keep = {layer.name: torch.arange(0, layer.channels, 4) for layer in layers}
     pruned = prune_channels(net, keep, x, layers=layers)
     mlp = pruned.transformer.h[0].mlp

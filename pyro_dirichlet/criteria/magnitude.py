@@ -30,7 +30,9 @@ def _output_weight(module: nn.Module, layer: PrunableLayer) -> torch.Tensor:
     if layer.kind == "query_key":
         queries, keys, _ = module.in_proj_weight.chunk(3)
         return torch.cat([queries, keys], dim=1)
-    return module.weight
+    # Hugging Face's Conv1D stores its weight (in, out); a fused projection's channels are a slice.
+    weight = module.weight.T if type(module).__qualname__ == "Conv1D" else module.weight
+    return weight.narrow(0, layer.offset, layer.channels)
 
 
 @register_criterion("l1-norm")

@@ -144,7 +144,7 @@ class _Tails:
         self._values: dict[fx.Node, object] = {}
 
     def _node(self, layer: PrunableLayer) -> fx.Node | None:
-        if self.graph is None or layer.kind in ATTENTION_PARTS or len(layer.multiply_points) != 1:
+        if self.graph is None or layer.kind in ATTENTION_PARTS or len(layer.multiply_points) != 1 or layer.offset:
             return None
         calls = [node for node in self.graph.graph.nodes if node.op == "call_module" and node.target == layer.switch_points[0]]
         return calls[0] if len(calls) == 1 else None

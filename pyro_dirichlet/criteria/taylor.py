@@ -74,7 +74,8 @@ class Taylor:
                 loss.backward()
                 for layer in layers:
                     a = activations[layer.name]
-                    product = (a * a.grad).movedim(layer.channel_dim, 1)  # a Linear's channels are last
+                    product = (a * a.grad).narrow(layer.channel_dim, layer.offset, layer.channels)
+                    product = product.movedim(layer.channel_dim, 1)  # a Linear's channels are last
                     contribution = product.flatten(2).sum(2) if a.dim() > 2 else product
                     sums[layer.name] += contribution.abs().sum(0).detach().to(torch.float64).cpu()
                 seen += len(labels)

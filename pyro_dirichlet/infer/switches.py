@@ -415,8 +415,9 @@ def _scale_output(scale: torch.Tensor, layer: PrunableLayer):
 
     def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         # conv channels are dim 1, linear features the last dim (also for 3-D inputs).
-        shape = layer.broadcast_shape(output.dim())
-        return _multiply(output, scale.reshape(*scale.shape[:-1], *shape))
+        width = output.shape[layer.channel_dim]
+        shape = layer.broadcast_shape(output.dim(), width)
+        return _multiply(output, layer.widened(scale, width).reshape(*scale.shape[:-1], *shape))
 
     return hook
 

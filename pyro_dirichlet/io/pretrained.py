@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 # Imports no Pyro: a saved model loads where only torch and transformers are installed.
+from pyro_dirichlet.structure.hf_attention import resize_attention_blocks
 from pyro_dirichlet.surgery.slicing import is_transposed_linear
 
 __all__ = ["PRUNED_SHAPES", "PRUNED_WIDTHS", "from_pretrained", "save_pretrained"]
@@ -160,6 +161,7 @@ def from_pretrained(directory: str | os.PathLike[str], *, model_class: type | No
         if not isinstance(parameter, nn.Parameter) or len(shape) != parameter.dim():
             raise ValueError(f"{directory}/config.json reshapes '{name}', which the model has no such parameter for.")
         setattr(modules[owner], attribute, nn.Parameter(parameter.new_empty(shape), requires_grad=parameter.requires_grad))
+    resize_attention_blocks(model)
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except RuntimeError as error:  # a tensor of another shape

@@ -24,7 +24,7 @@ from pyro_dirichlet.measure import count_flops, count_parameters
 from pyro_dirichlet.planning.plan import plan_keep
 from pyro_dirichlet.structure import PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
-from pyro_dirichlet.structure.foreign import RESPONSE_NORM, qualified_class
+from pyro_dirichlet.structure.foreign import RESPONSE_NORM, layer_base, linear_features, qualified_class
 from pyro_dirichlet.surgery import prune_channels
 
 __all__ = ["COSTS", "Cost", "CostModel", "DEFAULT_COST", "budget_counts", "uniform_counts", "pruned_cost", "keep_from_budget"]
@@ -118,7 +118,7 @@ class CostModel:
             layer = self.layers[name]
             dropped = layer.channels - count
             for name in _priced(layer):
-                out_width[name] = count
+                out_width[name] -= dropped  # (a fused projection's other parts stay)
             for consumer in layer.consumers:
                 if consumer.kind == "scale":
                     continue
@@ -148,8 +148,9 @@ def _sliced(module: nn.Module, positions: int, part: str | None = None) -> _Slic
         if module.groups > 1:  # depthwise or grouped: whole groups go, each group's inputs stay
             return _Sliced("grouped", module.out_channels, module.in_channels // module.groups, window, positions, biases)
         return _Sliced("conv", module.out_channels, module.in_channels, window, positions, biases)
-    if isinstance(module, nn.Linear):
-        return _Sliced("linear", module.out_features, module.in_features, 1, positions, biases)
+    if isinstance(module, nn.Linear) or layer_base(module) is nn.Linear:  # also HF's Conv1D, weight stored (in, out)
+        features_in, features_out = linear_features(module)
+        return _Sliced("linear", features_out, features_in, 1, positions, biases)
     if qualified_class(type(module)) == RESPONSE_NORM:  # a weight and a bias per channel, priced like a BatchNorm's
         return _Sliced("batchnorm", module.weight.numel(), 0, 1, positions, 2)
     if isinstance(module, nn.MultiheadAttention):
@@ -181,7 +182,8 @@ def _output_positions(network: nn.Module, modules: dict[str, nn.Module], example
                 positions[name] = math.prod(output[0].shape[:-1])
                 return
             shape = output.shape
-            per_channel = shape[2:] if not isinstance(module, nn.Linear) else shape[1:-1]
+            linear = isinstance(module, nn.Linear) or layer_base(module) is nn.Linear  # or HF's Conv1D
+            per_channel = shape[1:-1] if linear else shape[2:]
             positions[name] = math.prod(per_channel)
 
         return hook

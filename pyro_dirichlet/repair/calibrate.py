@@ -169,7 +169,7 @@ def scaled_channels(network: nn.Module, layers: Sequence[PrunableLayer], scales:
         def multiply(module, inputs, output):
             # Channels are dimension 1 of a conv's output, the last of a Linear's (also of
             # its (N, T, C) token outputs) and of an attention's values and queries.
-            return output * scale.view(layer.broadcast_shape(output.dim()))
+            return layer.scaled(output, scale)
 
         return multiply
 

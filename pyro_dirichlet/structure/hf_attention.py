@@ -16,11 +16,15 @@ value is zero, so its output is zero whatever its queries and keys: the masked n
 the pruned one, and a block's ``num_key_value_groups`` and ``head_dim`` stay what they were.
 
 :data:`HEAD_LAYOUTS` names the projections of each attention class whose forward reshapes
-with ``-1`` heads (so that it runs with fewer). Other attention blocks (a class name ending
-in ``Attention`` with two or more projections as children: GPT-2's fused ``c_attn`` split at
-a fixed ``split_size``, T5's position bias shared by every layer, Whisper's cross-attention
-sized by ``num_heads``) are still single nodes of the graph; their heads are not pruned, and
-their projections are reported as such.
+with ``-1`` heads (so that it runs with fewer). GPT-2 makes queries, keys and values with one
+``Conv1D`` (``c_attn``): its site is that projection's value third (:attr:`PrunableLayer.offset`),
+the query and key thirds go with the heads, and :func:`resize_attention_blocks` sets the
+``split_size`` its forward splits at after surgery and after a reload.
+
+Other attention blocks (a class name ending in ``Attention`` with two or more projections as
+children: T5's position bias shared by every layer, Whisper's cross-attention sized by
+``num_heads``) are still single nodes of the graph; their heads are not pruned, and their
+projections are reported as such.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pyro_dirichlet.structure.foreign import layer_base, qualified_class
+from pyro_dirichlet.structure.foreign import layer_base, linear_features, qualified_class
 from pyro_dirichlet.structure.layers import Consumer, PrunableLayer, UnsupportedStructureError
 
-__all__ = ["HEAD_LAYOUTS", "HeadLayout", "head_site", "is_attention_block", "projections"]
+__all__ = ["HEAD_LAYOUTS", "HeadLayout", "head_site", "is_attention_block", "projections", "resize_attention_blocks"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class HeadLayout:
     head_dim: str
     #: parameters holding one entry per head, and the dimension that indexes the heads
     per_head: tuple[tuple[str, int], ...] = ()
+    #: query, key and value are one projection (``query == key == value``), in that order
+    fused: bool = False
 
     @property
     def paths(self) -> tuple[str, str, str, str]:
@@ -66,6 +72,7 @@ HEAD_LAYOUTS: dict[str, HeadLayout] = {
         "q_proj", "k_proj", "v_proj", "o_proj", "head_dim",
         per_head=(("relative_position_bias.relative_position_bias_table", 1),),
     ),
+    f"{_MODELS}.gpt2.modeling_gpt2.GPT2Attention": HeadLayout("c_attn", "c_attn", "c_attn", "c_proj", "head_dim", fused=True),
     f"{_MODELS}.bert.modeling_bert.BertAttention": _BERT,
     f"{_MODELS}.roberta.modeling_roberta.RobertaAttention": _BERT,
     f"{_MODELS}.distilbert.modeling_distilbert.DistilBertSelfAttention": HeadLayout(
@@ -107,9 +114,11 @@ def head_site(name: str, module: nn.Module) -> PrunableLayer:
             f"cannot prune the heads of attention '{name}': {type(module).__name__} is not among the "
             "attention classes whose heads are pruned (pyro_dirichlet.structure.hf_attention.HEAD_LAYOUTS)"
         )
-    query, key, value, output = (module.get_submodule(path) for path in layout.paths)
     head_dim = module.get_submodule(layout.head_dim.rpartition(".")[0]) if "." in layout.head_dim else module
     head_dim = getattr(head_dim, layout.head_dim.rpartition(".")[2])
+    if layout.fused:
+        return _fused_site(name, module, layout, head_dim)
+    query, key, value, output = (module.get_submodule(path) for path in layout.paths)
     problem = None
     if not all(type(m) is nn.Linear for m in (query, key, value, output)):
         problem = "its projections are not all nn.Linear"
@@ -136,3 +145,53 @@ def head_site(name: str, module: nn.Module) -> PrunableLayer:
         ),
         block=head_dim,
     )
+
+
+def _fused_site(name: str, module: nn.Module, layout: HeadLayout, head_dim: int) -> PrunableLayer:
+    """The value channels of a block whose one projection makes queries, keys and values (GPT-2's
+    ``c_attn``): its last third, an ``offset`` site; the first two thirds go with the heads."""
+    fused, output = module.get_submodule(layout.value), module.get_submodule(layout.output)
+    problem = None
+    if layer_base(fused) is not nn.Linear or layer_base(output) is not nn.Linear:
+        problem = "its projections are not linear layers"
+    elif getattr(module, "is_cross_attention", False):
+        problem = "it is a cross-attention, whose queries come from a projection of their own"
+    else:
+        width = linear_features(fused)[1] // 3
+        if linear_features(fused)[1] % 3 or width % head_dim or linear_features(output)[0] != width:
+            problem = f"its widths are not three parts of whole heads of {head_dim} channels"
+    if problem is not None:
+        raise UnsupportedStructureError(f"cannot prune the heads of attention '{name}': {problem}")
+    fused_name, output_name = f"{name}.{layout.value}", f"{name}.{layout.output}"
+    return PrunableLayer(
+        fused_name,
+        "linear",
+        width,
+        fused_name,
+        (
+            Consumer(fused_name, "linear_out"),  # the queries
+            Consumer(fused_name, "linear_out", offset=width),  # the keys
+            Consumer(output_name, "linear_in"),
+        ),
+        block=head_dim,
+        offset=2 * width,
+    )
+
+
+def _gpt2_resize(module: nn.Module) -> None:
+    # forward splits c_attn's output at split_size: the width of each of its three parts
+    module.split_size = linear_features(module.c_attn)[1] // 3
+    module.num_heads = module.split_size // module.head_dim
+
+
+# Attributes of a block that must follow its projections' widths, by class: set after surgery
+# and after a reload (pyro_dirichlet.io.pretrained).
+_RESIZE = {f"{_MODELS}.gpt2.modeling_gpt2.GPT2Attention": _gpt2_resize}
+
+
+def resize_attention_blocks(model: nn.Module) -> None:
+    """Set the attributes of ``model``'s attention blocks that follow their projections' widths."""
+    for module in model.modules():
+        resize = _RESIZE.get(qualified_class(type(module)).name)
+        if resize is not None:
+            resize(module)

@@ -220,6 +220,10 @@ class PrunableLayer:
             convolution cannot absorb: a BatchNorm's ``BN(0)`` (a pre-activation block,
             RepVGG's identity branch), a depthwise conv's bias (StarNet); multiplying there
             makes the masked network the pruned one.
+        offset: the members' channels are their output features ``[offset, offset + channels)``:
+            0 normally; the value part of a fused query/key/value projection (GPT-2's
+            ``c_attn``), whose other features are left alone by the switch and go with the
+            heads as ``"linear_out"`` consumers of the same module.
 
     Example:
         >>> layers = find_prunable_layers(model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
@@ -238,6 +242,7 @@ class PrunableLayer:
     switch_input: SwitchInput | None = None
     block: int = 1
     reswitch_points: tuple[str, ...] = ()
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -267,11 +272,13 @@ class PrunableLayer:
         # output, where the last dimension is also dimension 1.
         return 1 if self.kind == "conv" else -1
 
-    def broadcast_shape(self, ndim: int) -> tuple[int, ...]:
+    def broadcast_shape(self, ndim: int, width: int | None = None) -> tuple[int, ...]:
         """Shape to which a per-channel vector is reshaped to multiply an ``ndim``-D output.
 
         Args:
             ndim: number of dimensions of the ``switch_at`` module's output.
+            width: the output's size along the channel dimension (:meth:`widened`'s); the
+                channel count by default.
 
         Example:
             >>> PrunableLayer("c", "conv", 20, "c", ()).broadcast_shape(4)
@@ -283,8 +290,27 @@ class PrunableLayer:
                 f"for layer '{self.name}'"
             )
         shape = [1] * ndim
-        shape[self.channel_dim] = self.channels
+        shape[self.channel_dim] = self.channels if width is None else width
         return tuple(shape)
+
+    def widened(self, factors: Tensor, width: int) -> Tensor:
+        """Per-channel ``factors`` (``(..., channels)``) for all ``width`` output features of a
+        member: ones outside ``[offset, offset + channels)``; ``factors`` itself when the
+        channels are the whole output.
+
+        Example:
+            >>> PrunableLayer("qkv", "linear", 2, "qkv", (), offset=4).widened(torch.zeros(2), 6).tolist()
+            [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+        """
+        if self.offset == 0 and width == self.channels:
+            return factors
+        ones = factors.new_ones(*factors.shape[:-1], width)
+        return torch.cat([ones[..., : self.offset], factors, ones[..., self.offset + self.channels:]], dim=-1)
+
+    def scaled(self, output: Tensor, factors: Tensor) -> Tensor:
+        """A member's (or BatchNorm's) ``output`` with channel ``c`` multiplied by ``factors[c]``."""
+        width = output.shape[self.channel_dim]
+        return output * self.widened(factors, width).view(self.broadcast_shape(output.dim(), width))
 
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pyro_dirichlet.structure import Consumer, PrunableLayer, find_prunable_layers
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.structure.hf_attention import resize_attention_blocks
 from pyro_dirichlet.structure.rules import OPS, fused_activation, linear_features
 from pyro_dirichlet.surgery.attention import scale_attention_channels, slice_attention
 from pyro_dirichlet.surgery.slicing import (
@@ -109,6 +110,7 @@ def prune_channels(
     for name, delta in corrections.items():
         add_to_bias(modules[name], delta)
     _slice_selection(modules, selection)
+    resize_attention_blocks(pruned)
 
     try:
         _forward_in_eval_mode(pruned, inputs)
@@ -212,7 +214,9 @@ def fold_scales(
             if layer.kind in ATTENTION_PARTS:
                 scale_attention_channels(modules[point], factors, ATTENTION_PARTS[layer.kind])
             elif point in layer.members or isinstance(modules[point], nn.Conv2d):  # a reswitched depthwise conv
-                scale_output_channels(modules[point], factors)
+                module = modules[point]
+                width = module.out_channels if isinstance(module, nn.Conv2d) else linear_features(module)[1]
+                scale_output_channels(module, layer.widened(factors, width))
             else:  # the BatchNorm after a member, or a reswitched one
                 scale_batchnorm(modules[point], factors)
     return folded
@@ -276,7 +280,7 @@ def _given_layers(
             width = getattr(module, "out_channels", getattr(module, "out_features", getattr(module, "nf", None)))
             if layer.kind in ATTENTION_PARTS:
                 width = getattr(module, "embed_dim", None)
-            if width != layer.channels:
+            if width != layer.channels and not (layer.offset and width is not None and width >= layer.offset + layer.channels):
                 raise ValueError(
                     f"layers do not describe this model: layer '{layer.name}' has "
                     f"{layer.channels} channels in layers, but the model's '{member}' is "
@@ -389,8 +393,7 @@ def _masked_copy(model: nn.Module, selection: list[tuple[PrunableLayer, Tensor]]
 
 def _multiply_channels_hook(layer: PrunableLayer, factors: Tensor) -> Callable:
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-        shape = layer.broadcast_shape(output.dim())
-        return output * factors.to(device=output.device, dtype=output.dtype).view(shape)
+        return layer.scaled(output, factors.to(device=output.device, dtype=output.dtype))
 
     return hook
 
@@ -493,9 +496,12 @@ def _slice_selection(
         if layer.kind in ATTENTION_PARTS:
             attentions.setdefault(layer.switch_at, {})[ATTENTION_PARTS[layer.kind]] = kept
             continue
-        for member in layer.members:
-            (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(modules[member], kept)
         removed = _complement(kept, layer.channels)
+        for member in layer.members:
+            if layer.offset:  # part of a fused projection: sliced once with its other parts
+                dropped.setdefault(member, ("linear_out", []))[1].append(removed + layer.offset)
+                continue
+            (slice_conv2d_out if layer.kind == "conv" else slice_linear_out)(modules[member], kept)
         for consumer in layer.consumers:
             dims[consumer.name] = consumer.dim
             entry = dropped.setdefault(consumer.name, (consumer.kind, []))
