@@ -20,9 +20,9 @@ from pyro_dirichlet.structure import UnsupportedStructureError, find_prunable_la
 from pyro_dirichlet.surgery import mask_channels, prune_channels
 
 
-def logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def logits(net: nn.Module, x: torch.Tensor | tuple) -> torch.Tensor:
     with torch.no_grad():
-        out = net.eval()(x)
+        out = net.eval()(*x) if isinstance(x, tuple) else net.eval()(x)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -209,8 +209,17 @@ def swin():
     return net, torch.randn(2, 3, 32, 32)
 
 
+def whisper():
+    from benchmarks.transformers_population import build
+
+    net, x, _ = build("whisper", 2, 0)
+    return net, x
+
+
 # (builder, block 0's attention, its query, key, value and output projections)
 HEADS = {
+    # a cross-attention: keys and values from the encoder, viewed as num_heads heads
+    "whisper": (whisper, "model.decoder.layers.0.encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
     "swin": (swin, "swin.encoder.layers.0.blocks.0.attention", "q_proj", "k_proj", "v_proj", "o_proj"),  # a bias per head
     "bert": (bert, "bert.encoder.layer.0.attention", "self.query", "self.key", "self.value", "output.dense"),
     "distilbert": (distilbert, "distilbert.transformer.layer.0.attention", "q_lin", "k_lin", "v_lin", "out_lin"),

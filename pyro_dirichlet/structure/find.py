@@ -44,7 +44,11 @@ def find_prunable_layers(
     every ``nn.MultiheadAttention`` called without masks: its value channels (``kind="attention"``,
     named after the module) and its query/key channels (``kind="query_key"``, named
     ``<module>.query_key``); see :mod:`pyro_dirichlet.structure.attention`. An attention it
-    cannot prune is listed in ``skipped`` as unsupported, never raised. Between a layer
+    cannot prune is listed in ``skipped`` as unsupported, never raised; likewise the heads of a
+    library's attention block (Hugging Face's, :mod:`pyro_dirichlet.structure.hf_attention`),
+    a site named after its value projection and pruned in whole heads. A model torch.fx cannot
+    trace is read from the graph ``torch.export`` records
+    (:mod:`pyro_dirichlet.structure.exported`). Between a layer
     and its consumers only operations in the op table (:mod:`pyro_dirichlet.structure.rules`)
     may appear: element-wise activations (modules, ``F.*`` and ``torch.*`` functions, tensor
     methods, products with a number), Dropout and stochastic depth (identities in eval mode),

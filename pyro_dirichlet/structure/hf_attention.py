@@ -19,12 +19,13 @@ the pruned one, and a block's ``num_key_value_groups`` and ``head_dim`` stay wha
 with ``-1`` heads (so that it runs with fewer). GPT-2 makes queries, keys and values with one
 ``Conv1D`` (``c_attn``): its site is that projection's value third (:attr:`PrunableLayer.offset`),
 the query and key thirds go with the heads, and :func:`resize_attention_blocks` sets the
-``split_size`` its forward splits at after surgery and after a reload.
+``split_size`` its forward splits at after surgery and after a reload (and Whisper's
+``num_heads``, which its cross-attention views keys and values with).
 
 Other attention blocks (a class name ending in ``Attention`` with two or more projections as
-children: T5's position bias shared by every layer, Whisper's cross-attention sized by
-``num_heads``) are still single nodes of the graph; their heads are not pruned, and their
-projections are reported as such.
+children: T5's, whose position bias the first layer computes per head and every later layer
+of the stack adds, so that heads would have to go together across layers) are still single
+nodes of the graph; their heads are not pruned, and their projections are reported as such.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ HEAD_LAYOUTS: dict[str, HeadLayout] = {
         "q_proj", "k_proj", "v_proj", "o_proj", "head_dim",
         per_head=(("relative_position_bias.relative_position_bias_table", 1),),
     ),
+    f"{_MODELS}.whisper.modeling_whisper.WhisperAttention": HeadLayout("q_proj", "k_proj", "v_proj", "out_proj", "head_dim"),
     f"{_MODELS}.gpt2.modeling_gpt2.GPT2Attention": HeadLayout("c_attn", "c_attn", "c_attn", "c_proj", "head_dim", fused=True),
     f"{_MODELS}.bert.modeling_bert.BertAttention": _BERT,
     f"{_MODELS}.roberta.modeling_roberta.RobertaAttention": _BERT,
@@ -184,9 +186,17 @@ def _gpt2_resize(module: nn.Module) -> None:
     module.num_heads = module.split_size // module.head_dim
 
 
+def _heads_resize(module: nn.Module) -> None:
+    # Whisper's cross-attention views its keys and values as num_heads heads
+    module.num_heads = module.q_proj.out_features // module.head_dim
+
+
 # Attributes of a block that must follow its projections' widths, by class: set after surgery
 # and after a reload (pyro_dirichlet.io.pretrained).
-_RESIZE = {f"{_MODELS}.gpt2.modeling_gpt2.GPT2Attention": _gpt2_resize}
+_RESIZE = {
+    f"{_MODELS}.gpt2.modeling_gpt2.GPT2Attention": _gpt2_resize,
+    f"{_MODELS}.whisper.modeling_whisper.WhisperAttention": _heads_resize,
+}
 
 
 def resize_attention_blocks(model: nn.Module) -> None:
