@@ -95,7 +95,9 @@ def export_graph(
         left untraced) and ``meta["exported"]`` True.
 
     Raises:
-        UnsupportedStructureError: ``torch.export`` cannot export the model.
+        UnsupportedStructureError: ``torch.export`` cannot export the model, or its graph cannot
+            be mapped back to the model's modules (a module's operations interleaved with
+            another's).
     """
     for listener in list(trace_listeners):
         listener(model, inputs)
@@ -109,7 +111,12 @@ def export_graph(
             f"{type(model).__name__} can be traced neither by torch.fx nor by torch.export "
             f"({type(err).__name__}: {first})"
         ) from err
-    graph = _Rebuilt(copied, program, whole).graph
+    try:
+        graph = _Rebuilt(copied, program, whole).graph
+    except Exception as err:  # noqa: BLE001 - a graph this mapping does not cover: the caller falls back
+        raise UnsupportedStructureError(
+            f"{type(model).__name__}'s exported graph cannot be mapped back to its modules ({type(err).__name__}: {err})"
+        ) from err
     gm = fx.GraphModule(copied, graph, type(model).__name__)
     gm.meta["kept_whole"] = {}
     gm.meta["exported"] = True
@@ -143,7 +150,7 @@ class _Rebuilt:
         for node in nodes:
             if owner[node] is not None:
                 if node in last:
-                    self._call_module(owner[node][1], members[last[node]], owner)
+                    self._call_module(owner[node][1], members[last[node]])
                 continue
             self._copy(node)
 
@@ -170,7 +177,7 @@ class _Rebuilt:
         if node.name in self.tensors:
             target = self.tensors[node.name]
         else:
-            target = f"_exported_constant_{len(self.constants)}_{node.name}"
+            target = f"_exported_{node.name}"  # a constant the forward made, kept on the copy
             self.root.register_buffer(target, self.constants[node.name], persistent=False)
         attribute = self.graph.get_attr(target)
         attribute.meta["shape"] = tuple(node.meta["val"].shape)
@@ -198,7 +205,7 @@ class _Rebuilt:
             self.env[node] = self.graph.call_function(target, self._value(node.args), self._value(node.kwargs))
         _record_shape(node, self.env[node])
 
-    def _call_module(self, path: str, group: list[fx.Node], owner: dict) -> None:
+    def _call_module(self, path: str, group: list[fx.Node]) -> None:
         """One ``call_module`` node for a module's recorded operations ``group``: its arguments
         are the tensors the group reads from outside (the module's own parameters excluded),
         in the order first read; its results, the group's nodes read outside it, in order."""
