@@ -37,12 +37,15 @@ def test_the_weights_are_the_recipes_and_load_into_the_architecture(recipe):
     assert all(torch.isfinite(tensor).all() for tensor in state.values() if tensor.is_floating_point())
 
 
+CIFAR_RECIPES = [path for path in RECIPES if path.stem.endswith("-cifar10")]
+
+
 @pytest.mark.skipif(not (SHARED / "cifar10-jpeg" / "test.zip").is_file(), reason="CIFAR-10 JPEG copy not present")
-def test_the_cifar10_resnet20_classifies_held_out_images_as_recorded():
-    recipe = BASELINES / "resnet20-cifar10.json"
+@pytest.mark.parametrize("recipe", CIFAR_RECIPES, ids=lambda path: path.stem)
+def test_a_cifar10_baseline_classifies_held_out_images_as_recorded(recipe):
     record = json.loads(recipe.read_text())
     state, _ = load_checkpoint(recipe.with_suffix(".safetensors"))
-    network = get_model_entry("resnet20").build()
+    network = get_model_entry(record["model"]).build()
     network.load_state_dict(state)
     network.eval()
     # 50 test images of each class (500): the whole test split is scored in the recipe.
