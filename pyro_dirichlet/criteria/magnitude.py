@@ -12,6 +12,7 @@ from pyro_dirichlet.criteria.registry import Scores, register_criterion
 from pyro_dirichlet.data import BatchSource
 from pyro_dirichlet.structure import PrunableLayer
 from pyro_dirichlet.structure.attention import ATTENTION_PARTS
+from pyro_dirichlet.surgery.slicing import is_transposed_linear
 
 __all__ = ["BatchNormScale", "L1Norm", "network_modules"]
 
@@ -31,7 +32,7 @@ def _output_weight(module: nn.Module, layer: PrunableLayer) -> torch.Tensor:
         queries, keys, _ = module.in_proj_weight.chunk(3)
         return torch.cat([queries, keys], dim=1)
     # Hugging Face's Conv1D stores its weight (in, out); a fused projection's channels are a slice.
-    weight = module.weight.T if type(module).__qualname__ == "Conv1D" else module.weight
+    weight = module.weight.T if is_transposed_linear(module) else module.weight
     return weight.narrow(0, layer.offset, layer.channels)
 
 

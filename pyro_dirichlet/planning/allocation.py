@@ -148,7 +148,7 @@ def _sliced(module: nn.Module, positions: int, part: str | None = None) -> _Slic
         if module.groups > 1:  # depthwise or grouped: whole groups go, each group's inputs stay
             return _Sliced("grouped", module.out_channels, module.in_channels // module.groups, window, positions, biases)
         return _Sliced("conv", module.out_channels, module.in_channels, window, positions, biases)
-    if isinstance(module, nn.Linear) or layer_base(module) is nn.Linear:  # also HF's Conv1D, weight stored (in, out)
+    if _is_linear(module):
         features_in, features_out = linear_features(module)
         return _Sliced("linear", features_out, features_in, 1, positions, biases)
     if qualified_class(type(module)) == RESPONSE_NORM:  # a weight and a bias per channel, priced like a BatchNorm's
@@ -162,6 +162,11 @@ def _sliced(module: nn.Module, positions: int, part: str | None = None) -> _Slic
             return _Sliced("query_key", module.embed_dim, module.embed_dim, 2, positions, 2 * bias)
         return _Sliced("attention", module.embed_dim, module.embed_dim, 2, positions, bias)
     raise TypeError(f"cannot price module {type(module).__name__}")  # structure slices no other
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """A Linear, a subclass, or a layer computing what one does (HF's Conv1D, its weight stored (in, out))."""
+    return isinstance(module, nn.Linear) or layer_base(module) is nn.Linear
 
 
 def _cost(module: _Sliced, out_width: int, in_width: int, cost: Cost) -> int:
@@ -182,8 +187,7 @@ def _output_positions(network: nn.Module, modules: dict[str, nn.Module], example
                 positions[name] = math.prod(output[0].shape[:-1])
                 return
             shape = output.shape
-            linear = isinstance(module, nn.Linear) or layer_base(module) is nn.Linear  # or HF's Conv1D
-            per_channel = shape[1:-1] if linear else shape[2:]
+            per_channel = shape[1:-1] if _is_linear(module) else shape[2:]
             positions[name] = math.prod(per_channel)
 
         return hook

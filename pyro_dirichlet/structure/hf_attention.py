@@ -30,6 +30,7 @@ nodes of the graph; their heads are not pruned, and their projections are report
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torch import nn
@@ -116,8 +117,7 @@ def head_site(name: str, module: nn.Module) -> PrunableLayer:
             f"cannot prune the heads of attention '{name}': {type(module).__name__} is not among the "
             "attention classes whose heads are pruned (pyro_dirichlet.structure.hf_attention.HEAD_LAYOUTS)"
         )
-    head_dim = module.get_submodule(layout.head_dim.rpartition(".")[0]) if "." in layout.head_dim else module
-    head_dim = getattr(head_dim, layout.head_dim.rpartition(".")[2])
+    head_dim = functools.reduce(getattr, layout.head_dim.split("."), module)
     if layout.fused:
         return _fused_site(name, module, layout, head_dim)
     query, key, value, output = (module.get_submodule(path) for path in layout.paths)
